@@ -1,0 +1,26 @@
+//! teepay-types: the vocabulary shared by every teepay crate — ids, amounts, channel
+//! states and their EIP-712 digests, instances and the orders that authorize them, round
+//! messages, canonical encoding, signatures, Merkle batching and sealing.
+//!
+//! Pure: no I/O, no clock, no randomness (time and entropy are always passed in).
+
+pub mod channel;
+pub mod crypto;
+pub mod encoding;
+pub mod ids;
+pub mod instance;
+pub mod messages;
+pub mod seal;
+
+pub use channel::{
+    ChannelState, InstanceKind, LockState, Outcome, Phase, SignedChannelState, derive_channel_id, eip712_domain,
+};
+pub use crypto::{CryptoError, Signature, SigningKey, keccak256, recover_signer, verify_signer};
+pub use encoding::{DecodeError, WIRE_VERSION, decode, encode};
+pub use ids::{Address, Amount, ChainId, ChannelId, Hash32, InstanceId};
+pub use instance::{Hop, InstanceSpec, Leg, Order, PaymentRequest, SignedOrder, SpecError, SwapIntent, Transfer};
+pub use messages::{
+    HubBatch, HubItem, NackReason, NodeAck, NodeItem, Quote, QuoteError, RefundRequest, Report, SignedHubBatch,
+    SignedNodeAck, SignedRefundRequest, leaf_hash, merkle_root,
+};
+pub use seal::{Platform, SealError, SimPlatform, seal, unseal};

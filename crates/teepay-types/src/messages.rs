@@ -1,0 +1,278 @@
+//! Round messages between the hub enclave and node enclaves, batched: the hub sends each
+//! node one batch of items (many instances) under one signature over their Merkle root, and
+//! the node answers with one batch of items under one signature (DESIGN §6 "Batching").
+
+use crate::channel::{ChannelState, Outcome};
+use crate::crypto::{Signature, SigningKey, keccak256, keccak256_parts, recover_signer};
+use crate::encoding::body_bytes;
+use crate::ids::{Address, ChainId, Hash32, InstanceId};
+use crate::instance::InstanceSpec;
+use borsh::{BorshDeserialize, BorshSerialize};
+
+/// A hub → node round message for one instance.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize)]
+pub enum HubItem {
+    /// Round 1: lock funds. Carries the whole instance and its signed orders.
+    Prepare(InstanceSpec),
+    /// Round 2: every node is PREPARED; `prepared_acks` is the digest of all their acks.
+    Commit { instance: InstanceId, prepared_acks: Hash32 },
+    /// Round 3: every node is COMMITTED; apply the transfer.
+    Confirm { instance: InstanceId },
+    /// The instance is cancelled before it could apply; release reservations.
+    Refund { instance: InstanceId },
+    /// An on-chain eject fixed the instance's outcome; follow it on every other channel.
+    Resolve { instance: InstanceId, outcome: Outcome },
+}
+
+impl HubItem {
+    pub fn instance(&self) -> InstanceId {
+        match self {
+            HubItem::Prepare(spec) => spec.id,
+            HubItem::Commit { instance, .. }
+            | HubItem::Confirm { instance }
+            | HubItem::Refund { instance }
+            | HubItem::Resolve { instance, .. } => *instance,
+        }
+    }
+}
+
+/// Why a node refused an authentic PREPARE. Signed (inside the node's batch), so the hub
+/// can refund at once instead of waiting for a timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize)]
+pub enum NackReason {
+    InsufficientFunds,
+    FeeBelowPolicy,
+    MissingOrder,
+    OrderTermsMismatch,
+    OrderExpired,
+    OrderAlreadyUsed,
+    UnknownChannel,
+    ChannelClosed,
+    DeadlinePassed,
+    NotAParticipant,
+    MalformedInstance,
+    Overflow,
+}
+
+/// A node → hub answer for one instance.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize)]
+pub enum NodeItem {
+    /// Locked; carries this node's states of every channel it holds in the instance.
+    Prepared { instance: InstanceId, states: Vec<ChannelState> },
+    Nack { instance: InstanceId, reason: NackReason },
+    Committed { instance: InstanceId },
+    /// The instance ended at this node with `outcome` (answer to CONFIRM/REFUND/RESOLVE).
+    Finished { instance: InstanceId, outcome: Outcome },
+}
+
+impl NodeItem {
+    pub fn instance(&self) -> InstanceId {
+        match self {
+            NodeItem::Prepared { instance, .. }
+            | NodeItem::Nack { instance, .. }
+            | NodeItem::Committed { instance }
+            | NodeItem::Finished { instance, .. } => *instance,
+        }
+    }
+}
+
+/// Leaf hash of one batch item; tagged so a leaf can never be confused with an inner node.
+pub fn leaf_hash<T: BorshSerialize>(item: &T) -> Hash32 {
+    keccak256_parts(&[b"teepay/leaf/v1", &body_bytes(item)])
+}
+
+/// Merkle root over leaf hashes (an odd node is carried up unchanged). One signature over
+/// the root authenticates every item, and any single item can later be proven with a path.
+pub fn merkle_root(leaves: &[Hash32]) -> Hash32 {
+    if leaves.is_empty() {
+        return keccak256(b"teepay/empty/v1");
+    }
+    let mut level: Vec<Hash32> = leaves.to_vec();
+    while level.len() > 1 {
+        level = level
+            .chunks(2)
+            .map(|pair| match pair {
+                [l, r] => keccak256_parts(&[b"teepay/node/v1", l, r]),
+                [single] => *single,
+                _ => unreachable!("chunks(2) yields one or two"),
+            })
+            .collect();
+    }
+    level[0]
+}
+
+/// One batch of round messages from the hub to one node.
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct HubBatch {
+    pub hub: Address,
+    /// The recipient: a batch signed for one node is worthless to any other.
+    pub node: Address,
+    pub items: Vec<HubItem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct SignedHubBatch {
+    pub batch: HubBatch,
+    pub signature: Signature,
+}
+
+fn batch_digest(tag: &[u8], sender: Address, recipient: Address, root: &Hash32) -> Hash32 {
+    keccak256_parts(&[tag, &sender.0, &recipient.0, root])
+}
+
+impl HubBatch {
+    pub fn digest(&self) -> Hash32 {
+        let leaves: Vec<Hash32> = self.items.iter().map(leaf_hash).collect();
+        batch_digest(b"teepay/hub-batch/v1", self.hub, self.node, &merkle_root(&leaves))
+    }
+    pub fn sign(self, key: &SigningKey) -> SignedHubBatch {
+        let signature = key.sign_digest(&self.digest());
+        SignedHubBatch { batch: self, signature }
+    }
+}
+
+impl SignedHubBatch {
+    pub fn is_signed_by(&self, hub: Address) -> bool {
+        self.batch.hub == hub && matches!(recover_signer(&self.batch.digest(), &self.signature), Ok(a) if a == hub)
+    }
+}
+
+/// One batch of answers from a node to the hub.
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct NodeAck {
+    pub node: Address,
+    pub hub: Address,
+    pub items: Vec<NodeItem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct SignedNodeAck {
+    pub ack: NodeAck,
+    pub signature: Signature,
+}
+
+impl NodeAck {
+    pub fn digest(&self) -> Hash32 {
+        let leaves: Vec<Hash32> = self.items.iter().map(leaf_hash).collect();
+        batch_digest(b"teepay/node-ack/v1", self.node, self.hub, &merkle_root(&leaves))
+    }
+    pub fn sign(self, key: &SigningKey) -> SignedNodeAck {
+        let signature = key.sign_digest(&self.digest());
+        SignedNodeAck { ack: self, signature }
+    }
+}
+
+impl SignedNodeAck {
+    pub fn is_signed_by(&self, node: Address) -> bool {
+        self.ack.node == node && matches!(recover_signer(&self.ack.digest(), &self.signature), Ok(a) if a == node)
+    }
+}
+
+/// A participant's signed request that the hub refund an instance (DESIGN §5).
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct RefundRequest {
+    pub node: Address,
+    pub instance: InstanceId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct SignedRefundRequest {
+    pub request: RefundRequest,
+    pub signature: Signature,
+}
+
+impl RefundRequest {
+    pub fn digest(&self) -> Hash32 {
+        keccak256_parts(&[b"teepay/refund-request/v1", &body_bytes(self)])
+    }
+    pub fn sign(self, key: &SigningKey) -> SignedRefundRequest {
+        let signature = key.sign_digest(&self.digest());
+        SignedRefundRequest { request: self, signature }
+    }
+}
+
+impl SignedRefundRequest {
+    pub fn is_authentic(&self) -> bool {
+        matches!(recover_signer(&self.request.digest(), &self.signature), Ok(a) if a == self.request.node)
+    }
+}
+
+/// What an enclave reports about itself for attestation: its code measurement and key.
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct Report {
+    pub measurement: Hash32,
+    pub enclave: Address,
+    pub chain: ChainId,
+}
+
+/// A report signed by the attestation authority (a dev key in simulation mode).
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct Quote {
+    pub report: Report,
+    pub signature: Signature,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum QuoteError {
+    #[error("quote is not signed by the attestation authority")]
+    BadAuthoritySignature,
+    #[error("enclave measurement is not allowed")]
+    UnknownMeasurement,
+}
+
+impl Report {
+    pub fn digest(&self) -> Hash32 {
+        keccak256_parts(&[b"teepay/quote/v1", &body_bytes(self)])
+    }
+    /// What the attestation authority does (simulation: a dev key).
+    pub fn attest(self, authority: &SigningKey) -> Quote {
+        let signature = authority.sign_digest(&self.digest());
+        Quote { report: self, signature }
+    }
+}
+
+impl Quote {
+    pub fn verify(&self, authority: Address, allowed_measurements: &[Hash32]) -> Result<(), QuoteError> {
+        match recover_signer(&self.report.digest(), &self.signature) {
+            Ok(a) if a == authority => {}
+            _ => return Err(QuoteError::BadAuthoritySignature),
+        }
+        if !allowed_measurements.contains(&self.report.measurement) {
+            return Err(QuoteError::UnknownMeasurement);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merkle_root_depends_on_every_leaf_and_order() {
+        let leaves: Vec<Hash32> = (0u8..5).map(|i| keccak256(&[i])).collect();
+        let root = merkle_root(&leaves);
+        for i in 0..leaves.len() {
+            let mut changed = leaves.clone();
+            changed[i][0] ^= 1;
+            assert_ne!(merkle_root(&changed), root);
+        }
+        let mut swapped = leaves.clone();
+        swapped.swap(0, 1);
+        assert_ne!(merkle_root(&swapped), root);
+    }
+
+    #[test]
+    fn batch_signature_binds_recipient() {
+        let hub = SigningKey::from_entropy([1; 32]).unwrap();
+        let batch = HubBatch {
+            hub: hub.address(),
+            node: Address([2; 20]),
+            items: vec![HubItem::Confirm { instance: InstanceId([3; 32]) }],
+        };
+        let mut signed = batch.sign(&hub);
+        assert!(signed.is_signed_by(hub.address()));
+        signed.batch.node = Address([4; 20]);
+        assert!(!signed.is_signed_by(hub.address()));
+    }
+}
