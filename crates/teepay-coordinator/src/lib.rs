@@ -1,1 +1,370 @@
-pub fn x(){}
+//! teepay-coordinator: the hub enclave (DESIGN §5).
+//!
+//! Creates instances, verifies node acks, drives NONE → PREPARED → COMMITTED or
+//! REFUND_AUTHORIZED, follows on-chain outcomes (RESOLVE), and times out by an injected
+//! clock. Round messages are queued per node and leave only through [`Coordinator::flush`],
+//! as one signed batch per node; `flush` also returns the sealed state, which the host must
+//! persist before sending anything, so a decision (CONFIRM xor REFUND) can never be
+//! forgotten or contradicted after a restart.
+//!
+//! Pure: no I/O, clock or RNG.
+
+mod error;
+mod instance;
+
+pub use error::HubError;
+pub use instance::{HubInstance, HubPhase, RefundReason};
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use std::collections::{BTreeMap, BTreeSet};
+use teepay_types::crypto::keccak256_parts;
+use teepay_types::{
+    Address, ChainId, Hash32, HubBatch, HubItem, InstanceId, InstanceKind, InstanceSpec, Leg, NodeItem,
+    Order, Outcome, Platform, Quote, Report, SignedHubBatch, SignedNodeAck, SignedOrder, SignedRefundRequest,
+    SigningKey, leaf_hash, seal, unseal,
+};
+
+const SEAL_DOMAIN: &[u8] = b"teepay/hub-seal/v1";
+
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct HubConfig {
+    pub measurement: Hash32,
+    pub attestation_authority: Address,
+    pub allowed_node_measurements: Vec<Hash32>,
+    /// How long nodes may take to PREPARE before the hub refunds (clock units of `now`).
+    pub prepare_timeout: u64,
+    /// Resend the current round message to silent nodes after this long.
+    pub retransmit_after: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct HubState {
+    pub config: HubConfig,
+    pub nodes: BTreeSet<Address>,
+    pub instances: BTreeMap<InstanceId, HubInstance>,
+    pub next_instance: u64,
+    /// Items waiting for the next flush, per node.
+    pub outbox: BTreeMap<Address, Vec<HubItem>>,
+    /// Set when the state changed since the last seal.
+    pub dirty: bool,
+}
+
+/// What one node ack did, item by item.
+#[derive(Debug, Clone)]
+pub struct AckResult {
+    pub results: Vec<Result<(), HubError>>,
+}
+
+/// Batches to send, and the sealed state to persist before sending them.
+#[derive(Debug, Clone)]
+pub struct Flush {
+    pub batches: Vec<SignedHubBatch>,
+    pub sealed: Option<Vec<u8>>,
+}
+
+#[derive(BorshSerialize, BorshDeserialize)]
+struct SealedContents {
+    secret: [u8; 32],
+    state: HubState,
+}
+
+#[derive(Debug, Clone)]
+pub struct Coordinator<P: Platform> {
+    platform: P,
+    key: SigningKey,
+    state: HubState,
+}
+
+impl<P: Platform> Coordinator<P> {
+    pub fn create(platform: P, config: HubConfig, entropy: [u8; 32]) -> Result<Self, HubError> {
+        let key = SigningKey::from_entropy(entropy)?;
+        let state = HubState {
+            config,
+            nodes: BTreeSet::new(),
+            instances: BTreeMap::new(),
+            next_instance: 0,
+            outbox: BTreeMap::new(),
+            dirty: true,
+        };
+        Ok(Self { platform, key, state })
+    }
+
+    /// Restarts from the latest sealed blob (stale, tampered or foreign blobs refused).
+    pub fn restore(platform: P, blob: &[u8]) -> Result<Self, HubError> {
+        let plaintext = unseal(&platform, SEAL_DOMAIN, blob)?;
+        let contents: SealedContents =
+            borsh::from_slice(&plaintext).map_err(|e| HubError::CorruptState(e.to_string()))?;
+        let key = SigningKey::from_entropy(contents.secret)?;
+        Ok(Self { platform, key, state: contents.state })
+    }
+
+    pub fn address(&self) -> Address {
+        self.key.address()
+    }
+
+    pub fn inspect(&self) -> &HubState {
+        &self.state
+    }
+
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+
+    pub fn report(&self, chain: ChainId) -> Report {
+        Report { measurement: self.state.config.measurement, enclave: self.address(), chain }
+    }
+
+    /// Admits an attested node enclave; only those may take part in instances.
+    pub fn register_node(&mut self, quote: &Quote) -> Result<(), HubError> {
+        quote
+            .verify(self.state.config.attestation_authority, &self.state.config.allowed_node_measurements)?;
+        if self.state.nodes.insert(quote.report.enclave) {
+            self.state.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Creates an instance from routes and the orders that authorize them, and queues its
+    /// PREPARE to every participant.
+    pub fn create_instance(
+        &mut self,
+        now: u64,
+        kind: InstanceKind,
+        legs: Vec<Leg>,
+        orders: Vec<SignedOrder>,
+    ) -> Result<InstanceId, HubError> {
+        let n = self.state.next_instance;
+        let id =
+            InstanceId(keccak256_parts(&[b"teepay/instance-id/v1", &self.address().0, &n.to_le_bytes()]));
+        let spec = InstanceSpec {
+            id,
+            kind,
+            legs,
+            orders,
+            deadline: now.saturating_add(self.state.config.prepare_timeout),
+        };
+        spec.validate_structure()?;
+        if let (InstanceKind::MultiHop, [leg], [SignedOrder { order: Order::Payment(req), .. }]) =
+            (kind, spec.legs.as_slice(), spec.orders.as_slice())
+            && leg.source() != Some(req.payer)
+        {
+            return Err(HubError::OrderNotFromSource);
+        }
+        let participants: Vec<Address> = spec.participants().into_iter().collect();
+        if let Some(p) = participants.iter().find(|p| !self.state.nodes.contains(p)) {
+            return Err(HubError::UnattestedNode(*p));
+        }
+        for p in &participants {
+            self.queue(*p, HubItem::Prepare(spec.clone()));
+        }
+        self.state.next_instance += 1;
+        self.state.instances.insert(
+            id,
+            HubInstance {
+                spec,
+                phase: HubPhase::None,
+                participants,
+                prepared: BTreeMap::new(),
+                committed: BTreeSet::new(),
+                finished: BTreeSet::new(),
+                refund_reason: None,
+                created_at: now,
+                last_sent: now,
+            },
+        );
+        self.state.dirty = true;
+        Ok(id)
+    }
+
+    fn queue(&mut self, node: Address, item: HubItem) {
+        let items = self.state.outbox.entry(node).or_default();
+        if !items.contains(&item) {
+            items.push(item);
+        }
+    }
+
+    fn queue_current(&mut self, id: InstanceId, now: u64) {
+        let instance = self.state.instances.get_mut(&id).expect("caller checked");
+        instance.last_sent = now;
+        let (item, missing) = instance.pending();
+        for node in missing {
+            self.queue(node, item.clone());
+        }
+    }
+
+    fn decide(&mut self, id: InstanceId, phase: HubPhase, reason: Option<RefundReason>, now: u64) {
+        let instance = self.state.instances.get_mut(&id).expect("caller checked");
+        instance.phase = phase;
+        if reason.is_some() {
+            instance.refund_reason = reason;
+        }
+        self.state.dirty = true;
+        self.queue_current(id, now);
+    }
+
+    /// Verifies a node's batch ack (one signature) and applies each answer.
+    pub fn on_ack(&mut self, now: u64, signed: &SignedNodeAck) -> Result<AckResult, HubError> {
+        let node = signed.ack.node;
+        if signed.ack.hub != self.address() {
+            return Err(HubError::WrongHub);
+        }
+        if !self.state.nodes.contains(&node) {
+            return Err(HubError::UnattestedNode(node));
+        }
+        if !signed.is_signed_by(node) {
+            return Err(HubError::BadSignature(node));
+        }
+        let results = signed.ack.items.iter().map(|item| self.on_item(now, node, item)).collect();
+        Ok(AckResult { results })
+    }
+
+    fn on_item(&mut self, now: u64, node: Address, item: &NodeItem) -> Result<(), HubError> {
+        let id = item.instance();
+        let instance = self.state.instances.get_mut(&id).ok_or(HubError::UnknownInstance(id))?;
+        if !instance.participants.contains(&node) {
+            return Err(HubError::NotParticipant(node));
+        }
+        let phase = instance.phase;
+        match item {
+            NodeItem::Prepared { .. } => match phase {
+                HubPhase::None => {
+                    if instance.prepared.insert(node, leaf_hash(item)).is_none() {
+                        self.state.dirty = true;
+                    }
+                    if instance.prepared.len() == instance.participants.len() {
+                        self.decide(id, HubPhase::Prepared, None, now);
+                    }
+                }
+                // A late PREPARED after the decision: that node must learn the outcome.
+                _ if phase.outcome().is_some() => {
+                    let (item, _) = instance.pending();
+                    self.queue(node, item);
+                }
+                _ => {}
+            },
+            NodeItem::Nack { reason, .. } => {
+                if phase == HubPhase::None {
+                    self.decide(id, HubPhase::RefundAuthorized, Some(RefundReason::Nack(node, *reason)), now);
+                }
+            }
+            NodeItem::Committed { .. } => {
+                if phase == HubPhase::Prepared {
+                    if instance.committed.insert(node) {
+                        self.state.dirty = true;
+                    }
+                    if instance.committed.len() == instance.participants.len() {
+                        self.decide(id, HubPhase::Committed, None, now);
+                    }
+                }
+            }
+            NodeItem::Finished { outcome, .. } => {
+                if phase.outcome() != Some(*outcome) {
+                    return Err(HubError::ConflictingFinish(id, *outcome));
+                }
+                if instance.finished.insert(node) {
+                    self.state.dirty = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A participant asks for a refund (DESIGN §5): swaps before COMMITTED, multi-hop
+    /// payments only before any COMMIT left the enclave.
+    pub fn on_refund_request(&mut self, now: u64, signed: &SignedRefundRequest) -> Result<(), HubError> {
+        let node = signed.request.node;
+        if !signed.is_authentic() {
+            return Err(HubError::BadSignature(node));
+        }
+        let id = signed.request.instance;
+        self.refund(now, id, Some(node))
+    }
+
+    fn refund(&mut self, now: u64, id: InstanceId, by: Option<Address>) -> Result<(), HubError> {
+        let instance = self.state.instances.get(&id).ok_or(HubError::UnknownInstance(id))?;
+        if let Some(node) = by
+            && !instance.participants.contains(&node)
+        {
+            return Err(HubError::NotParticipant(node));
+        }
+        let allowed = match (instance.spec.kind, instance.phase) {
+            (_, HubPhase::RefundAuthorized) => return Ok(()),
+            (_, HubPhase::None) | (InstanceKind::CrossChain, HubPhase::Prepared) => true,
+            (InstanceKind::MultiHop, HubPhase::Prepared) => return Err(HubError::RefundAfterCommit(id)),
+            _ => false,
+        };
+        if !allowed {
+            return Err(HubError::AlreadyDecided(id));
+        }
+        let reason = by.map_or(RefundReason::Timeout, RefundReason::Requested);
+        self.decide(id, HubPhase::RefundAuthorized, Some(reason), now);
+        Ok(())
+    }
+
+    /// RESOLVE: chain sync saw an eject that fixed the instance's outcome on-chain.
+    /// Simulation trusts the hub host's report; a real deployment verifies a receipt proof
+    /// of the `InstanceResolved` event inside the enclave. Even so, an outcome the protocol
+    /// makes impossible (APPLY before any COMMIT; REVERT after every node COMMITTED) is
+    /// refused, so a lying host cannot split an instance.
+    pub fn on_chain_outcome(&mut self, now: u64, id: InstanceId, outcome: Outcome) -> Result<(), HubError> {
+        let instance = self.state.instances.get(&id).ok_or(HubError::UnknownInstance(id))?;
+        if instance.spec.kind == InstanceKind::CrossChain {
+            return Err(HubError::ResolveOnSwap(id));
+        }
+        match (instance.phase, outcome) {
+            (HubPhase::None, Outcome::Revert) | (HubPhase::Prepared, _) => {
+                self.decide(id, HubPhase::Resolved(outcome), None, now);
+                Ok(())
+            }
+            (phase, o) if phase.outcome() == Some(o) => Ok(()),
+            _ => Err(HubError::InconsistentOutcome(id)),
+        }
+    }
+
+    /// Advances the clock: refunds what timed out (as DESIGN §5 allows) and re-queues the
+    /// current round message for nodes that have not answered.
+    pub fn tick(&mut self, now: u64) {
+        let ids: Vec<InstanceId> = self.state.instances.keys().copied().collect();
+        for id in ids {
+            let instance = &self.state.instances[&id];
+            if instance.is_complete() {
+                continue;
+            }
+            let timed_out = now > instance.spec.deadline
+                && matches!(
+                    (instance.spec.kind, instance.phase),
+                    (_, HubPhase::None) | (InstanceKind::CrossChain, HubPhase::Prepared)
+                );
+            if timed_out {
+                self.decide(id, HubPhase::RefundAuthorized, Some(RefundReason::Timeout), now);
+            } else if now >= instance.last_sent.saturating_add(self.state.config.retransmit_after) {
+                self.queue_current(id, now);
+            }
+        }
+    }
+
+    /// Signs one batch per node with everything queued, and seals the state. The host must
+    /// persist `sealed` before sending any batch.
+    pub fn flush(&mut self) -> Flush {
+        let outbox = std::mem::take(&mut self.state.outbox);
+        let hub = self.address();
+        let batches: Vec<SignedHubBatch> = outbox
+            .into_iter()
+            .filter(|(_, items)| !items.is_empty())
+            .map(|(node, items)| HubBatch { hub, node, items }.sign(&self.key))
+            .collect();
+        let sealed = (self.state.dirty || !batches.is_empty()).then(|| self.seal());
+        Flush { batches, sealed }
+    }
+
+    fn seal(&mut self) -> Vec<u8> {
+        self.state.dirty = false;
+        let contents = SealedContents { secret: self.key.secret_bytes(), state: self.state.clone() };
+        let plaintext = borsh::to_vec(&contents).expect("writing to a Vec never fails");
+        seal(&mut self.platform, SEAL_DOMAIN, &plaintext)
+    }
+
+    pub fn instance(&self, id: InstanceId) -> Option<&HubInstance> {
+        self.state.instances.get(&id)
+    }
+}

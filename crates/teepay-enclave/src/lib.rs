@@ -1,1 +1,421 @@
-pub fn x(){}
+//! teepay-enclave: the node enclave (DESIGN §4).
+//!
+//! Holds the node's key and channel table; the host can only pass [`Request`]s in and relay
+//! what comes out. One entry point, [`NodeEnclave::handle`]: deterministic given the
+//! enclave's state, the request and the time passed in. Every state change returns a new
+//! sealed blob that the host must persist *before* it releases the response (DESIGN §7:
+//! an ack that leaves before its state is durable could be rolled back).
+//!
+//! Pure: no I/O, clock or RNG; entropy, time and platform services are inputs.
+
+mod consent;
+mod error;
+mod rounds;
+mod state;
+
+pub use error::EnclaveError;
+pub use state::{
+    Channel, ChannelStatus, FeePolicy, InstanceRecord, InstanceStatus, Lock, NodeConfig, NodeState,
+    OrderRecord, OrderStatus,
+};
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use std::collections::BTreeMap;
+use teepay_types::{
+    Address, Amount, ChainId, ChannelId, HubItem, InstanceId, InstanceKind, NodeAck, NodeItem, Order,
+    PaymentRequest, Platform, Quote, RefundRequest, Report, SignedChannelState, SignedHubBatch,
+    SignedNodeAck, SignedOrder, SignedRefundRequest, SigningKey, SwapIntent, Transfer, seal, unseal,
+};
+
+const SEAL_DOMAIN: &[u8] = b"teepay/node-seal/v1";
+
+/// A channel the host reports as opened (and funded) on-chain.
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct NewChannel {
+    pub chain: ChainId,
+    pub contract: Address,
+    pub id: ChannelId,
+    pub peer: Address,
+    pub local_is_a: bool,
+    pub deposit_local: Amount,
+    pub deposit_peer: Amount,
+    pub fee: FeePolicy,
+}
+
+/// Everything a host can ask of the node enclave.
+#[derive(Debug, Clone)]
+pub enum Request {
+    /// Produce an attestation report for `chain` (the authority turns it into a quote).
+    Report {
+        chain: ChainId,
+    },
+    /// Accept `quote`'s enclave as the hub; round messages are refused until this succeeds.
+    AttestHub {
+        quote: Quote,
+    },
+    /// Channel open/funding seen on-chain. Simulation trusts the host here; a real
+    /// deployment feeds a light-client proof of the `ChannelOpened` event instead.
+    AddChannel(NewChannel),
+    Deposit {
+        channel: ChannelId,
+        by_local: bool,
+        amount: Amount,
+    },
+    SetFee {
+        channel: ChannelId,
+        fee: FeePolicy,
+    },
+    /// Build and sign a payment request as payer (DESIGN §6 step 0).
+    CreatePayment {
+        chain: ChainId,
+        payee: Address,
+        amount: Amount,
+        max_fee: Amount,
+        expires_at: u64,
+    },
+    /// Build and sign a swap intent as a party.
+    CreateSwapIntent {
+        gives: Vec<Transfer>,
+        receives: Vec<Transfer>,
+        expires_at: u64,
+    },
+    /// A batch of round messages from the hub.
+    HubBatch(SignedHubBatch),
+    /// Ask the hub to refund an instance this node takes part in.
+    RequestRefund {
+        instance: InstanceId,
+    },
+    /// Sign the channel's final state: a close (no locks) or an eject (multi-hop locks).
+    /// Afterwards the channel accepts nothing more.
+    SignClose {
+        channel: ChannelId,
+    },
+    /// Fetch the closing state signed earlier (after a host crash), never a new one.
+    ClosingState {
+        channel: ChannelId,
+    },
+    /// The channel was settled on-chain (e.g. by the peer); stop using it.
+    ChannelSettled {
+        channel: ChannelId,
+    },
+}
+
+/// The per-item results of a batch and the single signed ack covering the answered ones.
+#[derive(Debug, Clone)]
+pub struct BatchResult {
+    pub ack: Option<SignedNodeAck>,
+    /// One entry per batch item, in order: the answer, or why the item was refused
+    /// (a refused PREPARE is also answered with a signed NACK in `ack`).
+    pub results: Vec<Result<NodeItem, EnclaveError>>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Response {
+    Report(Report),
+    Done,
+    Order(SignedOrder),
+    Batch(BatchResult),
+    RefundRequest(SignedRefundRequest),
+    ChannelState(SignedChannelState),
+}
+
+/// A response plus, when the state changed, the new sealed blob to persist first.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub response: Response,
+    pub sealed: Option<Vec<u8>>,
+}
+
+#[derive(BorshSerialize, BorshDeserialize)]
+struct SealedContents {
+    secret: [u8; 32],
+    state: NodeState,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeEnclave<P: Platform> {
+    platform: P,
+    key: SigningKey,
+    state: NodeState,
+}
+
+impl<P: Platform> NodeEnclave<P> {
+    /// Creates an enclave with a fresh key derived from injected entropy. Returns the
+    /// enclave and its first sealed blob.
+    pub fn create(
+        platform: P,
+        config: NodeConfig,
+        entropy: [u8; 32],
+    ) -> Result<(Self, Vec<u8>), EnclaveError> {
+        let key = SigningKey::from_entropy(entropy)?;
+        let state = NodeState {
+            config,
+            hub: None,
+            channels: BTreeMap::new(),
+            instances: BTreeMap::new(),
+            orders: BTreeMap::new(),
+            next_nonce: 0,
+        };
+        let mut enclave = Self { platform, key, state };
+        let blob = enclave.seal();
+        Ok((enclave, blob))
+    }
+
+    /// Restarts from the latest sealed blob; stale (rolled-back), tampered or foreign
+    /// blobs are refused.
+    pub fn restore(platform: P, blob: &[u8]) -> Result<Self, EnclaveError> {
+        let plaintext = unseal(&platform, SEAL_DOMAIN, blob)?;
+        let contents: SealedContents =
+            borsh::from_slice(&plaintext).map_err(|e| EnclaveError::CorruptState(e.to_string()))?;
+        let key = SigningKey::from_entropy(contents.secret)?;
+        Ok(Self { platform, key, state: contents.state })
+    }
+
+    pub fn address(&self) -> Address {
+        self.key.address()
+    }
+
+    /// Read-only view of the state, for the simulation harness and tests (a real host
+    /// cannot read enclave memory; it sees only responses).
+    pub fn inspect(&self) -> &NodeState {
+        &self.state
+    }
+
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+
+    fn seal(&mut self) -> Vec<u8> {
+        let contents = SealedContents { secret: self.key.secret_bytes(), state: self.state.clone() };
+        let plaintext = borsh::to_vec(&contents).expect("writing to a Vec never fails");
+        seal(&mut self.platform, SEAL_DOMAIN, &plaintext)
+    }
+
+    fn changed(&mut self, response: Response) -> Output {
+        let sealed = Some(self.seal());
+        Output { response, sealed }
+    }
+
+    /// The single entry point. `now` is the host's clock, used only for expiries.
+    pub fn handle(&mut self, now: u64, request: Request) -> Result<Output, EnclaveError> {
+        match request {
+            Request::Report { chain } => Ok(Output {
+                response: Response::Report(Report {
+                    measurement: self.state.config.measurement,
+                    enclave: self.address(),
+                    chain,
+                }),
+                sealed: None,
+            }),
+            Request::AttestHub { quote } => {
+                quote.verify(
+                    self.state.config.attestation_authority,
+                    &self.state.config.allowed_hub_measurements,
+                )?;
+                self.state.hub = Some(quote.report.enclave);
+                Ok(self.changed(Response::Done))
+            }
+            Request::AddChannel(new) => self.add_channel(new),
+            Request::Deposit { channel, by_local, amount } => self.deposit(channel, by_local, amount),
+            Request::SetFee { channel, fee } => {
+                self.open_channel_mut(channel)?.fee = fee;
+                Ok(self.changed(Response::Done))
+            }
+            Request::CreatePayment { chain, payee, amount, max_fee, expires_at } => {
+                if amount.is_zero() {
+                    return Err(EnclaveError::ZeroAmount);
+                }
+                if payee == self.address() {
+                    return Err(EnclaveError::InvalidOrder("payee is the payer"));
+                }
+                let nonce = self.state.next_nonce;
+                let order = Order::Payment(PaymentRequest {
+                    chain,
+                    payer: self.address(),
+                    payee,
+                    amount,
+                    max_fee,
+                    nonce,
+                    expires_at,
+                });
+                Ok(self.issue_order(order))
+            }
+            Request::CreateSwapIntent { gives, receives, expires_at } => {
+                if gives.is_empty() || receives.is_empty() {
+                    return Err(EnclaveError::InvalidOrder("a swap intent gives and receives something"));
+                }
+                if gives.iter().chain(&receives).any(|t| t.amount.is_zero()) {
+                    return Err(EnclaveError::ZeroAmount);
+                }
+                let me = self.address();
+                if gives.iter().chain(&receives).any(|t| t.counterparty == me) {
+                    return Err(EnclaveError::InvalidOrder("counterparty is the party itself"));
+                }
+                let nonce = self.state.next_nonce;
+                let order = Order::Swap(SwapIntent { party: me, gives, receives, nonce, expires_at });
+                Ok(self.issue_order(order))
+            }
+            Request::HubBatch(batch) => self.handle_batch(now, batch),
+            Request::RequestRefund { instance } => {
+                match self.state.instances.get(&instance) {
+                    None => return Err(EnclaveError::UnknownInstance(instance)),
+                    Some(r) if matches!(r.status, InstanceStatus::Finished(_)) => {
+                        return Err(EnclaveError::InstanceFinished(instance));
+                    }
+                    Some(_) => {}
+                }
+                let request = RefundRequest { node: self.address(), instance }.sign(&self.key);
+                Ok(Output { response: Response::RefundRequest(request), sealed: None })
+            }
+            Request::SignClose { channel } => self.sign_close(channel),
+            Request::ClosingState { channel } => {
+                let ch = self.state.channels.get(&channel).ok_or(EnclaveError::UnknownChannel(channel))?;
+                match &ch.status {
+                    ChannelStatus::Closing(signed) => {
+                        Ok(Output { response: Response::ChannelState(signed.clone()), sealed: None })
+                    }
+                    _ => Err(EnclaveError::InvalidOrder("no closing state was signed for this channel")),
+                }
+            }
+            Request::ChannelSettled { channel } => {
+                let ch =
+                    self.state.channels.get_mut(&channel).ok_or(EnclaveError::UnknownChannel(channel))?;
+                if ch.status == ChannelStatus::Settled {
+                    return Ok(Output { response: Response::Done, sealed: None });
+                }
+                ch.status = ChannelStatus::Settled;
+                let instances: Vec<InstanceId> = ch.locks.drain(..).map(|l| l.instance).collect();
+                self.mark_ejected(&instances);
+                Ok(self.changed(Response::Done))
+            }
+        }
+    }
+
+    fn issue_order(&mut self, order: Order) -> Output {
+        let nonce = order.nonce();
+        self.state.next_nonce += 1;
+        self.state.orders.insert(nonce, OrderRecord { digest: order.digest(), status: OrderStatus::Open });
+        let signed = order.sign(&self.key);
+        self.changed(Response::Order(signed))
+    }
+
+    fn add_channel(&mut self, new: NewChannel) -> Result<Output, EnclaveError> {
+        if self.state.channels.contains_key(&new.id) {
+            return Err(EnclaveError::ChannelExists(new.id));
+        }
+        if new.peer == self.address() {
+            return Err(EnclaveError::InvalidOrder("a channel needs two distinct parties"));
+        }
+        let capacity = new.deposit_local.checked_add(new.deposit_peer).ok_or(EnclaveError::Overflow)?;
+        let channel = Channel {
+            chain: new.chain,
+            contract: new.contract,
+            id: new.id,
+            peer: new.peer,
+            local_is_a: new.local_is_a,
+            capacity,
+            balance_local: new.deposit_local,
+            balance_peer: new.deposit_peer,
+            version: 0,
+            locks: Vec::new(),
+            fee: new.fee,
+            status: ChannelStatus::Open,
+        };
+        self.state.channels.insert(new.id, channel);
+        Ok(self.changed(Response::Done))
+    }
+
+    fn deposit(
+        &mut self,
+        channel: ChannelId,
+        by_local: bool,
+        amount: Amount,
+    ) -> Result<Output, EnclaveError> {
+        if amount.is_zero() {
+            return Err(EnclaveError::ZeroAmount);
+        }
+        let ch = self.open_channel_mut(channel)?;
+        let capacity = ch.capacity.checked_add(amount).ok_or(EnclaveError::Overflow)?;
+        let side = if by_local { ch.balance_local } else { ch.balance_peer };
+        let side = side.checked_add(amount).ok_or(EnclaveError::Overflow)?;
+        ch.capacity = capacity;
+        if by_local {
+            ch.balance_local = side;
+        } else {
+            ch.balance_peer = side;
+        }
+        ch.version += 1;
+        Ok(self.changed(Response::Done))
+    }
+
+    fn open_channel_mut(&mut self, channel: ChannelId) -> Result<&mut Channel, EnclaveError> {
+        let ch = self.state.channels.get_mut(&channel).ok_or(EnclaveError::UnknownChannel(channel))?;
+        if !ch.is_open() {
+            return Err(EnclaveError::ChannelClosed(channel));
+        }
+        Ok(ch)
+    }
+
+    fn mark_ejected(&mut self, instances: &[InstanceId]) {
+        for id in instances {
+            if let Some(record) = self.state.instances.get_mut(id) {
+                record.ejected = true;
+            }
+        }
+    }
+
+    /// Signs the closing state of a channel: with no locks a cooperative close, with
+    /// multi-hop locks an eject. Never for a swap-locked channel (DESIGN §3), never twice.
+    fn sign_close(&mut self, channel: ChannelId) -> Result<Output, EnclaveError> {
+        let key = self.key.clone();
+        let ch = self.open_channel_mut(channel)?;
+        if ch.locks.iter().any(|l| l.kind == InstanceKind::CrossChain) {
+            return Err(EnclaveError::SwapLocked(channel));
+        }
+        let signed = ch.to_state().sign(&key);
+        ch.status = ChannelStatus::Closing(signed.clone());
+        let instances: Vec<InstanceId> = ch.locks.iter().map(|l| l.instance).collect();
+        self.mark_ejected(&instances);
+        Ok(self.changed(Response::ChannelState(signed)))
+    }
+
+    fn handle_batch(&mut self, now: u64, signed: SignedHubBatch) -> Result<Output, EnclaveError> {
+        let hub = self.state.hub.ok_or(EnclaveError::HubNotAttested)?;
+        let me = self.address();
+        if signed.batch.node != me {
+            return Err(EnclaveError::WrongRecipient);
+        }
+        if !signed.is_signed_by(hub) {
+            return Err(EnclaveError::BadHubSignature);
+        }
+        let mut dirty = false;
+        let mut answers = Vec::with_capacity(signed.batch.items.len());
+        let mut results = Vec::with_capacity(signed.batch.items.len());
+        for item in &signed.batch.items {
+            let result = match item {
+                HubItem::Prepare(spec) => self.state.on_prepare(me, spec, now),
+                HubItem::Commit { instance, .. } => self.state.on_commit(*instance),
+                HubItem::Confirm { instance } => self.state.on_confirm(*instance),
+                HubItem::Refund { instance } => self.state.on_refund(*instance),
+                HubItem::Resolve { instance, outcome } => self.state.on_resolve(*instance, *outcome),
+            };
+            match result {
+                Ok((answer, changed)) => {
+                    dirty |= changed;
+                    answers.push(answer.clone());
+                    results.push(Ok(answer));
+                }
+                Err(error) => {
+                    if let EnclaveError::Refused(reason) = error {
+                        answers.push(NodeItem::Nack { instance: item.instance(), reason });
+                    }
+                    results.push(Err(error));
+                }
+            }
+        }
+        // One signature for the whole batch (over the Merkle root of the answers).
+        let ack = (!answers.is_empty()).then(|| NodeAck { node: me, hub, items: answers }.sign(&self.key));
+        let response = Response::Batch(BatchResult { ack, results });
+        Ok(if dirty { self.changed(response) } else { Output { response, sealed: None } })
+    }
+}

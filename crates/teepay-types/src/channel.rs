@@ -4,7 +4,7 @@
 //! [`ChannelState::eip712_digest`], so this file and `contracts/PaymentChannels.sol` must
 //! describe the same typed data.
 
-use crate::crypto::{Signature, SigningKey, recover_signer, CryptoError};
+use crate::crypto::{CryptoError, Signature, SigningKey, recover_signer};
 use crate::ids::{Address, Amount, ChainId, ChannelId, Hash32, InstanceId};
 use alloy_primitives::{Address as AlloyAddress, B256, U256};
 use alloy_sol_types::{Eip712Domain, SolStruct};

@@ -124,7 +124,9 @@ mod tests {
     #[test]
     fn known_dev_key_has_known_address() {
         // anvil/hardhat dev account #0.
-        let sk = crate::ids::from_hex::<32>("ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80").unwrap();
+        let sk =
+            crate::ids::from_hex::<32>("ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80")
+                .unwrap();
         let key = SigningKey::from_entropy(sk).unwrap();
         assert_eq!(key.address().to_string(), "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266");
     }

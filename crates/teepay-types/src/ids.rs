@@ -72,9 +72,7 @@ bytes_id!(
 );
 
 /// An EVM chain id (EIP-155).
-#[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, BorshSerialize, BorshDeserialize,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, BorshSerialize, BorshDeserialize)]
 pub struct ChainId(pub u64);
 
 impl fmt::Display for ChainId {
@@ -90,9 +88,7 @@ impl fmt::Debug for ChainId {
 
 /// An amount of the chain's native asset in wei. u128 covers every realistic balance
 /// (3.4e38 wei) and keeps arithmetic cheap; there are no floats anywhere.
-#[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, BorshSerialize, BorshDeserialize,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, BorshSerialize, BorshDeserialize)]
 pub struct Amount(pub u128);
 
 impl Amount {

@@ -217,7 +217,8 @@ impl InstanceSpec {
         }
         match self.kind {
             InstanceKind::MultiHop => {
-                let one_payment = matches!(self.orders.as_slice(), [o] if matches!(o.order, Order::Payment(_)));
+                let one_payment =
+                    matches!(self.orders.as_slice(), [o] if matches!(o.order, Order::Payment(_)));
                 if self.legs.len() != 1 || !one_payment {
                     return Err(SpecError::MultiHopShape);
                 }
@@ -234,10 +235,7 @@ impl InstanceSpec {
 
     /// Every (chain, node) that holds a hop endpoint, i.e. every node PREPARE goes to.
     pub fn participants(&self) -> BTreeSet<Address> {
-        self.legs
-            .iter()
-            .flat_map(|l| l.hops.iter().flat_map(|h| [h.from, h.to]))
-            .collect()
+        self.legs.iter().flat_map(|l| l.hops.iter().flat_map(|h| [h.from, h.to])).collect()
     }
 
     pub fn digest(&self) -> Hash32 {

@@ -13,14 +13,17 @@ pub mod messages;
 pub mod seal;
 
 pub use channel::{
-    ChannelState, InstanceKind, LockState, Outcome, Phase, SignedChannelState, derive_channel_id, eip712_domain,
+    ChannelState, InstanceKind, LockState, Outcome, Phase, SignedChannelState, derive_channel_id,
+    eip712_domain,
 };
 pub use crypto::{CryptoError, Signature, SigningKey, keccak256, recover_signer, verify_signer};
 pub use encoding::{DecodeError, WIRE_VERSION, decode, encode};
 pub use ids::{Address, Amount, ChainId, ChannelId, Hash32, InstanceId};
-pub use instance::{Hop, InstanceSpec, Leg, Order, PaymentRequest, SignedOrder, SpecError, SwapIntent, Transfer};
+pub use instance::{
+    Hop, InstanceSpec, Leg, Order, PaymentRequest, SignedOrder, SpecError, SwapIntent, Transfer,
+};
 pub use messages::{
-    HubBatch, HubItem, NackReason, NodeAck, NodeItem, Quote, QuoteError, RefundRequest, Report, SignedHubBatch,
-    SignedNodeAck, SignedRefundRequest, leaf_hash, merkle_root,
+    HubBatch, HubItem, NackReason, NodeAck, NodeItem, Quote, QuoteError, RefundRequest, Report,
+    SignedHubBatch, SignedNodeAck, SignedRefundRequest, leaf_hash, merkle_root,
 };
 pub use seal::{Platform, SealError, SimPlatform, seal, unseal};

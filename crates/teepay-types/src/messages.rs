@@ -58,11 +58,22 @@ pub enum NackReason {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize)]
 pub enum NodeItem {
     /// Locked; carries this node's states of every channel it holds in the instance.
-    Prepared { instance: InstanceId, states: Vec<ChannelState> },
-    Nack { instance: InstanceId, reason: NackReason },
-    Committed { instance: InstanceId },
+    Prepared {
+        instance: InstanceId,
+        states: Vec<ChannelState>,
+    },
+    Nack {
+        instance: InstanceId,
+        reason: NackReason,
+    },
+    Committed {
+        instance: InstanceId,
+    },
     /// The instance ended at this node with `outcome` (answer to CONFIRM/REFUND/RESOLVE).
-    Finished { instance: InstanceId, outcome: Outcome },
+    Finished {
+        instance: InstanceId,
+        outcome: Outcome,
+    },
 }
 
 impl NodeItem {
@@ -133,7 +144,8 @@ impl HubBatch {
 
 impl SignedHubBatch {
     pub fn is_signed_by(&self, hub: Address) -> bool {
-        self.batch.hub == hub && matches!(recover_signer(&self.batch.digest(), &self.signature), Ok(a) if a == hub)
+        self.batch.hub == hub
+            && matches!(recover_signer(&self.batch.digest(), &self.signature), Ok(a) if a == hub)
     }
 }
 
@@ -164,7 +176,8 @@ impl NodeAck {
 
 impl SignedNodeAck {
     pub fn is_signed_by(&self, node: Address) -> bool {
-        self.ack.node == node && matches!(recover_signer(&self.ack.digest(), &self.signature), Ok(a) if a == node)
+        self.ack.node == node
+            && matches!(recover_signer(&self.ack.digest(), &self.signature), Ok(a) if a == node)
     }
 }
 

@@ -1,0 +1,40 @@
+use teepay_types::{Address, InstanceId, QuoteError, SealError, SpecError};
+
+/// Every way the hub enclave refuses an input. A refused input changes no state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HubError {
+    #[error("attestation quote rejected: {0}")]
+    Quote(#[from] QuoteError),
+    #[error("node {0:?} is not an attested enclave")]
+    UnattestedNode(Address),
+    #[error("malformed instance: {0}")]
+    Spec(#[from] SpecError),
+    #[error("the source of a multi-hop payment must be the payer of its request")]
+    OrderNotFromSource,
+    #[error("ack is not signed by node {0:?}")]
+    BadSignature(Address),
+    #[error("message is addressed to another hub")]
+    WrongHub,
+    #[error("unknown instance {0:?}")]
+    UnknownInstance(InstanceId),
+    #[error("node {0:?} is not a participant of the instance")]
+    NotParticipant(Address),
+    #[error("REFUND of multi-hop instance {0:?} after COMMIT is forbidden (DESIGN §7)")]
+    RefundAfterCommit(InstanceId),
+    #[error("instance {0:?} is already decided")]
+    AlreadyDecided(InstanceId),
+    #[error(
+        "reported outcome contradicts what instance {0:?} allows (an APPLY needs a COMMIT; after all COMMITTED acks only APPLY is possible)"
+    )]
+    InconsistentOutcome(InstanceId),
+    #[error("cross-chain instance {0:?} cannot be resolved on-chain")]
+    ResolveOnSwap(InstanceId),
+    #[error("node reported outcome {1:?} for instance {0:?}, contradicting the hub's decision")]
+    ConflictingFinish(InstanceId, teepay_types::Outcome),
+    #[error("sealed state: {0}")]
+    Seal(#[from] SealError),
+    #[error("key: {0}")]
+    Crypto(#[from] teepay_types::CryptoError),
+    #[error("sealed state does not decode: {0}")]
+    CorruptState(String),
+}

@@ -1,0 +1,88 @@
+//! One instance's state machine in the hub enclave (DESIGN §5):
+//! NONE → PREPARED → COMMITTED, or → REFUND_AUTHORIZED, or → RESOLVED(outcome) from chain.
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use std::collections::{BTreeMap, BTreeSet};
+use teepay_types::{Address, Hash32, HubItem, InstanceSpec, NackReason, Outcome};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize)]
+pub enum HubPhase {
+    /// PREPARE sent; collecting PREPARED acks. Refund is allowed for both kinds.
+    None,
+    /// Every node PREPARED; COMMIT sent. A multi-hop instance can no longer be refunded.
+    Prepared,
+    /// Every node COMMITTED; CONFIRM sent. The outcome is APPLY.
+    Committed,
+    /// REFUND sent. The outcome is REVERT.
+    RefundAuthorized,
+    /// An on-chain eject fixed the outcome; RESOLVE sent.
+    Resolved(Outcome),
+}
+
+impl HubPhase {
+    /// The outcome once decided; `None` while the instance can still go either way.
+    pub fn outcome(self) -> Option<Outcome> {
+        match self {
+            HubPhase::Committed => Some(Outcome::Apply),
+            HubPhase::RefundAuthorized => Some(Outcome::Revert),
+            HubPhase::Resolved(o) => Some(o),
+            HubPhase::None | HubPhase::Prepared => None,
+        }
+    }
+}
+
+/// Why an instance was refunded, for the status API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize)]
+pub enum RefundReason {
+    Nack(Address, NackReason),
+    Timeout,
+    Requested(Address),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct HubInstance {
+    pub spec: InstanceSpec,
+    pub phase: HubPhase,
+    pub participants: Vec<Address>,
+    /// Leaf hash of each participant's PREPARED ack (what COMMIT's digest covers).
+    pub prepared: BTreeMap<Address, Hash32>,
+    pub committed: BTreeSet<Address>,
+    /// Participants that acknowledged the final outcome.
+    pub finished: BTreeSet<Address>,
+    pub refund_reason: Option<RefundReason>,
+    pub created_at: u64,
+    pub last_sent: u64,
+}
+
+impl HubInstance {
+    /// True once every participant acknowledged the final outcome: nothing left to send.
+    pub fn is_complete(&self) -> bool {
+        self.phase.outcome().is_some() && self.finished.len() == self.participants.len()
+    }
+
+    /// The digest COMMIT carries: all PREPARED acks in participant order.
+    pub fn prepared_acks_digest(&self) -> Hash32 {
+        let parts: Vec<&[u8]> = self.participants.iter().map(|p| self.prepared[p].as_slice()).collect();
+        teepay_types::crypto::keccak256_parts(&parts)
+    }
+
+    /// The message of the current phase, and the participants that still owe its answer.
+    pub fn pending(&self) -> (HubItem, Vec<Address>) {
+        let id = self.spec.id;
+        let (item, done): (HubItem, &dyn Fn(&Address) -> bool) = match self.phase {
+            HubPhase::None => (HubItem::Prepare(self.spec.clone()), &|a| self.prepared.contains_key(a)),
+            HubPhase::Prepared => {
+                (HubItem::Commit { instance: id, prepared_acks: self.prepared_acks_digest() }, &|a| {
+                    self.committed.contains(a)
+                })
+            }
+            HubPhase::Committed => (HubItem::Confirm { instance: id }, &|a| self.finished.contains(a)),
+            HubPhase::RefundAuthorized => (HubItem::Refund { instance: id }, &|a| self.finished.contains(a)),
+            HubPhase::Resolved(outcome) => {
+                (HubItem::Resolve { instance: id, outcome }, &|a| self.finished.contains(a))
+            }
+        };
+        let missing = self.participants.iter().filter(|a| !done(a)).copied().collect();
+        (item, missing)
+    }
+}

@@ -1,0 +1,52 @@
+use teepay_types::{ChannelId, CryptoError, InstanceId, NackReason, QuoteError, SealError};
+
+/// Every way the node enclave refuses a request. A refused request changes no state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnclaveError {
+    #[error("no attested hub is configured; round messages are refused")]
+    HubNotAttested,
+    #[error("batch is not signed by the attested hub")]
+    BadHubSignature,
+    #[error("batch is addressed to another node")]
+    WrongRecipient,
+    #[error("attestation quote rejected: {0}")]
+    Quote(#[from] QuoteError),
+    #[error("unknown channel {0:?}")]
+    UnknownChannel(ChannelId),
+    #[error("channel {0:?} already exists")]
+    ChannelExists(ChannelId),
+    #[error("channel {0:?} is closed: a closing or eject state was signed, or it settled on-chain")]
+    ChannelClosed(ChannelId),
+    #[error("channel {0:?} carries a cross-chain swap lock and cannot be closed until the swap ends")]
+    SwapLocked(ChannelId),
+    #[error("unknown instance {0:?}")]
+    UnknownInstance(InstanceId),
+    #[error("instance {0:?} was already seen with different contents (replay)")]
+    InstanceReplayed(InstanceId),
+    #[error("instance {0:?} was ejected on-chain by this enclave; its rounds are refused")]
+    InstanceEjected(InstanceId),
+    #[error("instance {0:?} has already ended")]
+    InstanceFinished(InstanceId),
+    #[error("instance {0:?} already ended with the other outcome")]
+    ConflictingOutcome(InstanceId),
+    #[error("CONFIRM for instance {0:?}, which this enclave never committed")]
+    NotCommitted(InstanceId),
+    #[error("REFUND of multi-hop instance {0:?} after COMMIT is forbidden (DESIGN §7)")]
+    RefundAfterCommit(InstanceId),
+    #[error("RESOLVE of cross-chain instance {0:?}: swaps never settle on-chain while locked")]
+    ResolveOnSwap(InstanceId),
+    #[error("PREPARE refused: {0:?}")]
+    Refused(NackReason),
+    #[error("invalid order: {0}")]
+    InvalidOrder(&'static str),
+    #[error("amount must be positive")]
+    ZeroAmount,
+    #[error("arithmetic overflow")]
+    Overflow,
+    #[error("sealed state: {0}")]
+    Seal(#[from] SealError),
+    #[error("key: {0}")]
+    Crypto(#[from] CryptoError),
+    #[error("sealed state does not decode: {0}")]
+    CorruptState(String),
+}

@@ -1,0 +1,189 @@
+//! Handling of each round message (DESIGN §6). Each handler validates first and mutates
+//! only when every check passed, so a refused item leaves the state untouched.
+//! Handlers are idempotent for exact duplicates: a retransmitted item gets the same answer.
+
+use crate::consent::plan_prepare;
+use crate::error::EnclaveError;
+use crate::state::{Channel, InstanceRecord, InstanceStatus, NodeState, OrderStatus};
+use teepay_types::{Address, ChannelId, InstanceId, InstanceKind, InstanceSpec, NodeItem, Outcome, Phase};
+
+/// The answer to one item and whether the state changed (and so must be sealed).
+pub(crate) type ItemResult = Result<(NodeItem, bool), EnclaveError>;
+
+impl NodeState {
+    pub(crate) fn on_prepare(&mut self, me: Address, spec: &InstanceSpec, now: u64) -> ItemResult {
+        let digest = spec.digest();
+        if let Some(record) = self.instances.get(&spec.id) {
+            // A retransmitted PREPARE we already acked gets the same ack; anything else
+            // with a known id is a replay.
+            if record.spec_digest == digest && record.status == InstanceStatus::Prepared && !record.ejected {
+                return Ok((self.prepared_item(spec.id, &record.channels), false));
+            }
+            return Err(EnclaveError::InstanceReplayed(spec.id));
+        }
+        let plan = plan_prepare(self, me, spec, now).map_err(EnclaveError::Refused)?;
+        let mut channels: Vec<ChannelId> = Vec::with_capacity(plan.locks.len());
+        for (channel_id, lock) in plan.locks {
+            let channel =
+                self.channels.get_mut(&channel_id).expect("plan_prepare checked the channel exists");
+            channel.locks.push(lock);
+            channel.version += 1;
+            channels.push(channel_id);
+        }
+        if let Some(nonce) = plan.order_nonce {
+            self.orders.get_mut(&nonce).expect("plan_prepare checked the order").status =
+                OrderStatus::InFlight(spec.id);
+        }
+        let record = InstanceRecord {
+            spec_digest: digest,
+            kind: spec.kind,
+            status: InstanceStatus::Prepared,
+            channels,
+            order_nonce: plan.order_nonce,
+            ejected: false,
+        };
+        let item = self.prepared_item(spec.id, &record.channels);
+        self.instances.insert(spec.id, record);
+        Ok((item, true))
+    }
+
+    fn prepared_item(&self, instance: InstanceId, channels: &[ChannelId]) -> NodeItem {
+        let states = channels.iter().map(|c| self.channels[c].to_state()).collect();
+        NodeItem::Prepared { instance, states }
+    }
+
+    pub(crate) fn on_commit(&mut self, instance: InstanceId) -> ItemResult {
+        let record = self.instances.get(&instance).ok_or(EnclaveError::UnknownInstance(instance))?;
+        if record.ejected {
+            return Err(EnclaveError::InstanceEjected(instance));
+        }
+        match record.status {
+            InstanceStatus::Committed => return Ok((NodeItem::Committed { instance }, false)),
+            InstanceStatus::Finished(_) => return Err(EnclaveError::InstanceFinished(instance)),
+            InstanceStatus::Prepared => {}
+        }
+        let channels = record.channels.clone();
+        for id in &channels {
+            let channel = self.channels.get_mut(id).expect("instance channels exist");
+            if let Some(i) = channel.lock_index(instance) {
+                channel.locks[i].phase = Phase::Committed;
+                channel.version += 1;
+            }
+        }
+        self.instances.get_mut(&instance).expect("checked above").status = InstanceStatus::Committed;
+        Ok((NodeItem::Committed { instance }, true))
+    }
+
+    pub(crate) fn on_confirm(&mut self, instance: InstanceId) -> ItemResult {
+        let record = self.instances.get(&instance).ok_or(EnclaveError::UnknownInstance(instance))?;
+        match record.status {
+            InstanceStatus::Committed => self.finish(instance, Outcome::Apply),
+            InstanceStatus::Prepared => Err(EnclaveError::NotCommitted(instance)),
+            InstanceStatus::Finished(outcome) => self.repeat_finished(instance, outcome, Outcome::Apply),
+        }
+    }
+
+    pub(crate) fn on_refund(&mut self, instance: InstanceId) -> ItemResult {
+        let Some(record) = self.instances.get(&instance) else {
+            // Refunded before its PREPARE reached us (reordering, or we NACKed it): remember
+            // the outcome so that a late PREPARE can never lock funds.
+            self.record_unseen(instance, Outcome::Revert);
+            return Ok((NodeItem::Finished { instance, outcome: Outcome::Revert }, true));
+        };
+        match (record.status, record.kind) {
+            (InstanceStatus::Finished(outcome), _) => {
+                self.repeat_finished(instance, outcome, Outcome::Revert)
+            }
+            (InstanceStatus::Committed, InstanceKind::MultiHop) => {
+                Err(EnclaveError::RefundAfterCommit(instance))
+            }
+            _ => self.finish(instance, Outcome::Revert),
+        }
+    }
+
+    pub(crate) fn on_resolve(&mut self, instance: InstanceId, outcome: Outcome) -> ItemResult {
+        let Some(record) = self.instances.get(&instance) else {
+            self.record_unseen(instance, outcome);
+            return Ok((NodeItem::Finished { instance, outcome }, true));
+        };
+        if record.kind == InstanceKind::CrossChain {
+            return Err(EnclaveError::ResolveOnSwap(instance));
+        }
+        match record.status {
+            InstanceStatus::Finished(done) => self.repeat_finished(instance, done, outcome),
+            InstanceStatus::Prepared | InstanceStatus::Committed => self.finish(instance, outcome),
+        }
+    }
+
+    fn repeat_finished(&self, instance: InstanceId, done: Outcome, asked: Outcome) -> ItemResult {
+        if done == asked {
+            Ok((NodeItem::Finished { instance, outcome: done }, false))
+        } else {
+            Err(EnclaveError::ConflictingOutcome(instance))
+        }
+    }
+
+    fn record_unseen(&mut self, instance: InstanceId, outcome: Outcome) {
+        self.instances.insert(
+            instance,
+            InstanceRecord {
+                spec_digest: [0; 32],
+                kind: InstanceKind::MultiHop,
+                status: InstanceStatus::Finished(outcome),
+                channels: Vec::new(),
+                order_nonce: None,
+                ejected: false,
+            },
+        );
+    }
+
+    /// Ends an instance here: every lock it holds on a still-open channel applies or
+    /// reverts (locks on channels settled on-chain were resolved by the contract).
+    fn finish(&mut self, instance: InstanceId, outcome: Outcome) -> ItemResult {
+        let record = &self.instances[&instance];
+        // Compute every new channel first, so an (impossible) arithmetic failure leaves
+        // nothing half-applied.
+        let mut updated: Vec<Channel> = Vec::with_capacity(record.channels.len());
+        for id in &record.channels {
+            let channel = &self.channels[id];
+            if !channel.is_open() {
+                continue;
+            }
+            if let Some(i) = channel.lock_index(instance) {
+                updated.push(settle_lock(channel, i, outcome)?);
+            }
+        }
+        let order_nonce = record.order_nonce;
+        for channel in updated {
+            self.channels.insert(channel.id, channel);
+        }
+        if let Some(nonce) = order_nonce {
+            let order = self.orders.get_mut(&nonce).expect("recorded orders exist");
+            // A refunded order may be retried in a new instance (a reroute); a paid one never.
+            order.status = match outcome {
+                Outcome::Apply => OrderStatus::Used(instance),
+                Outcome::Revert => OrderStatus::Open,
+            };
+        }
+        self.instances.get_mut(&instance).expect("checked by caller").status =
+            InstanceStatus::Finished(outcome);
+        Ok((NodeItem::Finished { instance, outcome }, true))
+    }
+}
+
+/// The channel after lock `index` is resolved with `outcome`.
+fn settle_lock(channel: &Channel, index: usize, outcome: Outcome) -> Result<Channel, EnclaveError> {
+    let mut next = channel.clone();
+    let lock = next.locks.remove(index);
+    if outcome == Outcome::Apply {
+        let (from, to) = if lock.outgoing {
+            (&mut next.balance_local, &mut next.balance_peer)
+        } else {
+            (&mut next.balance_peer, &mut next.balance_local)
+        };
+        *from = from.checked_sub(lock.amount).ok_or(EnclaveError::Overflow)?;
+        *to = to.checked_add(lock.amount).ok_or(EnclaveError::Overflow)?;
+    }
+    next.version += 1;
+    Ok(next)
+}

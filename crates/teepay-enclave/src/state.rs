@@ -1,0 +1,171 @@
+//! The node enclave's state: channels with their locks, instances it has seen, orders it
+//! has issued. Everything here is sealed as one blob.
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use std::collections::BTreeMap;
+use teepay_types::{
+    Address, Amount, ChainId, ChannelId, ChannelState, Hash32, InstanceId, InstanceKind, LockState, Outcome,
+    Phase, SignedChannelState,
+};
+
+/// Fee an intermediary charges for forwarding over one of its channels:
+/// `base + amount * ppm / 1_000_000`, set by the channel's owner.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct FeePolicy {
+    pub base: Amount,
+    pub ppm: u32,
+}
+
+impl FeePolicy {
+    pub fn fee(&self, amount: Amount) -> Option<Amount> {
+        let proportional = amount.0.checked_mul(u128::from(self.ppm))? / 1_000_000;
+        self.base.checked_add(Amount(proportional))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct Lock {
+    pub instance: InstanceId,
+    pub amount: Amount,
+    /// True when this node pays (the amount is reserved from its balance).
+    pub outgoing: bool,
+    pub phase: Phase,
+    pub kind: InstanceKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub enum ChannelStatus {
+    Open,
+    /// This enclave signed a closing/eject state; it is kept so a crashed host can fetch the
+    /// very same state again, and nothing else is ever signed for this channel.
+    Closing(SignedChannelState),
+    /// Settled on-chain (by either party).
+    Settled,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct Channel {
+    pub chain: ChainId,
+    pub contract: Address,
+    pub id: ChannelId,
+    pub peer: Address,
+    pub local_is_a: bool,
+    /// Sum of both parties' deposits: `balance_local + balance_peer` always equals it.
+    pub capacity: Amount,
+    pub balance_local: Amount,
+    pub balance_peer: Amount,
+    pub version: u64,
+    pub locks: Vec<Lock>,
+    pub fee: FeePolicy,
+    pub status: ChannelStatus,
+}
+
+impl Channel {
+    pub fn is_open(&self) -> bool {
+        self.status == ChannelStatus::Open
+    }
+
+    fn reserved(&self, outgoing: bool) -> Amount {
+        // Cannot overflow: every lock was admitted only while covered by a balance.
+        Amount(self.locks.iter().filter(|l| l.outgoing == outgoing).map(|l| l.amount.0).sum())
+    }
+
+    /// What this node can still send: its balance minus outgoing reservations.
+    pub fn available_out(&self) -> Amount {
+        self.balance_local.checked_sub(self.reserved(true)).unwrap_or(Amount::ZERO)
+    }
+
+    /// What the peer can still send us, as this enclave knows the channel.
+    pub fn available_in(&self) -> Amount {
+        self.balance_peer.checked_sub(self.reserved(false)).unwrap_or(Amount::ZERO)
+    }
+
+    pub fn lock_index(&self, instance: InstanceId) -> Option<usize> {
+        self.locks.iter().position(|l| l.instance == instance)
+    }
+
+    /// The contract's view of this channel (party A/B rather than local/peer).
+    pub fn to_state(&self) -> ChannelState {
+        let (balance_a, balance_b) = if self.local_is_a {
+            (self.balance_local, self.balance_peer)
+        } else {
+            (self.balance_peer, self.balance_local)
+        };
+        ChannelState {
+            chain: self.chain,
+            contract: self.contract,
+            channel: self.id,
+            version: self.version,
+            balance_a,
+            balance_b,
+            locks: self
+                .locks
+                .iter()
+                .map(|l| LockState {
+                    instance: l.instance,
+                    amount: l.amount,
+                    a_to_b: l.outgoing == self.local_is_a,
+                    phase: l.phase,
+                    kind: l.kind,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub enum InstanceStatus {
+    Prepared,
+    Committed,
+    Finished(Outcome),
+}
+
+/// What the enclave remembers of an instance. Kept after it ends, so that a replayed or
+/// late PREPARE is refused forever (replay protection).
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct InstanceRecord {
+    pub spec_digest: Hash32,
+    pub kind: InstanceKind,
+    pub status: InstanceStatus,
+    pub channels: Vec<ChannelId>,
+    /// Nonce of this enclave's own order the instance carries, if any.
+    pub order_nonce: Option<u64>,
+    /// A channel of this instance was closed on-chain with its lock: no further phase
+    /// advances, only the outcome is followed on the remaining channels.
+    pub ejected: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub enum OrderStatus {
+    /// Not locked by any instance (new, or its last instance was refunded).
+    Open,
+    InFlight(InstanceId),
+    /// Paid: never usable again.
+    Used(InstanceId),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct OrderRecord {
+    pub digest: Hash32,
+    pub status: OrderStatus,
+}
+
+/// Static configuration fixed when the enclave is created (in a real TEE: part of the
+/// measured code or its signed config).
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct NodeConfig {
+    pub measurement: Hash32,
+    pub attestation_authority: Address,
+    pub allowed_hub_measurements: Vec<Hash32>,
+}
+
+/// Everything the enclave knows except its key (which only the sealed blob carries).
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct NodeState {
+    pub config: NodeConfig,
+    pub hub: Option<Address>,
+    pub channels: BTreeMap<ChannelId, Channel>,
+    pub instances: BTreeMap<InstanceId, InstanceRecord>,
+    pub orders: BTreeMap<u64, OrderRecord>,
+    pub next_nonce: u64,
+}
