@@ -1,0 +1,100 @@
+//! A model of the `PaymentChannels` contract's settlement rule (DESIGN §3), per chain:
+//! close/eject with a state signed by a party's enclave; the first eject of an instance
+//! fixes its outcome (PREPARED → REVERT, COMMITTED → APPLY) and every later settlement of
+//! a channel locked by the same instance follows it. Swap-locked states are rejected.
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use std::collections::BTreeMap;
+use teepay_types::{
+    Address, Amount, ChainId, ChannelId, InstanceId, InstanceKind, Outcome, SignedChannelState,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContractError {
+    #[error("unknown channel")]
+    UnknownChannel,
+    #[error("channel already closed")]
+    Closed,
+    #[error("state not signed by a party of the channel")]
+    NotAParty,
+    #[error("state balances do not add up to the channel's deposits")]
+    BadTotal,
+    #[error("state carries a cross-chain swap lock")]
+    SwapLocked,
+    #[error("arithmetic overflow")]
+    Overflow,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct OnchainChannel {
+    pub chain: ChainId,
+    pub a: Address,
+    pub b: Address,
+    pub deposit_a: Amount,
+    pub deposit_b: Amount,
+    pub open: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct ContractModel {
+    pub channels: BTreeMap<ChannelId, OnchainChannel>,
+    pub outcomes: BTreeMap<InstanceId, Outcome>,
+    pub payouts: BTreeMap<(ChainId, Address), Amount>,
+}
+
+/// What one settlement did: newly fixed instance outcomes and what each party received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    pub channel: ChannelId,
+    pub fixed: Vec<(InstanceId, Outcome)>,
+    pub paid_a: Amount,
+    pub paid_b: Amount,
+}
+
+impl ContractModel {
+    pub fn open(&mut self, id: ChannelId, channel: OnchainChannel) {
+        self.channels.insert(id, channel);
+    }
+
+    pub fn close(&mut self, signed: &SignedChannelState) -> Result<Settlement, ContractError> {
+        let state = &signed.state;
+        let ch = self.channels.get(&state.channel).ok_or(ContractError::UnknownChannel)?;
+        if !ch.open {
+            return Err(ContractError::Closed);
+        }
+        let signer = signed.signer().map_err(|_| ContractError::NotAParty)?;
+        if signer != ch.a && signer != ch.b {
+            return Err(ContractError::NotAParty);
+        }
+        let deposits = ch.deposit_a.checked_add(ch.deposit_b).ok_or(ContractError::Overflow)?;
+        if state.total() != Some(deposits) {
+            return Err(ContractError::BadTotal);
+        }
+        if state.locks.iter().any(|l| l.kind == InstanceKind::CrossChain) {
+            return Err(ContractError::SwapLocked);
+        }
+        let (mut bal_a, mut bal_b) = (state.balance_a, state.balance_b);
+        let mut fixed = Vec::new();
+        let mut outcomes = self.outcomes.clone();
+        for lock in &state.locks {
+            let outcome = *outcomes.entry(lock.instance).or_insert_with(|| {
+                fixed.push((lock.instance, lock.phase.eject_outcome()));
+                lock.phase.eject_outcome()
+            });
+            if outcome == Outcome::Apply {
+                let (from, to) =
+                    if lock.a_to_b { (&mut bal_a, &mut bal_b) } else { (&mut bal_b, &mut bal_a) };
+                *from = from.checked_sub(lock.amount).ok_or(ContractError::Overflow)?;
+                *to = to.checked_add(lock.amount).ok_or(ContractError::Overflow)?;
+            }
+        }
+        let (chain, a, b) = (ch.chain, ch.a, ch.b);
+        self.outcomes = outcomes;
+        self.channels.get_mut(&state.channel).expect("checked").open = false;
+        for (who, amount) in [(a, bal_a), (b, bal_b)] {
+            let paid = self.payouts.entry((chain, who)).or_default();
+            *paid = paid.checked_add(amount).ok_or(ContractError::Overflow)?;
+        }
+        Ok(Settlement { channel: state.channel, fixed, paid_a: bal_a, paid_b: bal_b })
+    }
+}

@@ -1,0 +1,244 @@
+//! The invariants of DESIGN §9, checked against the whole world. `check_step` runs after
+//! every action of every schedule; `check_final` runs once the world is quiescent.
+
+use crate::world::{Violation, World};
+use std::collections::{BTreeMap, BTreeSet};
+use teepay_enclave::{InstanceStatus, NodeState};
+use teepay_types::{Address, Amount, ChainId, InstanceId, InstanceKind, InstanceSpec, Order, Outcome};
+
+fn fail<T>(msg: String) -> Result<T, Violation> {
+    Err(Violation(msg))
+}
+
+impl World {
+    /// Invariants that must hold in every reachable state.
+    pub fn check_step(&self) -> Result<(), Violation> {
+        for node in &self.nodes {
+            check_node_views(&node.name, node.enclave.inspect())?;
+        }
+        self.check_atomicity()
+    }
+
+    /// Invariant 2: every place an instance's outcome is known agrees.
+    pub fn check_atomicity(&self) -> Result<(), Violation> {
+        for id in &self.instances {
+            let mut seen: Vec<(String, Outcome)> = Vec::new();
+            if let Some(o) = self.contract.outcomes.get(id) {
+                seen.push(("contract".into(), *o));
+            }
+            if let Some(o) = self.hub.coordinator.instance(*id).and_then(|i| i.phase.outcome()) {
+                seen.push(("hub".into(), o));
+            }
+            for node in &self.nodes {
+                if let Some(r) = node.enclave.inspect().instances.get(id)
+                    && let InstanceStatus::Finished(o) = r.status
+                {
+                    seen.push((node.name.clone(), o));
+                }
+            }
+            if let Some((first_at, first)) = seen.first()
+                && let Some((at, o)) = seen.iter().find(|(_, o)| o != first)
+            {
+                return fail(format!(
+                    "atomicity: instance {id:?} is {first:?} at {first_at} but {o:?} at {at}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Invariants that hold once every message is delivered and every instance has ended:
+    /// all decided, both views of every channel agree, conservation, no loss, consent.
+    pub fn check_final(&self) -> Result<(), Violation> {
+        self.check_step()?;
+        let outcomes = self.final_outcomes()?;
+        self.check_channels_agree()?;
+        self.check_conservation()?;
+        self.check_accounting(&outcomes)
+    }
+
+    fn final_outcomes(&self) -> Result<BTreeMap<InstanceId, Outcome>, Violation> {
+        let mut outcomes = BTreeMap::new();
+        for id in &self.instances {
+            let instance = self.hub.coordinator.instance(*id).expect("created instances exist");
+            let Some(outcome) = instance.phase.outcome() else {
+                return fail(format!("liveness: instance {id:?} still undecided ({:?})", instance.phase));
+            };
+            if !instance.is_complete() {
+                return fail(format!("liveness: instance {id:?} decided but not acknowledged by every node"));
+            }
+            outcomes.insert(*id, outcome);
+        }
+        for node in &self.nodes {
+            for (id, channel) in &node.enclave.inspect().channels {
+                if channel.is_open() && !channel.locks.is_empty() {
+                    return fail(format!("liveness: {} still holds locks on {id:?}", node.name));
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    fn check_channels_agree(&self) -> Result<(), Violation> {
+        for (id, onchain) in &self.contract.channels {
+            if !onchain.open {
+                continue;
+            }
+            let view = |addr: Address| {
+                let n = self.node_index(addr).expect("parties are nodes");
+                let ch = &self.nodes[n].enclave.inspect().channels[id];
+                if ch.local_is_a {
+                    (ch.balance_local, ch.balance_peer)
+                } else {
+                    (ch.balance_peer, ch.balance_local)
+                }
+            };
+            let (a, b) = (view(onchain.a), view(onchain.b));
+            if a != b {
+                return fail(format!("channel {id:?}: party A sees {a:?}, party B sees {b:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Invariant 1: per chain, open channel balances + paid out = deposits.
+    fn check_conservation(&self) -> Result<(), Violation> {
+        let mut held: BTreeMap<ChainId, u128> = BTreeMap::new();
+        let mut deposited: BTreeMap<ChainId, u128> = BTreeMap::new();
+        for ((chain, _), amount) in &self.deposits {
+            *deposited.entry(*chain).or_default() += amount.0;
+        }
+        for ((chain, _), amount) in &self.contract.payouts {
+            *held.entry(*chain).or_default() += amount.0;
+        }
+        for (id, onchain) in &self.contract.channels {
+            if onchain.open {
+                let n = self.node_index(onchain.a).expect("parties are nodes");
+                let ch = &self.nodes[n].enclave.inspect().channels[id];
+                *held.entry(onchain.chain).or_default() += ch.balance_local.0 + ch.balance_peer.0;
+            }
+        }
+        if held != deposited {
+            return fail(format!("conservation: held {held:?} != deposited {deposited:?}"));
+        }
+        Ok(())
+    }
+
+    /// What `addr` holds on `chain`: its side of every open channel plus on-chain payouts.
+    fn holdings(&self, chain: ChainId, addr: Address) -> i128 {
+        let node = self.node_index(addr).expect("known node");
+        let in_channels: u128 = self.nodes[node]
+            .enclave
+            .inspect()
+            .channels
+            .values()
+            .filter(|c| c.chain == chain && c.is_open())
+            .map(|c| c.balance_local.0)
+            .sum();
+        let paid = self.contract.payouts.get(&(chain, addr)).map_or(0, |a| a.0);
+        (in_channels + paid) as i128
+    }
+
+    /// Invariants 3 and 6: each node's holdings moved by exactly the applied instances'
+    /// flows; within each applied instance an intermediary nets ≥ 0, and a node that
+    /// loses value does so only within the bounds of its own signed order.
+    fn check_accounting(&self, outcomes: &BTreeMap<InstanceId, Outcome>) -> Result<(), Violation> {
+        let mut expected: BTreeMap<(ChainId, Address), i128> = BTreeMap::new();
+        for (id, outcome) in outcomes {
+            if *outcome != Outcome::Apply {
+                continue;
+            }
+            let spec = &self.hub.coordinator.instance(*id).expect("exists").spec;
+            let flows = flows(spec);
+            check_consent(spec, &flows)?;
+            for (key, flow) in flows {
+                *expected.entry(key).or_default() += flow;
+            }
+        }
+        let keys: BTreeSet<(ChainId, Address)> = self.deposits.keys().copied().collect();
+        for (chain, addr) in keys {
+            let start = self.deposits[&(chain, addr)].0 as i128;
+            let delta = self.holdings(chain, addr) - start;
+            let want = expected.get(&(chain, addr)).copied().unwrap_or(0);
+            if delta != want {
+                let name = &self.nodes[self.node_index(addr).expect("node")].name;
+                return fail(format!(
+                    "no-loss: {name} on {chain} changed by {delta}, applied instances explain {want}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Net value each (chain, node) gains from an instance that applies.
+pub fn flows(spec: &InstanceSpec) -> BTreeMap<(ChainId, Address), i128> {
+    let mut flows = BTreeMap::new();
+    for leg in &spec.legs {
+        for hop in &leg.hops {
+            *flows.entry((leg.chain, hop.from)).or_default() -= hop.amount.0 as i128;
+            *flows.entry((leg.chain, hop.to)).or_default() += hop.amount.0 as i128;
+        }
+    }
+    flows
+}
+
+fn check_consent(spec: &InstanceSpec, flows: &BTreeMap<(ChainId, Address), i128>) -> Result<(), Violation> {
+    for ((chain, addr), flow) in flows {
+        let order = spec.orders.iter().find(|o| o.order.owner() == *addr && o.is_authentic());
+        let allowed: i128 = match order.map(|o| &o.order) {
+            None => 0,
+            Some(Order::Payment(r)) if r.chain == *chain => (r.amount.0 + r.max_fee.0) as i128,
+            Some(Order::Payment(_)) => 0,
+            Some(Order::Swap(i)) => {
+                let gives: u128 =
+                    i.gives.iter().filter(|t| t.chain == *chain).map(|t| t.amount.0 + t.max_fee.0).sum();
+                let wants: u128 = i.receives.iter().filter(|t| t.chain == *chain).map(|t| t.amount.0).sum();
+                gives as i128 - wants as i128
+            }
+        };
+        if -flow > allowed {
+            return fail(format!(
+                "consent: {addr:?} loses {} on {chain} in {:?} but its own order allows {allowed}",
+                -flow, spec.id
+            ));
+        }
+    }
+    if spec.kind == InstanceKind::CrossChain {
+        for o in &spec.orders {
+            if let Order::Swap(i) = &o.order {
+                for want in &i.receives {
+                    let got: i128 = spec
+                        .legs
+                        .iter()
+                        .filter(|l| l.chain == want.chain && l.destination() == Some(i.party))
+                        .map(|l| l.delivered().0 as i128)
+                        .sum();
+                    if got < want.amount.0 as i128 {
+                        return fail(format!(
+                            "consent: swap party {:?} receives {got} < {}",
+                            i.party, want.amount
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Each enclave's own view of every channel conserves its capacity and never reserves more
+/// than a side holds.
+fn check_node_views(name: &str, state: &NodeState) -> Result<(), Violation> {
+    for (id, ch) in &state.channels {
+        if ch.balance_local.checked_add(ch.balance_peer) != Some(ch.capacity) {
+            return fail(format!("conservation: {name}'s view of {id:?} does not add up to its capacity"));
+        }
+        let out: u128 = ch.locks.iter().filter(|l| l.outgoing).map(|l| l.amount.0).sum();
+        let inc: u128 = ch.locks.iter().filter(|l| !l.outgoing).map(|l| l.amount.0).sum();
+        if Amount(out) > ch.balance_local || Amount(inc) > ch.balance_peer {
+            return fail(format!("conservation: {name} reserves more than a side of {id:?} holds"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! Named scenarios for the checker and tests, and random networks for sampling.
+
+use crate::rng::SplitMix64;
+use crate::world::{Budget, World};
+use std::collections::{BTreeSet, VecDeque};
+use teepay_enclave::FeePolicy;
+use teepay_types::{Amount, ChainId};
+
+pub const CHAIN_1: ChainId = ChainId(1);
+pub const CHAIN_2: ChainId = ChainId(2);
+
+/// The fault budget of the exhaustive checker: one of each fault per schedule.
+pub fn exhaustive_budget() -> Budget {
+    Budget { duplicates: 1, drops: 1, tampers: 1, crashes: 1, ejects: 1, refunds: 1, ticks: 1 }
+}
+
+fn fee(base: u128, ppm: u32) -> FeePolicy {
+    FeePolicy { base: Amount(base), ppm }
+}
+
+/// payer → i1 → i2 → payee on one chain: one three-hop payment of 10 (fees 1 + 1).
+pub fn three_hop() -> World {
+    let mut w = World::new(3);
+    let [p, i1, i2, r] = ["payer", "hop1", "hop2", "payee"].map(|n| w.add_node(n));
+    w.open_channel(CHAIN_1, p, i1, 100, 100, fee(0, 0), fee(1, 0));
+    w.open_channel(CHAIN_1, i1, i2, 100, 100, fee(1, 0), fee(1, 0));
+    w.open_channel(CHAIN_1, i2, r, 100, 100, fee(1, 0), fee(0, 0));
+    w.pay(CHAIN_1, &[p, i1, i2, r], 10, 5).expect("valid payment");
+    w.budget = exhaustive_budget();
+    w
+}
+
+/// Four parties swap in a ring across two chains: A→B on chain 1, B→C on chain 2,
+/// C→D on chain 1, D→A on chain 2, atomically.
+pub fn swap_2chain_4party() -> World {
+    let mut w = World::new(4);
+    let [a, b, c, d] = ["alice", "bob", "carol", "dave"].map(|n| w.add_node(n));
+    w.open_channel(CHAIN_1, a, b, 100, 100, fee(0, 0), fee(0, 0));
+    w.open_channel(CHAIN_2, b, c, 100, 100, fee(0, 0), fee(0, 0));
+    w.open_channel(CHAIN_1, c, d, 100, 100, fee(0, 0), fee(0, 0));
+    w.open_channel(CHAIN_2, d, a, 100, 100, fee(0, 0), fee(0, 0));
+    w.swap(&[
+        (CHAIN_1, vec![a, b], 10),
+        (CHAIN_2, vec![b, c], 20),
+        (CHAIN_1, vec![c, d], 30),
+        (CHAIN_2, vec![d, a], 40),
+    ])
+    .expect("valid swap");
+    w.budget = exhaustive_budget();
+    w
+}
+
+pub fn by_name(name: &str) -> Option<World> {
+    match name {
+        "three-hop" => Some(three_hop()),
+        "swap-2chain-4party" => Some(swap_2chain_4party()),
+        _ => None,
+    }
+}
+
+pub const SCENARIOS: &[&str] = &["three-hop", "swap-2chain-4party"];
+
+/// Shortest path by hops over `chain`'s channels (the sim's stand-in for the router).
+pub fn bfs_path(w: &World, chain: ChainId, from: usize, to: usize) -> Option<Vec<usize>> {
+    let n = w.nodes.len();
+    let mut prev = vec![usize::MAX; n];
+    let mut seen = BTreeSet::from([from]);
+    let mut queue = VecDeque::from([from]);
+    while let Some(u) = queue.pop_front() {
+        if u == to {
+            let mut path = vec![to];
+            while *path.last().expect("non-empty") != from {
+                path.push(prev[*path.last().expect("non-empty")]);
+            }
+            path.reverse();
+            return Some(path);
+        }
+        for v in 0..n {
+            if w.channel_between(chain, u, v).is_some() && seen.insert(v) {
+                prev[v] = u;
+                queue.push_back(v);
+            }
+        }
+    }
+    None
+}
+
+/// A random network of `nodes` nodes (a ring plus random chords on chain 1, a ring on
+/// chain 2) with `payments` concurrent payments and `swaps` concurrent two-party swaps.
+pub fn random_network(seed: u64, nodes: usize, payments: usize, swaps: usize) -> World {
+    let mut rng = SplitMix64::new(seed);
+    let mut w = World::new(seed);
+    let ids: Vec<usize> = (0..nodes).map(|i| w.add_node(&format!("n{i}"))).collect();
+    let random_fee = |rng: &mut SplitMix64| fee(u128::from(rng.below(3)), rng.below(5_000) as u32);
+    let open = |w: &mut World, rng: &mut SplitMix64, chain: ChainId, a: usize, b: usize| {
+        if a != b && w.channel_between(chain, a, b).is_none() {
+            let (da, db) = (100 + u128::from(rng.below(900)), 100 + u128::from(rng.below(900)));
+            let (fa, fb) = (random_fee(rng), random_fee(rng));
+            w.open_channel(chain, a, b, da, db, fa, fb);
+        }
+    };
+    for i in 0..nodes {
+        open(&mut w, &mut rng, CHAIN_1, ids[i], ids[(i + 1) % nodes]);
+        open(&mut w, &mut rng, CHAIN_2, ids[i], ids[(i + 1) % nodes]);
+    }
+    for _ in 0..nodes {
+        let (a, b) = (rng.below(nodes as u64) as usize, rng.below(nodes as u64) as usize);
+        open(&mut w, &mut rng, CHAIN_1, ids[a], ids[b]);
+    }
+    for _ in 0..payments {
+        let (src, dst) = distinct_pair(&mut rng, nodes);
+        let path = bfs_path(&w, CHAIN_1, src, dst).expect("the ring connects everyone");
+        let amount = 1 + u128::from(rng.below(60));
+        // A hub-side refusal (e.g. nothing) is impossible here; node-side refusals
+        // (insufficient funds under concurrency) are part of what we test.
+        w.pay(CHAIN_1, &path, amount, 200).expect("hub accepts well-formed payments");
+    }
+    for _ in 0..swaps {
+        let (x, y) = distinct_pair(&mut rng, nodes);
+        let there = bfs_path(&w, CHAIN_1, x, y).expect("ring");
+        let back = bfs_path(&w, CHAIN_2, y, x).expect("ring");
+        let (give, get) = (1 + u128::from(rng.below(40)), 1 + u128::from(rng.below(40)));
+        w.swap(&[(CHAIN_1, there, give), (CHAIN_2, back, get)]).expect("hub accepts well-formed swaps");
+    }
+    w.budget = Budget { duplicates: 3, drops: 3, tampers: 2, crashes: 3, ejects: 2, refunds: 3, ticks: 2 };
+    w
+}
+
+fn distinct_pair(rng: &mut SplitMix64, n: usize) -> (usize, usize) {
+    let a = rng.below(n as u64) as usize;
+    let b = (a + 1 + rng.below(n as u64 - 1) as usize) % n;
+    (a, b)
+}

@@ -1,0 +1,363 @@
+//! The deterministic in-memory world: N node enclaves, the hub enclave, the contract model
+//! and a network of in-flight messages. Every nondeterministic choice (which message next,
+//! drop, duplicate, tamper, crash, eject, refund request, clock tick) is an explicit
+//! [`Action`], so a scheduler — exhaustive or random — decides everything.
+
+use crate::contract::{ContractModel, OnchainChannel};
+use std::collections::BTreeMap;
+use teepay_coordinator::{Coordinator, HubConfig, HubError};
+use teepay_enclave::{
+    BatchResult, EnclaveError, FeePolicy, NewChannel, NodeConfig, NodeEnclave, Request, Response,
+};
+use teepay_types::{
+    Address, Amount, ChainId, ChannelId, Hop, InstanceId, InstanceKind, Leg, Outcome, SignedHubBatch,
+    SignedNodeAck, SignedOrder, SignedRefundRequest, SigningKey, SimPlatform, Transfer, derive_channel_id,
+    keccak256,
+};
+
+pub const NODE_MEASUREMENT: [u8; 32] = [0x11; 32];
+pub const HUB_MEASUREMENT: [u8; 32] = [0x22; 32];
+pub const CONTRACT: Address = Address([0xcc; 20]);
+/// Retransmission interval and PREPARE timeout, in the world's clock units.
+pub const RETRANSMIT_AFTER: u64 = 10;
+pub const PREPARE_TIMEOUT: u64 = 30;
+
+#[derive(Debug, Clone)]
+pub struct SimNode {
+    pub name: String,
+    pub enclave: NodeEnclave<SimPlatform>,
+    /// The last sealed blob the host persisted (what a restart uses).
+    pub blob: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimHub {
+    pub coordinator: Coordinator<SimPlatform>,
+    pub blob: Vec<u8>,
+}
+
+/// Something in flight. Chain notices model each host's chain watcher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Envelope {
+    ToNode {
+        node: usize,
+        batch: SignedHubBatch,
+    },
+    ToHub(SignedNodeAck),
+    RefundRequest(SignedRefundRequest),
+    /// The hub's chain sync saw an instance's outcome fixed by an eject.
+    OutcomeOnChain(InstanceId, Outcome),
+    /// A node's chain watcher saw one of its channels settled.
+    SettledOnChain {
+        node: usize,
+        channel: ChannelId,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    Node(usize),
+    Hub,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Deliver(usize),
+    Duplicate(usize),
+    Drop(usize),
+    /// Deliver a forged copy (a flipped byte under the signature): must be refused.
+    Tamper(usize),
+    Crash(Target),
+    Eject {
+        node: usize,
+        channel: ChannelId,
+    },
+    RequestRefund {
+        node: usize,
+        instance: InstanceId,
+    },
+    /// Advance the clock past every deadline and retransmission interval.
+    Tick,
+}
+
+/// How many of each fault a schedule may still inject.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Budget {
+    pub duplicates: u8,
+    pub drops: u8,
+    pub tampers: u8,
+    pub crashes: u8,
+    pub ejects: u8,
+    pub refunds: u8,
+    pub ticks: u8,
+}
+
+/// A broken invariant or a protocol misbehaviour observed while applying an action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation(pub String);
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct World {
+    pub now: u64,
+    pub authority: SigningKey,
+    pub nodes: Vec<SimNode>,
+    pub hub: SimHub,
+    pub contract: ContractModel,
+    pub network: Vec<Envelope>,
+    pub budget: Budget,
+    /// Initial deposits per (chain, node) — the baseline for no-loss accounting.
+    pub deposits: BTreeMap<(ChainId, Address), Amount>,
+    pub channels: BTreeMap<(ChainId, usize, usize), ChannelId>,
+    pub instances: Vec<InstanceId>,
+    entropy_counter: u64,
+    seed: u64,
+}
+
+fn expect_done(r: Result<teepay_enclave::Output, EnclaveError>) -> teepay_enclave::Output {
+    r.unwrap_or_else(|e| panic!("setup request refused: {e}"))
+}
+
+impl World {
+    pub fn new(seed: u64) -> Self {
+        let mut counter: u64 = 0;
+        let mut entropy = || {
+            counter += 1;
+            keccak256(&[&seed.to_le_bytes()[..], &counter.to_le_bytes()].concat())
+        };
+        let authority = SigningKey::from_entropy(entropy()).expect("keccak output is a valid key");
+        let config = HubConfig {
+            measurement: HUB_MEASUREMENT,
+            attestation_authority: authority.address(),
+            allowed_node_measurements: vec![NODE_MEASUREMENT],
+            prepare_timeout: PREPARE_TIMEOUT,
+            retransmit_after: RETRANSMIT_AFTER,
+        };
+        let mut coordinator =
+            Coordinator::create(SimPlatform::new(entropy()), config, entropy()).expect("valid hub entropy");
+        let blob = coordinator.flush().sealed.expect("a new hub is dirty");
+        World {
+            now: 0,
+            authority,
+            nodes: Vec::new(),
+            hub: SimHub { coordinator, blob },
+            contract: ContractModel::default(),
+            network: Vec::new(),
+            budget: Budget::default(),
+            deposits: BTreeMap::new(),
+            channels: BTreeMap::new(),
+            instances: Vec::new(),
+            entropy_counter: counter,
+            seed,
+        }
+    }
+
+    fn entropy(&mut self) -> [u8; 32] {
+        self.entropy_counter += 1;
+        keccak256(&[&self.seed.to_le_bytes()[..], &self.entropy_counter.to_le_bytes()].concat())
+    }
+
+    pub fn address(&self, node: usize) -> Address {
+        self.nodes[node].enclave.address()
+    }
+
+    pub fn node_index(&self, address: Address) -> Option<usize> {
+        self.nodes.iter().position(|n| n.enclave.address() == address)
+    }
+
+    /// Creates a node enclave, has it attest the hub, and registers it with the hub.
+    pub fn add_node(&mut self, name: &str) -> usize {
+        let config = NodeConfig {
+            measurement: NODE_MEASUREMENT,
+            attestation_authority: self.authority.address(),
+            allowed_hub_measurements: vec![HUB_MEASUREMENT],
+        };
+        let platform = SimPlatform::new(self.entropy());
+        let entropy = self.entropy();
+        let (enclave, blob) = NodeEnclave::create(platform, config, entropy).expect("valid entropy");
+        let index = self.nodes.len();
+        self.nodes.push(SimNode { name: name.to_string(), enclave, blob });
+        let hub_quote = self.hub.coordinator.report(ChainId(0)).attest(&self.authority);
+        self.node_request(index, Request::AttestHub { quote: hub_quote });
+        let Response::Report(report) =
+            expect_done(self.nodes[index].enclave.handle(0, Request::Report { chain: ChainId(0) })).response
+        else {
+            unreachable!("Report answers with a report")
+        };
+        self.hub
+            .coordinator
+            .register_node(&report.attest(&self.authority))
+            .expect("quote from the authority");
+        self.flush_hub();
+        index
+    }
+
+    /// Runs a setup request on a node and persists its blob.
+    pub fn node_request(&mut self, node: usize, request: Request) -> Response {
+        let out = expect_done(self.nodes[node].enclave.handle(self.now, request));
+        if let Some(blob) = out.sealed {
+            self.nodes[node].blob = blob;
+        }
+        out.response
+    }
+
+    /// Opens and funds a channel on the contract model and tells both enclaves.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open_channel(
+        &mut self,
+        chain: ChainId,
+        a: usize,
+        b: usize,
+        deposit_a: u128,
+        deposit_b: u128,
+        fee_a: FeePolicy,
+        fee_b: FeePolicy,
+    ) -> ChannelId {
+        let (addr_a, addr_b) = (self.address(a), self.address(b));
+        let id = derive_channel_id(addr_a, addr_b, self.channels.len() as u64);
+        let (deposit_a, deposit_b) = (Amount(deposit_a), Amount(deposit_b));
+        self.contract
+            .open(id, OnchainChannel { chain, a: addr_a, b: addr_b, deposit_a, deposit_b, open: true });
+        for (me, peer, local_is_a, mine, theirs, fee) in
+            [(a, addr_b, true, deposit_a, deposit_b, fee_a), (b, addr_a, false, deposit_b, deposit_a, fee_b)]
+        {
+            let new = NewChannel {
+                chain,
+                contract: CONTRACT,
+                id,
+                peer,
+                local_is_a,
+                deposit_local: mine,
+                deposit_peer: theirs,
+                fee,
+            };
+            self.node_request(me, Request::AddChannel(new));
+            let entry = self.deposits.entry((chain, self.address(me))).or_default();
+            *entry = entry.checked_add(mine).expect("test deposits fit in u128");
+        }
+        self.channels.insert((chain, a, b), id);
+        self.channels.insert((chain, b, a), id);
+        id
+    }
+
+    pub fn channel_between(&self, chain: ChainId, a: usize, b: usize) -> Option<ChannelId> {
+        self.channels.get(&(chain, a, b)).copied()
+    }
+
+    /// The hops of a route delivering `amount` to the path's end, each intermediary adding
+    /// the fee its enclave charges on its outgoing channel.
+    pub fn route(&self, chain: ChainId, path: &[usize], amount: u128) -> Option<Leg> {
+        let mut hops = Vec::with_capacity(path.len().saturating_sub(1));
+        let mut carried = Amount(amount);
+        for i in (0..path.len() - 1).rev() {
+            let channel = self.channel_between(chain, path[i], path[i + 1])?;
+            hops.push(Hop {
+                channel,
+                from: self.address(path[i]),
+                to: self.address(path[i + 1]),
+                amount: carried,
+            });
+            if i > 0 {
+                let policy = self.nodes[path[i]].enclave.inspect().channels.get(&channel)?.fee;
+                carried = carried.checked_add(policy.fee(carried)?)?;
+            }
+        }
+        hops.reverse();
+        Some(Leg { chain, hops })
+    }
+
+    /// A payer-signed request routed along `path`, started at the hub.
+    pub fn pay(
+        &mut self,
+        chain: ChainId,
+        path: &[usize],
+        amount: u128,
+        max_fee: u128,
+    ) -> Result<InstanceId, HubError> {
+        let leg = self.route(chain, path, amount).expect("path follows open channels");
+        let payee = self.address(*path.last().expect("non-empty path"));
+        let request = Request::CreatePayment {
+            chain,
+            payee,
+            amount: Amount(amount),
+            max_fee: Amount(max_fee),
+            expires_at: self.now + 1_000,
+        };
+        let Response::Order(order) = self.node_request(path[0], request) else {
+            unreachable!("orders answer Order")
+        };
+        self.start(InstanceKind::MultiHop, vec![leg], vec![order])
+    }
+
+    /// A swap: each leg is (chain, path, amount delivered); every party that sources a
+    /// leg signs an intent giving its legs and receiving the legs that end at it.
+    pub fn swap(&mut self, legs: &[(ChainId, Vec<usize>, u128)]) -> Result<InstanceId, HubError> {
+        let routes: Vec<Leg> =
+            legs.iter().map(|(c, p, a)| self.route(*c, p, *a).expect("path follows open channels")).collect();
+        let mut parties: Vec<usize> =
+            legs.iter().flat_map(|(_, p, _)| [p[0], *p.last().expect("path")]).collect();
+        parties.sort_unstable();
+        parties.dedup();
+        let mut orders: Vec<SignedOrder> = Vec::new();
+        for party in parties {
+            let me = self.address(party);
+            let transfer = |leg: &Leg, counterparty: Address| Transfer {
+                chain: leg.chain,
+                counterparty,
+                amount: leg.delivered(),
+                max_fee: leg.sent().checked_sub(leg.delivered()).expect("fees are non-negative"),
+            };
+            let gives: Vec<Transfer> = routes
+                .iter()
+                .filter(|l| l.source() == Some(me))
+                .map(|l| transfer(l, l.destination().expect("leg")))
+                .collect();
+            let receives: Vec<Transfer> = routes
+                .iter()
+                .filter(|l| l.destination() == Some(me))
+                .map(|l| transfer(l, l.source().expect("leg")))
+                .collect();
+            if gives.is_empty() {
+                continue;
+            }
+            let request = Request::CreateSwapIntent { gives, receives, expires_at: self.now + 1_000 };
+            let Response::Order(order) = self.node_request(party, request) else {
+                unreachable!("orders answer Order")
+            };
+            orders.push(order);
+        }
+        self.start(InstanceKind::CrossChain, routes, orders)
+    }
+
+    pub fn start(
+        &mut self,
+        kind: InstanceKind,
+        legs: Vec<Leg>,
+        orders: Vec<SignedOrder>,
+    ) -> Result<InstanceId, HubError> {
+        let id = self.hub.coordinator.create_instance(self.now, kind, legs, orders)?;
+        self.instances.push(id);
+        self.flush_hub();
+        Ok(id)
+    }
+
+    /// Flushes the hub's outbox: persist the sealed state first, then put batches in flight.
+    pub fn flush_hub(&mut self) {
+        let flush = self.hub.coordinator.flush();
+        if let Some(blob) = flush.sealed {
+            self.hub.blob = blob;
+        }
+        for batch in flush.batches {
+            let node = self.node_index(batch.batch.node).expect("hub only addresses known nodes");
+            self.network.push(Envelope::ToNode { node, batch });
+        }
+    }
+}
+
+/// The result of delivering a batch, for callers that inspect per-item outcomes.
+pub type DeliveredBatch = Result<BatchResult, EnclaveError>;
