@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 use teepay_sim::rng::SplitMix64;
 use teepay_sim::scenarios::{SCENARIOS, by_name, random_network};
-use teepay_sim::{Counterexample, explore, random_schedule};
+use teepay_sim::{Budget, Counterexample, explore, random_schedule};
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {
@@ -34,6 +34,33 @@ pub struct CheckArgs {
     /// Stop exhaustive exploration after this many distinct states (default: no limit).
     #[arg(long)]
     max_states: Option<usize>,
+    /// Fault budget per schedule, overriding the scenario's default, e.g.
+    /// `--faults duplicates=1,drops=0,tampers=1,crashes=1,ejects=1,refunds=1,ticks=1`.
+    #[arg(long, value_parser = parse_faults)]
+    faults: Option<Budget>,
+}
+
+fn parse_faults(s: &str) -> Result<Budget, String> {
+    let mut b = Budget::default();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let (key, value) = part.split_once('=').ok_or_else(|| format!("expected key=value, got {part:?}"))?;
+        let n: u8 = value.parse().map_err(|_| format!("{key}: {value:?} is not a number 0-255"))?;
+        match key {
+            "duplicates" => b.duplicates = n,
+            "drops" => b.drops = n,
+            "tampers" => b.tampers = n,
+            "crashes" => b.crashes = n,
+            "ejects" => b.ejects = n,
+            "refunds" => b.refunds = n,
+            "ticks" => b.ticks = n,
+            _ => {
+                return Err(format!(
+                    "unknown fault {key:?} (duplicates, drops, tampers, crashes, ejects, refunds, ticks)"
+                ));
+            }
+        }
+    }
+    Ok(b)
 }
 
 fn print_counterexample(c: &Counterexample) {
@@ -78,8 +105,16 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let name = args.scenario.as_deref().expect("clap requires --scenario without --random");
-    let world = by_name(name)
+    let mut world = by_name(name)
         .with_context(|| format!("unknown scenario {name:?}; known: {}", SCENARIOS.join(", ")))?;
+    if let Some(budget) = args.faults {
+        world.budget = budget;
+    }
+    let b = world.budget;
+    eprintln!(
+        "exploring {name}: faults per schedule: {} duplicate, {} drop, {} forgery, {} crash, {} eject, {} refund request, {} clock jump",
+        b.duplicates, b.drops, b.tampers, b.crashes, b.ejects, b.refunds, b.ticks
+    );
     let report = explore(&world, args.max_states);
     let violations = u32::from(report.violation.is_some());
     println!(

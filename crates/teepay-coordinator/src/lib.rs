@@ -144,6 +144,7 @@ impl<P: Platform> Coordinator<P> {
             deadline: now.saturating_add(self.state.config.prepare_timeout),
         };
         spec.validate_structure()?;
+        spec.verify_order_signatures()?;
         if let (InstanceKind::MultiHop, [leg], [SignedOrder { order: Order::Payment(req), .. }]) =
             (kind, spec.legs.as_slice(), spec.orders.as_slice())
             && leg.source() != Some(req.payer)

@@ -272,7 +272,7 @@ impl<P: Platform> NodeEnclave<P> {
                 let ch = self.state.channels.get(&channel).ok_or(EnclaveError::UnknownChannel(channel))?;
                 match &ch.status {
                     ChannelStatus::Closing(signed) => {
-                        Ok(Output { response: Response::ChannelState(signed.clone()), sealed: None })
+                        Ok(Output { response: Response::ChannelState((**signed).clone()), sealed: None })
                     }
                     _ => Err(EnclaveError::InvalidOrder("no closing state was signed for this channel")),
                 }
@@ -373,7 +373,7 @@ impl<P: Platform> NodeEnclave<P> {
             return Err(EnclaveError::SwapLocked(channel));
         }
         let signed = ch.to_state().sign(&key);
-        ch.status = ChannelStatus::Closing(signed.clone());
+        ch.status = ChannelStatus::Closing(Box::new(signed.clone()));
         let instances: Vec<InstanceId> = ch.locks.iter().map(|l| l.instance).collect();
         self.mark_ejected(&instances);
         Ok(self.changed(Response::ChannelState(signed)))

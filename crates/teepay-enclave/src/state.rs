@@ -38,7 +38,7 @@ pub enum ChannelStatus {
     Open,
     /// This enclave signed a closing/eject state; it is kept so a crashed host can fetch the
     /// very same state again, and nothing else is ever signed for this channel.
-    Closing(SignedChannelState),
+    Closing(Box<SignedChannelState>),
     /// Settled on-chain (by either party).
     Settled,
 }

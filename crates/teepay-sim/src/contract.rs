@@ -37,6 +37,9 @@ pub struct OnchainChannel {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct ContractModel {
+    /// Deliberately wrong rule for mutation tests: each settlement resolves its locks by
+    /// its own phase instead of the instance's first recorded outcome.
+    pub broken_settlement_rule: bool,
     pub channels: BTreeMap<ChannelId, OnchainChannel>,
     pub outcomes: BTreeMap<InstanceId, Outcome>,
     pub payouts: BTreeMap<(ChainId, Address), Amount>,
@@ -77,10 +80,13 @@ impl ContractModel {
         let mut fixed = Vec::new();
         let mut outcomes = self.outcomes.clone();
         for lock in &state.locks {
-            let outcome = *outcomes.entry(lock.instance).or_insert_with(|| {
+            let mut outcome = *outcomes.entry(lock.instance).or_insert_with(|| {
                 fixed.push((lock.instance, lock.phase.eject_outcome()));
                 lock.phase.eject_outcome()
             });
+            if self.broken_settlement_rule {
+                outcome = lock.phase.eject_outcome();
+            }
             if outcome == Outcome::Apply {
                 let (from, to) =
                     if lock.a_to_b { (&mut bal_a, &mut bal_b) } else { (&mut bal_b, &mut bal_a) };

@@ -179,6 +179,10 @@ impl Explorer {
         }
         // Placeholder: a state reached again on the current path ends that path.
         self.memo.insert(fp, 1);
+        if let Err(v) = world.check_forgeries() {
+            self.fail(v);
+            return 0;
+        }
         if world.network.is_empty()
             && let Err(v) = world.check_completion()
         {

@@ -167,8 +167,8 @@ pub enum SpecError {
 }
 
 impl InstanceSpec {
-    /// Shape rules independent of who checks them. Every enclave runs this before anything
-    /// else, so a malformed route can never reach balance or consent logic.
+    /// Shape rules independent of who checks them (no signatures). Every enclave runs this
+    /// before anything else, so a malformed route can never reach balance or consent logic.
     pub fn validate_structure(&self) -> Result<(), SpecError> {
         if self.legs.is_empty() {
             return Err(SpecError::NoLegs);
@@ -211,9 +211,6 @@ impl InstanceSpec {
             if !owners.insert(o.order.owner()) {
                 return Err(SpecError::DuplicateOrder);
             }
-            if !o.is_authentic() {
-                return Err(SpecError::UnsignedOrder(o.order.owner()));
-            }
         }
         match self.kind {
             InstanceKind::MultiHop => {
@@ -231,6 +228,16 @@ impl InstanceSpec {
             }
         }
         Ok(())
+    }
+
+    /// Checks every order's signature (one ECDSA recovery each). The hub runs this when it
+    /// creates an instance. Node enclaves need not: an order's owner compares it with the
+    /// order it issued itself, and an intermediary's consent does not depend on orders.
+    pub fn verify_order_signatures(&self) -> Result<(), SpecError> {
+        match self.orders.iter().find(|o| !o.is_authentic()) {
+            Some(o) => Err(SpecError::UnsignedOrder(o.order.owner())),
+            None => Ok(()),
+        }
     }
 
     /// Every (chain, node) that holds a hop endpoint, i.e. every node PREPARE goes to.

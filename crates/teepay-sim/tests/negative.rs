@@ -1,0 +1,500 @@
+//! Invariant 4: a forged, replayed, stale or malformed message changes nothing and gets a
+//! clear, typed error. Each test asserts the exact error and that the enclave's state is
+//! unchanged (and that no new sealed blob was produced).
+//!
+//! Round messages are crafted with an attested hub key that is not the coordinator, i.e.
+//! what a buggy or compromised hub could send; the node enclave must defend on its own.
+
+use teepay_coordinator::HubError;
+use teepay_enclave::{BatchResult, EnclaveError, FeePolicy, NodeState, Request, Response};
+use teepay_sim::World;
+use teepay_sim::scenarios::CHAIN_1;
+use teepay_types::{
+    Amount, ChainId, HubBatch, HubItem, InstanceId, InstanceKind, InstanceSpec, Leg, NackReason, NodeItem,
+    Order, Outcome, Report, SignedOrder, SigningKey,
+};
+
+const HUB_MEASUREMENT: [u8; 32] = teepay_sim::world::HUB_MEASUREMENT;
+
+struct Fixture {
+    w: World,
+    hub: SigningKey,
+    nodes: [usize; 4],
+}
+
+/// payer → hop1 → hop2 → payee, every node attesting a crafted hub key.
+fn fixture() -> Fixture {
+    let mut w = World::new(42);
+    let nodes = ["payer", "hop1", "hop2", "payee"].map(|n| w.add_node(n));
+    let [p, i1, i2, r] = nodes;
+    let fee = FeePolicy { base: Amount(1), ppm: 0 };
+    w.open_channel(CHAIN_1, p, i1, 100, 100, FeePolicy::default(), fee);
+    w.open_channel(CHAIN_1, i1, i2, 100, 100, fee, fee);
+    w.open_channel(CHAIN_1, i2, r, 100, 100, fee, FeePolicy::default());
+    let hub = SigningKey::from_entropy([0x77; 32]).unwrap();
+    let quote = Report { measurement: HUB_MEASUREMENT, enclave: hub.address(), chain: ChainId(0) }
+        .attest(&w.authority);
+    for n in nodes {
+        w.node_request(n, Request::AttestHub { quote: quote.clone() });
+    }
+    Fixture { w, hub, nodes }
+}
+
+impl Fixture {
+    fn order(&mut self, amount: u128, max_fee: u128) -> SignedOrder {
+        let payee = self.w.address(self.nodes[3]);
+        let req = Request::CreatePayment {
+            chain: CHAIN_1,
+            payee,
+            amount: Amount(amount),
+            max_fee: Amount(max_fee),
+            expires_at: 1_000,
+        };
+        let Response::Order(o) = self.w.node_request(self.nodes[0], req) else { panic!() };
+        o
+    }
+
+    fn spec(&self, id: u8, leg: Leg, order: SignedOrder) -> InstanceSpec {
+        InstanceSpec {
+            id: InstanceId([id; 32]),
+            kind: InstanceKind::MultiHop,
+            legs: vec![leg],
+            orders: vec![order],
+            deadline: 100,
+        }
+    }
+
+    fn leg(&self, amount: u128) -> Leg {
+        self.w.route(CHAIN_1, &self.nodes, amount).unwrap()
+    }
+
+    /// Sends `items` to `node`, signed by the crafted hub; persists the blob like a host.
+    fn send(&mut self, node: usize, items: Vec<HubItem>) -> Result<BatchResult, EnclaveError> {
+        let batch = HubBatch { hub: self.hub.address(), node: self.w.address(node), items }.sign(&self.hub);
+        let out = self.w.nodes[node].enclave.handle(self.w.now, Request::HubBatch(batch))?;
+        if let Some(blob) = out.sealed {
+            self.w.nodes[node].blob = blob;
+        }
+        let Response::Batch(r) = out.response else { panic!() };
+        Ok(r)
+    }
+
+    fn state(&self, node: usize) -> NodeState {
+        self.w.nodes[node].enclave.inspect().clone()
+    }
+
+    /// Asserts one item is refused with `expected`, and the node's state is unchanged.
+    fn refused(&mut self, node: usize, item: HubItem, expected: EnclaveError) {
+        let before = self.state(node);
+        let result = self.send(node, vec![item.clone()]).expect("batch itself is authentic");
+        assert_eq!(result.results, vec![Err(expected.clone())], "item {item:?}");
+        if let EnclaveError::Refused(reason) = expected {
+            let ack = result.ack.expect("a refused PREPARE is NACKed");
+            assert_eq!(ack.ack.items, vec![NodeItem::Nack { instance: item.instance(), reason }]);
+        }
+        assert_eq!(self.state(node), before, "refused item changed state");
+    }
+
+    fn accepted(&mut self, node: usize, item: HubItem) -> NodeItem {
+        let result = self.send(node, vec![item]).expect("authentic batch");
+        result.results.into_iter().next().unwrap().expect("item accepted")
+    }
+
+    /// Prepares, commits and (optionally) confirms a valid payment on every node.
+    fn run_to(&mut self, id: u8, commit: bool, confirm: bool) -> InstanceSpec {
+        let order = self.order(10, 5);
+        let spec = self.spec(id, self.leg(10), order);
+        for n in self.nodes {
+            self.accepted(n, HubItem::Prepare(spec.clone()));
+        }
+        if commit {
+            for n in self.nodes {
+                self.accepted(n, HubItem::Commit { instance: spec.id, prepared_acks: [0; 32] });
+            }
+        }
+        if confirm {
+            for n in self.nodes {
+                self.accepted(n, HubItem::Confirm { instance: spec.id });
+            }
+        }
+        spec
+    }
+}
+
+#[test]
+fn forged_hub_signature_is_refused() {
+    let mut f = fixture();
+    let order = f.order(10, 5);
+    let spec = f.spec(1, f.leg(10), order);
+    let node = f.nodes[1];
+    let before = f.state(node);
+    let mut batch =
+        HubBatch { hub: f.hub.address(), node: f.w.address(node), items: vec![HubItem::Prepare(spec)] }
+            .sign(&f.hub);
+    batch.signature.0[10] ^= 1;
+    let err = f.w.nodes[node].enclave.handle(0, Request::HubBatch(batch)).unwrap_err();
+    assert_eq!(err, EnclaveError::BadHubSignature);
+    assert_eq!(f.state(node), before);
+}
+
+#[test]
+fn unattested_hub_key_is_refused() {
+    let mut f = fixture();
+    let node = f.nodes[1];
+    // A key the node never attested, even one with a valid-looking signature.
+    let rogue = SigningKey::from_entropy([0x99; 32]).unwrap();
+    let before = f.state(node);
+    let batch = HubBatch { hub: rogue.address(), node: f.w.address(node), items: vec![] }.sign(&rogue);
+    assert_eq!(
+        f.w.nodes[node].enclave.handle(0, Request::HubBatch(batch)).unwrap_err(),
+        EnclaveError::BadHubSignature
+    );
+    // A quote not signed by the attestation authority, or for an unknown measurement.
+    let fake =
+        Report { measurement: HUB_MEASUREMENT, enclave: rogue.address(), chain: ChainId(0) }.attest(&rogue);
+    let err = f.w.nodes[node].enclave.handle(0, Request::AttestHub { quote: fake }).unwrap_err();
+    assert_eq!(err, EnclaveError::Quote(teepay_types::QuoteError::BadAuthoritySignature));
+    let wrong =
+        Report { measurement: [0; 32], enclave: rogue.address(), chain: ChainId(0) }.attest(&f.w.authority);
+    let err = f.w.nodes[node].enclave.handle(0, Request::AttestHub { quote: wrong }).unwrap_err();
+    assert_eq!(err, EnclaveError::Quote(teepay_types::QuoteError::UnknownMeasurement));
+    assert_eq!(f.state(node), before);
+    // A node that never attested any hub refuses every batch.
+    let mut w = World::new(7);
+    let n = w.add_node("fresh");
+    let fresh = teepay_enclave::NodeEnclave::create(
+        w.nodes[n].enclave.platform().clone(),
+        w.nodes[n].enclave.inspect().config.clone(),
+        [5; 32],
+    )
+    .unwrap()
+    .0;
+    let batch = HubBatch { hub: f.hub.address(), node: fresh.address(), items: vec![] }.sign(&f.hub);
+    let mut fresh = fresh;
+    assert_eq!(fresh.handle(0, Request::HubBatch(batch)).unwrap_err(), EnclaveError::HubNotAttested);
+}
+
+#[test]
+fn batch_for_another_node_is_refused() {
+    let mut f = fixture();
+    let (a, b) = (f.nodes[1], f.nodes[2]);
+    let batch = HubBatch { hub: f.hub.address(), node: f.w.address(a), items: vec![] }.sign(&f.hub);
+    let before = f.state(b);
+    assert_eq!(
+        f.w.nodes[b].enclave.handle(0, Request::HubBatch(batch)).unwrap_err(),
+        EnclaveError::WrongRecipient
+    );
+    assert_eq!(f.state(b), before);
+}
+
+#[test]
+fn prepare_without_the_payers_request_is_refused() {
+    let mut f = fixture();
+    let payer = f.nodes[0];
+    let leg = f.leg(10);
+    // A request signed by somebody else (the payee) naming the payer does not count.
+    let payee_key = SigningKey::from_entropy([0x55; 32]).unwrap();
+    let Order::Payment(mut req) = f.order(10, 5).order else { panic!() };
+    req.payer = payee_key.address();
+    let foreign = Order::Payment(req).sign(&payee_key);
+    let spec = f.spec(2, leg, foreign);
+    f.refused(payer, HubItem::Prepare(spec), EnclaveError::Refused(NackReason::MissingOrder));
+}
+
+#[test]
+fn prepare_with_altered_terms_is_refused() {
+    let mut f = fixture();
+    let payer = f.nodes[0];
+    let order = f.order(10, 5);
+    // Amount: the route delivers 9 instead of the requested 10.
+    let spec = f.spec(3, f.leg(9), order.clone());
+    f.refused(payer, HubItem::Prepare(spec), EnclaveError::Refused(NackReason::OrderTermsMismatch));
+    // Receiver: the route ends at hop2 instead of the payee.
+    let short = f.w.route(CHAIN_1, &f.nodes[..3], 10).unwrap();
+    let spec = f.spec(4, short, order.clone());
+    f.refused(payer, HubItem::Prepare(spec), EnclaveError::Refused(NackReason::OrderTermsMismatch));
+    // Chain: the same route claimed on another chain (channels do not match there).
+    let mut other_chain = f.leg(10);
+    other_chain.chain = ChainId(9);
+    let spec = f.spec(5, other_chain, order.clone());
+    f.refused(payer, HubItem::Prepare(spec), EnclaveError::Refused(NackReason::UnknownChannel));
+    // Fee above the payer's max_fee.
+    let mut greedy = f.leg(10);
+    greedy.hops[0].amount = Amount(16);
+    greedy.hops[1].amount = Amount(15);
+    let spec = f.spec(6, greedy, order.clone());
+    f.refused(payer, HubItem::Prepare(spec), EnclaveError::Refused(NackReason::OrderTermsMismatch));
+    // The signed request itself altered (amount bumped): it is no longer the request this
+    // enclave issued, whatever the signature says.
+    let mut tampered = order;
+    if let Order::Payment(r) = &mut tampered.order {
+        r.amount = Amount(11);
+    }
+    let spec = f.spec(7, f.leg(11), tampered.clone());
+    f.refused(payer, HubItem::Prepare(spec), EnclaveError::Refused(NackReason::OrderTermsMismatch));
+    // And the hub refuses to create an instance from it in the first place.
+    let err = f.w.hub.coordinator.create_instance(0, InstanceKind::MultiHop, vec![f.leg(11)], vec![tampered]);
+    assert_eq!(err, Err(HubError::Spec(teepay_types::SpecError::UnsignedOrder(f.w.address(payer)))));
+}
+
+#[test]
+fn intermediary_fee_below_policy_is_refused() {
+    let mut f = fixture();
+    let order = f.order(10, 5);
+    let mut cheap = f.leg(10);
+    cheap.hops[0].amount = Amount(11); // hop1 would forward 11 for 11: fee 0 < its base fee 1
+    let spec = f.spec(8, cheap, order);
+    f.refused(f.nodes[1], HubItem::Prepare(spec), EnclaveError::Refused(NackReason::FeeBelowPolicy));
+}
+
+#[test]
+fn amount_above_available_is_refused() {
+    let mut f = fixture();
+    let order = f.order(150, 5);
+    let spec = f.spec(9, f.leg(150), order);
+    f.refused(
+        f.nodes[0],
+        HubItem::Prepare(spec.clone()),
+        EnclaveError::Refused(NackReason::InsufficientFunds),
+    );
+    // The receiving side also refuses what its peer cannot cover as it knows the channel.
+    f.refused(f.nodes[3], HubItem::Prepare(spec), EnclaveError::Refused(NackReason::InsufficientFunds));
+}
+
+#[test]
+fn wrong_path_membership_is_refused() {
+    let mut f = fixture();
+    let order = f.order(10, 5);
+    let spec = f.spec(10, f.leg(10), order);
+    // Sent to a node that is not on the route: a fifth node with no channel in it.
+    let outsider = f.w.add_node("outsider");
+    let quote = Report { measurement: HUB_MEASUREMENT, enclave: f.hub.address(), chain: ChainId(0) }
+        .attest(&f.w.authority);
+    f.w.node_request(outsider, Request::AttestHub { quote });
+    f.refused(outsider, HubItem::Prepare(spec), EnclaveError::Refused(NackReason::NotAParticipant));
+    // A hop naming a channel the node has, but with the wrong peer.
+    let mut wrong_peer = f.leg(10);
+    wrong_peer.hops[1].channel = wrong_peer.hops[0].channel;
+    let order = f.order(10, 5);
+    let spec = f.spec(11, wrong_peer, order);
+    f.refused(f.nodes[1], HubItem::Prepare(spec), EnclaveError::Refused(NackReason::MalformedInstance));
+    let mut wrong_channel = f.leg(10);
+    wrong_channel.hops[2].channel = wrong_channel.hops[0].channel;
+    wrong_channel.hops[2].channel.0[0] ^= 1;
+    let order = f.order(10, 5);
+    let spec = f.spec(12, wrong_channel, order);
+    f.refused(f.nodes[3], HubItem::Prepare(spec), EnclaveError::Refused(NackReason::UnknownChannel));
+}
+
+#[test]
+fn replayed_instance_id_is_refused() {
+    let mut f = fixture();
+    let spec = f.run_to(13, true, true);
+    for n in f.nodes {
+        f.refused(n, HubItem::Prepare(spec.clone()), EnclaveError::InstanceReplayed(spec.id));
+    }
+    // The same id with different contents while in flight is a replay as well.
+    let in_flight = f.run_to(14, false, false);
+    let mut altered = in_flight.clone();
+    altered.deadline += 1;
+    f.refused(f.nodes[1], HubItem::Prepare(altered), EnclaveError::InstanceReplayed(in_flight.id));
+    // An exact retransmission of an in-flight PREPARE is answered again, changing nothing.
+    let before = f.state(f.nodes[1]);
+    assert!(matches!(f.accepted(f.nodes[1], HubItem::Prepare(in_flight)), NodeItem::Prepared { .. }));
+    assert_eq!(f.state(f.nodes[1]), before);
+}
+
+#[test]
+fn a_paid_request_is_never_paid_again() {
+    let mut f = fixture();
+    let spec = f.run_to(15, true, true);
+    let mut again = spec.clone();
+    again.id = InstanceId([16; 32]);
+    f.refused(f.nodes[0], HubItem::Prepare(again), EnclaveError::Refused(NackReason::OrderAlreadyUsed));
+}
+
+#[test]
+fn expired_request_and_deadline_are_refused() {
+    let mut f = fixture();
+    let order = f.order(10, 5);
+    let mut spec = f.spec(17, f.leg(10), order);
+    spec.deadline = 5_000;
+    f.w.now = 2_000; // past the request's expires_at (1_000)
+    f.refused(f.nodes[0], HubItem::Prepare(spec.clone()), EnclaveError::Refused(NackReason::OrderExpired));
+    spec.deadline = 1_500;
+    f.refused(f.nodes[1], HubItem::Prepare(spec), EnclaveError::Refused(NackReason::DeadlinePassed));
+}
+
+#[test]
+fn confirm_after_refund_and_refund_after_confirm_are_refused() {
+    let mut f = fixture();
+    let spec = f.run_to(18, false, false);
+    for n in f.nodes {
+        f.accepted(n, HubItem::Refund { instance: spec.id });
+        f.refused(n, HubItem::Confirm { instance: spec.id }, EnclaveError::ConflictingOutcome(spec.id));
+        f.refused(
+            n,
+            HubItem::Resolve { instance: spec.id, outcome: Outcome::Apply },
+            EnclaveError::ConflictingOutcome(spec.id),
+        );
+    }
+    let spec = f.run_to(19, true, true);
+    for n in f.nodes {
+        f.refused(n, HubItem::Refund { instance: spec.id }, EnclaveError::ConflictingOutcome(spec.id));
+    }
+}
+
+#[test]
+fn multi_hop_refund_after_commit_is_refused_by_node_and_hub() {
+    let mut f = fixture();
+    let spec = f.run_to(20, true, false);
+    for n in f.nodes {
+        f.refused(n, HubItem::Refund { instance: spec.id }, EnclaveError::RefundAfterCommit(spec.id));
+    }
+    // The coordinator refuses to authorize it in the first place.
+    let mut w = teepay_sim::scenarios::three_hop();
+    let id = w.instances[0];
+    // Deliver PREPAREs and PREPARED acks until the hub has sent COMMIT.
+    while w.hub.coordinator.instance(id).unwrap().phase == teepay_coordinator::HubPhase::None {
+        w.apply(&teepay_sim::Action::Deliver(0)).unwrap();
+    }
+    let Response::RefundRequest(req) = w.node_request(0, Request::RequestRefund { instance: id }) else {
+        panic!()
+    };
+    let before = w.hub.coordinator.inspect().clone();
+    assert_eq!(w.hub.coordinator.on_refund_request(w.now, &req), Err(HubError::RefundAfterCommit(id)));
+    assert_eq!(*w.hub.coordinator.inspect(), before);
+}
+
+#[test]
+fn round_messages_after_eject_are_refused() {
+    let mut f = fixture();
+    let spec = f.run_to(21, false, false);
+    let hop1 = f.nodes[1];
+    let channel = spec.legs[0].hops[1].channel;
+    let Response::ChannelState(signed) = f.w.node_request(hop1, Request::SignClose { channel }) else {
+        panic!()
+    };
+    assert_eq!(signed.state.locks.len(), 1, "an eject carries the lock");
+    f.refused(
+        hop1,
+        HubItem::Commit { instance: spec.id, prepared_acks: [0; 32] },
+        EnclaveError::InstanceEjected(spec.id),
+    );
+    // Nothing more is ever signed for that channel; the same state can be fetched again.
+    let before = f.state(hop1);
+    assert_eq!(
+        f.w.nodes[hop1].enclave.handle(0, Request::SignClose { channel }).unwrap_err(),
+        EnclaveError::ChannelClosed(channel)
+    );
+    let Response::ChannelState(again) = f.w.node_request(hop1, Request::ClosingState { channel }) else {
+        panic!()
+    };
+    assert_eq!(again, signed);
+    assert_eq!(f.state(hop1), before);
+}
+
+#[test]
+fn swap_locked_channel_cannot_be_closed() {
+    let mut w = teepay_sim::scenarios::swap_2chain_4party();
+    while !w.network.is_empty() && w.nodes[0].enclave.inspect().channels.values().all(|c| c.locks.is_empty())
+    {
+        w.apply(&teepay_sim::Action::Deliver(0)).unwrap();
+    }
+    let channel = *w.nodes[0].enclave.inspect().channels.iter().find(|(_, c)| !c.locks.is_empty()).unwrap().0;
+    let before = w.nodes[0].enclave.inspect().clone();
+    assert_eq!(
+        w.nodes[0].enclave.handle(0, Request::SignClose { channel }).unwrap_err(),
+        EnclaveError::SwapLocked(channel)
+    );
+    assert_eq!(*w.nodes[0].enclave.inspect(), before);
+}
+
+#[test]
+fn stale_tampered_and_rolled_back_blobs_are_refused() {
+    let mut f = fixture();
+    let node = f.nodes[1];
+    let old_blob = f.w.nodes[node].blob.clone();
+    f.run_to(22, false, false);
+    let platform = f.w.nodes[node].enclave.platform().clone();
+    // Rolling back to an older blob (before the PREPARED ack) is refused.
+    let err = teepay_enclave::NodeEnclave::restore(platform.clone(), &old_blob).unwrap_err();
+    assert!(matches!(err, EnclaveError::Seal(teepay_types::SealError::Stale { .. })), "{err:?}");
+    // A tampered blob is refused.
+    let mut bad = f.w.nodes[node].blob.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 1;
+    let err = teepay_enclave::NodeEnclave::restore(platform.clone(), &bad).unwrap_err();
+    assert_eq!(err, EnclaveError::Seal(teepay_types::SealError::Tampered));
+    // The latest blob restores exactly the acknowledged state.
+    let restored = teepay_enclave::NodeEnclave::restore(platform, &f.w.nodes[node].blob).unwrap();
+    assert_eq!(restored.inspect(), f.w.nodes[node].enclave.inspect());
+}
+
+#[test]
+fn hub_refuses_forged_acks_and_unattested_participants() {
+    let mut w = teepay_sim::scenarios::three_hop();
+    w.apply(&teepay_sim::Action::Deliver(0)).unwrap();
+    let teepay_sim::Envelope::ToHub(mut ack) = w.network.last().unwrap().clone() else { panic!() };
+    ack.signature.0[5] ^= 1;
+    let before = w.hub.coordinator.inspect().clone();
+    assert_eq!(w.hub.coordinator.on_ack(w.now, &ack).unwrap_err(), HubError::BadSignature(ack.ack.node));
+    assert_eq!(*w.hub.coordinator.inspect(), before);
+    // A route through a node the hub never admitted.
+    let stranger = SigningKey::from_entropy([0x31; 32]).unwrap();
+    let mut leg = w.route(CHAIN_1, &[0, 1], 5).unwrap();
+    leg.hops[0].to = stranger.address();
+    let Response::Order(order) = w.node_request(
+        0,
+        Request::CreatePayment {
+            chain: CHAIN_1,
+            payee: stranger.address(),
+            amount: Amount(5),
+            max_fee: Amount(0),
+            expires_at: 99,
+        },
+    ) else {
+        panic!()
+    };
+    let err =
+        w.hub.coordinator.create_instance(0, InstanceKind::MultiHop, vec![leg], vec![order]).unwrap_err();
+    assert_eq!(err, HubError::UnattestedNode(stranger.address()));
+    assert_eq!(*w.hub.coordinator.inspect(), before);
+}
+
+#[test]
+fn hub_refuses_impossible_chain_outcomes() {
+    let mut w = teepay_sim::scenarios::three_hop();
+    let id = w.instances[0];
+    let before = w.hub.coordinator.inspect().clone();
+    // APPLY before any COMMIT was issued cannot have happened on-chain.
+    assert_eq!(
+        w.hub.coordinator.on_chain_outcome(w.now, id, Outcome::Apply),
+        Err(HubError::InconsistentOutcome(id))
+    );
+    assert_eq!(*w.hub.coordinator.inspect(), before);
+}
+
+#[test]
+fn malformed_wire_bytes_are_refused() {
+    use teepay_types::{DecodeError, SignedHubBatch, decode, encode};
+    let f = fixture();
+    let batch = HubBatch {
+        hub: f.hub.address(),
+        node: f.w.address(0),
+        items: vec![HubItem::Confirm { instance: InstanceId([1; 32]) }],
+    }
+    .sign(&f.hub);
+    let bytes = encode(&batch);
+    assert_eq!(decode::<SignedHubBatch>(&bytes).unwrap(), batch);
+    assert_eq!(decode::<SignedHubBatch>(&[]), Err(DecodeError::Empty));
+    assert_eq!(decode::<SignedHubBatch>(&[9, 0]), Err(DecodeError::Version(9)));
+    assert!(matches!(decode::<SignedHubBatch>(&bytes[..bytes.len() - 1]), Err(DecodeError::Malformed(_))));
+    let mut trailing = bytes.clone();
+    trailing.push(0);
+    assert!(matches!(decode::<SignedHubBatch>(&trailing), Err(DecodeError::Malformed(_))));
+    let mut bad_tag = bytes;
+    let item_tag = 1 + 20 + 20 + 4; // version, hub, node, item count
+    bad_tag[item_tag] = 200;
+    assert!(matches!(decode::<SignedHubBatch>(&bad_tag), Err(DecodeError::Malformed(_))));
+}
