@@ -43,8 +43,9 @@ pub struct HubState {
     pub nodes: BTreeSet<Address>,
     pub instances: BTreeMap<InstanceId, HubInstance>,
     pub next_instance: u64,
-    /// Items waiting for the next flush, per node.
-    pub outbox: BTreeMap<Address, Vec<HubItem>>,
+    /// Items waiting for the next flush, per node, keyed by (instance, round) so a
+    /// re-queued item is deduplicated in O(log n) and rounds of one instance stay in order.
+    pub outbox: BTreeMap<Address, BTreeMap<(InstanceId, u8), HubItem>>,
     /// Set when the state changed since the last seal.
     pub dirty: bool,
 }
@@ -178,10 +179,14 @@ impl<P: Platform> Coordinator<P> {
     }
 
     fn queue(&mut self, node: Address, item: HubItem) {
-        let items = self.state.outbox.entry(node).or_default();
-        if !items.contains(&item) {
-            items.push(item);
-        }
+        let round = match item {
+            HubItem::Prepare(_) => 0,
+            HubItem::Commit { .. } => 1,
+            HubItem::Confirm { .. } => 2,
+            HubItem::Refund { .. } => 3,
+            HubItem::Resolve { .. } => 4,
+        };
+        self.state.outbox.entry(node).or_default().entry((item.instance(), round)).or_insert(item);
     }
 
     fn queue_current(&mut self, id: InstanceId, now: u64) {
@@ -352,7 +357,7 @@ impl<P: Platform> Coordinator<P> {
         let batches: Vec<SignedHubBatch> = outbox
             .into_iter()
             .filter(|(_, items)| !items.is_empty())
-            .map(|(node, items)| HubBatch { hub, node, items }.sign(&self.key))
+            .map(|(node, items)| HubBatch { hub, node, items: items.into_values().collect() }.sign(&self.key))
             .collect();
         let sealed = (self.state.dirty || !batches.is_empty()).then(|| self.seal());
         Flush { batches, sealed }
