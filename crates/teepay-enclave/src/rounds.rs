@@ -48,7 +48,7 @@ impl NodeState {
     }
 
     fn prepared_item(&self, instance: InstanceId, channels: &[ChannelId]) -> NodeItem {
-        let states = channels.iter().map(|c| self.channels[c].to_state()).collect();
+        let states = channels.iter().map(|c| self.channels[c].state_for(instance)).collect();
         NodeItem::Prepared { instance, states }
     }
 

@@ -86,6 +86,16 @@ impl Channel {
 
     /// The contract's view of this channel (party A/B rather than local/peer).
     pub fn to_state(&self) -> ChannelState {
+        self.state_with_locks(|_| true)
+    }
+
+    /// The channel's state carrying only `instance`'s lock: what a PREPARED ack reports.
+    /// (Carrying every lock would make a batch of B acks O(B²) to build and hash.)
+    pub fn state_for(&self, instance: InstanceId) -> ChannelState {
+        self.state_with_locks(|l| l.instance == instance)
+    }
+
+    fn state_with_locks(&self, keep: impl Fn(&Lock) -> bool) -> ChannelState {
         let (balance_a, balance_b) = if self.local_is_a {
             (self.balance_local, self.balance_peer)
         } else {
@@ -101,6 +111,7 @@ impl Channel {
             locks: self
                 .locks
                 .iter()
+                .filter(|l| keep(l))
                 .map(|l| LockState {
                     instance: l.instance,
                     amount: l.amount,

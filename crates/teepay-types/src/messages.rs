@@ -57,7 +57,8 @@ pub enum NackReason {
 /// A node → hub answer for one instance.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize)]
 pub enum NodeItem {
-    /// Locked; carries this node's states of every channel it holds in the instance.
+    /// Locked; carries this node's state of every channel it holds in the instance, each
+    /// with only this instance's lock.
     Prepared {
         instance: InstanceId,
         states: Vec<ChannelState>,
