@@ -35,6 +35,4 @@ pub enum HubError {
     Seal(#[from] SealError),
     #[error("key: {0}")]
     Crypto(#[from] teepay_types::CryptoError),
-    #[error("sealed state does not decode: {0}")]
-    CorruptState(String),
 }

@@ -21,7 +21,7 @@ use teepay_types::crypto::keccak256_parts;
 use teepay_types::{
     Address, ChainId, Hash32, HubBatch, HubItem, InstanceId, InstanceKind, InstanceSpec, Leg, NodeItem,
     Order, Outcome, Platform, Quote, Report, SignedHubBatch, SignedNodeAck, SignedOrder, SignedRefundRequest,
-    SigningKey, leaf_hash, seal, unseal,
+    SigningKey, leaf_hash, seal_value, unseal_value,
 };
 
 const SEAL_DOMAIN: &[u8] = b"teepay/hub-seal/v1";
@@ -92,9 +92,7 @@ impl<P: Platform> Coordinator<P> {
 
     /// Restarts from the latest sealed blob (stale, tampered or foreign blobs refused).
     pub fn restore(platform: P, blob: &[u8]) -> Result<Self, HubError> {
-        let plaintext = unseal(&platform, SEAL_DOMAIN, blob)?;
-        let contents: SealedContents =
-            borsh::from_slice(&plaintext).map_err(|e| HubError::CorruptState(e.to_string()))?;
+        let contents: SealedContents = unseal_value(&platform, SEAL_DOMAIN, blob)?;
         let key = SigningKey::from_entropy(contents.secret)?;
         Ok(Self { platform, key, state: contents.state })
     }
@@ -366,8 +364,7 @@ impl<P: Platform> Coordinator<P> {
     fn seal(&mut self) -> Vec<u8> {
         self.state.dirty = false;
         let contents = SealedContents { secret: self.key.secret_bytes(), state: self.state.clone() };
-        let plaintext = borsh::to_vec(&contents).expect("writing to a Vec never fails");
-        seal(&mut self.platform, SEAL_DOMAIN, &plaintext)
+        seal_value(&mut self.platform, SEAL_DOMAIN, &contents)
     }
 
     pub fn instance(&self, id: InstanceId) -> Option<&HubInstance> {

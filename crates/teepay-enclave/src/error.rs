@@ -47,6 +47,4 @@ pub enum EnclaveError {
     Seal(#[from] SealError),
     #[error("key: {0}")]
     Crypto(#[from] CryptoError),
-    #[error("sealed state does not decode: {0}")]
-    CorruptState(String),
 }

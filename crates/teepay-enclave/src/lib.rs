@@ -24,7 +24,8 @@ use std::collections::BTreeMap;
 use teepay_types::{
     Address, Amount, ChainId, ChannelId, HubItem, InstanceId, InstanceKind, NodeAck, NodeItem, Order,
     PaymentRequest, Platform, Quote, RefundRequest, Report, SignedChannelState, SignedHubBatch,
-    SignedNodeAck, SignedOrder, SignedRefundRequest, SigningKey, SwapIntent, Transfer, seal, unseal,
+    SignedNodeAck, SignedOrder, SignedRefundRequest, SigningKey, SwapIntent, Transfer, seal_value,
+    unseal_value,
 };
 
 const SEAL_DOMAIN: &[u8] = b"teepay/node-seal/v1";
@@ -164,9 +165,7 @@ impl<P: Platform> NodeEnclave<P> {
     /// Restarts from the latest sealed blob; stale (rolled-back), tampered or foreign
     /// blobs are refused.
     pub fn restore(platform: P, blob: &[u8]) -> Result<Self, EnclaveError> {
-        let plaintext = unseal(&platform, SEAL_DOMAIN, blob)?;
-        let contents: SealedContents =
-            borsh::from_slice(&plaintext).map_err(|e| EnclaveError::CorruptState(e.to_string()))?;
+        let contents: SealedContents = unseal_value(&platform, SEAL_DOMAIN, blob)?;
         let key = SigningKey::from_entropy(contents.secret)?;
         Ok(Self { platform, key, state: contents.state })
     }
@@ -187,8 +186,7 @@ impl<P: Platform> NodeEnclave<P> {
 
     fn seal(&mut self) -> Vec<u8> {
         let contents = SealedContents { secret: self.key.secret_bytes(), state: self.state.clone() };
-        let plaintext = borsh::to_vec(&contents).expect("writing to a Vec never fails");
-        seal(&mut self.platform, SEAL_DOMAIN, &plaintext)
+        seal_value(&mut self.platform, SEAL_DOMAIN, &contents)
     }
 
     fn changed(&mut self, response: Response) -> Output {

@@ -6,9 +6,7 @@
 use crate::contract::{ContractModel, OnchainChannel};
 use std::collections::BTreeMap;
 use teepay_coordinator::{Coordinator, HubConfig, HubError};
-use teepay_enclave::{
-    BatchResult, EnclaveError, FeePolicy, NewChannel, NodeConfig, NodeEnclave, Request, Response,
-};
+use teepay_enclave::{EnclaveError, FeePolicy, NewChannel, NodeConfig, NodeEnclave, Request, Response};
 use teepay_types::{
     Address, Amount, ChainId, ChannelId, Hop, InstanceId, InstanceKind, Leg, Outcome, SignedHubBatch,
     SignedNodeAck, SignedOrder, SignedRefundRequest, SigningKey, SimPlatform, Transfer, derive_channel_id,
@@ -358,6 +356,3 @@ impl World {
         }
     }
 }
-
-/// The result of delivering a batch, for callers that inspect per-item outcomes.
-pub type DeliveredBatch = Result<BatchResult, EnclaveError>;

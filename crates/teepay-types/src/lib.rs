@@ -26,4 +26,4 @@ pub use messages::{
     HubBatch, HubItem, NackReason, NodeAck, NodeItem, Quote, QuoteError, RefundRequest, Report,
     SignedHubBatch, SignedNodeAck, SignedRefundRequest, leaf_hash, merkle_root,
 };
-pub use seal::{Platform, SealError, SimPlatform, seal, unseal};
+pub use seal::{Platform, SealError, SimPlatform, seal, seal_value, unseal, unseal_value};

@@ -51,6 +51,8 @@ pub enum SealError {
     Tampered,
     #[error("sealed blob is stale: counter {blob} but the platform counter is {platform} (rollback refused)")]
     Stale { blob: u64, platform: u64 },
+    #[error("sealed state authenticates but does not decode")]
+    Undecodable,
 }
 
 #[derive(BorshSerialize, BorshDeserialize)]
@@ -95,6 +97,22 @@ pub fn unseal<P: Platform>(platform: &P, domain: &[u8], blob: &[u8]) -> Result<V
         return Err(SealError::Stale { blob: env.counter, platform: platform.counter() });
     }
     Ok(plaintext)
+}
+
+/// Seals a whole value (its canonical encoding): what both enclaves persist.
+pub fn seal_value<P: Platform, T: BorshSerialize>(platform: &mut P, domain: &[u8], value: &T) -> Vec<u8> {
+    let plaintext = borsh::to_vec(value).expect("writing to a Vec never fails");
+    seal(platform, domain, &plaintext)
+}
+
+/// Opens a blob sealed by [`seal_value`], with the same rollback protection as [`unseal`].
+pub fn unseal_value<P: Platform, T: BorshDeserialize>(
+    platform: &P,
+    domain: &[u8],
+    blob: &[u8],
+) -> Result<T, SealError> {
+    let plaintext = unseal(platform, domain, blob)?;
+    borsh::from_slice(&plaintext).map_err(|_| SealError::Undecodable)
 }
 
 #[cfg(test)]
