@@ -11,6 +11,7 @@ pub mod ids;
 pub mod instance;
 pub mod messages;
 pub mod seal;
+pub mod tx;
 
 pub use channel::{
     ChannelState, InstanceKind, LockState, Outcome, Phase, SignedChannelState, derive_channel_id,
@@ -27,3 +28,7 @@ pub use messages::{
     SignedHubBatch, SignedNodeAck, SignedRefundRequest, leaf_hash, merkle_root,
 };
 pub use seal::{Platform, SealError, SimPlatform, seal, seal_value, unseal, unseal_value};
+pub use tx::{
+    Eip1559Tx, GasParams, SignedTx, abi_channel_state, bindings, close_channel_call, deposit_call,
+    open_channel_call,
+};

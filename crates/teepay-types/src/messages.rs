@@ -235,8 +235,15 @@ pub enum QuoteError {
 }
 
 impl Report {
+    /// `keccak256(abi.encode(keccak256("teepay/quote/v1"), measurement, enclave, chainId))`:
+    /// the digest `PaymentChannels.registerEnclave` recovers the authority from.
     pub fn digest(&self) -> Hash32 {
-        keccak256_parts(&[b"teepay/quote/v1", &body_bytes(self)])
+        let mut buf = [0u8; 128];
+        buf[..32].copy_from_slice(&keccak256(b"teepay/quote/v1"));
+        buf[32..64].copy_from_slice(&self.measurement);
+        buf[76..96].copy_from_slice(&self.enclave.0);
+        buf[120..128].copy_from_slice(&self.chain.0.to_be_bytes());
+        keccak256(&buf)
     }
     /// What the attestation authority does (simulation: a dev key).
     pub fn attest(self, authority: &SigningKey) -> Quote {

@@ -1,0 +1,284 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.37;
+
+/// @title teepay PaymentChannels (DESIGN.md §3)
+/// @notice Deposits of payment channels between attested enclaves. Every channel state is
+/// signed inside an enclave that signs a closing state only for its latest state and then
+/// refuses further updates, so a close pays out at once: no challenge period, no watchtower.
+/// A state may carry locks of in-flight multi-hop payments ("eject"): the first eject of an
+/// instance fixes its outcome for every channel the instance locked.
+/// @dev `ChannelState` / `Lock` and the EIP-712 domain must match
+/// `crates/teepay-types/src/channel.rs` exactly; the Rust tests sign there and close here.
+contract PaymentChannels {
+    struct Lock {
+        bytes32 instanceId;
+        uint256 amount;
+        bool aToB;
+        uint8 phase; // PHASE_PREPARED or PHASE_COMMITTED
+        uint8 kind; // KIND_MULTI_HOP or KIND_CROSS_CHAIN
+    }
+
+    struct ChannelState {
+        bytes32 channelId;
+        uint64 version;
+        uint256 balanceA;
+        uint256 balanceB;
+        Lock[] locks;
+    }
+
+    /// Two storage slots: parties + status, then both deposits.
+    struct Channel {
+        address a;
+        uint8 status;
+        address b;
+        uint128 depositA;
+        uint128 depositB;
+    }
+
+    uint8 internal constant STATUS_OPEN = 1;
+    uint8 internal constant STATUS_CLOSED = 2;
+    uint8 internal constant PHASE_PREPARED = 1;
+    uint8 internal constant PHASE_COMMITTED = 2;
+    uint8 internal constant KIND_MULTI_HOP = 0;
+    uint8 internal constant OUTCOME_APPLY = 1;
+    uint8 internal constant OUTCOME_REVERT = 2;
+
+    bytes32 internal constant QUOTE_TAG = keccak256("teepay/quote/v1");
+    bytes32 internal constant LOCK_TYPEHASH =
+        keccak256("Lock(bytes32 instanceId,uint256 amount,bool aToB,uint8 phase,uint8 kind)");
+    bytes32 internal constant CHANNEL_STATE_TYPEHASH = keccak256(
+        "ChannelState(bytes32 channelId,uint64 version,uint256 balanceA,uint256 balanceB,Lock[] locks)"
+        "Lock(bytes32 instanceId,uint256 amount,bool aToB,uint8 phase,uint8 kind)"
+    );
+    bytes32 internal constant DOMAIN_TYPEHASH =
+        keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
+    /// secp256k1n / 2: larger `s` values are malleable copies (EIP-2).
+    uint256 internal constant HALF_ORDER = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0;
+
+    address public immutable authority;
+    address public owner;
+    uint64 public channelCount;
+    bytes32 internal immutable cachedDomainSeparator;
+    uint256 internal immutable cachedChainId;
+
+    mapping(bytes32 => bool) public allowedMeasurement;
+    /// Enclave address → its attested measurement (zero: not registered).
+    mapping(address => bytes32) public enclaveMeasurement;
+    mapping(bytes32 => Channel) public channels;
+    /// Instance id → OUTCOME_APPLY / OUTCOME_REVERT once its first eject fixed it.
+    mapping(bytes32 => uint8) public instanceOutcome;
+
+    event MeasurementAllowed(bytes32 indexed measurement, bool allowed);
+    event EnclaveRegistered(address indexed enclave, bytes32 indexed measurement);
+    event ChannelOpened(bytes32 indexed channelId, address indexed a, address indexed b, uint256 deposit);
+    event ChannelFunded(
+        bytes32 indexed channelId, address indexed party, uint256 amount, uint256 depositA, uint256 depositB
+    );
+    event InstanceResolved(bytes32 indexed instanceId, bool applied, bytes32 indexed channelId);
+    event ChannelClosed(
+        bytes32 indexed channelId, uint64 version, uint256 payoutA, uint256 payoutB, bool ejected
+    );
+
+    error NotOwner();
+    error MeasurementNotAllowed();
+    error BadQuote();
+    error AlreadyRegistered();
+    error NotRegistered();
+    error BadPeer();
+    error AmountTooLarge();
+    error ZeroAmount();
+    error UnknownChannel();
+    error ChannelNotOpen();
+    error NotAParty();
+    error BadSignature();
+    error BadTotal();
+    error SwapLocked();
+    error BadLock();
+    error PayoutFailed();
+
+    constructor(address authority_, bytes32[] memory measurements) {
+        authority = authority_;
+        owner = msg.sender;
+        for (uint256 i = 0; i < measurements.length; i++) {
+            allowedMeasurement[measurements[i]] = true;
+            emit MeasurementAllowed(measurements[i], true);
+        }
+        cachedChainId = block.chainid;
+        cachedDomainSeparator = _domainSeparator();
+    }
+
+    // ---------------------------------------------------------------- administration
+
+    function setMeasurementAllowed(bytes32 measurement, bool allowed) external {
+        if (msg.sender != owner) revert NotOwner();
+        allowedMeasurement[measurement] = allowed;
+        emit MeasurementAllowed(measurement, allowed);
+    }
+
+    // ---------------------------------------------------------------- enclaves
+
+    /// @notice Admits `enclave` given the attestation authority's quote over
+    /// (measurement, enclave address, chain id). Anyone may submit a quote.
+    function registerEnclave(address enclave, bytes32 measurement, bytes calldata quoteSig) external {
+        if (!allowedMeasurement[measurement]) revert MeasurementNotAllowed();
+        if (enclaveMeasurement[enclave] != bytes32(0)) revert AlreadyRegistered();
+        bytes32 digest = keccak256(abi.encode(QUOTE_TAG, measurement, enclave, block.chainid));
+        if (enclave == address(0) || _recover(digest, quoteSig) != authority) revert BadQuote();
+        enclaveMeasurement[enclave] = measurement;
+        emit EnclaveRegistered(enclave, measurement);
+    }
+
+    // ---------------------------------------------------------------- channels
+
+    /// @notice Opens a channel from the sending enclave to `peer`, funded with `msg.value`.
+    /// Both must be registered with a measurement that is still allowed.
+    function openChannel(address peer) external payable returns (bytes32 channelId) {
+        _requireActiveEnclave(msg.sender);
+        _requireActiveEnclave(peer);
+        if (peer == msg.sender) revert BadPeer();
+        if (msg.value > type(uint128).max) revert AmountTooLarge();
+        uint64 nonce = channelCount;
+        channelCount = nonce + 1;
+        channelId = keccak256(abi.encode(msg.sender, peer, nonce));
+        channels[channelId] = Channel({
+            a: msg.sender, status: STATUS_OPEN, b: peer, depositA: uint128(msg.value), depositB: 0
+        });
+        emit ChannelOpened(channelId, msg.sender, peer, msg.value);
+    }
+
+    /// @notice Adds `msg.value` to the sender's side of an open channel.
+    function deposit(bytes32 channelId) external payable {
+        Channel storage ch = channels[channelId];
+        _requireOpen(ch.status);
+        if (msg.value == 0) revert ZeroAmount();
+        uint256 depositA = ch.depositA;
+        uint256 depositB = ch.depositB;
+        if (msg.sender == ch.a) depositA += msg.value;
+        else if (msg.sender == ch.b) depositB += msg.value;
+        else revert NotAParty();
+        // Both sides together must fit the enclaves' 128-bit amounts.
+        if (depositA + depositB > type(uint128).max) revert AmountTooLarge();
+        ch.depositA = uint128(depositA);
+        ch.depositB = uint128(depositB);
+        emit ChannelFunded(channelId, msg.sender, msg.value, depositA, depositB);
+    }
+
+    /// @notice Closes (no locks) or ejects (multi-hop locks) a channel with a state signed by
+    /// either party's enclave, and pays both parties out.
+    function closeChannel(ChannelState calldata state, bytes calldata sig) external {
+        Channel storage ch = channels[state.channelId];
+        _requireOpen(ch.status);
+        address a = ch.a;
+        address b = ch.b;
+        address signer = _recover(_digest(state), sig);
+        if (signer != a && signer != b) revert NotAParty();
+        if (state.balanceA + state.balanceB != uint256(ch.depositA) + uint256(ch.depositB)) revert BadTotal();
+
+        uint256 payA = state.balanceA;
+        uint256 payB = state.balanceB;
+        uint256 n = state.locks.length;
+        for (uint256 i = 0; i < n; i++) {
+            Lock calldata lock = state.locks[i];
+            if (lock.kind != KIND_MULTI_HOP) revert SwapLocked();
+            if (lock.phase != PHASE_PREPARED && lock.phase != PHASE_COMMITTED) revert BadLock();
+            uint8 outcome = instanceOutcome[lock.instanceId];
+            if (outcome == 0) {
+                outcome = lock.phase == PHASE_COMMITTED ? OUTCOME_APPLY : OUTCOME_REVERT;
+                instanceOutcome[lock.instanceId] = outcome;
+                emit InstanceResolved(lock.instanceId, outcome == OUTCOME_APPLY, state.channelId);
+            }
+            if (outcome == OUTCOME_APPLY) {
+                // A locked amount is still in its sender's balance until the instance applies.
+                if (lock.aToB) {
+                    if (lock.amount > payA) revert BadLock();
+                    payA -= lock.amount;
+                    payB += lock.amount;
+                } else {
+                    if (lock.amount > payB) revert BadLock();
+                    payB -= lock.amount;
+                    payA += lock.amount;
+                }
+            }
+        }
+
+        // Effects before interactions: a re-entrant call finds the channel closed.
+        ch.status = STATUS_CLOSED;
+        emit ChannelClosed(state.channelId, state.version, payA, payB, n != 0);
+        _pay(a, payA);
+        _pay(b, payB);
+    }
+
+    /// @notice The EIP-712 digest an enclave signs for `state` (for off-chain tooling).
+    function stateDigest(ChannelState calldata state) external view returns (bytes32) {
+        return _digest(state);
+    }
+
+    function domainSeparator() external view returns (bytes32) {
+        return block.chainid == cachedChainId ? cachedDomainSeparator : _domainSeparator();
+    }
+
+    // ---------------------------------------------------------------- internals
+
+    function _requireActiveEnclave(address enclave) internal view {
+        bytes32 m = enclaveMeasurement[enclave];
+        if (m == bytes32(0)) revert NotRegistered();
+        if (!allowedMeasurement[m]) revert MeasurementNotAllowed();
+    }
+
+    function _requireOpen(uint8 status) internal pure {
+        if (status == STATUS_OPEN) return;
+        if (status == 0) revert UnknownChannel();
+        revert ChannelNotOpen();
+    }
+
+    function _pay(address to, uint256 amount) internal {
+        if (amount == 0) return;
+        (bool ok,) = to.call{value: amount}("");
+        if (!ok) revert PayoutFailed();
+    }
+
+    function _domainSeparator() internal view returns (bytes32) {
+        return keccak256(
+            abi.encode(
+                DOMAIN_TYPEHASH,
+                keccak256("teepay PaymentChannels"),
+                keccak256("1"),
+                block.chainid,
+                address(this)
+            )
+        );
+    }
+
+    function _digest(ChannelState calldata state) internal view returns (bytes32) {
+        uint256 n = state.locks.length;
+        bytes32[] memory lockHashes = new bytes32[](n);
+        for (uint256 i = 0; i < n; i++) {
+            Lock calldata l = state.locks[i];
+            lockHashes[i] = keccak256(abi.encode(LOCK_TYPEHASH, l.instanceId, l.amount, l.aToB, l.phase, l.kind));
+        }
+        bytes32 structHash = keccak256(
+            abi.encode(
+                CHANNEL_STATE_TYPEHASH,
+                state.channelId,
+                state.version,
+                state.balanceA,
+                state.balanceB,
+                keccak256(abi.encodePacked(lockHashes))
+            )
+        );
+        bytes32 domain = block.chainid == cachedChainId ? cachedDomainSeparator : _domainSeparator();
+        return keccak256(abi.encodePacked("\x19\x01", domain, structHash));
+    }
+
+    /// ecrecover of a 65-byte r||s||v signature; rejects malformed and malleable ones.
+    function _recover(bytes32 digest, bytes calldata sig) internal pure returns (address signer) {
+        if (sig.length != 65) revert BadSignature();
+        bytes32 r = bytes32(sig[0:32]);
+        bytes32 s = bytes32(sig[32:64]);
+        uint8 v = uint8(sig[64]);
+        if (v != 27 && v != 28) revert BadSignature();
+        if (uint256(s) > HALF_ORDER) revert BadSignature();
+        signer = ecrecover(digest, v, r, s);
+        if (signer == address(0)) revert BadSignature();
+    }
+}

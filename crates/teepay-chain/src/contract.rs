@@ -1,0 +1,214 @@
+//! `PaymentChannels` on a [`Chain`]: deployment, host-key transactions (deployer, faucet),
+//! typed events and readable revert reasons.
+
+use crate::chain::{CallRequest, Chain, ChainError, LogEntry, Receipt};
+use alloy_primitives::{Address as EvmAddress, B256};
+use alloy_sol_types::{SolCall, SolConstructor, SolEventInterface, SolInterface};
+use std::time::Duration;
+use teepay_types::bindings::PaymentChannels::{self, PaymentChannelsErrors, PaymentChannelsEvents};
+use teepay_types::{Address, Amount, ChainId, ChannelId, Eip1559Tx, GasParams, Hash32, InstanceId, SigningKey};
+
+/// How long a submitter waits for its transaction to be mined before giving up.
+pub const RECEIPT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A deployed `PaymentChannels` contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployment {
+    pub chain: ChainId,
+    pub address: Address,
+    /// The block it was deployed in: event sync starts here.
+    pub block: u64,
+    pub gas_used: u64,
+}
+
+/// Every state change the contract reports (DESIGN §3); the hub's channel DB is built only
+/// from these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContractEvent {
+    MeasurementAllowed { measurement: Hash32, allowed: bool },
+    EnclaveRegistered { enclave: Address, measurement: Hash32 },
+    ChannelOpened { channel: ChannelId, a: Address, b: Address, deposit: Amount },
+    ChannelFunded { channel: ChannelId, party: Address, amount: Amount, deposit_a: Amount, deposit_b: Amount },
+    InstanceResolved { instance: InstanceId, applied: bool, channel: ChannelId },
+    ChannelClosed { channel: ChannelId, version: u64, payout_a: Amount, payout_b: Amount, ejected: bool },
+}
+
+/// An event with where it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedEvent {
+    pub event: ContractEvent,
+    pub block_number: u64,
+    pub tx_hash: Hash32,
+    pub log_index: u64,
+}
+
+fn ours(a: EvmAddress) -> Address {
+    Address(a.0.0)
+}
+
+/// Deposits are capped at 2^128−1 by the contract, so this conversion cannot fail for its
+/// events; anything larger is reported as malformed rather than truncated.
+fn amount(v: alloy_primitives::U256) -> Result<Amount, ChainError> {
+    u128::try_from(v).map(Amount).map_err(|_| ChainError::Overflow(v.to_string()))
+}
+
+impl ContractEvent {
+    /// Decodes one log of the contract; `Ok(None)` for a log that is not one of its events.
+    pub fn decode(log: &LogEntry) -> Result<Option<Self>, ChainError> {
+        let topics: Vec<B256> = log.topics.iter().map(|t| B256::from(*t)).collect();
+        let Ok(event) = PaymentChannelsEvents::decode_raw_log(&topics, &log.data) else {
+            return Ok(None);
+        };
+        use PaymentChannelsEvents as E;
+        Ok(Some(match event {
+            E::MeasurementAllowed(e) => ContractEvent::MeasurementAllowed { measurement: e.measurement.0, allowed: e.allowed },
+            E::EnclaveRegistered(e) => {
+                ContractEvent::EnclaveRegistered { enclave: ours(e.enclave), measurement: e.measurement.0 }
+            }
+            E::ChannelOpened(e) => ContractEvent::ChannelOpened {
+                channel: ChannelId(e.channelId.0),
+                a: ours(e.a),
+                b: ours(e.b),
+                deposit: amount(e.deposit)?,
+            },
+            E::ChannelFunded(e) => ContractEvent::ChannelFunded {
+                channel: ChannelId(e.channelId.0),
+                party: ours(e.party),
+                amount: amount(e.amount)?,
+                deposit_a: amount(e.depositA)?,
+                deposit_b: amount(e.depositB)?,
+            },
+            E::InstanceResolved(e) => ContractEvent::InstanceResolved {
+                instance: InstanceId(e.instanceId.0),
+                applied: e.applied,
+                channel: ChannelId(e.channelId.0),
+            },
+            E::ChannelClosed(e) => ContractEvent::ChannelClosed {
+                channel: ChannelId(e.channelId.0),
+                version: e.version,
+                payout_a: amount(e.payoutA)?,
+                payout_b: amount(e.payoutB)?,
+                ejected: e.ejected,
+            },
+        }))
+    }
+}
+
+/// The contract's events in blocks `from..=to`, in chain order.
+pub async fn events<C: Chain>(chain: &C, contract: Address, from: u64, to: u64) -> Result<Vec<LoggedEvent>, ChainError> {
+    let mut out = Vec::new();
+    for log in chain.logs(contract, from, to).await? {
+        if let Some(event) = ContractEvent::decode(&log)? {
+            out.push(LoggedEvent { event, block_number: log.block_number, tx_hash: log.tx_hash, log_index: log.log_index });
+        }
+    }
+    Ok(out)
+}
+
+/// The contract's custom error name for a revert payload (e.g. `"BadTotal"`), or the raw
+/// payload in hex when it is not one of them.
+pub fn revert_reason(data: &[u8]) -> String {
+    match PaymentChannelsErrors::abi_decode(data) {
+        Ok(e) => format!("{e:?}").split([' ', '(', '{']).next().unwrap_or_default().to_string(),
+        Err(_) => format!("0x{}", teepay_types::ids::to_hex(data)),
+    }
+}
+
+/// Gas parameters for a transaction from `from`: the chain's nonce and fee, and a gas limit
+/// from an estimate with a margin (or `gas_limit` when given).
+pub async fn gas_params<C: Chain>(chain: &C, from: Address, req: Option<&CallRequest>) -> Result<GasParams, ChainError> {
+    let nonce = chain.nonce(from).await?;
+    let price = chain.gas_price().await?;
+    let gas_limit = match req {
+        Some(req) => {
+            let estimate = chain.estimate_gas(req).await?;
+            estimate + estimate / 5 + 10_000
+        }
+        None => 21_000,
+    };
+    Ok(GasParams {
+        nonce,
+        gas_limit,
+        // Twice the current price absorbs base-fee growth between estimate and inclusion.
+        max_fee_per_gas: price.saturating_mul(2),
+        max_priority_fee_per_gas: price.min(1_000_000_000),
+    })
+}
+
+/// Signs with a host-held key (deployer, dev faucet), submits and waits for the receipt.
+pub async fn send_from_key<C: Chain>(
+    chain: &C,
+    key: &SigningKey,
+    to: Option<Address>,
+    value: Amount,
+    input: Vec<u8>,
+) -> Result<Receipt, ChainError> {
+    let chain_id = chain.chain_id().await?;
+    let req = CallRequest { from: Some(key.address()), to, value, data: input.clone() };
+    let needs_estimate = to.is_none() || !input.is_empty();
+    let gas = gas_params(chain, key.address(), needs_estimate.then_some(&req)).await?;
+    let signed = Eip1559Tx { chain: chain_id, gas, to, value, input }.sign(key);
+    let hash = chain.send_raw_transaction(&signed.raw).await?;
+    chain.wait_for_receipt(hash, RECEIPT_TIMEOUT).await
+}
+
+/// Deploys `PaymentChannels` with the given attestation authority and allowed measurements.
+pub async fn deploy<C: Chain>(
+    chain: &C,
+    deployer: &SigningKey,
+    authority: Address,
+    measurements: &[Hash32],
+) -> Result<Deployment, ChainError> {
+    let mut init = PaymentChannels::BYTECODE.to_vec();
+    init.extend(
+        PaymentChannels::constructorCall {
+            authority_: EvmAddress::from(authority.0),
+            measurements: measurements.iter().map(|m| B256::from(*m)).collect(),
+        }
+        .abi_encode(),
+    );
+    let receipt = send_from_key(chain, deployer, None, Amount(0), init).await?;
+    let address = match (receipt.success, receipt.contract_address) {
+        (true, Some(a)) => a,
+        _ => return Err(ChainError::Rejected("PaymentChannels deployment reverted".into())),
+    };
+    Ok(Deployment { chain: chain.chain_id().await?, address, block: receipt.block_number, gas_used: receipt.gas_used })
+}
+
+/// Read-only view of a deployed contract.
+#[derive(Debug, Clone, Copy)]
+pub struct ContractView<'a, C> {
+    pub chain: &'a C,
+    pub address: Address,
+}
+
+impl<C: Chain> ContractView<'_, C> {
+    async fn view<T: SolCall>(&self, call: T) -> Result<T::Return, ChainError> {
+        let req = CallRequest { to: Some(self.address), data: call.abi_encode(), ..CallRequest::default() };
+        let out = self.chain.call(&req).await?;
+        T::abi_decode_returns(&out).map_err(|e| ChainError::Malformed(format!("{}: {e}", T::SIGNATURE)))
+    }
+
+    pub async fn channel(&self, id: ChannelId) -> Result<PaymentChannels::channelsReturn, ChainError> {
+        self.view(PaymentChannels::channelsCall(B256::from(id.0))).await
+    }
+
+    /// `None` until the instance's first eject fixed it; then whether it applied.
+    pub async fn instance_outcome(&self, id: InstanceId) -> Result<Option<bool>, ChainError> {
+        Ok(match self.view(PaymentChannels::instanceOutcomeCall(B256::from(id.0))).await? {
+            0 => None,
+            1 => Some(true),
+            _ => Some(false),
+        })
+    }
+
+    pub async fn enclave_measurement(&self, enclave: Address) -> Result<Option<Hash32>, ChainError> {
+        let m = self.view(PaymentChannels::enclaveMeasurementCall(EvmAddress::from(enclave.0))).await?;
+        Ok((m != B256::ZERO).then_some(m.0))
+    }
+
+    pub async fn state_digest(&self, state: &teepay_types::ChannelState) -> Result<Hash32, ChainError> {
+        let call = PaymentChannels::stateDigestCall { state: teepay_types::abi_channel_state(state) };
+        Ok(self.view(call).await?.0)
+    }
+}
