@@ -6,7 +6,9 @@ use alloy_primitives::{Address as EvmAddress, B256};
 use alloy_sol_types::{SolCall, SolConstructor, SolEventInterface, SolInterface};
 use std::time::Duration;
 use teepay_types::bindings::PaymentChannels::{self, PaymentChannelsErrors, PaymentChannelsEvents};
-use teepay_types::{Address, Amount, ChainId, ChannelId, Eip1559Tx, GasParams, Hash32, InstanceId, SigningKey};
+use teepay_types::{
+    Address, Amount, ChainId, ChannelId, Eip1559Tx, GasParams, Hash32, InstanceId, SigningKey,
+};
 
 /// How long a submitter waits for its transaction to be mined before giving up.
 pub const RECEIPT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -19,6 +21,8 @@ pub struct Deployment {
     /// The block it was deployed in: event sync starts here.
     pub block: u64,
     pub gas_used: u64,
+    /// What the deployer paid for gas.
+    pub fee: Amount,
 }
 
 /// Every state change the contract reports (DESIGN §3); the hub's channel DB is built only
@@ -61,7 +65,9 @@ impl ContractEvent {
         };
         use PaymentChannelsEvents as E;
         Ok(Some(match event {
-            E::MeasurementAllowed(e) => ContractEvent::MeasurementAllowed { measurement: e.measurement.0, allowed: e.allowed },
+            E::MeasurementAllowed(e) => {
+                ContractEvent::MeasurementAllowed { measurement: e.measurement.0, allowed: e.allowed }
+            }
             E::EnclaveRegistered(e) => {
                 ContractEvent::EnclaveRegistered { enclave: ours(e.enclave), measurement: e.measurement.0 }
             }
@@ -95,11 +101,21 @@ impl ContractEvent {
 }
 
 /// The contract's events in blocks `from..=to`, in chain order.
-pub async fn events<C: Chain>(chain: &C, contract: Address, from: u64, to: u64) -> Result<Vec<LoggedEvent>, ChainError> {
+pub async fn events<C: Chain>(
+    chain: &C,
+    contract: Address,
+    from: u64,
+    to: u64,
+) -> Result<Vec<LoggedEvent>, ChainError> {
     let mut out = Vec::new();
     for log in chain.logs(contract, from, to).await? {
         if let Some(event) = ContractEvent::decode(&log)? {
-            out.push(LoggedEvent { event, block_number: log.block_number, tx_hash: log.tx_hash, log_index: log.log_index });
+            out.push(LoggedEvent {
+                event,
+                block_number: log.block_number,
+                tx_hash: log.tx_hash,
+                log_index: log.log_index,
+            });
         }
     }
     Ok(out)
@@ -116,7 +132,11 @@ pub fn revert_reason(data: &[u8]) -> String {
 
 /// Gas parameters for a transaction from `from`: the chain's nonce and fee, and a gas limit
 /// from an estimate with a margin (or `gas_limit` when given).
-pub async fn gas_params<C: Chain>(chain: &C, from: Address, req: Option<&CallRequest>) -> Result<GasParams, ChainError> {
+pub async fn gas_params<C: Chain>(
+    chain: &C,
+    from: Address,
+    req: Option<&CallRequest>,
+) -> Result<GasParams, ChainError> {
     let nonce = chain.nonce(from).await?;
     let price = chain.gas_price().await?;
     let gas_limit = match req {
@@ -172,7 +192,13 @@ pub async fn deploy<C: Chain>(
         (true, Some(a)) => a,
         _ => return Err(ChainError::Rejected("PaymentChannels deployment reverted".into())),
     };
-    Ok(Deployment { chain: chain.chain_id().await?, address, block: receipt.block_number, gas_used: receipt.gas_used })
+    Ok(Deployment {
+        chain: chain.chain_id().await?,
+        address,
+        block: receipt.block_number,
+        gas_used: receipt.gas_used,
+        fee: receipt.fee(),
+    })
 }
 
 /// Read-only view of a deployed contract.

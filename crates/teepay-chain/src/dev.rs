@@ -22,7 +22,8 @@ pub const DEV_PRIVATE_KEYS: [&str; 10] = [
 pub const DEV_ACCOUNT_BALANCE: u128 = 10_000 * 10u128.pow(18);
 
 pub fn dev_key(index: usize) -> SigningKey {
-    let bytes: [u8; 32] = teepay_types::ids::from_hex(DEV_PRIVATE_KEYS[index]).expect("dev keys are valid hex");
+    let bytes: [u8; 32] =
+        teepay_types::ids::from_hex(DEV_PRIVATE_KEYS[index]).expect("dev keys are valid hex");
     SigningKey::from_entropy(bytes).expect("dev keys are valid secp256k1 keys")
 }
 

@@ -71,7 +71,9 @@ fn parse_address(v: Option<&Value>) -> Result<Address, RpcErr> {
 }
 
 fn parse_hash(v: Option<&Value>) -> Result<[u8; 32], RpcErr> {
-    v.and_then(Value::as_str).and_then(from_hex::<32>).ok_or_else(|| RpcErr::params("expected a 32-byte hex hash"))
+    v.and_then(Value::as_str)
+        .and_then(from_hex::<32>)
+        .ok_or_else(|| RpcErr::params("expected a 32-byte hex hash"))
 }
 
 fn parse_bytes(v: &Value) -> Result<Vec<u8>, RpcErr> {
@@ -161,7 +163,12 @@ fn receipt_json(chain: &EmbeddedChain, r: &Receipt) -> Value {
     let cumulative: u64 = block
         .as_ref()
         .map(|b| {
-            b.txs.iter().take(index as usize + 1).filter_map(|t| chain.receipt_now(*t)).map(|r| r.gas_used).sum()
+            b.txs
+                .iter()
+                .take(index as usize + 1)
+                .filter_map(|t| chain.receipt_now(*t))
+                .map(|r| r.gas_used)
+                .sum()
         })
         .unwrap_or(r.gas_used);
     json!({
@@ -362,7 +369,13 @@ async fn dispatch(chain: &EmbeddedChain, method: &str, p: &Value) -> Result<Valu
             let n = parse_block(param(p, 0), head)?;
             block_json(chain, n, param(p, 1).and_then(Value::as_bool).unwrap_or(false))
         }
-        _ => return Err(RpcErr { code: -32601, message: format!("method {method} is not served"), data: None }),
+        _ => {
+            return Err(RpcErr {
+                code: -32601,
+                message: format!("method {method} is not served"),
+                data: None,
+            });
+        }
     })
 }
 
@@ -394,7 +407,9 @@ async fn rpc(State(chain): State<EmbeddedChain>, body: Bytes) -> impl IntoRespon
             Value::Array(out)
         }
         Ok(req) => handle_one(&chain, &req).await,
-        Err(e) => json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": format!("parse error: {e}")}}),
+        Err(e) => {
+            json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": format!("parse error: {e}")}})
+        }
     };
     ([(header::CONTENT_TYPE, "application/json")], response.to_string())
 }

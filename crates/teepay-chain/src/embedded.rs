@@ -33,6 +33,8 @@ pub const BASE_FEE: u64 = 1_000_000_000;
 /// Tip suggested on top of the base fee.
 pub const PRIORITY_FEE: u128 = 1_000_000_000;
 pub const BLOCK_GAS_LIMIT: u64 = 30_000_000;
+/// Per-transaction gas cap of the current hard fork (EIP-7825); calls and estimates use it.
+pub const TX_GAS_CAP: u64 = 1 << 24;
 
 /// One mined block as the journal stores it: replaying these rebuilds the whole chain.
 #[derive(Debug, Clone, BorshSerialize, BorshDeserialize)]
@@ -115,7 +117,10 @@ impl Inner {
     fn new(chain_id: u64, dev_accounts: &[Address]) -> Self {
         let mut db = CacheDB::new(EmptyDB::default());
         for a in dev_accounts {
-            db.insert_account_info(evm_address(*a), AccountInfo::from_balance(U256::from(DEV_ACCOUNT_BALANCE)));
+            db.insert_account_info(
+                evm_address(*a),
+                AccountInfo::from_balance(U256::from(DEV_ACCOUNT_BALANCE)),
+            );
         }
         let genesis = BlockInfo {
             number: 0,
@@ -173,7 +178,8 @@ impl Inner {
             return results;
         }
         if let Some(journal) = self.journal.as_mut() {
-            let record = BlockRecord { timestamp, txs: included.iter().map(|(raw, _, _)| raw.clone()).collect() };
+            let record =
+                BlockRecord { timestamp, txs: included.iter().map(|(raw, _, _)| raw.clone()).collect() };
             if let Err(e) = append_record(journal, &record) {
                 self.poisoned = true;
                 let err = ChainError::Storage(format!("journal append failed: {e}"));
@@ -255,67 +261,66 @@ fn execute(
     index: u64,
     gas_so_far: u64,
 ) -> Result<(Receipt, MinedTx), ChainError> {
-        let envelope = TxEnvelope::decode_2718(&mut &raw[..])
-            .map_err(|e| ChainError::Rejected(format!("undecodable transaction: {e}")))?;
-        if envelope.is_eip4844() || envelope.is_eip7702() {
-            return Err(ChainError::Rejected("blob and EIP-7702 transactions are not supported".into()));
-        }
+    let envelope = TxEnvelope::decode_2718(&mut &raw[..])
+        .map_err(|e| ChainError::Rejected(format!("undecodable transaction: {e}")))?;
+    if envelope.is_eip4844() || envelope.is_eip7702() {
+        return Err(ChainError::Rejected("blob and EIP-7702 transactions are not supported".into()));
+    }
     // libsecp256k1 recovery, which also refuses high-s (malleable, EIP-2) signatures.
     let sig = teepay_types::Signature(envelope.signature().as_bytes());
     let from = teepay_types::recover_signer(&envelope.signature_hash().0, &sig)
         .map(|a| EvmAddress::from(a.0))
         .map_err(|e| ChainError::Rejected(format!("bad signature: {e}")))?;
-        if gas_so_far.saturating_add(envelope.gas_limit()) > BLOCK_GAS_LIMIT {
-            return Err(ChainError::Rejected("gas limit exceeds the block gas limit".into()));
-        }
-        let tx = TxEnv {
-            tx_type: envelope.tx_type() as u8,
-            caller: from,
-            gas_limit: envelope.gas_limit(),
-            gas_price: envelope.max_fee_per_gas(),
-            gas_priority_fee: envelope.max_priority_fee_per_gas(),
-            kind: envelope.kind(),
-            value: envelope.value(),
-            data: envelope.input().clone(),
-            nonce: envelope.nonce(),
-            chain_id: envelope.chain_id(),
-            access_list: envelope.access_list().cloned().unwrap_or_default(),
-            ..TxEnv::default()
-        };
-        let result = evm.transact_commit(tx).map_err(|e| ChainError::Rejected(e.to_string()))?;
-        let tx_hash: Hash32 = (*envelope.tx_hash()).0;
-                let effective_gas_price =
-            envelope.effective_gas_price(Some(BASE_FEE)).min(envelope.max_fee_per_gas());
-        let contract_address = match &result {
-            ExecutionResult::Success { output: Output::Create(_, Some(a)), .. } => Some(Address(a.0.0)),
-            _ => None,
-        };
-        let logs = result
-            .logs()
-            .iter()
-            .map(|l| LogEntry {
-                address: Address(l.address.0.0),
-                topics: l.data.topics().iter().map(|t| t.0).collect(),
-                data: l.data.data.to_vec(),
-                block_number: number,
-                tx_hash,
-                log_index: 0, // numbered when the block is sealed
-            })
-            .collect();
-        let receipt = Receipt {
-            tx_hash,
-            block_number: number,
-            from: Address(from.0.0),
-            to: envelope.to().map(|a| Address(a.0.0)),
-            success: result.is_success(),
-            gas_used: result.tx_gas_used(),
-            effective_gas_price,
-            contract_address,
-            logs,
-        };
-        let mined = MinedTx { block: number, index, envelope, from: Address(from.0.0) };
-        Ok((receipt, mined))
+    if gas_so_far.saturating_add(envelope.gas_limit()) > BLOCK_GAS_LIMIT {
+        return Err(ChainError::Rejected("gas limit exceeds the block gas limit".into()));
     }
+    let tx = TxEnv {
+        tx_type: envelope.tx_type() as u8,
+        caller: from,
+        gas_limit: envelope.gas_limit(),
+        gas_price: envelope.max_fee_per_gas(),
+        gas_priority_fee: envelope.max_priority_fee_per_gas(),
+        kind: envelope.kind(),
+        value: envelope.value(),
+        data: envelope.input().clone(),
+        nonce: envelope.nonce(),
+        chain_id: envelope.chain_id(),
+        access_list: envelope.access_list().cloned().unwrap_or_default(),
+        ..TxEnv::default()
+    };
+    let result = evm.transact_commit(tx).map_err(|e| ChainError::Rejected(e.to_string()))?;
+    let tx_hash: Hash32 = (*envelope.tx_hash()).0;
+    let effective_gas_price = envelope.effective_gas_price(Some(BASE_FEE)).min(envelope.max_fee_per_gas());
+    let contract_address = match &result {
+        ExecutionResult::Success { output: Output::Create(_, Some(a)), .. } => Some(Address(a.0.0)),
+        _ => None,
+    };
+    let logs = result
+        .logs()
+        .iter()
+        .map(|l| LogEntry {
+            address: Address(l.address.0.0),
+            topics: l.data.topics().iter().map(|t| t.0).collect(),
+            data: l.data.data.to_vec(),
+            block_number: number,
+            tx_hash,
+            log_index: 0, // numbered when the block is sealed
+        })
+        .collect();
+    let receipt = Receipt {
+        tx_hash,
+        block_number: number,
+        from: Address(from.0.0),
+        to: envelope.to().map(|a| Address(a.0.0)),
+        success: result.is_success(),
+        gas_used: result.tx_gas_used(),
+        effective_gas_price,
+        contract_address,
+        logs,
+    };
+    let mined = MinedTx { block: number, index, envelope, from: Address(from.0.0) };
+    Ok((receipt, mined))
+}
 
 fn append_record<T: BorshSerialize>(file: &mut File, value: &T) -> std::io::Result<()> {
     let body = borsh::to_vec(value)?;
@@ -364,7 +369,9 @@ impl EmbeddedChain {
                 .next()
                 .and_then(|r| borsh::from_slice(&r).ok())
                 .filter(|h: &JournalHeader| h.magic == JOURNAL_MAGIC)
-                .ok_or_else(|| ChainError::Storage(format!("{}: not a teepay chain journal", path.display())))?;
+                .ok_or_else(|| {
+                    ChainError::Storage(format!("{}: not a teepay chain journal", path.display()))
+                })?;
             if header.chain_id != chain.0 {
                 return Err(ChainError::Storage(format!(
                     "{} holds chain {}, not {}",
@@ -387,8 +394,11 @@ impl EmbeddedChain {
             inner.journal = Some(OpenOptions::new().append(true).open(path).map_err(storage)?);
         } else {
             let mut file = OpenOptions::new().create_new(true).append(true).open(path).map_err(storage)?;
-            let header =
-                JournalHeader { magic: JOURNAL_MAGIC, chain_id: chain.0, dev_accounts: dev.iter().map(|a| a.0).collect() };
+            let header = JournalHeader {
+                magic: JOURNAL_MAGIC,
+                chain_id: chain.0,
+                dev_accounts: dev.iter().map(|a| a.0).collect(),
+            };
             append_record(&mut file, &header).map_err(storage)?;
             inner.journal = Some(file);
         }
@@ -447,7 +457,7 @@ impl EmbeddedChain {
     }
 
     fn call_sync(&self, req: &CallRequest) -> Result<Vec<u8>, ChainError> {
-        match self.lock().simulate(req, BLOCK_GAS_LIMIT)? {
+        match self.lock().simulate(req, TX_GAS_CAP)? {
             ExecutionResult::Success { output, .. } => Ok(output.into_data().to_vec()),
             ExecutionResult::Revert { output, .. } => Err(ChainError::Reverted { data: output.to_vec() }),
             ExecutionResult::Halt { reason, .. } => Err(ChainError::Rejected(format!("halted: {reason:?}"))),
@@ -458,12 +468,16 @@ impl EmbeddedChain {
     /// since the 63/64 rule can make a call need more gas than it consumes).
     fn estimate_sync(&self, req: &CallRequest) -> Result<u64, ChainError> {
         let mut inner = self.lock();
-        let used = match inner.simulate(req, BLOCK_GAS_LIMIT)? {
+        let used = match inner.simulate(req, TX_GAS_CAP)? {
             ExecutionResult::Success { gas, .. } => gas.tx_gas_used(),
-            ExecutionResult::Revert { output, .. } => return Err(ChainError::Reverted { data: output.to_vec() }),
-            ExecutionResult::Halt { reason, .. } => return Err(ChainError::Rejected(format!("halted: {reason:?}"))),
+            ExecutionResult::Revert { output, .. } => {
+                return Err(ChainError::Reverted { data: output.to_vec() });
+            }
+            ExecutionResult::Halt { reason, .. } => {
+                return Err(ChainError::Rejected(format!("halted: {reason:?}")));
+            }
         };
-        let (mut lo, mut hi) = (used, BLOCK_GAS_LIMIT);
+        let (mut lo, mut hi) = (used, TX_GAS_CAP);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             if inner.simulate(req, mid).map(|r| r.is_success()).unwrap_or(false) {

@@ -1,4 +1,6 @@
-use teepay_types::{ChannelId, CryptoError, InstanceId, NackReason, QuoteError, SealError};
+use teepay_types::{
+    Address, Amount, ChainId, ChannelId, CryptoError, InstanceId, NackReason, QuoteError, SealError,
+};
 
 /// Every way the node enclave refuses a request. A refused request changes no state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,6 +41,12 @@ pub enum EnclaveError {
     Refused(NackReason),
     #[error("invalid order: {0}")]
     InvalidOrder(&'static str),
+    #[error("no PaymentChannels contract is configured for chain {0:?}")]
+    UnknownChain(ChainId),
+    #[error("channel belongs to contract {got:?}, not the configured {expected:?}")]
+    WrongContract { expected: Address, got: Address },
+    #[error("transaction may spend up to {requested:?} on gas, above the enclave's limit {limit:?}")]
+    FeeTooHigh { requested: Amount, limit: Amount },
     #[error("amount must be positive")]
     ZeroAmount,
     #[error("arithmetic overflow")]

@@ -22,10 +22,10 @@ pub use state::{
 use borsh::{BorshDeserialize, BorshSerialize};
 use std::collections::BTreeMap;
 use teepay_types::{
-    Address, Amount, ChainId, ChannelId, HubItem, InstanceId, InstanceKind, NodeAck, NodeItem, Order,
-    PaymentRequest, Platform, Quote, RefundRequest, Report, SignedChannelState, SignedHubBatch,
-    SignedNodeAck, SignedOrder, SignedRefundRequest, SigningKey, SwapIntent, Transfer, seal_value,
-    unseal_value,
+    Address, Amount, ChainId, ChannelId, Eip1559Tx, GasParams, HubItem, InstanceId, InstanceKind, NodeAck,
+    NodeItem, Order, PaymentRequest, Platform, Quote, RefundRequest, Report, SignedChannelState,
+    SignedHubBatch, SignedNodeAck, SignedOrder, SignedRefundRequest, SignedTx, SigningKey, SwapIntent,
+    Transfer, seal_value, unseal_value,
 };
 
 const SEAL_DOMAIN: &[u8] = b"teepay/node-seal/v1";
@@ -99,6 +99,34 @@ pub enum Request {
     ChannelSettled {
         channel: ChannelId,
     },
+    /// Build and sign `openChannel(peer)` on `chain`'s configured contract, funded with
+    /// `deposit`, sent from this enclave's address. The host supplies nonce and fees only.
+    BuildOpenChannel {
+        chain: ChainId,
+        peer: Address,
+        deposit: Amount,
+        gas: GasParams,
+    },
+    /// Build and sign `deposit(channel)` adding `amount` to this enclave's side.
+    BuildDeposit {
+        channel: ChannelId,
+        amount: Amount,
+        gas: GasParams,
+    },
+    /// Build and sign `closeChannel(state, sig)` with the channel's closing state, signing
+    /// that state first if it has not been (as `SignClose` does: a close without locks, an
+    /// eject with multi-hop locks; the channel then accepts nothing more).
+    BuildClose {
+        channel: ChannelId,
+        gas: GasParams,
+    },
+    /// Build and sign a plain transfer out of this enclave's account (withdrawing payouts).
+    BuildTransfer {
+        chain: ChainId,
+        to: Address,
+        amount: Amount,
+        gas: GasParams,
+    },
 }
 
 /// The per-item results of a batch and the single signed ack covering the answered ones.
@@ -118,6 +146,8 @@ pub enum Response {
     Batch(BatchResult),
     RefundRequest(SignedRefundRequest),
     ChannelState(SignedChannelState),
+    /// A signed transaction for the host to submit.
+    Transaction(SignedTx),
 }
 
 /// A response plus, when the state changed, the new sealed blob to persist first.
@@ -286,7 +316,86 @@ impl<P: Platform> NodeEnclave<P> {
                 self.mark_ejected(&instances);
                 Ok(self.changed(Response::Done))
             }
+            Request::BuildOpenChannel { chain, peer, deposit, gas } => {
+                if peer == self.address() {
+                    return Err(EnclaveError::InvalidOrder("a channel needs two distinct parties"));
+                }
+                let contract = self.state.config.contract(chain).ok_or(EnclaveError::UnknownChain(chain))?;
+                let input = teepay_types::open_channel_call(peer);
+                self.build_tx(chain, contract, deposit, input, gas)
+            }
+            Request::BuildDeposit { channel, amount, gas } => {
+                if amount.is_zero() {
+                    return Err(EnclaveError::ZeroAmount);
+                }
+                let ch = self.open_channel_mut(channel)?;
+                let (chain, contract) = (ch.chain, ch.contract);
+                self.build_tx(chain, contract, amount, teepay_types::deposit_call(channel), gas)
+            }
+            Request::BuildClose { channel, gas } => self.build_close(channel, gas),
+            Request::BuildTransfer { chain, to, amount, gas } => {
+                if amount.is_zero() {
+                    return Err(EnclaveError::ZeroAmount);
+                }
+                self.state.config.contract(chain).ok_or(EnclaveError::UnknownChain(chain))?;
+                self.build_tx(chain, to, amount, Vec::new(), gas)
+            }
         }
+    }
+
+    /// Signs a transaction from this enclave's address; refuses fees above the policy limit.
+    fn build_tx(
+        &self,
+        chain: ChainId,
+        to: Address,
+        value: Amount,
+        input: Vec<u8>,
+        gas: GasParams,
+    ) -> Result<Output, EnclaveError> {
+        let max_fee = Amount(u128::from(gas.gas_limit).saturating_mul(gas.max_fee_per_gas));
+        if max_fee > self.state.config.max_tx_fee {
+            return Err(EnclaveError::FeeTooHigh { requested: max_fee, limit: self.state.config.max_tx_fee });
+        }
+        let tx = Eip1559Tx { chain, gas, to: Some(to), value, input }.sign(&self.key);
+        Ok(Output { response: Response::Transaction(tx), sealed: None })
+    }
+
+    fn build_close(&mut self, channel: ChannelId, gas: GasParams) -> Result<Output, EnclaveError> {
+        let ch = self.state.channels.get(&channel).ok_or(EnclaveError::UnknownChannel(channel))?;
+        let signed = match &ch.status {
+            ChannelStatus::Closing(signed) => (**signed).clone(),
+            ChannelStatus::Settled => return Err(EnclaveError::ChannelClosed(channel)),
+            ChannelStatus::Open => {
+                // Check the fee before signing the closing state: a refused request changes
+                // no state.
+                let max_fee = Amount(u128::from(gas.gas_limit).saturating_mul(gas.max_fee_per_gas));
+                if max_fee > self.state.config.max_tx_fee {
+                    return Err(EnclaveError::FeeTooHigh {
+                        requested: max_fee,
+                        limit: self.state.config.max_tx_fee,
+                    });
+                }
+                let out = self.sign_close(channel)?;
+                let Response::ChannelState(signed) = out.response else {
+                    unreachable!("sign_close answers a state")
+                };
+                let tx = self.build_tx(
+                    signed.state.chain,
+                    signed.state.contract,
+                    Amount(0),
+                    teepay_types::close_channel_call(&signed),
+                    gas,
+                )?;
+                return Ok(Output { response: tx.response, sealed: out.sealed });
+            }
+        };
+        self.build_tx(
+            signed.state.chain,
+            signed.state.contract,
+            Amount(0),
+            teepay_types::close_channel_call(&signed),
+            gas,
+        )
     }
 
     fn issue_order(&mut self, order: Order) -> Output {
@@ -303,6 +412,10 @@ impl<P: Platform> NodeEnclave<P> {
         }
         if new.peer == self.address() {
             return Err(EnclaveError::InvalidOrder("a channel needs two distinct parties"));
+        }
+        let expected = self.state.config.contract(new.chain).ok_or(EnclaveError::UnknownChain(new.chain))?;
+        if new.contract != expected {
+            return Err(EnclaveError::WrongContract { expected, got: new.contract });
         }
         let capacity = new.deposit_local.checked_add(new.deposit_peer).ok_or(EnclaveError::Overflow)?;
         let channel = Channel {

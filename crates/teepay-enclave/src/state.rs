@@ -168,6 +168,18 @@ pub struct NodeConfig {
     pub measurement: Hash32,
     pub attestation_authority: Address,
     pub allowed_hub_measurements: Vec<Hash32>,
+    /// The `PaymentChannels` deployment per chain: the only contract this enclave sends
+    /// value to or accepts channels of (a host cannot redirect deposits elsewhere).
+    pub contracts: Vec<(ChainId, Address)>,
+    /// Most the enclave lets one transaction spend on gas (`gas_limit × max_fee_per_gas`),
+    /// so a host cannot drain the enclave's account through fees.
+    pub max_tx_fee: Amount,
+}
+
+impl NodeConfig {
+    pub fn contract(&self, chain: ChainId) -> Option<Address> {
+        self.contracts.iter().find(|(c, _)| *c == chain).map(|(_, a)| *a)
+    }
 }
 
 /// Everything the enclave knows except its key (which only the sealed blob carries).

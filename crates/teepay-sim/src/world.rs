@@ -174,6 +174,8 @@ impl World {
             measurement: NODE_MEASUREMENT,
             attestation_authority: self.authority.address(),
             allowed_hub_measurements: vec![HUB_MEASUREMENT],
+            contracts: vec![(ChainId(1), CONTRACT), (ChainId(2), CONTRACT)],
+            max_tx_fee: Amount(10u128.pow(16)),
         };
         let platform = SimPlatform::new(self.entropy());
         let entropy = self.entropy();
