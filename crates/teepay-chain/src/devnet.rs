@@ -60,7 +60,7 @@ fn hex(bytes: &[u8]) -> Value {
     Value::String(format!("0x{}", to_hex(bytes)))
 }
 
-fn param<'a>(params: &'a Value, i: usize) -> Option<&'a Value> {
+fn param(params: &Value, i: usize) -> Option<&Value> {
     params.as_array().and_then(|a| a.get(i)).filter(|v| !v.is_null())
 }
 

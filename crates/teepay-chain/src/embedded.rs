@@ -289,7 +289,7 @@ fn execute(
         ..TxEnv::default()
     };
     let result = evm.transact_commit(tx).map_err(|e| ChainError::Rejected(e.to_string()))?;
-    let tx_hash: Hash32 = (*envelope.tx_hash()).0;
+    let tx_hash: Hash32 = envelope.tx_hash().0;
     let effective_gas_price = envelope.effective_gas_price(Some(BASE_FEE)).min(envelope.max_fee_per_gas());
     let contract_address = match &result {
         ExecutionResult::Success { output: Output::Create(_, Some(a)), .. } => Some(Address(a.0.0)),

@@ -185,8 +185,8 @@ async fn cooperative<C: Chain>(l: &mut Ledger<'_, C>) {
         .expect("open");
     let id = opened_channel(&r);
     assert_eq!(r.from, a.address(), "sent by the enclave's own address");
-    a.add_channel(chain, d.address, id, b.address(), true, dep_a, 0);
-    b.add_channel(chain, d.address, id, a.address(), false, 0, dep_a);
+    a.add_channel((chain, d.address), id, b.address(), true, (dep_a, 0));
+    b.add_channel((chain, d.address), id, a.address(), false, (0, dep_a));
 
     let est = CallRequest {
         from: Some(b.address()),
@@ -493,7 +493,7 @@ fn enclave_refusals(chain: ChainId) {
         node.request(Request::BuildOpenChannel { chain, peer, deposit: Amount(1), gas: greedy }),
         Err(EnclaveError::FeeTooHigh { .. })
     ));
-    node.add_channel(chain, contract, ChannelId([3; 32]), peer, true, 10, 0);
+    node.add_channel((chain, contract), ChannelId([3; 32]), peer, true, (10, 0));
     let after_add = node.enclave.inspect().clone();
     assert!(matches!(
         node.request(Request::BuildClose { channel: ChannelId([3; 32]), gas: greedy }),
@@ -542,6 +542,11 @@ async fn suite_on_embedded_chain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suite_on_devnet_over_json_rpc() {
+    // CI points this at a running `teepay devnet` process; otherwise serve one in-process.
+    if let Ok(url) = std::env::var("TEEPAY_DEVNET_URL") {
+        let chain = RpcChain::connect(&url).unwrap();
+        return suite(&chain, &format!("`teepay devnet` process at {url}")).await;
+    }
     let devnet =
         teepay_chain::devnet::serve(EmbeddedChain::new(ChainId(31338)), "127.0.0.1:0".parse().unwrap())
             .await

@@ -187,15 +187,15 @@ impl Node {
         }
     }
 
+    /// Tells the enclave about a channel opened on `(chain, contract)`; `deposits` are
+    /// (local, peer).
     pub fn add_channel(
         &mut self,
-        chain: ChainId,
-        contract: Address,
+        (chain, contract): (ChainId, Address),
         id: ChannelId,
         peer: Address,
         local_is_a: bool,
-        deposit_local: u128,
-        deposit_peer: u128,
+        (deposit_local, deposit_peer): (u128, u128),
     ) {
         self.request(Request::AddChannel(NewChannel {
             chain,
