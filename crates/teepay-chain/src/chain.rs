@@ -71,6 +71,9 @@ pub struct CallRequest {
 pub trait Chain: Send + Sync {
     fn chain_id(&self) -> impl Future<Output = Result<ChainId, ChainError>> + Send;
     fn block_number(&self) -> impl Future<Output = Result<u64, ChainError>> + Send;
+    /// The hash of block `number`, `None` above the head: event sync compares it with the
+    /// hash it saw before to detect a reorganization.
+    fn block_hash(&self, number: u64) -> impl Future<Output = Result<Option<Hash32>, ChainError>> + Send;
     fn balance(&self, who: Address) -> impl Future<Output = Result<Amount, ChainError>> + Send;
     /// The next nonce `who` must use (mined transactions only).
     fn nonce(&self, who: Address) -> impl Future<Output = Result<u64, ChainError>> + Send;

@@ -151,7 +151,12 @@ impl Inner {
     }
     /// Mines one block from `raws`: valid transactions are included, invalid ones are
     /// reported and left out. With a journal, the block is durable before this returns.
-    fn mine(&mut self, raws: &[&[u8]], timestamp: Option<u64>) -> Vec<Result<Hash32, ChainError>> {
+    fn mine(
+        &mut self,
+        raws: &[&[u8]],
+        recovered: Vec<Recovered>,
+        timestamp: Option<u64>,
+    ) -> Vec<Result<Hash32, ChainError>> {
         if self.poisoned {
             let err = ChainError::Storage("journal write failed earlier; reopen the chain".into());
             return raws.iter().map(|_| Err(err.clone())).collect();
@@ -163,8 +168,8 @@ impl Inner {
         let mut results = Vec::with_capacity(raws.len());
         let mut included: Vec<(Vec<u8>, Receipt, MinedTx)> = Vec::new();
         let mut gas_used = 0u64;
-        for raw in raws {
-            match execute(&mut evm, raw, number, included.len() as u64, gas_used) {
+        for (raw, recovered) in raws.iter().zip(recovered) {
+            match execute(&mut evm, recovered, number, included.len() as u64, gas_used) {
                 Ok((receipt, mined)) => {
                     gas_used += receipt.gas_used;
                     results.push(Ok(receipt.tx_hash));
@@ -254,13 +259,11 @@ fn evm_for(db: &mut CacheDB<EmptyDB>, chain_id: u64, number: u64, timestamp: u64
 
 /// Decodes, recovers the sender and executes `raw` in block `number`, committing its state
 /// change if the transaction is valid (a revert is valid: it is mined, failed).
-fn execute(
-    evm: &mut BlockEvm<'_>,
-    raw: &[u8],
-    number: u64,
-    index: u64,
-    gas_so_far: u64,
-) -> Result<(Receipt, MinedTx), ChainError> {
+/// A submitted transaction decoded and with its sender recovered: the expensive, stateless
+/// half of validation, done before taking the chain lock and in parallel for batches.
+type Recovered = Result<(TxEnvelope, EvmAddress), ChainError>;
+
+fn decode_and_recover(raw: &[u8]) -> Recovered {
     let envelope = TxEnvelope::decode_2718(&mut &raw[..])
         .map_err(|e| ChainError::Rejected(format!("undecodable transaction: {e}")))?;
     if envelope.is_eip4844() || envelope.is_eip7702() {
@@ -271,6 +274,36 @@ fn execute(
     let from = teepay_types::recover_signer(&envelope.signature_hash().0, &sig)
         .map(|a| EvmAddress::from(a.0))
         .map_err(|e| ChainError::Rejected(format!("bad signature: {e}")))?;
+    Ok((envelope, from))
+}
+
+/// Sender recovery dominates the cost of a transaction (~3× executing a transfer), so a
+/// large batch spreads it over the machine's cores.
+fn recover_all(raws: &[&[u8]]) -> Vec<Recovered> {
+    const MIN_PER_WORKER: usize = 32;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = cores.min(raws.len() / MIN_PER_WORKER).max(1);
+    if workers == 1 {
+        return raws.iter().map(|r| decode_and_recover(r)).collect();
+    }
+    let chunk = raws.len().div_ceil(workers);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = raws
+            .chunks(chunk)
+            .map(|c| scope.spawn(move || c.iter().map(|r| decode_and_recover(r)).collect::<Vec<_>>()))
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("recovery worker does not panic")).collect()
+    })
+}
+
+fn execute(
+    evm: &mut BlockEvm<'_>,
+    recovered: Recovered,
+    number: u64,
+    index: u64,
+    gas_so_far: u64,
+) -> Result<(Receipt, MinedTx), ChainError> {
+    let (envelope, from) = recovered?;
     if gas_so_far.saturating_add(envelope.gas_limit()) > BLOCK_GAS_LIMIT {
         return Err(ChainError::Rejected("gas limit exceeds the block gas limit".into()));
     }
@@ -380,11 +413,20 @@ impl EmbeddedChain {
                     chain.0
                 )));
             }
-            for (i, record) in records.enumerate() {
-                let block: BlockRecord = borsh::from_slice(&record)
-                    .map_err(|e| ChainError::Storage(format!("{}: block {}: {e}", path.display(), i + 1)))?;
+            let blocks = records
+                .enumerate()
+                .map(|(i, record)| {
+                    borsh::from_slice::<BlockRecord>(&record)
+                        .map_err(|e| ChainError::Storage(format!("{}: block {}: {e}", path.display(), i + 1)))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            // Recover every sender of the journal at once (in parallel), then re-execute.
+            let all: Vec<&[u8]> = blocks.iter().flat_map(|b| b.txs.iter().map(Vec::as_slice)).collect();
+            let mut recovered = recover_all(&all).into_iter();
+            for (i, block) in blocks.iter().enumerate() {
                 let raws: Vec<&[u8]> = block.txs.iter().map(Vec::as_slice).collect();
-                for r in inner.mine(&raws, Some(block.timestamp)) {
+                let pre: Vec<Recovered> = recovered.by_ref().take(raws.len()).collect();
+                for r in inner.mine(&raws, pre, Some(block.timestamp)) {
                     r.map_err(|e| ChainError::Storage(format!("replaying block {}: {e}", i + 1)))?;
                 }
             }
@@ -413,7 +455,8 @@ impl EmbeddedChain {
 
     /// Mines all of `raws` into one block; one result per transaction, in order.
     pub fn submit_batch(&self, raws: &[&[u8]]) -> Vec<Result<Hash32, ChainError>> {
-        self.lock().mine(raws, None)
+        let recovered = recover_all(raws);
+        self.lock().mine(raws, recovered, None)
     }
 
     pub fn block(&self, number: u64) -> Option<BlockInfo> {
@@ -499,6 +542,10 @@ impl Chain for EmbeddedChain {
         Ok(self.lock().head().number)
     }
 
+    async fn block_hash(&self, number: u64) -> Result<Option<Hash32>, ChainError> {
+        Ok(self.block(number).map(|b| b.hash))
+    }
+
     async fn balance(&self, who: Address) -> Result<Amount, ChainError> {
         to_amount(self.lock().account(who).balance)
     }
@@ -512,7 +559,8 @@ impl Chain for EmbeddedChain {
     }
 
     async fn send_raw_transaction(&self, raw: &[u8]) -> Result<Hash32, ChainError> {
-        self.lock().mine(&[raw], None).pop().expect("one result per transaction")
+        let recovered = vec![decode_and_recover(raw)];
+        self.lock().mine(&[raw], recovered, None).pop().expect("one result per transaction")
     }
 
     async fn receipt(&self, tx: Hash32) -> Result<Option<Receipt>, ChainError> {

@@ -70,6 +70,11 @@ impl Chain for RpcChain {
         self.provider.get_block_number().await.map_err(transport)
     }
 
+    async fn block_hash(&self, number: u64) -> Result<Option<Hash32>, ChainError> {
+        let block = self.provider.get_block_by_number(number.into()).await.map_err(transport)?;
+        Ok(block.map(|b| b.header.hash.0))
+    }
+
     async fn balance(&self, who: Address) -> Result<Amount, ChainError> {
         let v = self.provider.get_balance(evm(who)).await.map_err(transport)?;
         u128::try_from(v).map(Amount).map_err(|_| ChainError::Overflow(v.to_string()))

@@ -283,6 +283,11 @@ async fn eject<C: Chain>(l: &mut Ledger<'_, C>, first_phase: Phase) {
 
     // First eject: channel 1, signed by its party B.
     let s1 = state(l.chain_id, &d, ids[1], 5, dep, dep / 2, vec![lock(x, amt, first_phase)]).sign(&keys[2]);
+    assert_eq!(
+        view.state_digest(&s1.state).await.unwrap(),
+        s1.state.eip712_digest(),
+        "Solidity and Rust compute the same EIP-712 digest"
+    );
     let r = close_with(l, &d, &s1).await.expect("first eject");
     let (pa, pb) = expected(amt);
     assert_eq!(
@@ -516,6 +521,9 @@ fn enclave_refusals(chain: ChainId) {
 
 async fn suite<C: Chain>(chain: &C, backend: &str) {
     let mut l = Ledger::new(chain).await;
+    let head = chain.block_number().await.unwrap();
+    assert!(chain.block_hash(head).await.unwrap().is_some(), "the head block has a hash");
+    assert_eq!(chain.block_hash(head + 1000).await.unwrap(), None, "no hash above the head");
     registration(&mut l).await;
     cooperative(&mut l).await;
     eject(&mut l, Phase::Prepared).await;

@@ -144,6 +144,8 @@ async fn journal_survives_restart_and_torn_tail() {
     }
     let chain = EmbeddedChain::open(&path, CHAIN).unwrap();
     assert_eq!(chain.latest_block(), head, "same blocks, hashes and timestamps after replay");
+    assert_eq!(chain.block_hash(head.number).await.unwrap(), Some(head.hash));
+    assert_eq!(chain.block_hash(head.number + 1).await.unwrap(), None);
     assert_eq!(chain.balance(to).await.unwrap(), Amount(510));
     assert_eq!(chain.nonce(key.address()).await.unwrap(), 5);
     assert!(chain.receipt(hash).await.unwrap().is_some());
