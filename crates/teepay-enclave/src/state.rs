@@ -3,25 +3,11 @@
 
 use borsh::{BorshDeserialize, BorshSerialize};
 use std::collections::BTreeMap;
+pub use teepay_types::FeePolicy;
 use teepay_types::{
     Address, Amount, ChainId, ChannelId, ChannelState, Hash32, InstanceId, InstanceKind, LockState, Outcome,
     Phase, SignedChannelState,
 };
-
-/// Fee an intermediary charges for forwarding over one of its channels:
-/// `base + amount * ppm / 1_000_000`, set by the channel's owner.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
-pub struct FeePolicy {
-    pub base: Amount,
-    pub ppm: u32,
-}
-
-impl FeePolicy {
-    pub fn fee(&self, amount: Amount) -> Option<Amount> {
-        let proportional = amount.0.checked_mul(u128::from(self.ppm))? / 1_000_000;
-        self.base.checked_add(Amount(proportional))
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct Lock {

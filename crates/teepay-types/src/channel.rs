@@ -59,6 +59,21 @@ impl InstanceKind {
     }
 }
 
+/// Fee an intermediary charges for forwarding over one of its channels:
+/// `base + amount * ppm / 1_000_000`, set by the channel's owner for its sending direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize)]
+pub struct FeePolicy {
+    pub base: Amount,
+    pub ppm: u32,
+}
+
+impl FeePolicy {
+    pub fn fee(&self, amount: Amount) -> Option<Amount> {
+        let proportional = amount.0.checked_mul(u128::from(self.ppm))? / 1_000_000;
+        self.base.checked_add(Amount(proportional))
+    }
+}
+
 /// A lock as carried in a signed channel state (the contract's view of it).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize)]
 pub struct LockState {

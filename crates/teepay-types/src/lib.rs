@@ -14,7 +14,7 @@ pub mod seal;
 pub mod tx;
 
 pub use channel::{
-    ChannelState, InstanceKind, LockState, Outcome, Phase, SignedChannelState, derive_channel_id,
+    ChannelState, FeePolicy, InstanceKind, LockState, Outcome, Phase, SignedChannelState, derive_channel_id,
     eip712_domain,
 };
 pub use crypto::{CryptoError, Signature, SigningKey, keccak256, recover_signer, verify_signer};

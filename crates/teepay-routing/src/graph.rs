@@ -1,0 +1,209 @@
+//! The payment network map of one chain: nodes with their measured response times, channels
+//! with per-direction spendable capacity (balance minus in-flight reservations) and fee
+//! policy. Kept current by the hub from chain sync and from acks.
+
+use crate::RouteError;
+use std::collections::HashMap;
+use teepay_types::{Address, Amount, ChannelId, FeePolicy};
+
+pub(crate) type NodeIdx = u32;
+pub(crate) type EdgeIdx = u32;
+
+/// A node's response time as the hub measures it (microseconds), used as the routing cost:
+/// the hub talks to every path node in parallel, so a route takes as long as its slowest node.
+pub const DEFAULT_LATENCY_US: u32 = 1_000;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Node {
+    pub address: Address,
+    pub latency_us: u32,
+    /// Outgoing directed edges.
+    pub out: Vec<EdgeIdx>,
+    /// Incoming directed edges (the backward search walks these).
+    pub inc: Vec<EdgeIdx>,
+}
+
+/// One direction of a channel: `from` pays `to`.
+#[derive(Debug, Clone)]
+pub(crate) struct Edge {
+    pub channel: ChannelId,
+    pub from: NodeIdx,
+    pub to: NodeIdx,
+    /// The sender's balance in this channel.
+    pub balance: u128,
+    /// Amount reserved by in-flight instances on this direction.
+    pub reserved: u128,
+    /// Charged by `from` when it forwards over this edge as an intermediary.
+    pub fee: FeePolicy,
+    pub enabled: bool,
+}
+
+impl Edge {
+    pub fn available(&self) -> u128 {
+        if self.enabled { self.balance.saturating_sub(self.reserved) } else { 0 }
+    }
+}
+
+/// What the hub knows about a channel (from its DB / chain sync).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelInfo {
+    pub id: ChannelId,
+    pub a: Address,
+    pub b: Address,
+    pub balance_a: Amount,
+    pub balance_b: Amount,
+    /// Fee A charges forwarding towards B, and B towards A.
+    pub fee_a: FeePolicy,
+    pub fee_b: FeePolicy,
+}
+
+/// The network map of one chain.
+#[derive(Debug, Clone, Default)]
+pub struct Graph {
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) node_index: HashMap<Address, NodeIdx>,
+    pub(crate) edges: Vec<Edge>,
+    /// Channel → its two directed edges (A→B, B→A).
+    pub(crate) channel_index: HashMap<ChannelId, [EdgeIdx; 2]>,
+}
+
+impl Graph {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn channel_count(&self) -> usize {
+        self.channel_index.len()
+    }
+
+    pub(crate) fn node(&mut self, address: Address) -> NodeIdx {
+        if let Some(i) = self.node_index.get(&address) {
+            return *i;
+        }
+        let i = self.nodes.len() as NodeIdx;
+        self.nodes.push(Node { address, latency_us: DEFAULT_LATENCY_US, out: Vec::new(), inc: Vec::new() });
+        self.node_index.insert(address, i);
+        i
+    }
+
+    pub(crate) fn index_of(&self, address: Address) -> Result<NodeIdx, RouteError> {
+        self.node_index.get(&address).copied().ok_or(RouteError::UnknownNode(address))
+    }
+
+    /// Records a node's measured response time.
+    pub fn set_latency(&mut self, address: Address, latency_us: u32) {
+        let i = self.node(address);
+        self.nodes[i as usize].latency_us = latency_us;
+    }
+
+    pub fn latency(&self, address: Address) -> Option<u32> {
+        self.node_index.get(&address).map(|i| self.nodes[*i as usize].latency_us)
+    }
+
+    /// Adds a channel, or updates balances and fees of a known one (reservations are kept).
+    pub fn upsert_channel(&mut self, info: &ChannelInfo) -> Result<(), RouteError> {
+        if info.a == info.b {
+            return Err(RouteError::SelfChannel(info.id));
+        }
+        if let Some([ab, ba]) = self.channel_index.get(&info.id).copied() {
+            let (ea, eb) = (&self.edges[ab as usize], &self.edges[ba as usize]);
+            if self.nodes[ea.from as usize].address != info.a
+                || self.nodes[eb.from as usize].address != info.b
+            {
+                return Err(RouteError::PartiesChanged(info.id));
+            }
+            for (e, balance, fee) in [(ab, info.balance_a, info.fee_a), (ba, info.balance_b, info.fee_b)] {
+                let edge = &mut self.edges[e as usize];
+                edge.balance = balance.0;
+                edge.fee = fee;
+                edge.enabled = true;
+            }
+            return Ok(());
+        }
+        let (a, b) = (self.node(info.a), self.node(info.b));
+        let ab = self.edges.len() as EdgeIdx;
+        let ba = ab + 1;
+        for (from, to, balance, fee) in
+            [(a, b, info.balance_a, info.fee_a), (b, a, info.balance_b, info.fee_b)]
+        {
+            self.edges.push(Edge {
+                channel: info.id,
+                from,
+                to,
+                balance: balance.0,
+                reserved: 0,
+                fee,
+                enabled: true,
+            });
+        }
+        self.nodes[a as usize].out.push(ab);
+        self.nodes[b as usize].inc.push(ab);
+        self.nodes[b as usize].out.push(ba);
+        self.nodes[a as usize].inc.push(ba);
+        self.channel_index.insert(info.id, [ab, ba]);
+        Ok(())
+    }
+
+    /// A closed channel stops carrying payments (its slots are kept; ids never repeat).
+    pub fn close_channel(&mut self, id: ChannelId) -> Result<(), RouteError> {
+        let [ab, ba] = *self.channel_index.get(&id).ok_or(RouteError::UnknownChannel(id))?;
+        self.edges[ab as usize].enabled = false;
+        self.edges[ba as usize].enabled = false;
+        Ok(())
+    }
+
+    fn edge_from(&self, channel: ChannelId, from: Address) -> Result<EdgeIdx, RouteError> {
+        let pair = self.channel_index.get(&channel).ok_or(RouteError::UnknownChannel(channel))?;
+        pair.iter()
+            .copied()
+            .find(|e| self.nodes[self.edges[*e as usize].from as usize].address == from)
+            .ok_or(RouteError::NotAParty(channel, from))
+    }
+
+    /// What `from` can still send over `channel`.
+    pub fn available(&self, channel: ChannelId, from: Address) -> Result<Amount, RouteError> {
+        Ok(Amount(self.edges[self.edge_from(channel, from)? as usize].available()))
+    }
+
+    /// Reserves `amount` on `from`'s side for an in-flight instance.
+    pub fn reserve(&mut self, channel: ChannelId, from: Address, amount: Amount) -> Result<(), RouteError> {
+        let e = self.edge_from(channel, from)?;
+        let edge = &mut self.edges[e as usize];
+        if edge.available() < amount.0 {
+            return Err(RouteError::InsufficientCapacity {
+                channel,
+                needed: amount,
+                available: Amount(edge.available()),
+            });
+        }
+        edge.reserved += amount.0;
+        Ok(())
+    }
+
+    /// Ends a reservation: the instance refunded (`applied` false) or its transfer applied.
+    pub fn release(
+        &mut self,
+        channel: ChannelId,
+        from: Address,
+        amount: Amount,
+        applied: bool,
+    ) -> Result<(), RouteError> {
+        let e = self.edge_from(channel, from)?;
+        let [ab, ba] = self.channel_index[&channel];
+        let back = if e == ab { ba } else { ab };
+        let edge = &mut self.edges[e as usize];
+        if edge.reserved < amount.0 {
+            return Err(RouteError::NotReserved(channel));
+        }
+        edge.reserved -= amount.0;
+        if applied {
+            edge.balance = edge.balance.saturating_sub(amount.0);
+            self.edges[back as usize].balance += amount.0;
+        }
+        Ok(())
+    }
+}

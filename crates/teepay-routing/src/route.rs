@@ -1,0 +1,224 @@
+//! Shortest-time routes (DESIGN §8). The hub drives every path node in parallel, so a route
+//! takes about rounds × its slowest node's response time: the primary cost is the largest
+//! node latency on the path (a bottleneck, not a sum). Ties break by fewer hops, then by
+//! lower fees. Fees are charged by each intermediary on what it forwards, per its outgoing
+//! channel's policy, so amounts grow from the payee back to the payer.
+//!
+//! Search: a minimax Dijkstra from the payer finds the least bottleneck T at which the payee
+//! is reachable with enough capacity for the bare amount; then a Dijkstra from the payee
+//! backwards over nodes with latency ≤ T minimizes (hops, amount the payer must send), which
+//! is exact because both components only grow along a path. If fees push a hop over its
+//! capacity or over `max_fee` at T, the next larger latency threshold is tried.
+
+use crate::RouteError;
+use crate::graph::{EdgeIdx, Graph, NodeIdx};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use teepay_types::{Address, Amount, ChainId, Hop, Leg};
+
+/// A payment to route: `amount` is what the destination receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteQuery {
+    pub source: Address,
+    pub destination: Address,
+    pub amount: Amount,
+    /// The most the source pays intermediaries on top of `amount`.
+    pub max_fee: Amount,
+}
+
+/// A route: hops with the amount each forwards, its total fee and its bottleneck latency.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub hops: Vec<Hop>,
+    pub fee: Amount,
+    /// The slowest path node's response time: the route's estimated time per round.
+    pub latency_us: u32,
+}
+
+impl Route {
+    pub fn sent(&self) -> Amount {
+        self.hops.first().map_or(Amount::ZERO, |h| h.amount)
+    }
+
+    pub fn into_leg(self, chain: ChainId) -> Leg {
+        Leg { chain, hops: self.hops }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Label {
+    hops: u32,
+    /// What this node must receive (or, at the source, send) for the destination to get
+    /// the query's amount.
+    amount: u128,
+    /// The edge this node forwards over, towards the destination.
+    next: EdgeIdx,
+}
+
+impl Graph {
+    fn validate(&self, q: &RouteQuery) -> Result<(NodeIdx, NodeIdx), RouteError> {
+        if q.amount.is_zero() {
+            return Err(RouteError::ZeroAmount);
+        }
+        if q.source == q.destination {
+            return Err(RouteError::SameEndpoints);
+        }
+        Ok((self.index_of(q.source)?, self.index_of(q.destination)?))
+    }
+
+    /// Least achievable bottleneck latency from `src` to `dst` over edges that can carry
+    /// `amount` (ignoring fees), or `None` when unreachable.
+    fn bottleneck(&self, src: NodeIdx, dst: NodeIdx, amount: u128) -> Option<u32> {
+        let mut best = vec![u32::MAX; self.nodes.len()];
+        let mut heap = BinaryHeap::new();
+        best[src as usize] = self.nodes[src as usize].latency_us;
+        heap.push(Reverse((best[src as usize], src)));
+        while let Some(Reverse((cost, u))) = heap.pop() {
+            if u == dst {
+                return Some(cost);
+            }
+            if cost > best[u as usize] {
+                continue;
+            }
+            for &e in &self.nodes[u as usize].out {
+                let edge = &self.edges[e as usize];
+                if edge.available() < amount {
+                    continue;
+                }
+                let c = cost.max(self.nodes[edge.to as usize].latency_us);
+                if c < best[edge.to as usize] {
+                    best[edge.to as usize] = c;
+                    heap.push(Reverse((c, edge.to)));
+                }
+            }
+        }
+        None
+    }
+
+    /// Backward (hops, amount) Dijkstra from `dst` over nodes with latency ≤ `limit`.
+    fn best_path(&self, src: NodeIdx, dst: NodeIdx, q: &RouteQuery, limit: u32) -> Option<Route> {
+        let budget = q.amount.0.saturating_add(q.max_fee.0);
+        let mut labels: Vec<Option<Label>> = vec![None; self.nodes.len()];
+        let mut done = vec![false; self.nodes.len()];
+        let mut heap = BinaryHeap::new();
+        labels[dst as usize] = Some(Label { hops: 0, amount: q.amount.0, next: EdgeIdx::MAX });
+        heap.push(Reverse((0u32, q.amount.0, dst)));
+        while let Some(Reverse((hops, amount, v))) = heap.pop() {
+            if done[v as usize] {
+                continue;
+            }
+            done[v as usize] = true;
+            if v == src {
+                return Some(self.materialize(src, &labels));
+            }
+            for &e in &self.nodes[v as usize].inc {
+                let edge = &self.edges[e as usize];
+                let u = edge.from;
+                if done[u as usize] || self.nodes[u as usize].latency_us > limit || edge.available() < amount
+                {
+                    continue;
+                }
+                // The source pays no fee to itself; an intermediary adds its own.
+                let needed = if u == src {
+                    amount
+                } else {
+                    match edge.fee.fee(Amount(amount)).and_then(|f| f.0.checked_add(amount)) {
+                        Some(n) => n,
+                        None => continue,
+                    }
+                };
+                if needed > budget {
+                    continue;
+                }
+                let candidate = (hops + 1, needed);
+                if labels[u as usize].is_none_or(|l| candidate < (l.hops, l.amount)) {
+                    labels[u as usize] = Some(Label { hops: hops + 1, amount: needed, next: e });
+                    heap.push(Reverse((hops + 1, needed, u)));
+                }
+            }
+        }
+        None
+    }
+
+    fn materialize(&self, src: NodeIdx, labels: &[Option<Label>]) -> Route {
+        let mut hops = Vec::new();
+        let mut latency = self.nodes[src as usize].latency_us;
+        let mut at = src;
+        let sent = labels[src as usize].expect("source labelled").amount;
+        while let Some(label) = labels[at as usize].filter(|l| l.next != EdgeIdx::MAX) {
+            let edge = &self.edges[label.next as usize];
+            let forwarded = labels[edge.to as usize].expect("path labelled").amount;
+            hops.push(Hop {
+                channel: edge.channel,
+                from: self.nodes[at as usize].address,
+                to: self.nodes[edge.to as usize].address,
+                amount: Amount(forwarded),
+            });
+            latency = latency.max(self.nodes[edge.to as usize].latency_us);
+            at = edge.to;
+        }
+        let delivered = hops.last().map_or(0, |h| h.amount.0);
+        Route { hops, fee: Amount(sent - delivered), latency_us: latency }
+    }
+
+    /// The shortest-time single-path route for `q`.
+    pub fn find_route(&self, q: &RouteQuery) -> Result<Route, RouteError> {
+        let (src, dst) = self.validate(q)?;
+        let first = self.bottleneck(src, dst, q.amount.0).ok_or(RouteError::NoRoute)?;
+        // Thresholds to try: the bottleneck, then each larger distinct latency (fees can make
+        // a cheap bottleneck infeasible). Bounded, then one unrestricted attempt.
+        let mut thresholds: Vec<u32> =
+            self.nodes.iter().map(|n| n.latency_us).filter(|l| *l > first).collect();
+        thresholds.sort_unstable();
+        thresholds.dedup();
+        thresholds.truncate(16);
+        thresholds.insert(0, first);
+        thresholds.push(u32::MAX);
+        for limit in thresholds {
+            if let Some(route) = self.best_path(src, dst, q, limit) {
+                return Ok(route);
+            }
+        }
+        Err(RouteError::NoRoute)
+    }
+
+    /// Like [`find_route`](Self::find_route), splitting the amount over up to `max_parts`
+    /// paths when no single path has the capacity. Parts are chosen greedily, each the
+    /// shortest-time path for the largest amount it can carry given the parts before it;
+    /// together they deliver exactly `amount` and pay at most `max_fee` in fees.
+    pub fn find_multipath(&self, q: &RouteQuery, max_parts: usize) -> Result<Vec<Route>, RouteError> {
+        match self.find_route(q) {
+            Ok(route) => return Ok(vec![route]),
+            Err(RouteError::NoRoute) if max_parts > 1 => {}
+            Err(e) => return Err(e),
+        }
+        let mut scratch = self.clone();
+        let mut parts = Vec::new();
+        let (mut remaining, mut fee_left) = (q.amount.0, q.max_fee.0);
+        while remaining > 0 && parts.len() < max_parts {
+            // The largest part (binary search) that still has a route within the fee budget.
+            let try_part = |g: &Graph, amount: u128| {
+                g.find_route(&RouteQuery { amount: Amount(amount), max_fee: Amount(fee_left), ..*q }).ok()
+            };
+            let (mut lo, mut hi, mut best) = (1u128, remaining, None);
+            while lo <= hi {
+                let mid = lo + (hi - lo) / 2;
+                match try_part(&scratch, mid) {
+                    Some(route) => {
+                        best = Some(route);
+                        lo = mid + 1;
+                    }
+                    None => hi = mid - 1,
+                }
+            }
+            let Some(route) = best else { break };
+            for hop in &route.hops {
+                scratch.reserve(hop.channel, hop.from, hop.amount)?;
+            }
+            remaining -= route.hops.last().map_or(0, |h| h.amount.0);
+            fee_left -= route.fee.0;
+            parts.push(route);
+        }
+        if remaining > 0 { Err(RouteError::NoRoute) } else { Ok(parts) }
+    }
+}
