@@ -145,11 +145,12 @@ pub(crate) async fn rebuild(conn: &mut AnyConnection, chain: ChainId) -> Result<
         apply(conn, chain, &log).await?;
     }
     for (id, v) in saved {
-        let row = sqlx::query("SELECT deposit_a, deposit_b FROM channels WHERE chain_id = $1 AND channel_id = $2")
-            .bind(c)
-            .bind(&id)
-            .fetch_optional(&mut *conn)
-            .await?;
+        let row =
+            sqlx::query("SELECT deposit_a, deposit_b FROM channels WHERE chain_id = $1 AND channel_id = $2")
+                .bind(c)
+                .bind(&id)
+                .fetch_optional(&mut *conn)
+                .await?;
         let Some(row) = row else { continue };
         let deposits: (String, String) = (row.try_get(0)?, row.try_get(1)?);
         let same_deposits = deposits.0 == v[0] && deposits.1 == v[1];

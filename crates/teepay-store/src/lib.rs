@@ -199,6 +199,19 @@ impl Store {
         row.map(|r| parse_hash(&r.try_get::<String, _>(0)?)).transpose()
     }
 
+    /// Recorded block hashes below `below`, newest first (where to look for a fork point).
+    pub async fn checkpoints(&self, chain: ChainId, below: u64) -> Result<Vec<(u64, Hash32)>> {
+        let rows = sqlx::query(
+            "SELECT block_number, block_hash FROM sync_blocks WHERE chain_id = $1 AND block_number < $2 \
+             ORDER BY block_number DESC",
+        )
+        .bind(i64_of(chain.0))
+        .bind(i64_of(below))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok((u64_of(r.try_get(0)?)?, parse_hash(&r.try_get::<String, _>(1)?)?))).collect()
+    }
+
     /// Applies the contract's logs of blocks `cursor.next_block..next_block`, records
     /// `checkpoint` (a block number and its hash) and moves the cursor — atomically.
     /// Returns how many of the logs were contract events.

@@ -1,0 +1,37 @@
+//! teepay-hub: the hub's services around its enclave (DESIGN §8) — contract sync into the
+//! channel DB and the payment network map built from it. (The protocol executor, node link
+//! and client API build on these.)
+
+pub mod sync;
+
+use teepay_routing::{ChannelInfo, Network, RouteError};
+use teepay_store::{ChannelStatus, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("channel DB: {0}")]
+    Store(#[from] StoreError),
+    #[error("network map: {0}")]
+    Route(#[from] RouteError),
+}
+
+/// The payment network map as the DB knows it: every open channel with the hub's view of
+/// its balances and its parties' fee policies. Called at start; sync and acks keep it current.
+pub async fn load_network(store: &Store) -> Result<Network, HubError> {
+    let mut net = Network::new();
+    for ch in store.channels(None).await? {
+        if ch.status != ChannelStatus::Open {
+            continue;
+        }
+        net.chain_mut(ch.chain).upsert_channel(&ChannelInfo {
+            id: ch.id,
+            a: ch.a,
+            b: ch.b,
+            balance_a: ch.balance_a,
+            balance_b: ch.balance_b,
+            fee_a: ch.fee_a,
+            fee_b: ch.fee_b,
+        })?;
+    }
+    Ok(net)
+}
