@@ -1,0 +1,305 @@
+//! The protocol executor's core (DESIGN §8), sans-IO: clients' enclave-signed orders in,
+//! routed instances through the hub enclave, node acks in, signed batches out. The async
+//! service around it only moves bytes and persists what [`Executor::flush`] returns.
+//!
+//! - A payment starts from the payer enclave's signed request: routed by shortest time, its
+//!   hops reserved in the network map, then created in the hub enclave.
+//! - A swap is assembled from every party's signed intent; intents that do not match up
+//!   (a give without the counterparty's matching receive, or the reverse) are refused.
+//! - When the hub enclave decides an instance, its reservations are released (applied
+//!   transfers move balances in the map) and its status becomes final: succeeded, or
+//!   refunded with the reason.
+
+use std::collections::{BTreeMap, HashMap};
+use teepay_coordinator::{Coordinator, HubError, HubPhase, RefundReason};
+use teepay_routing::{Network, RouteError, RouteQuery};
+use teepay_types::{
+    ChainId, InstanceId, InstanceKind, Leg, NackReason, Order, Outcome, Platform, SignedHubBatch,
+    SignedNodeAck, SignedOrder, SignedRefundRequest,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExecError {
+    #[error("no route: {0}")]
+    Route(#[from] RouteError),
+    #[error("hub enclave refused: {0}")]
+    Hub(#[from] HubError),
+    #[error("order is not signed by its issuer's enclave")]
+    BadOrderSignature,
+    #[error("expected a payment request")]
+    NotAPayment,
+    #[error("expected swap intents only")]
+    NotASwap,
+    #[error("a swap needs intents from at least two parties")]
+    TooFewIntents,
+    #[error("intents do not match up: {0}")]
+    IntentsDoNotMatch(String),
+}
+
+/// A payment's or swap's status, as the client API reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    InFlight,
+    Succeeded,
+    Refunded(String),
+}
+
+/// An instance that reached its final status during the last call (for the DB and metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    pub id: InstanceId,
+    pub kind: InstanceKind,
+    pub status: Status,
+    pub created_at: u64,
+    pub finished_at: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Tracked {
+    kind: InstanceKind,
+    legs: Vec<Leg>,
+    status: Status,
+    created_at: u64,
+}
+
+/// What to send and persist after a flush: persist `sealed` (the hub enclave's state) durably
+/// *before* sending any batch.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub batches: Vec<SignedHubBatch>,
+    pub sealed: Option<Vec<u8>>,
+    pub finished: Vec<Finished>,
+}
+
+#[derive(Debug)]
+pub struct Executor<P: Platform> {
+    coordinator: Coordinator<P>,
+    network: Network,
+    tracked: HashMap<InstanceId, Tracked>,
+    in_flight: Vec<InstanceId>,
+}
+
+fn describe(reason: Option<RefundReason>) -> String {
+    match reason {
+        Some(RefundReason::Nack(node, why)) => format!("node {node} refused: {}", nack_text(why)),
+        Some(RefundReason::Timeout) => "a participant did not answer in time".into(),
+        Some(RefundReason::Requested(node)) => format!("refund requested by {node}"),
+        None => "refunded".into(),
+    }
+}
+
+fn nack_text(why: NackReason) -> String {
+    format!("{why:?}")
+}
+
+impl<P: Platform> Executor<P> {
+    pub fn new(coordinator: Coordinator<P>, network: Network) -> Self {
+        Executor { coordinator, network, tracked: HashMap::new(), in_flight: Vec::new() }
+    }
+
+    pub fn coordinator(&self) -> &Coordinator<P> {
+        &self.coordinator
+    }
+
+    pub fn coordinator_mut(&mut self) -> &mut Coordinator<P> {
+        &mut self.coordinator
+    }
+
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
+    pub fn network_mut(&mut self) -> &mut Network {
+        &mut self.network
+    }
+
+    pub fn status(&self, id: InstanceId) -> Option<&Status> {
+        self.tracked.get(&id).map(|t| &t.status)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Routes and starts a payment from the payer enclave's signed request.
+    pub fn submit_payment(&mut self, now: u64, order: SignedOrder) -> Result<InstanceId, ExecError> {
+        let Order::Payment(req) = &order.order else { return Err(ExecError::NotAPayment) };
+        if !order.is_authentic() {
+            return Err(ExecError::BadOrderSignature);
+        }
+        let route = self.network.chain(req.chain)?.find_route(&RouteQuery {
+            source: req.payer,
+            destination: req.payee,
+            amount: req.amount,
+            max_fee: req.max_fee,
+        })?;
+        let leg = route.into_leg(req.chain);
+        self.start(now, InstanceKind::MultiHop, vec![leg], vec![order])
+    }
+
+    /// Assembles a swap from every party's signed intent, routes one leg per give, starts it.
+    pub fn submit_swap(&mut self, now: u64, intents: Vec<SignedOrder>) -> Result<InstanceId, ExecError> {
+        let legs = self.match_intents(&intents)?;
+        let routed = self.network.route_legs(&legs)?;
+        self.start(now, InstanceKind::CrossChain, routed, intents)
+    }
+
+    /// Every give must be some counterparty's receive with the same chain and amount, and
+    /// every receive some counterparty's give; one route query per give.
+    fn match_intents(&self, intents: &[SignedOrder]) -> Result<Vec<(ChainId, RouteQuery)>, ExecError> {
+        let mut parties = BTreeMap::new();
+        for o in intents {
+            let Order::Swap(intent) = &o.order else { return Err(ExecError::NotASwap) };
+            if !o.is_authentic() {
+                return Err(ExecError::BadOrderSignature);
+            }
+            if parties.insert(intent.party, intent).is_some() {
+                return Err(ExecError::IntentsDoNotMatch(format!("two intents from {}", intent.party)));
+            }
+        }
+        if parties.len() < 2 {
+            return Err(ExecError::TooFewIntents);
+        }
+        let mismatch = |s: String| Err(ExecError::IntentsDoNotMatch(s));
+        let mut queries = Vec::new();
+        for (party, intent) in &parties {
+            for give in &intent.gives {
+                let Some(other) = parties.get(&give.counterparty) else {
+                    return mismatch(format!("{party} gives to {}, who sent no intent", give.counterparty));
+                };
+                let expected = other
+                    .receives
+                    .iter()
+                    .any(|r| r.counterparty == *party && r.chain == give.chain && r.amount == give.amount);
+                if !expected {
+                    return mismatch(format!(
+                        "{party} gives {} on chain {} to {}, who does not expect it",
+                        give.amount.0, give.chain.0, give.counterparty
+                    ));
+                }
+                queries.push((
+                    give.chain,
+                    RouteQuery {
+                        source: *party,
+                        destination: give.counterparty,
+                        amount: give.amount,
+                        max_fee: give.max_fee,
+                    },
+                ));
+            }
+            for receive in &intent.receives {
+                let given = parties.get(&receive.counterparty).is_some_and(|o| {
+                    o.gives.iter().any(|g| {
+                        g.counterparty == *party && g.chain == receive.chain && g.amount == receive.amount
+                    })
+                });
+                if !given {
+                    return mismatch(format!(
+                        "{party} expects {} on chain {} from {}, who does not give it",
+                        receive.amount.0, receive.chain.0, receive.counterparty
+                    ));
+                }
+            }
+        }
+        Ok(queries)
+    }
+
+    fn start(
+        &mut self,
+        now: u64,
+        kind: InstanceKind,
+        legs: Vec<Leg>,
+        orders: Vec<SignedOrder>,
+    ) -> Result<InstanceId, ExecError> {
+        self.reserve(&legs)?;
+        match self.coordinator.create_instance(now, kind, legs.clone(), orders) {
+            Ok(id) => {
+                self.tracked.insert(id, Tracked { kind, legs, status: Status::InFlight, created_at: now });
+                self.in_flight.push(id);
+                Ok(id)
+            }
+            Err(e) => {
+                self.release(&legs, false);
+                Err(e.into())
+            }
+        }
+    }
+
+    fn reserve(&mut self, legs: &[Leg]) -> Result<(), ExecError> {
+        for (i, leg) in legs.iter().enumerate() {
+            let graph = self.network.chain_mut(leg.chain);
+            for (j, hop) in leg.hops.iter().enumerate() {
+                if let Err(e) = graph.reserve(hop.channel, hop.from, hop.amount) {
+                    // Undo what this call reserved so far.
+                    for h in &leg.hops[..j] {
+                        let _ = graph.release(h.channel, h.from, h.amount, false);
+                    }
+                    self.release(&legs[..i], false);
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, legs: &[Leg], applied: bool) {
+        for leg in legs {
+            let graph = self.network.chain_mut(leg.chain);
+            for hop in &leg.hops {
+                // Reservations were made by `reserve`; a failure here means the map was
+                // rebuilt meanwhile (e.g. a channel closed), which leaves nothing to release.
+                let _ = graph.release(hop.channel, hop.from, hop.amount, applied);
+            }
+        }
+    }
+
+    pub fn on_ack(&mut self, now: u64, ack: &SignedNodeAck) -> Result<(), ExecError> {
+        self.coordinator.on_ack(now, ack)?;
+        Ok(())
+    }
+
+    pub fn on_refund_request(&mut self, now: u64, request: &SignedRefundRequest) -> Result<(), ExecError> {
+        self.coordinator.on_refund_request(now, request)?;
+        Ok(())
+    }
+
+    /// An eject seen by chain sync fixed an instance's outcome on-chain.
+    pub fn on_chain_outcome(&mut self, now: u64, id: InstanceId, outcome: Outcome) -> Result<(), ExecError> {
+        self.coordinator.on_chain_outcome(now, id, outcome)?;
+        Ok(())
+    }
+
+    pub fn tick(&mut self, now: u64) {
+        self.coordinator.tick(now);
+    }
+
+    /// Signs the queued round messages (one batch per node) and reports instances that
+    /// reached their final status since the last flush.
+    pub fn flush(&mut self, now: u64) -> Outgoing {
+        let flush = self.coordinator.flush();
+        let mut finished = Vec::new();
+        let mut still = Vec::with_capacity(self.in_flight.len());
+        for id in std::mem::take(&mut self.in_flight) {
+            let Some(instance) = self.coordinator.instance(id) else { continue };
+            let (phase, reason) = (instance.phase, instance.refund_reason);
+            let status = match phase.outcome() {
+                None => {
+                    still.push(id);
+                    continue;
+                }
+                Some(Outcome::Apply) => Status::Succeeded,
+                Some(Outcome::Revert) => match phase {
+                    HubPhase::Resolved(_) => Status::Refunded("reverted on-chain by an eject".into()),
+                    _ => Status::Refunded(describe(reason)),
+                },
+            };
+            let tracked = self.tracked.get_mut(&id).expect("every in-flight instance is tracked");
+            tracked.status = status.clone();
+            let (legs, kind, created_at) = (tracked.legs.clone(), tracked.kind, tracked.created_at);
+            self.release(&legs, status == Status::Succeeded);
+            finished.push(Finished { id, kind, status, created_at, finished_at: now });
+        }
+        self.in_flight = still;
+        Outgoing { batches: flush.batches, sealed: flush.sealed, finished }
+    }
+}
