@@ -367,6 +367,16 @@ impl<P: Platform> Coordinator<P> {
         seal_value(&mut self.platform, SEAL_DOMAIN, &contents)
     }
 
+    /// Signs a node↔hub link handshake transcript (see `teepay_types::link_digest`).
+    pub fn sign_link(&self, transcript: &Hash32, role: teepay_types::LinkRole) -> teepay_types::Signature {
+        self.key.sign_digest(&teepay_types::link_digest(transcript, role))
+    }
+
+    /// True for a node enclave the hub admitted with a valid quote.
+    pub fn is_registered(&self, node: Address) -> bool {
+        self.state.nodes.contains(&node)
+    }
+
     pub fn instance(&self, id: InstanceId) -> Option<&HubInstance> {
         self.state.instances.get(&id)
     }

@@ -120,6 +120,13 @@ pub enum Request {
         channel: ChannelId,
         gas: GasParams,
     },
+    /// Sign a node↔hub link handshake transcript (the host dials; the enclave's key
+    /// authenticates the link). Signs only under the link tag, so it cannot be turned into
+    /// any other signature.
+    SignLink {
+        transcript: teepay_types::Hash32,
+        role: teepay_types::LinkRole,
+    },
     /// Build and sign a plain transfer out of this enclave's account (withdrawing payouts).
     BuildTransfer {
         chain: ChainId,
@@ -148,6 +155,7 @@ pub enum Response {
     ChannelState(SignedChannelState),
     /// A signed transaction for the host to submit.
     Transaction(SignedTx),
+    Signature(teepay_types::Signature),
 }
 
 /// A response plus, when the state changed, the new sealed blob to persist first.
@@ -333,6 +341,12 @@ impl<P: Platform> NodeEnclave<P> {
                 self.build_tx(chain, contract, amount, teepay_types::deposit_call(channel), gas)
             }
             Request::BuildClose { channel, gas } => self.build_close(channel, gas),
+            Request::SignLink { transcript, role } => Ok(Output {
+                response: Response::Signature(
+                    self.key.sign_digest(&teepay_types::link_digest(&transcript, role)),
+                ),
+                sealed: None,
+            }),
             Request::BuildTransfer { chain, to, amount, gas } => {
                 if amount.is_zero() {
                     return Err(EnclaveError::ZeroAmount);

@@ -149,3 +149,21 @@ mod tests {
         assert_eq!(SigningKey::from_entropy([0; 32]).unwrap_err(), CryptoError::InvalidSecretKey);
     }
 }
+
+/// Which end of a node↔hub link signs (the node dials, the hub answers): part of the signed
+/// digest so one side's handshake signature can never be reflected back as the other's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkRole {
+    Initiator,
+    Responder,
+}
+
+/// What an enclave signs to authenticate a link handshake: its transcript (both ephemeral
+/// keys) and its role, under a tag no other teepay signature uses.
+pub fn link_digest(transcript: &Hash32, role: LinkRole) -> Hash32 {
+    let role = [match role {
+        LinkRole::Initiator => 1u8,
+        LinkRole::Responder => 2u8,
+    }];
+    keccak256_parts(&[b"teepay/link/v1", transcript, &role])
+}

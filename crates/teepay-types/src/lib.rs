@@ -17,7 +17,9 @@ pub use channel::{
     ChannelState, FeePolicy, InstanceKind, LockState, Outcome, Phase, SignedChannelState, derive_channel_id,
     eip712_domain,
 };
-pub use crypto::{CryptoError, Signature, SigningKey, keccak256, recover_signer, verify_signer};
+pub use crypto::{
+    CryptoError, LinkRole, Signature, SigningKey, keccak256, link_digest, recover_signer, verify_signer,
+};
 pub use encoding::{DecodeError, WIRE_VERSION, decode, encode};
 pub use ids::{Address, Amount, ChainId, ChannelId, Hash32, InstanceId};
 pub use instance::{

@@ -1,0 +1,206 @@
+//! teepay-link: the node↔hub connection — length-prefixed frames over any async byte stream,
+//! a handshake authenticated by the attested enclave keys, and authenticated encryption.
+//!
+//! Handshake (both sides, in this order):
+//! 1. each sends a fresh ephemeral secp256k1 public key (33 bytes, plaintext frame);
+//! 2. transcript = keccak("teepay/link-transcript/v1" ‖ initiator key ‖ responder key);
+//! 3. each sends its *enclave's* signature over `link_digest(transcript, its role)` — the
+//!    enclave signs only under that tag — and checks the peer's signature recovers to an
+//!    address its policy accepts (a node: its attested hub; the hub: a registered node);
+//! 4. directional ChaCha20-Poly1305 keys = keccak(tag ‖ ECDH(ephemerals) ‖ transcript); each
+//!    frame's nonce is its sequence number, so a dropped, replayed, reordered or modified
+//!    frame fails to decrypt and ends the link.
+//!
+//! The ephemeral keys live in the host: a host could read its own traffic anyway. What the
+//! enclave signature buys is that the far end is the attested enclave it expects, and that
+//! no third party on the path can read or alter the stream.
+
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use secp256k1::{PublicKey, SecretKey, ecdh::SharedSecret};
+use teepay_types::crypto::keccak256_parts;
+use teepay_types::{Address, Hash32, LinkRole, Signature, link_digest, recover_signer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Largest frame accepted: a batch for thousands of instances fits with room to spare; a
+/// peer announcing more is cut off before anything is allocated.
+pub const MAX_FRAME: usize = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    FrameTooLarge(usize),
+    #[error("handshake: {0}")]
+    Handshake(&'static str),
+    #[error("peer {0} is not an accepted enclave")]
+    Rejected(Address),
+    #[error("frame failed authentication (tampered, replayed or out of order)")]
+    Decrypt,
+    #[error("entropy does not form a valid key")]
+    BadEntropy,
+}
+
+async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> Result<(), LinkError> {
+    if payload.len() > MAX_FRAME {
+        return Err(LinkError::FrameTooLarge(payload.len()));
+    }
+    let mut buf = Vec::with_capacity(4 + payload.len());
+    buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    buf.extend_from_slice(payload);
+    w.write_all(&buf).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, LinkError> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(LinkError::FrameTooLarge(len));
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+fn nonce(counter: u64) -> Nonce {
+    let mut n = [0u8; 12];
+    n[4..].copy_from_slice(&counter.to_le_bytes());
+    Nonce::from(n)
+}
+
+/// The sending half of an established link.
+pub struct LinkWriter<W> {
+    w: W,
+    cipher: ChaCha20Poly1305,
+    counter: u64,
+}
+
+impl<W> std::fmt::Debug for LinkWriter<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkWriter").field("sent", &self.counter).finish()
+    }
+}
+
+impl<W: AsyncWrite + Unpin> LinkWriter<W> {
+    pub async fn send(&mut self, plaintext: &[u8]) -> Result<(), LinkError> {
+        let ciphertext =
+            self.cipher.encrypt(&nonce(self.counter), plaintext).map_err(|_| LinkError::Decrypt)?;
+        self.counter += 1;
+        write_frame(&mut self.w, &ciphertext).await
+    }
+
+    /// Bytes on the wire for a message of `len` bytes (length prefix + AEAD tag).
+    pub fn wire_size(len: usize) -> usize {
+        len + 4 + 16
+    }
+}
+
+/// The receiving half of an established link.
+pub struct LinkReader<R> {
+    r: R,
+    cipher: ChaCha20Poly1305,
+    counter: u64,
+}
+
+impl<R> std::fmt::Debug for LinkReader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkReader").field("received", &self.counter).finish()
+    }
+}
+
+impl<R: AsyncRead + Unpin> LinkReader<R> {
+    pub async fn recv(&mut self) -> Result<Vec<u8>, LinkError> {
+        let frame = read_frame(&mut self.r).await?;
+        let plain =
+            self.cipher.decrypt(&nonce(self.counter), frame.as_slice()).map_err(|_| LinkError::Decrypt)?;
+        self.counter += 1;
+        Ok(plain)
+    }
+}
+
+/// A completed handshake: both halves and the peer's enclave address.
+pub struct Link<R, W> {
+    pub reader: LinkReader<R>,
+    pub writer: LinkWriter<W>,
+    pub peer: Address,
+}
+
+impl<R, W> std::fmt::Debug for Link<R, W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link").field("peer", &self.peer).finish()
+    }
+}
+
+fn key(tag: &[u8], shared: &[u8], transcript: &Hash32) -> ChaCha20Poly1305 {
+    ChaCha20Poly1305::new(Key::from_slice(&keccak256_parts(&[tag, shared, transcript])))
+}
+
+/// Runs the handshake on `reader`/`writer` (the two halves of one connection).
+/// `entropy` seeds the ephemeral key (fresh per connection); `sign` hands the transcript to
+/// this side's enclave, which signs `link_digest(transcript, role)` itself; `accept` decides
+/// whether the authenticated peer may talk.
+pub async fn handshake<R, W>(
+    mut reader: R,
+    mut writer: W,
+    role: LinkRole,
+    entropy: [u8; 32],
+    sign: impl FnOnce(Hash32) -> Signature,
+    accept: impl FnOnce(Address) -> bool,
+) -> Result<Link<R, W>, LinkError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let secret = SecretKey::from_secret_bytes(entropy).map_err(|_| LinkError::BadEntropy)?;
+    let mine = PublicKey::from_secret_key(&secret).serialize();
+    write_frame(&mut writer, &mine).await?;
+    let theirs = read_frame(&mut reader).await?;
+    let their_key =
+        PublicKey::from_slice(&theirs).map_err(|_| LinkError::Handshake("invalid ephemeral key"))?;
+    let (init, resp) = match role {
+        LinkRole::Initiator => (mine.as_slice(), theirs.as_slice()),
+        LinkRole::Responder => (theirs.as_slice(), mine.as_slice()),
+    };
+    let transcript = keccak256_parts(&[b"teepay/link-transcript/v1", init, resp]);
+
+    let signature = sign(transcript);
+    write_frame(&mut writer, &signature.0).await?;
+    let their_sig: [u8; 65] = read_frame(&mut reader)
+        .await?
+        .try_into()
+        .map_err(|_| LinkError::Handshake("signature must be 65 bytes"))?;
+    let peer_role = match role {
+        LinkRole::Initiator => LinkRole::Responder,
+        LinkRole::Responder => LinkRole::Initiator,
+    };
+    let peer = recover_signer(&link_digest(&transcript, peer_role), &Signature(their_sig))
+        .map_err(|_| LinkError::Handshake("unrecoverable signature"))?;
+    if !accept(peer) {
+        return Err(LinkError::Rejected(peer));
+    }
+
+    let shared = SharedSecret::new(&their_key, &secret).to_secret_bytes();
+    let i2r = key(b"teepay/link-key/i2r", &shared, &transcript);
+    let r2i = key(b"teepay/link-key/r2i", &shared, &transcript);
+    let (send, recv) = match role {
+        LinkRole::Initiator => (i2r, r2i),
+        LinkRole::Responder => (r2i, i2r),
+    };
+    Ok(Link {
+        reader: LinkReader { r: reader, cipher: recv, counter: 0 },
+        writer: LinkWriter { w: writer, cipher: send, counter: 0 },
+        peer,
+    })
+}
+
+/// 32 bytes from the OS for an ephemeral key (hosts only; enclaves get entropy passed in).
+pub fn os_entropy() -> std::io::Result<[u8; 32]> {
+    use std::io::Read;
+    let mut buf = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf)
+}

@@ -1,0 +1,173 @@
+//! The link over real loopback TCP, with the handshake signed by a real node enclave and a
+//! real hub enclave: accepted peers talk; a wrong or unregistered peer, and a tampered,
+//! replayed or oversized frame (injected by a man-in-the-middle proxy) end the link with a
+//! typed error.
+
+use std::net::SocketAddr;
+use teepay_coordinator::{Coordinator, HubConfig};
+use teepay_enclave::{NodeConfig, NodeEnclave, Request, Response};
+use teepay_link::{Link, LinkError, MAX_FRAME, handshake};
+use teepay_types::{Address, Amount, ChainId, LinkRole, SigningKey, SimPlatform};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+
+type TcpLink = Link<OwnedReadHalf, OwnedWriteHalf>;
+
+fn hub() -> Coordinator<SimPlatform> {
+    let config = HubConfig {
+        measurement: [2; 32],
+        attestation_authority: SigningKey::from_entropy([9; 32]).unwrap().address(),
+        allowed_node_measurements: vec![[1; 32]],
+        prepare_timeout: 100,
+        retransmit_after: 10,
+    };
+    Coordinator::create(SimPlatform::new([3; 32]), config, [4; 32]).unwrap()
+}
+
+fn node(seed: u8) -> NodeEnclave<SimPlatform> {
+    let config = NodeConfig {
+        measurement: [1; 32],
+        attestation_authority: SigningKey::from_entropy([9; 32]).unwrap().address(),
+        allowed_hub_measurements: vec![[2; 32]],
+        contracts: vec![(ChainId(1), Address([0xcc; 20]))],
+        max_tx_fee: Amount(1),
+    };
+    NodeEnclave::create(SimPlatform::new([seed; 32]), config, [seed + 1; 32]).unwrap().0
+}
+
+/// Node side: dials and has its enclave sign the transcript.
+async fn dial(
+    addr: SocketAddr,
+    node: &mut NodeEnclave<SimPlatform>,
+    expected_hub: Address,
+) -> Result<TcpLink, LinkError> {
+    let (r, w) = TcpStream::connect(addr).await?.into_split();
+    let sign = |transcript| match node
+        .handle(0, Request::SignLink { transcript, role: LinkRole::Initiator })
+        .unwrap()
+        .response
+    {
+        Response::Signature(s) => s,
+        other => panic!("{other:?}"),
+    };
+    handshake(r, w, LinkRole::Initiator, [7; 32], sign, |peer| peer == expected_hub).await
+}
+
+/// Hub side: accepts one connection; admits only `node`.
+async fn answer(
+    listener: TcpListener,
+    hub: Coordinator<SimPlatform>,
+    node: Address,
+) -> Result<TcpLink, LinkError> {
+    let (stream, _) = listener.accept().await?;
+    let (r, w) = stream.into_split();
+    handshake(r, w, LinkRole::Responder, [8; 32], |t| hub.sign_link(&t, LinkRole::Responder), |p| p == node)
+        .await
+}
+
+#[tokio::test]
+async fn authenticated_encrypted_round_trip() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hub = hub();
+    let hub_addr = hub.address();
+    let mut n = node(20);
+    let server = tokio::spawn(answer(listener, hub, n.address()));
+    let mut link = dial(addr, &mut n, hub_addr).await.unwrap();
+    let mut peer = server.await.unwrap().unwrap();
+    assert_eq!((link.peer, peer.peer), (hub_addr, n.address()));
+    link.writer.send(b"hello").await.unwrap();
+    let msg = peer.reader.recv().await.unwrap();
+    peer.writer.send(&[msg.as_slice(), b" back"].concat()).await.unwrap();
+    assert_eq!(link.reader.recv().await.unwrap(), b"hello back");
+    link.writer.send(&vec![7u8; 1 << 20]).await.unwrap();
+    assert_eq!(peer.reader.recv().await.unwrap().len(), 1 << 20);
+}
+
+#[tokio::test]
+async fn refuses_unexpected_peers() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut n = node(30);
+    // The hub admits only another node; the node expects another hub: both refuse.
+    let server = tokio::spawn(answer(listener, hub(), Address([5; 20])));
+    let err = dial(addr, &mut n, Address([1; 20])).await.unwrap_err();
+    assert!(matches!(err, LinkError::Rejected(_)), "{err}");
+    let err = server.await.unwrap().unwrap_err();
+    assert!(matches!(err, LinkError::Rejected(a) if a == n.address()), "{err}");
+}
+
+#[derive(Clone, Copy)]
+enum Attack {
+    FlipBit,
+    Replay,
+}
+
+/// Forwards client→server frames, attacking the first frame after the handshake (the
+/// client's third); server→client bytes pass untouched.
+async fn mitm(listen: TcpListener, server: SocketAddr, attack: Attack) {
+    let (client, _) = listen.accept().await.unwrap();
+    let upstream = TcpStream::connect(server).await.unwrap();
+    let (mut cr, mut cw) = client.into_split();
+    let (mut ur, mut uw) = upstream.into_split();
+    tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut ur, &mut cw).await;
+    });
+    for index in 0.. {
+        let mut len = [0u8; 4];
+        if cr.read_exact(&mut len).await.is_err() {
+            return;
+        }
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        cr.read_exact(&mut body).await.unwrap();
+        let mut frame = [len.as_slice(), &body].concat();
+        match (index, attack) {
+            (2, Attack::FlipBit) => frame[10] ^= 1,
+            (2, Attack::Replay) => frame = [frame.clone(), frame].concat(),
+            _ => {}
+        }
+        if uw.write_all(&frame).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn tampered_and_replayed_frames_fail_authentication() {
+    for attack in [Attack::FlipBit, Attack::Replay] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server_addr = listener.local_addr().unwrap();
+        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_addr = proxy.local_addr().unwrap();
+        let hub = hub();
+        let hub_addr = hub.address();
+        let mut n = node(40);
+        let server = tokio::spawn(answer(listener, hub, n.address()));
+        tokio::spawn(mitm(proxy, server_addr, attack));
+        let mut link = dial(proxy_addr, &mut n, hub_addr).await.unwrap();
+        let mut peer = server.await.unwrap().unwrap();
+        link.writer.send(b"pay 10").await.unwrap();
+        match attack {
+            Attack::FlipBit => assert!(matches!(peer.reader.recv().await, Err(LinkError::Decrypt))),
+            Attack::Replay => {
+                assert_eq!(peer.reader.recv().await.unwrap(), b"pay 10");
+                assert!(
+                    matches!(peer.reader.recv().await, Err(LinkError::Decrypt)),
+                    "the replayed copy is refused"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn oversized_frames_are_refused_before_allocation() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(answer(listener, hub(), Address([5; 20])));
+    let mut raw = TcpStream::connect(addr).await.unwrap();
+    raw.write_all(&((MAX_FRAME as u32) + 1).to_be_bytes()).await.unwrap();
+    let err = server.await.unwrap().unwrap_err();
+    assert!(matches!(err, LinkError::FrameTooLarge(_)), "{err}");
+}
