@@ -15,6 +15,8 @@
 //! enclave signature buys is that the far end is the attested enclave it expects, and that
 //! no third party on the path can read or alter the stream.
 
+pub mod wire;
+
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use secp256k1::{PublicKey, SecretKey, ecdh::SharedSecret};
