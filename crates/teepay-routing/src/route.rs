@@ -6,14 +6,15 @@
 //!
 //! Search: a minimax Dijkstra from the payer finds the least bottleneck T at which the payee
 //! is reachable with enough capacity for the bare amount; then a Dijkstra from the payee
-//! backwards over nodes with latency ≤ T minimizes (hops, amount the payer must send), which
-//! is exact because both components only grow along a path. If fees push a hop over its
-//! capacity or over `max_fee` at T, the next larger latency threshold is tried.
+//! backwards over nodes with latency ≤ T minimizes (hops, amount the payer must send),
+//! keeping every non-dominated label per node (capacity limits make a longer but cheaper
+//! partial route worth keeping). If fees push every route over a capacity or `max_fee` at T,
+//! the next larger latency threshold is tried.
 
 use crate::RouteError;
 use crate::graph::{EdgeIdx, Graph, NodeIdx};
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use teepay_types::{Address, Amount, ChainId, Hop, Leg};
 
 /// A payment to route: `amount` is what the destination receives.
@@ -45,16 +46,20 @@ impl Route {
     }
 }
 
+/// Longest route considered. Bounds the labels kept per node (one per hop count at most).
+pub const MAX_HOPS: u32 = 20;
+
+/// A partial route from some node to the destination (labels live in an arena).
 #[derive(Clone, Copy)]
 struct Label {
+    node: NodeIdx,
     hops: u32,
-    /// What this node must receive (or, at the source, send) for the destination to get
-    /// the query's amount.
+    /// What `node` must receive (or, at the source, send) for the destination to get the
+    /// query's amount.
     amount: u128,
-    /// The edge this node forwards over, towards the destination.
-    next: EdgeIdx,
+    /// The edge `node` forwards over, and the label at that edge's far end.
+    next: Option<(EdgeIdx, usize)>,
 }
-
 impl Graph {
     fn validate(&self, q: &RouteQuery) -> Result<(NodeIdx, NodeIdx), RouteError> {
         if q.amount.is_zero() {
@@ -95,27 +100,31 @@ impl Graph {
         None
     }
 
-    /// Backward (hops, amount) Dijkstra from `dst` over nodes with latency ≤ `limit`.
+    /// Backward label-setting search from `dst` over nodes with latency ≤ `limit`, in
+    /// (hops, amount) order. A node keeps every label no other label at it dominates (fewer
+    /// or equal hops *and* a smaller or equal amount): a label with more hops but a smaller
+    /// amount can still fit a tight channel further upstream, so one label per node is not
+    /// enough. Both components only grow along a route, so the first label popped at the
+    /// source is optimal (and its route simple).
     fn best_path(&self, src: NodeIdx, dst: NodeIdx, q: &RouteQuery, limit: u32) -> Option<Route> {
         let budget = q.amount.0.saturating_add(q.max_fee.0);
-        let mut labels: Vec<Option<Label>> = vec![None; self.nodes.len()];
-        let mut done = vec![false; self.nodes.len()];
+        let mut arena: Vec<Label> = vec![Label { node: dst, hops: 0, amount: q.amount.0, next: None }];
+        let mut kept: HashMap<NodeIdx, Vec<(u32, u128)>> = HashMap::new();
+        kept.insert(dst, vec![(0, q.amount.0)]);
         let mut heap = BinaryHeap::new();
-        labels[dst as usize] = Some(Label { hops: 0, amount: q.amount.0, next: EdgeIdx::MAX });
-        heap.push(Reverse((0u32, q.amount.0, dst)));
-        while let Some(Reverse((hops, amount, v))) = heap.pop() {
-            if done[v as usize] {
-                continue;
-            }
-            done[v as usize] = true;
+        heap.push(Reverse((0u32, q.amount.0, 0usize)));
+        while let Some(Reverse((hops, amount, at))) = heap.pop() {
+            let v = arena[at].node;
             if v == src {
-                return Some(self.materialize(src, &labels));
+                return Some(self.materialize(&arena, at));
+            }
+            if hops >= MAX_HOPS {
+                continue;
             }
             for &e in &self.nodes[v as usize].inc {
                 let edge = &self.edges[e as usize];
                 let u = edge.from;
-                if done[u as usize] || self.nodes[u as usize].latency_us > limit || edge.available() < amount
-                {
+                if u == dst || self.nodes[u as usize].latency_us > limit || edge.available() < amount {
                     continue;
                 }
                 // The source pays no fee to itself; an intermediary adds its own.
@@ -130,32 +139,35 @@ impl Graph {
                 if needed > budget {
                     continue;
                 }
-                let candidate = (hops + 1, needed);
-                if labels[u as usize].is_none_or(|l| candidate < (l.hops, l.amount)) {
-                    labels[u as usize] = Some(Label { hops: hops + 1, amount: needed, next: e });
-                    heap.push(Reverse((hops + 1, needed, u)));
+                let labels = kept.entry(u).or_default();
+                if labels.iter().any(|&(h, a)| h <= hops + 1 && a <= needed) {
+                    continue;
                 }
+                labels.retain(|&(h, a)| !(hops + 1 <= h && needed <= a));
+                labels.push((hops + 1, needed));
+                arena.push(Label { node: u, hops: hops + 1, amount: needed, next: Some((e, at)) });
+                heap.push(Reverse((hops + 1, needed, arena.len() - 1)));
             }
         }
         None
     }
 
-    fn materialize(&self, src: NodeIdx, labels: &[Option<Label>]) -> Route {
+    fn materialize(&self, arena: &[Label], start: usize) -> Route {
         let mut hops = Vec::new();
-        let mut latency = self.nodes[src as usize].latency_us;
-        let mut at = src;
-        let sent = labels[src as usize].expect("source labelled").amount;
-        while let Some(label) = labels[at as usize].filter(|l| l.next != EdgeIdx::MAX) {
-            let edge = &self.edges[label.next as usize];
-            let forwarded = labels[edge.to as usize].expect("path labelled").amount;
+        let mut label = arena[start];
+        let mut latency = self.nodes[label.node as usize].latency_us;
+        let sent = label.amount;
+        while let Some((e, next)) = label.next {
+            let edge = &self.edges[e as usize];
+            let to = arena[next];
             hops.push(Hop {
                 channel: edge.channel,
-                from: self.nodes[at as usize].address,
-                to: self.nodes[edge.to as usize].address,
-                amount: Amount(forwarded),
+                from: self.nodes[label.node as usize].address,
+                to: self.nodes[to.node as usize].address,
+                amount: Amount(to.amount),
             });
-            latency = latency.max(self.nodes[edge.to as usize].latency_us);
-            at = edge.to;
+            latency = latency.max(self.nodes[to.node as usize].latency_us);
+            label = to;
         }
         let delivered = hops.last().map_or(0, |h| h.amount.0);
         Route { hops, fee: Amount(sent - delivered), latency_us: latency }

@@ -293,7 +293,7 @@ fn assert_valid(g: &Graph, q: &RouteQuery, r: &Route) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 3000, max_global_rejects: 100_000, ..ProptestConfig::default() })]
 
     #[test]
     fn routes_are_valid_and_optimal(net in net_strategy(), s in 1u8..8, d in 1u8..8, amount in 1u128..200, max_fee in 0u128..40) {
@@ -334,4 +334,22 @@ proptest! {
             prop_assert!(fees <= max_fee);
         }
     }
+}
+
+/// Found by the property test: the 1-hop-shorter partial route to node 4 charges a fee that
+/// no longer fits the payer's channel, while the longer fee-free one does.
+#[test]
+fn keeps_a_longer_cheaper_partial_route_when_capacity_is_tight() {
+    let mut g = Graph::new();
+    for c in [
+        channel(1, 3, 7, 0, 7, fee(0, 0), fee(0, 0)),
+        channel(2, 4, 7, 7, 0, fee(0, 0), fee(0, 0)),
+        channel(3, 3, 4, 0, 7, fee(0, 0), fee(2, 0)),
+        channel(4, 4, 5, 0, 7, fee(0, 0), fee(0, 0)),
+    ] {
+        g.upsert_channel(&c).unwrap();
+    }
+    let r = g.find_route(&query(5, 3, 6, 2)).unwrap();
+    assert_eq!(nodes(&r), vec![5, 4, 7, 3]);
+    assert_eq!(r.fee, Amount(0));
 }
