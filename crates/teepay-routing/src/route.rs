@@ -53,7 +53,6 @@ pub const MAX_HOPS: u32 = 20;
 #[derive(Clone, Copy)]
 struct Label {
     node: NodeIdx,
-    hops: u32,
     /// What `node` must receive (or, at the source, send) for the destination to get the
     /// query's amount.
     amount: u128,
@@ -108,7 +107,7 @@ impl Graph {
     /// source is optimal (and its route simple).
     fn best_path(&self, src: NodeIdx, dst: NodeIdx, q: &RouteQuery, limit: u32) -> Option<Route> {
         let budget = q.amount.0.saturating_add(q.max_fee.0);
-        let mut arena: Vec<Label> = vec![Label { node: dst, hops: 0, amount: q.amount.0, next: None }];
+        let mut arena: Vec<Label> = vec![Label { node: dst, amount: q.amount.0, next: None }];
         let mut kept: HashMap<NodeIdx, Vec<(u32, u128)>> = HashMap::new();
         kept.insert(dst, vec![(0, q.amount.0)]);
         let mut heap = BinaryHeap::new();
@@ -145,7 +144,7 @@ impl Graph {
                 }
                 labels.retain(|&(h, a)| !(hops + 1 <= h && needed <= a));
                 labels.push((hops + 1, needed));
-                arena.push(Label { node: u, hops: hops + 1, amount: needed, next: Some((e, at)) });
+                arena.push(Label { node: u, amount: needed, next: Some((e, at)) });
                 heap.push(Reverse((hops + 1, needed, arena.len() - 1)));
             }
         }
