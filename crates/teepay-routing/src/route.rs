@@ -142,7 +142,7 @@ impl Graph {
                 if labels.iter().any(|&(h, a)| h <= hops + 1 && a <= needed) {
                     continue;
                 }
-                labels.retain(|&(h, a)| !(hops + 1 <= h && needed <= a));
+                labels.retain(|&(h, a)| !(hops < h && needed <= a));
                 labels.push((hops + 1, needed));
                 arena.push(Label { node: u, amount: needed, next: Some((e, at)) });
                 heap.push(Reverse((hops + 1, needed, arena.len() - 1)));
