@@ -3,6 +3,7 @@
 //! and client API build on these.)
 
 pub mod executor;
+pub mod service;
 pub mod sync;
 
 use teepay_routing::{ChannelInfo, Network, RouteError};

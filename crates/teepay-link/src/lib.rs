@@ -15,6 +15,7 @@
 //! enclave signature buys is that the far end is the attested enclave it expects, and that
 //! no third party on the path can read or alter the stream.
 
+pub mod host;
 pub mod wire;
 
 use chacha20poly1305::aead::{Aead, KeyInit};
@@ -42,6 +43,8 @@ pub enum LinkError {
     Decrypt,
     #[error("entropy does not form a valid key")]
     BadEntropy,
+    #[error("the enclave did not sign the handshake: {0}")]
+    Signer(String),
 }
 
 async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> Result<(), LinkError> {
@@ -145,17 +148,19 @@ fn key(tag: &[u8], shared: &[u8], transcript: &Hash32) -> ChaCha20Poly1305 {
 /// `entropy` seeds the ephemeral key (fresh per connection); `sign` hands the transcript to
 /// this side's enclave, which signs `link_digest(transcript, role)` itself; `accept` decides
 /// whether the authenticated peer may talk.
-pub async fn handshake<R, W>(
+pub async fn handshake<R, W, S, F>(
     mut reader: R,
     mut writer: W,
     role: LinkRole,
     entropy: [u8; 32],
-    sign: impl FnOnce(Hash32) -> Signature,
+    sign: S,
     accept: impl FnOnce(Address) -> bool,
 ) -> Result<Link<R, W>, LinkError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
+    S: FnOnce(Hash32) -> F,
+    F: std::future::Future<Output = Result<Signature, LinkError>>,
 {
     let secret = SecretKey::from_secret_bytes(entropy).map_err(|_| LinkError::BadEntropy)?;
     let mine = PublicKey::from_secret_key(&secret).serialize();
@@ -169,7 +174,7 @@ where
     };
     let transcript = keccak256_parts(&[b"teepay/link-transcript/v1", init, resp]);
 
-    let signature = sign(transcript);
+    let signature = sign(transcript).await?;
     write_frame(&mut writer, &signature.0).await?;
     let their_sig: [u8; 65] = read_frame(&mut reader)
         .await?

@@ -43,13 +43,11 @@ async fn dial(
     expected_hub: Address,
 ) -> Result<TcpLink, LinkError> {
     let (r, w) = TcpStream::connect(addr).await?.into_split();
-    let sign = |transcript| match node
-        .handle(0, Request::SignLink { transcript, role: LinkRole::Initiator })
-        .unwrap()
-        .response
-    {
-        Response::Signature(s) => s,
-        other => panic!("{other:?}"),
+    let sign = |transcript| {
+        let response =
+            node.handle(0, Request::SignLink { transcript, role: LinkRole::Initiator }).unwrap().response;
+        let Response::Signature(signature) = response else { panic!("{response:?}") };
+        std::future::ready(Ok(signature))
     };
     handshake(r, w, LinkRole::Initiator, [7; 32], sign, |peer| peer == expected_hub).await
 }
@@ -62,8 +60,15 @@ async fn answer(
 ) -> Result<TcpLink, LinkError> {
     let (stream, _) = listener.accept().await?;
     let (r, w) = stream.into_split();
-    handshake(r, w, LinkRole::Responder, [8; 32], |t| hub.sign_link(&t, LinkRole::Responder), |p| p == node)
-        .await
+    handshake(
+        r,
+        w,
+        LinkRole::Responder,
+        [8; 32],
+        |t| std::future::ready(Ok(hub.sign_link(&t, LinkRole::Responder))),
+        |p| p == node,
+    )
+    .await
 }
 
 #[tokio::test]

@@ -1,0 +1,360 @@
+//! teepay-node: the node daemon. It hosts the node enclave (in-process in simulation mode,
+//! behind the same request/response interface a real TEE would use), keeps a persistent,
+//! reconnecting link to the hub, and answers the hub's batches.
+//!
+//! Durability rule (DESIGN §7): every sealed blob the enclave returns is written durably
+//! (fsync + atomic rename) *before* the response that caused it leaves the process — an ack
+//! must never outlive the state that produced it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use teepay_enclave::{EnclaveError, NodeEnclave, Request, Response};
+use teepay_link::host::{now_ms, persist_atomic};
+use teepay_link::wire::{HubMessage, NodeMessage, WireStatus};
+use teepay_link::{Link, LinkError, handshake, os_entropy};
+use teepay_types::{Address, Amount, ChainId, InstanceId, LinkRole, Platform, Quote, SignedOrder};
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    #[error("enclave refused: {0}")]
+    Enclave(#[from] EnclaveError),
+    #[error("hub refused: {0}")]
+    Refused(String),
+    #[error("not connected to the hub")]
+    Disconnected,
+    #[error("node stopped")]
+    Stopped,
+    #[error("cannot persist sealed state: {0}")]
+    Storage(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    pub hub: SocketAddr,
+    /// Where the enclave's sealed state is kept (replayed at start by the caller).
+    pub state_path: PathBuf,
+    /// This enclave's quote from the attestation authority (sent to the hub to be admitted).
+    pub quote: Quote,
+    pub reconnect_after: Duration,
+    /// Lifetime of the payment requests this node signs.
+    pub order_ttl: Duration,
+}
+
+enum Command {
+    Pay {
+        chain: ChainId,
+        payee: Address,
+        amount: Amount,
+        max_fee: Amount,
+        reply: oneshot::Sender<Result<InstanceId, NodeError>>,
+    },
+    Swap {
+        intents: Vec<SignedOrder>,
+        reply: oneshot::Sender<Result<InstanceId, NodeError>>,
+    },
+    Status {
+        instance: InstanceId,
+        reply: oneshot::Sender<Result<WireStatus, NodeError>>,
+    },
+    Enclave {
+        request: Request,
+        reply: oneshot::Sender<Result<Response, NodeError>>,
+    },
+    Channels {
+        reply: oneshot::Sender<Result<Vec<ChannelView>, NodeError>>,
+    },
+}
+
+/// A channel as its node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelView {
+    pub chain: ChainId,
+    pub id: teepay_types::ChannelId,
+    pub peer: Address,
+    pub local: Amount,
+    pub remote: Amount,
+    pub locks: usize,
+    pub open: bool,
+}
+
+/// Control of a running node daemon.
+#[derive(Debug, Clone)]
+pub struct NodeHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    pub address: Address,
+}
+
+impl NodeHandle {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, NodeError>>) -> Command,
+    ) -> Result<T, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(make(reply)).map_err(|_| NodeError::Stopped)?;
+        answer.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Has the enclave sign a payment request and submits it; returns the instance id once
+    /// the hub routed and started it.
+    pub async fn pay(
+        &self,
+        chain: ChainId,
+        payee: Address,
+        amount: Amount,
+        max_fee: Amount,
+    ) -> Result<InstanceId, NodeError> {
+        self.ask(|reply| Command::Pay { chain, payee, amount, max_fee, reply }).await
+    }
+
+    /// Submits a set of signed swap intents (this node's and its counterparties').
+    pub async fn swap(&self, intents: Vec<SignedOrder>) -> Result<InstanceId, NodeError> {
+        self.ask(|reply| Command::Swap { intents, reply }).await
+    }
+
+    pub async fn status(&self, instance: InstanceId) -> Result<WireStatus, NodeError> {
+        self.ask(|reply| Command::Status { instance, reply }).await
+    }
+
+    /// This node's channels with their current balances.
+    pub async fn channels(&self) -> Result<Vec<ChannelView>, NodeError> {
+        self.ask(|reply| Command::Channels { reply }).await
+    }
+
+    /// Any enclave request (channels, intents, closes…); its sealed state is persisted first.
+    pub async fn enclave(&self, request: Request) -> Result<Response, NodeError> {
+        self.ask(|reply| Command::Enclave { request, reply }).await
+    }
+}
+
+struct Node<P: Platform> {
+    enclave: NodeEnclave<P>,
+    settings: NodeSettings,
+    pending: HashMap<u64, Pending>,
+    next_request: u64,
+}
+
+enum Pending {
+    Start(oneshot::Sender<Result<InstanceId, NodeError>>),
+    Status(oneshot::Sender<Result<WireStatus, NodeError>>),
+}
+
+impl<P: Platform> Node<P> {
+    /// Runs an enclave request and persists its sealed state before returning.
+    fn call(&mut self, request: Request) -> Result<Response, NodeError> {
+        let out = self.enclave.handle(now_ms(), request)?;
+        if let Some(blob) = out.sealed {
+            persist_atomic(&self.settings.state_path, &blob)
+                .map_err(|e| NodeError::Storage(e.to_string()))?;
+        }
+        Ok(out.response)
+    }
+
+    fn channels(&self) -> Vec<ChannelView> {
+        self.enclave
+            .inspect()
+            .channels
+            .values()
+            .map(|c| ChannelView {
+                chain: c.chain,
+                id: c.id,
+                peer: c.peer,
+                local: c.balance_local,
+                remote: c.balance_peer,
+                locks: c.locks.len(),
+                open: c.status == teepay_enclave::ChannelStatus::Open,
+            })
+            .collect()
+    }
+
+    fn fail_pending(&mut self) {
+        for (_, p) in self.pending.drain() {
+            match p {
+                Pending::Start(r) => drop(r.send(Err(NodeError::Disconnected))),
+                Pending::Status(r) => drop(r.send(Err(NodeError::Disconnected))),
+            }
+        }
+    }
+}
+
+/// Starts the daemon for `enclave` (already created or restored from `state_path`).
+pub fn spawn<P: Platform + Send + 'static>(
+    enclave: NodeEnclave<P>,
+    settings: NodeSettings,
+) -> (NodeHandle, tokio::task::JoinHandle<()>) {
+    let (commands, rx) = mpsc::unbounded_channel();
+    let address = enclave.address();
+    let node = Node { enclave, settings, pending: HashMap::new(), next_request: 1 };
+    let task = tokio::spawn(run(node, rx));
+    (NodeHandle { commands, address }, task)
+}
+
+async fn run<P: Platform>(mut node: Node<P>, mut commands: mpsc::UnboundedReceiver<Command>) {
+    loop {
+        match session(&mut node, &mut commands).await {
+            Ok(()) => return, // every handle dropped
+            Err(_) => {
+                node.fail_pending();
+                // Commands that arrive while disconnected get a clear answer, not a hang.
+                let deadline = tokio::time::sleep(node.settings.reconnect_after);
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        _ = &mut deadline => break,
+                        cmd = commands.recv() => match cmd {
+                            None => return,
+                            Some(cmd) => offline(&mut node, cmd),
+                        },
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn offline<P: Platform>(node: &mut Node<P>, cmd: Command) {
+    match cmd {
+        Command::Enclave { request, reply } => drop(reply.send(node.call(request))),
+        Command::Channels { reply } => drop(reply.send(Ok(node.channels()))),
+        Command::Pay { reply, .. } | Command::Swap { reply, .. } => {
+            drop(reply.send(Err(NodeError::Disconnected)))
+        }
+        Command::Status { reply, .. } => drop(reply.send(Err(NodeError::Disconnected))),
+    }
+}
+
+/// One connection to the hub: handshake, admission, then serve until the link breaks.
+async fn session<P: Platform>(
+    node: &mut Node<P>,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+) -> Result<(), LinkError> {
+    let stream = tokio::net::TcpStream::connect(node.settings.hub).await?;
+    let _ = stream.set_nodelay(true);
+    let (r, w) = stream.into_split();
+    let known_hub = node.enclave.inspect().hub;
+    let sign = |transcript| {
+        let signed = match node.call(Request::SignLink { transcript, role: LinkRole::Initiator }) {
+            Ok(Response::Signature(s)) => Ok(s),
+            Ok(_) => Err(LinkError::Signer("unexpected enclave response".into())),
+            Err(e) => Err(LinkError::Signer(e.to_string())),
+        };
+        std::future::ready(signed)
+    };
+    // Before the enclave has attested a hub, any peer may answer; the Welcome quote is then
+    // checked by the enclave and must name the same key the link authenticated.
+    let Link { mut reader, mut writer, peer } =
+        handshake(r, w, LinkRole::Initiator, os_entropy()?, sign, |peer| known_hub.is_none_or(|h| h == peer))
+            .await?;
+    writer.send(&NodeMessage::Register(node.settings.quote.clone()).to_bytes()).await?;
+
+    // A dedicated reader task: frame reads are not cancel-safe inside `select!`.
+    let (frames_tx, mut frames) = mpsc::unbounded_channel();
+    let reader_task = tokio::spawn(async move {
+        loop {
+            let r = reader.recv().await;
+            let stop = r.is_err();
+            if frames_tx.send(r).is_err() || stop {
+                return;
+            }
+        }
+    });
+    let result = async {
+        loop {
+            tokio::select! {
+                frame = frames.recv() => {
+                    let bytes = frame.ok_or(LinkError::Handshake("reader stopped"))??;
+                    let msg = HubMessage::from_bytes(&bytes).map_err(|_| LinkError::Handshake("malformed hub message"))?;
+                    on_hub_message(node, &mut writer, peer, msg).await?;
+                }
+                cmd = commands.recv() => match cmd {
+                    None => return Ok(()),
+                    Some(cmd) => on_command(node, &mut writer, cmd).await?,
+                },
+            }
+        }
+    }
+    .await;
+    reader_task.abort();
+    result
+}
+
+async fn on_hub_message<P: Platform, W: tokio::io::AsyncWrite + Unpin>(
+    node: &mut Node<P>,
+    writer: &mut teepay_link::LinkWriter<W>,
+    peer: Address,
+    msg: HubMessage,
+) -> Result<(), LinkError> {
+    match msg {
+        HubMessage::Welcome(quote) => {
+            if node.enclave.inspect().hub.is_none() {
+                if quote.report.enclave != peer {
+                    return Err(LinkError::Rejected(quote.report.enclave));
+                }
+                node.call(Request::AttestHub { quote }).map_err(|e| LinkError::Signer(e.to_string()))?;
+            }
+        }
+        HubMessage::Batch(batch) => {
+            // A refused batch (forged, misaddressed) changes nothing and is not answered.
+            if let Ok(Response::Batch(result)) = node.call(Request::HubBatch(batch))
+                && let Some(ack) = result.ack
+            {
+                writer.send(&NodeMessage::Ack(ack).to_bytes()).await?;
+            }
+        }
+        HubMessage::Accepted { request, instance } => {
+            if let Some(Pending::Start(reply)) = node.pending.remove(&request) {
+                let _ = reply.send(Ok(instance));
+            }
+        }
+        HubMessage::Refused { request, reason } => {
+            if let Some(Pending::Start(reply)) = node.pending.remove(&request) {
+                let _ = reply.send(Err(NodeError::Refused(reason)));
+            }
+        }
+        HubMessage::Status { request, status, .. } => {
+            if let Some(Pending::Status(reply)) = node.pending.remove(&request) {
+                let _ = reply.send(Ok(status));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn on_command<P: Platform, W: tokio::io::AsyncWrite + Unpin>(
+    node: &mut Node<P>,
+    writer: &mut teepay_link::LinkWriter<W>,
+    cmd: Command,
+) -> Result<(), LinkError> {
+    let request = node.next_request;
+    node.next_request += 1;
+    match cmd {
+        Command::Enclave { request, reply } => {
+            let _ = reply.send(node.call(request));
+        }
+        Command::Channels { reply } => {
+            let _ = reply.send(Ok(node.channels()));
+        }
+        Command::Pay { chain, payee, amount, max_fee, reply } => {
+            let expires_at = now_ms() + node.settings.order_ttl.as_millis() as u64;
+            match node.call(Request::CreatePayment { chain, payee, amount, max_fee, expires_at }) {
+                Ok(Response::Order(order)) => {
+                    node.pending.insert(request, Pending::Start(reply));
+                    writer.send(&NodeMessage::Pay { request, order }.to_bytes()).await?;
+                }
+                Ok(_) => drop(reply.send(Err(NodeError::Refused("unexpected enclave response".into())))),
+                Err(e) => drop(reply.send(Err(e))),
+            }
+        }
+        Command::Swap { intents, reply } => {
+            node.pending.insert(request, Pending::Start(reply));
+            writer.send(&NodeMessage::Swap { request, intents }.to_bytes()).await?;
+        }
+        Command::Status { instance, reply } => {
+            node.pending.insert(request, Pending::Status(reply));
+            writer.send(&NodeMessage::Status { request, instance }.to_bytes()).await?;
+        }
+    }
+    Ok(())
+}

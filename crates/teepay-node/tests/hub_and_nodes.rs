@@ -1,0 +1,240 @@
+//! The hub service and node daemons over real loopback TCP (one process): admission,
+//! payments to completion, statuses in the channel DB, refusal of unroutable payments, a
+//! refund when a node goes silent, and a node restarted from its persisted sealed state.
+
+use std::time::Duration;
+use teepay_coordinator::{Coordinator, HubConfig};
+use teepay_enclave::{NewChannel, NodeConfig, NodeEnclave, Request, Response};
+use teepay_hub::executor::Executor;
+use teepay_hub::service::{HubSettings, serve};
+use teepay_link::host::FilePlatform;
+use teepay_link::wire::WireStatus;
+use teepay_node::{NodeError, NodeHandle, NodeSettings, spawn};
+use teepay_routing::{ChannelInfo, Network};
+use teepay_store::{InstanceStatus, Store};
+use teepay_types::{Address, Amount, ChainId, ChannelId, FeePolicy, InstanceId, SigningKey, SimPlatform};
+
+const C1: ChainId = ChainId(1);
+const CONTRACT: Address = Address([0xcc; 20]);
+
+fn authority() -> SigningKey {
+    SigningKey::from_entropy([0xaa; 32]).unwrap()
+}
+
+fn node_config() -> NodeConfig {
+    NodeConfig {
+        measurement: [1; 32],
+        attestation_authority: authority().address(),
+        allowed_hub_measurements: vec![[2; 32]],
+        contracts: vec![(C1, CONTRACT)],
+        max_tx_fee: Amount(1),
+    }
+}
+
+struct Setup {
+    dir: std::path::PathBuf,
+    hub_addr: std::net::SocketAddr,
+    nodes: Vec<NodeHandle>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    store: Store,
+    channels: Vec<ChannelId>,
+}
+
+fn settings(
+    dir: &std::path::Path,
+    i: usize,
+    hub: std::net::SocketAddr,
+    quote: teepay_types::Quote,
+) -> NodeSettings {
+    NodeSettings {
+        hub,
+        state_path: dir.join(format!("node{i}/sealed")),
+        quote,
+        reconnect_after: Duration::from_millis(50),
+        order_ttl: Duration::from_secs(60),
+    }
+}
+
+/// A line of `n` nodes with channels i → i+1 (100 each side, no fees).
+async fn setup(name: &str, n: usize) -> Setup {
+    let dir = std::env::temp_dir().join(format!("teepay-node-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Store::connect(&format!("sqlite://{}", dir.join("hub.db").display())).await.unwrap();
+    let hub_config = HubConfig {
+        measurement: [2; 32],
+        attestation_authority: authority().address(),
+        allowed_node_measurements: vec![[1; 32]],
+        prepare_timeout: 1_000,
+        retransmit_after: 200,
+    };
+    let hub = Coordinator::create(SimPlatform::new([5; 32]), hub_config, [6; 32]).unwrap();
+    let hub_quote = hub.report(ChainId(0)).attest(&authority());
+
+    let mut enclaves: Vec<NodeEnclave<FilePlatform>> = (0..n)
+        .map(|i| {
+            let platform = FilePlatform::open(&dir.join(format!("node{i}"))).unwrap();
+            NodeEnclave::create(platform, node_config(), [i as u8 + 60; 32]).unwrap().0
+        })
+        .collect();
+    let mut network = Network::new();
+    let mut channels = Vec::new();
+    for i in 0..n - 1 {
+        let id = ChannelId([i as u8 + 1; 32]);
+        let (a, b) = (enclaves[i].address(), enclaves[i + 1].address());
+        for (k, peer, is_a) in [(i, b, true), (i + 1, a, false)] {
+            let new = NewChannel {
+                chain: C1,
+                contract: CONTRACT,
+                id,
+                peer,
+                local_is_a: is_a,
+                deposit_local: Amount(100),
+                deposit_peer: Amount(100),
+                fee: FeePolicy::default(),
+            };
+            enclaves[k].handle(0, Request::AddChannel(new)).unwrap();
+        }
+        let info = ChannelInfo {
+            id,
+            a,
+            b,
+            balance_a: Amount(100),
+            balance_b: Amount(100),
+            fee_a: FeePolicy::default(),
+            fee_b: FeePolicy::default(),
+        };
+        network.chain_mut(C1).upsert_channel(&info).unwrap();
+        channels.push(id);
+    }
+    let settings_hub = HubSettings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        state_path: dir.join("hub.sealed"),
+        quote: hub_quote,
+        tick: Duration::from_millis(20),
+    };
+    let handle = serve(Executor::new(hub, network), Some(store.clone()), settings_hub).await.unwrap();
+    let hub_addr = handle.addr;
+    std::mem::forget(handle); // runs for the rest of the test process
+
+    let mut nodes = Vec::new();
+    let mut tasks = Vec::new();
+    for (i, mut enclave) in enclaves.drain(..).enumerate() {
+        let Response::Report(report) =
+            enclave.handle(0, Request::Report { chain: ChainId(0) }).unwrap().response
+        else {
+            panic!()
+        };
+        let (h, t) = spawn(enclave, settings(&dir, i, hub_addr, report.attest(&authority())));
+        nodes.push(h);
+        tasks.push(t);
+    }
+    Setup { dir, hub_addr, nodes, tasks, store, channels }
+}
+
+/// Stops the daemons before removing their files (a still-running daemon may be writing).
+fn cleanup(s: Setup) {
+    for t in &s.tasks {
+        t.abort();
+    }
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+async fn wait_for(node: &NodeHandle, id: InstanceId, want: fn(&WireStatus) -> bool) -> WireStatus {
+    for _ in 0..300 {
+        if let Ok(s) = node.status(id).await
+            && want(&s)
+        {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("instance {id:?} never reached the expected status")
+}
+
+async fn balance(node: &NodeHandle, channel: ChannelId) -> (u128, u128) {
+    let c = node.channels().await.unwrap().into_iter().find(|c| c.id == channel).unwrap();
+    (c.local.0, c.remote.0)
+}
+
+fn balance_of(enclave: &NodeEnclave<FilePlatform>, channel: ChannelId) -> u128 {
+    enclave.inspect().channels[&channel].balance_local.0
+}
+
+async fn pay_when_connected(
+    node: &NodeHandle,
+    payee: Address,
+    amount: u128,
+) -> Result<InstanceId, NodeError> {
+    for _ in 0..200 {
+        match node.pay(C1, payee, Amount(amount), Amount(0)).await {
+            Err(NodeError::Disconnected) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(NodeError::Refused(r)) if r.contains("not an attested enclave") => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            other => return other,
+        }
+    }
+    panic!("node never connected")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_run_over_real_sockets() {
+    let s = setup("pay", 4).await;
+    let payee = s.nodes[3].address;
+    let id = pay_when_connected(&s.nodes[0], payee, 10).await.unwrap();
+    assert_eq!(wait_for(&s.nodes[0], id, |st| *st != WireStatus::InFlight).await, WireStatus::Succeeded);
+    // Many at once: they share batches.
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(s.nodes[0].pay(C1, payee, Amount(1), Amount(0)).await.unwrap());
+    }
+    for id in &ids {
+        assert_eq!(wait_for(&s.nodes[0], *id, |st| *st != WireStatus::InFlight).await, WireStatus::Succeeded);
+    }
+    // 100 - 10 - 20 = 70 left on the first channel: 71 cannot be routed.
+    match s.nodes[0].pay(C1, payee, Amount(71), Amount(0)).await {
+        Err(NodeError::Refused(reason)) => assert!(reason.contains("no route"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    // The hub's DB has every status.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let done = s.store.instances_with_status(InstanceStatus::Succeeded).await.unwrap();
+    assert_eq!(done.len(), 21);
+    assert_eq!(balance(&s.nodes[0], s.channels[0]).await, (70, 130));
+    assert_eq!(balance(&s.nodes[3], s.channels[2]).await, (130, 70));
+    cleanup(s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_node_means_a_refund_and_a_restarted_node_resumes() {
+    let mut s = setup("silent", 3).await;
+    let payee = s.nodes[2].address;
+    let id = pay_when_connected(&s.nodes[0], payee, 5).await.unwrap();
+    assert_eq!(wait_for(&s.nodes[0], id, |st| *st != WireStatus::InFlight).await, WireStatus::Succeeded);
+
+    // The payee's daemon dies: its next payment is refunded after the PREPARE timeout.
+    s.tasks[2].abort();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let id = s.nodes[0].pay(C1, payee, Amount(5), Amount(0)).await.unwrap();
+    match wait_for(&s.nodes[0], id, |st| *st != WireStatus::InFlight).await {
+        WireStatus::Refunded(why) => assert!(why.contains("did not answer"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+
+    // Restart the payee from its persisted sealed state: it reconnects and is paid again.
+    let blob = std::fs::read(s.dir.join("node2/sealed")).unwrap();
+    let platform = FilePlatform::open(&s.dir.join("node2")).unwrap();
+    let mut enclave = NodeEnclave::restore(platform, &blob).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(balance_of(&enclave, s.channels[1]), 105, "the restored enclave kept its first payment");
+    let Response::Report(report) = enclave.handle(0, Request::Report { chain: ChainId(0) }).unwrap().response
+    else {
+        panic!()
+    };
+    let (h, t) = spawn(enclave, settings(&s.dir, 2, s.hub_addr, report.attest(&authority())));
+    s.nodes[2] = h;
+    s.tasks[2] = t;
+    let id = pay_when_connected(&s.nodes[0], payee, 5).await.unwrap();
+    assert_eq!(wait_for(&s.nodes[0], id, |st| *st != WireStatus::InFlight).await, WireStatus::Succeeded);
+    cleanup(s);
+}
