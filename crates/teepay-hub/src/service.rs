@@ -255,8 +255,17 @@ fn handle<P: Platform>(
                         eprintln!("hub: refusing node {node}: {e}");
                     }
                 }
+                NodeMessage::Pay { request, .. }
+                | NodeMessage::Swap { request, .. }
+                | NodeMessage::Status { request, .. }
+                    if !registered =>
+                {
+                    let reason =
+                        "this node's enclave is not admitted: its quote was missing or refused".to_string();
+                    peers.send(node, &HubMessage::Refused { request, reason });
+                }
                 _ if !registered => {
-                    // Unadmitted peers get nothing else.
+                    // Acks and refund requests of unadmitted peers are ignored.
                 }
                 NodeMessage::Ack(ack) => {
                     if ack.ack.node == node {

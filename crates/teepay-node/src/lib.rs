@@ -308,11 +308,11 @@ async fn on_hub_message<P: Platform, W: tokio::io::AsyncWrite + Unpin>(
                 let _ = reply.send(Ok(instance));
             }
         }
-        HubMessage::Refused { request, reason } => {
-            if let Some(Pending::Start(reply)) = node.pending.remove(&request) {
-                let _ = reply.send(Err(NodeError::Refused(reason)));
-            }
-        }
+        HubMessage::Refused { request, reason } => match node.pending.remove(&request) {
+            Some(Pending::Start(reply)) => drop(reply.send(Err(NodeError::Refused(reason)))),
+            Some(Pending::Status(reply)) => drop(reply.send(Err(NodeError::Refused(reason)))),
+            None => {}
+        },
         HubMessage::Status { request, status, .. } => {
             if let Some(Pending::Status(reply)) = node.pending.remove(&request) {
                 let _ = reply.send(Ok(status));

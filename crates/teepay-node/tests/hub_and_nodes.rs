@@ -238,3 +238,31 @@ async fn a_silent_node_means_a_refund_and_a_restarted_node_resumes() {
     assert_eq!(wait_for(&s.nodes[0], id, |st| *st != WireStatus::InFlight).await, WireStatus::Succeeded);
     cleanup(s);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_valid_quote_is_not_admitted() {
+    let s = setup("unadmitted", 2).await;
+    let platform = FilePlatform::open(&s.dir.join("intruder")).unwrap();
+    let mut enclave = NodeEnclave::create(platform, node_config(), [99; 32]).unwrap().0;
+    let Response::Report(report) = enclave.handle(0, Request::Report { chain: ChainId(0) }).unwrap().response
+    else {
+        panic!()
+    };
+    let forged = report.attest(&SigningKey::from_entropy([0x66; 32]).unwrap());
+    let mut settings = settings(&s.dir, 9, s.hub_addr, forged);
+    settings.state_path = s.dir.join("intruder/sealed");
+    let (intruder, task) = spawn(enclave, settings);
+    let payee = s.nodes[1].address;
+    let refused = loop {
+        match intruder.pay(C1, payee, Amount(1), Amount(0)).await {
+            Err(NodeError::Disconnected) => tokio::time::sleep(Duration::from_millis(10)).await,
+            other => break other,
+        }
+    };
+    match refused {
+        Err(NodeError::Refused(reason)) => assert!(reason.contains("not admitted"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    task.abort();
+    cleanup(s);
+}
