@@ -3,13 +3,11 @@
 //!
 //! `cargo bench -p teepay-chain --bench embedded` — criterion reports elements/s = tx/s.
 
-use alloy_primitives::{Address as EvmAddress, B256, Bytes};
-use alloy_sol_types::SolCall;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use teepay_chain::contract::{self, send_from_key};
 use teepay_chain::dev::dev_key;
 use teepay_chain::embedded::BASE_FEE;
-use teepay_chain::{Chain, EmbeddedChain, PaymentChannels};
+use teepay_chain::{Chain, EmbeddedChain};
 use teepay_types::{
     Address, Amount, ChainId, ChannelId, Eip1559Tx, GasParams, Report, SigningKey, deposit_call,
 };
@@ -50,20 +48,12 @@ fn deposits(rt: &tokio::runtime::Runtime) -> (EmbeddedChain, Vec<Vec<u8>>) {
         let d = contract::deploy(&chain, &dev_key(0), authority.address(), &[measurement]).await.unwrap();
         for k in [&a, &b] {
             let q = Report { measurement, enclave: k.address(), chain: CHAIN }.attest(&authority);
-            let call = PaymentChannels::registerEnclaveCall {
-                enclave: EvmAddress::from(k.address().0),
-                measurement: B256::from(measurement),
-                quoteSig: Bytes::copy_from_slice(&q.signature.0),
-            };
-            send_from_key(&chain, &dev_key(0), Some(d.address), Amount(0), call.abi_encode()).await.unwrap();
+            let call = teepay_types::register_enclave_call(&q);
+            send_from_key(&chain, &dev_key(0), Some(d.address), Amount(0), call).await.unwrap();
         }
         let open = teepay_types::open_channel_call(b.address());
         let r = send_from_key(&chain, &a, Some(d.address), Amount(1000), open).await.unwrap();
-        let id = r.logs.iter().find_map(|l| match contract::ContractEvent::decode(l).unwrap() {
-            Some(contract::ContractEvent::ChannelOpened { channel, .. }) => Some(channel),
-            _ => None,
-        });
-        (d.address, id.unwrap())
+        (d.address, contract::opened_channel(&r).expect("ChannelOpened event"))
     });
     let (to, id): (Address, ChannelId) = channel;
     let nonce = rt.block_on(chain.nonce(a.address())).unwrap();

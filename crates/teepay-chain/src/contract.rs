@@ -100,6 +100,23 @@ impl ContractEvent {
     }
 }
 
+/// The contract events a mined transaction emitted, in order.
+pub fn receipt_events(receipt: &Receipt) -> Result<Vec<ContractEvent>, ChainError> {
+    let mut out = Vec::new();
+    for log in &receipt.logs {
+        out.extend(ContractEvent::decode(log)?);
+    }
+    Ok(out)
+}
+
+/// The id of the channel an `openChannel` transaction opened.
+pub fn opened_channel(receipt: &Receipt) -> Option<ChannelId> {
+    receipt_events(receipt).ok()?.into_iter().find_map(|e| match e {
+        ContractEvent::ChannelOpened { channel, .. } => Some(channel),
+        _ => None,
+    })
+}
+
 /// The contract's events in blocks `from..=to`, in chain order.
 pub async fn events<C: Chain>(
     chain: &C,

@@ -166,14 +166,15 @@ impl Inner {
         let timestamp = timestamp.unwrap_or_else(|| now_secs().max(parent.timestamp + 1));
         let mut evm = evm_for(&mut self.db, self.chain_id, number, timestamp);
         let mut results = Vec::with_capacity(raws.len());
-        let mut included: Vec<(Vec<u8>, Receipt, MinedTx)> = Vec::new();
+        // (index into `raws`, receipt, mined): raw bytes are copied only into a journal record.
+        let mut included: Vec<(usize, Receipt, MinedTx)> = Vec::new();
         let mut gas_used = 0u64;
-        for (raw, recovered) in raws.iter().zip(recovered) {
+        for (i, recovered) in recovered.into_iter().enumerate() {
             match execute(&mut evm, recovered, number, included.len() as u64, gas_used) {
                 Ok((receipt, mined)) => {
                     gas_used += receipt.gas_used;
                     results.push(Ok(receipt.tx_hash));
-                    included.push((raw.to_vec(), receipt, mined));
+                    included.push((i, receipt, mined));
                 }
                 Err(e) => results.push(Err(e)),
             }
@@ -184,7 +185,7 @@ impl Inner {
         }
         if let Some(journal) = self.journal.as_mut() {
             let record =
-                BlockRecord { timestamp, txs: included.iter().map(|(raw, _, _)| raw.clone()).collect() };
+                BlockRecord { timestamp, txs: included.iter().map(|(i, _, _)| raws[*i].to_vec()).collect() };
             if let Err(e) = append_record(journal, &record) {
                 self.poisoned = true;
                 let err = ChainError::Storage(format!("journal append failed: {e}"));

@@ -5,39 +5,20 @@
 
 mod support;
 
-use alloy_primitives::{Address as EvmAddress, B256, Bytes, U256};
+use alloy_primitives::{B256, Bytes, U256};
 use alloy_sol_types::SolCall;
 use support::*;
-use teepay_chain::contract::{ContractEvent, ContractView, Deployment};
+use teepay_chain::contract::{ContractEvent, ContractView, Deployment, opened_channel, receipt_events};
 use teepay_chain::dev::dev_key;
 use teepay_chain::{CallRequest, Chain, EmbeddedChain, PaymentChannels, Receipt, RpcChain};
 use teepay_enclave::{EnclaveError, Request, Response};
 use teepay_types::{
     Address, Amount, ChainId, ChannelId, ChannelState, InstanceId, InstanceKind, LockState, Phase, Report,
-    SigningKey, close_channel_call, deposit_call, open_channel_call,
+    SigningKey, close_channel_call, deposit_call, open_channel_call, register_enclave_call,
 };
 
 fn events_of(r: &Receipt) -> Vec<ContractEvent> {
-    r.logs.iter().filter_map(|l| ContractEvent::decode(l).expect("decodable")).collect()
-}
-
-fn opened_channel(r: &Receipt) -> ChannelId {
-    events_of(r)
-        .into_iter()
-        .find_map(|e| match e {
-            ContractEvent::ChannelOpened { channel, .. } => Some(channel),
-            _ => None,
-        })
-        .expect("ChannelOpened event")
-}
-
-fn register_call(enclave: Address, quote: &teepay_types::Quote) -> Vec<u8> {
-    PaymentChannels::registerEnclaveCall {
-        enclave: EvmAddress::from(enclave.0),
-        measurement: B256::from(quote.report.measurement),
-        quoteSig: Bytes::copy_from_slice(&quote.signature.0),
-    }
-    .abi_encode()
+    receipt_events(r).expect("decodable")
 }
 
 async fn fund<C: Chain>(l: &mut Ledger<'_, C>, to: Address, amount: u128) {
@@ -48,10 +29,9 @@ async fn fund<C: Chain>(l: &mut Ledger<'_, C>, to: Address, amount: u128) {
 async fn register<C: Chain>(
     l: &mut Ledger<'_, C>,
     d: &Deployment,
-    enclave: Address,
     quote: &teepay_types::Quote,
 ) -> Result<Receipt, String> {
-    l.send("registerEnclave", &dev_key(2), Some(d.address), 0, register_call(enclave, quote)).await
+    l.send("registerEnclave", &dev_key(2), Some(d.address), 0, register_enclave_call(quote)).await
 }
 
 /// A registered key standing in for an enclave whose rounds the contract never sees: the
@@ -61,7 +41,7 @@ async fn raw_party<C: Chain>(l: &mut Ledger<'_, C>, d: &Deployment, seed: u8) ->
     fund(l, key.address(), ETHER / 10).await;
     let quote = Report { measurement: NODE_MEASUREMENT, enclave: key.address(), chain: l.chain_id }
         .attest(&authority());
-    register(l, d, key.address(), &quote).await.expect("register raw party");
+    register(l, d, &quote).await.expect("register raw party");
     key
 }
 
@@ -75,7 +55,7 @@ async fn open_raw<C: Chain>(
 ) -> ChannelId {
     let r =
         l.send("openChannel", a, Some(d.address), dep_a, open_channel_call(b.address())).await.expect("open");
-    let id = opened_channel(&r);
+    let id = opened_channel(&r).expect("ChannelOpened event");
     if dep_b > 0 {
         l.send("deposit", b, Some(d.address), dep_b, deposit_call(id)).await.expect("deposit");
     }
@@ -122,36 +102,28 @@ async fn registration<C: Chain>(l: &mut Ledger<'_, C>) {
     let view = ContractView { chain: l.chain, address: d.address };
     let mut node = Node::new(1, l.chain_id, d.address);
     let quote = node.quote(l.chain_id);
-    let r = register(l, &d, node.address(), &quote).await.expect("valid quote registers");
+    let r = register(l, &d, &quote).await.expect("valid quote registers");
     assert_eq!(
         events_of(&r),
         vec![ContractEvent::EnclaveRegistered { enclave: node.address(), measurement: NODE_MEASUREMENT }]
     );
     assert_eq!(view.enclave_measurement(node.address()).await.unwrap(), Some(NODE_MEASUREMENT));
-    assert_eq!(register(l, &d, node.address(), &quote).await.unwrap_err(), "AlreadyRegistered");
+    assert_eq!(register(l, &d, &quote).await.unwrap_err(), "AlreadyRegistered");
 
     let impostor = SigningKey::from_entropy([0x66; 32]).unwrap();
     let other = SigningKey::from_entropy([0x67; 32]).unwrap().address();
     let forged =
         Report { measurement: NODE_MEASUREMENT, enclave: other, chain: l.chain_id }.attest(&impostor);
-    assert_eq!(register(l, &d, other, &forged).await.unwrap_err(), "BadQuote", "quote by a non-authority");
+    assert_eq!(register(l, &d, &forged).await.unwrap_err(), "BadQuote", "quote by a non-authority");
     let wrong_chain =
         Report { measurement: NODE_MEASUREMENT, enclave: other, chain: ChainId(999) }.attest(&authority());
-    assert_eq!(
-        register(l, &d, other, &wrong_chain).await.unwrap_err(),
-        "BadQuote",
-        "quote for another chain"
-    );
+    assert_eq!(register(l, &d, &wrong_chain).await.unwrap_err(), "BadQuote", "quote for another chain");
     let mut mismatched =
         Report { measurement: NODE_MEASUREMENT, enclave: other, chain: l.chain_id }.attest(&authority());
-    mismatched.report.enclave = node.address();
-    assert_eq!(
-        register(l, &d, impostor.address(), &mismatched).await.unwrap_err(),
-        "BadQuote",
-        "quote for another key"
-    );
+    mismatched.report.enclave = impostor.address();
+    assert_eq!(register(l, &d, &mismatched).await.unwrap_err(), "BadQuote", "quote for another key");
     let unknown = Report { measurement: [0x33; 32], enclave: other, chain: l.chain_id }.attest(&authority());
-    assert_eq!(register(l, &d, other, &unknown).await.unwrap_err(), "MeasurementNotAllowed");
+    assert_eq!(register(l, &d, &unknown).await.unwrap_err(), "MeasurementNotAllowed");
     assert_eq!(view.enclave_measurement(other).await.unwrap(), None, "nothing registered by a refused quote");
 }
 
@@ -163,7 +135,7 @@ async fn cooperative<C: Chain>(l: &mut Ledger<'_, C>) {
     for n in [&mut a, &mut b] {
         fund(l, n.address(), ETHER).await;
         let q = n.quote(chain);
-        register(l, &d, n.address(), &q).await.expect("register");
+        register(l, &d, &q).await.expect("register");
     }
     let (dep_a, dep_b) = (3 * ETHER / 10, 2 * ETHER / 10);
 
@@ -183,7 +155,7 @@ async fn cooperative<C: Chain>(l: &mut Ledger<'_, C>) {
         })
         .await
         .expect("open");
-    let id = opened_channel(&r);
+    let id = opened_channel(&r).expect("ChannelOpened event");
     assert_eq!(r.from, a.address(), "sent by the enclave's own address");
     a.add_channel((chain, d.address), id, b.address(), true, (dep_a, 0));
     b.add_channel((chain, d.address), id, a.address(), false, (0, dep_a));

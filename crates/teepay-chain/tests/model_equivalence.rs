@@ -4,16 +4,14 @@
 //! unknown-channel signers, conflicting phases of one instance) go to both; each attempt must
 //! succeed or fail in both, with the same payouts and the same newly fixed outcomes.
 
-use alloy_primitives::{Address as EvmAddress, B256, Bytes};
-use alloy_sol_types::SolCall;
-use teepay_chain::contract::{self, ContractEvent, ContractView, send_from_key};
+use teepay_chain::contract::{self, ContractEvent, ContractView, opened_channel, send_from_key};
 use teepay_chain::dev::dev_key;
-use teepay_chain::{ChainError, EmbeddedChain, PaymentChannels};
+use teepay_chain::{ChainError, EmbeddedChain};
 use teepay_sim::contract::{ContractModel, OnchainChannel};
 use teepay_sim::rng::SplitMix64;
 use teepay_types::{
     Amount, ChainId, ChannelId, ChannelState, InstanceId, InstanceKind, LockState, Outcome, Phase, Report,
-    SigningKey, close_channel_call, deposit_call, open_channel_call,
+    SigningKey, close_channel_call, deposit_call, open_channel_call, register_enclave_call,
 };
 
 const CHAIN: ChainId = ChainId(777);
@@ -35,12 +33,9 @@ async fn run(seed: u64) -> (usize, usize) {
             .await
             .unwrap();
         let q = Report { measurement: MEASUREMENT, enclave: p.address(), chain: CHAIN }.attest(&authority);
-        let call = PaymentChannels::registerEnclaveCall {
-            enclave: EvmAddress::from(p.address().0),
-            measurement: B256::from(MEASUREMENT),
-            quoteSig: Bytes::copy_from_slice(&q.signature.0),
-        };
-        send_from_key(&chain, &dev_key(2), Some(d.address), Amount(0), call.abi_encode()).await.unwrap();
+        send_from_key(&chain, &dev_key(2), Some(d.address), Amount(0), register_enclave_call(&q))
+            .await
+            .unwrap();
     }
 
     let mut model = ContractModel::default();
@@ -58,14 +53,7 @@ async fn run(seed: u64) -> (usize, usize) {
         )
         .await
         .unwrap();
-        let id = r
-            .logs
-            .iter()
-            .find_map(|l| match ContractEvent::decode(l).unwrap() {
-                Some(ContractEvent::ChannelOpened { channel, .. }) => Some(channel),
-                _ => None,
-            })
-            .unwrap();
+        let id = opened_channel(&r).expect("ChannelOpened event");
         if dep_b > 0 {
             send_from_key(&chain, &parties[b], Some(d.address), Amount(dep_b), deposit_call(id))
                 .await

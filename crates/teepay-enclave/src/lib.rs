@@ -366,12 +366,19 @@ impl<P: Platform> NodeEnclave<P> {
         input: Vec<u8>,
         gas: GasParams,
     ) -> Result<Output, EnclaveError> {
-        let max_fee = Amount(u128::from(gas.gas_limit).saturating_mul(gas.max_fee_per_gas));
-        if max_fee > self.state.config.max_tx_fee {
-            return Err(EnclaveError::FeeTooHigh { requested: max_fee, limit: self.state.config.max_tx_fee });
-        }
+        self.check_fee(&gas)?;
         let tx = Eip1559Tx { chain, gas, to: Some(to), value, input }.sign(&self.key);
         Ok(Output { response: Response::Transaction(tx), sealed: None })
+    }
+
+    /// Refuses gas parameters that could spend more than the policy allows.
+    fn check_fee(&self, gas: &GasParams) -> Result<(), EnclaveError> {
+        let limit = self.state.config.max_tx_fee;
+        let requested = Amount(u128::from(gas.gas_limit).saturating_mul(gas.max_fee_per_gas));
+        if requested > limit {
+            return Err(EnclaveError::FeeTooHigh { requested, limit });
+        }
+        Ok(())
     }
 
     fn build_close(&mut self, channel: ChannelId, gas: GasParams) -> Result<Output, EnclaveError> {
@@ -382,13 +389,7 @@ impl<P: Platform> NodeEnclave<P> {
             ChannelStatus::Open => {
                 // Check the fee before signing the closing state: a refused request changes
                 // no state.
-                let max_fee = Amount(u128::from(gas.gas_limit).saturating_mul(gas.max_fee_per_gas));
-                if max_fee > self.state.config.max_tx_fee {
-                    return Err(EnclaveError::FeeTooHigh {
-                        requested: max_fee,
-                        limit: self.state.config.max_tx_fee,
-                    });
-                }
+                self.check_fee(&gas)?;
                 let out = self.sign_close(channel)?;
                 let Response::ChannelState(signed) = out.response else {
                     unreachable!("sign_close answers a state")

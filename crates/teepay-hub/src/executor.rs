@@ -54,10 +54,10 @@ pub struct Finished {
     pub finished_at: u64,
 }
 
+/// What the executor adds to the hub enclave's instance (whose spec holds the legs).
 #[derive(Debug, Clone)]
 struct Tracked {
     kind: InstanceKind,
-    legs: Vec<Leg>,
     status: Status,
     created_at: u64,
 }
@@ -77,6 +77,18 @@ pub struct Executor<P: Platform> {
     network: Network,
     tracked: HashMap<InstanceId, Tracked>,
     in_flight: Vec<InstanceId>,
+}
+
+/// Ends the reservations `legs` made: applied transfers move balances in the map.
+fn release(network: &mut Network, legs: &[Leg], applied: bool) {
+    for leg in legs {
+        let graph = network.chain_mut(leg.chain);
+        for hop in &leg.hops {
+            // Reservations were made by `reserve`; a failure here means the map was rebuilt
+            // meanwhile (e.g. a channel closed), which leaves nothing to release.
+            let _ = graph.release(hop.channel, hop.from, hop.amount, applied);
+        }
+    }
 }
 
 fn describe(reason: Option<RefundReason>) -> String {
@@ -212,14 +224,16 @@ impl<P: Platform> Executor<P> {
         orders: Vec<SignedOrder>,
     ) -> Result<InstanceId, ExecError> {
         self.reserve(&legs)?;
+        // The hub enclave takes the legs; the copy only serves to undo the reservation if
+        // it refuses the instance.
         match self.coordinator.create_instance(now, kind, legs.clone(), orders) {
             Ok(id) => {
-                self.tracked.insert(id, Tracked { kind, legs, status: Status::InFlight, created_at: now });
+                self.tracked.insert(id, Tracked { kind, status: Status::InFlight, created_at: now });
                 self.in_flight.push(id);
                 Ok(id)
             }
             Err(e) => {
-                self.release(&legs, false);
+                release(&mut self.network, &legs, false);
                 Err(e.into())
             }
         }
@@ -234,23 +248,12 @@ impl<P: Platform> Executor<P> {
                     for h in &leg.hops[..j] {
                         let _ = graph.release(h.channel, h.from, h.amount, false);
                     }
-                    self.release(&legs[..i], false);
+                    release(&mut self.network, &legs[..i], false);
                     return Err(e.into());
                 }
             }
         }
         Ok(())
-    }
-
-    fn release(&mut self, legs: &[Leg], applied: bool) {
-        for leg in legs {
-            let graph = self.network.chain_mut(leg.chain);
-            for hop in &leg.hops {
-                // Reservations were made by `reserve`; a failure here means the map was
-                // rebuilt meanwhile (e.g. a channel closed), which leaves nothing to release.
-                let _ = graph.release(hop.channel, hop.from, hop.amount, applied);
-            }
-        }
     }
 
     pub fn on_ack(&mut self, now: u64, ack: &SignedNodeAck) -> Result<(), ExecError> {
@@ -295,9 +298,14 @@ impl<P: Platform> Executor<P> {
             };
             let tracked = self.tracked.get_mut(&id).expect("every in-flight instance is tracked");
             tracked.status = status.clone();
-            let (legs, kind, created_at) = (tracked.legs.clone(), tracked.kind, tracked.created_at);
-            self.release(&legs, status == Status::Succeeded);
-            finished.push(Finished { id, kind, status, created_at, finished_at: now });
+            release(&mut self.network, &instance.spec.legs, status == Status::Succeeded);
+            finished.push(Finished {
+                id,
+                kind: tracked.kind,
+                status,
+                created_at: tracked.created_at,
+                finished_at: now,
+            });
         }
         self.in_flight = still;
         Outgoing { batches: flush.batches, sealed: flush.sealed, finished }

@@ -7,7 +7,7 @@
 //! fsync, rename, fsync of the directory): a crash can never lose a decision that a node
 //! has already seen.
 
-use crate::executor::{Executor, Finished, Status};
+use crate::executor::{ExecError, Executor, Finished, Status};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,7 +16,7 @@ pub use teepay_link::host::{now_ms, persist_atomic};
 use teepay_link::wire::{HubMessage, NodeMessage, WireStatus};
 use teepay_link::{Link, LinkError, handshake, os_entropy};
 use teepay_store::{InstanceRow, InstanceStatus, Store};
-use teepay_types::{Address, Hash32, InstanceKind, LinkRole, Platform, Quote, Signature, encode};
+use teepay_types::{Address, Hash32, InstanceId, InstanceKind, LinkRole, Platform, Quote, Signature, encode};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
@@ -276,24 +276,21 @@ fn handle<P: Platform>(
                     let _ = exec.on_refund_request(now, &req);
                 }
                 NodeMessage::Pay { request, order } => {
-                    let reply = match exec.submit_payment(now, order) {
-                        Ok(instance) => {
-                            record_start(exec, status_tx, instance, InstanceKind::MultiHop, now);
-                            HubMessage::Accepted { request, instance }
-                        }
-                        Err(e) => HubMessage::Refused { request, reason: e.to_string() },
-                    };
-                    peers.send(node, &reply);
+                    let started = exec.submit_payment(now, order);
+                    answer_start(exec, peers, status_tx, node, request, started, InstanceKind::MultiHop, now);
                 }
                 NodeMessage::Swap { request, intents } => {
-                    let reply = match exec.submit_swap(now, intents) {
-                        Ok(instance) => {
-                            record_start(exec, status_tx, instance, InstanceKind::CrossChain, now);
-                            HubMessage::Accepted { request, instance }
-                        }
-                        Err(e) => HubMessage::Refused { request, reason: e.to_string() },
-                    };
-                    peers.send(node, &reply);
+                    let started = exec.submit_swap(now, intents);
+                    answer_start(
+                        exec,
+                        peers,
+                        status_tx,
+                        node,
+                        request,
+                        started,
+                        InstanceKind::CrossChain,
+                        now,
+                    );
                 }
                 NodeMessage::Status { request, instance } => {
                     let status = wire_status(exec.status(instance));
@@ -304,26 +301,38 @@ fn handle<P: Platform>(
     }
 }
 
-fn record_start<P: Platform>(
+/// Answers a pay/swap request and records a started instance for the status DB.
+#[allow(clippy::too_many_arguments)]
+fn answer_start<P: Platform>(
     exec: &Executor<P>,
+    peers: &Peers,
     status_tx: &mpsc::UnboundedSender<StatusWrite>,
-    id: teepay_types::InstanceId,
+    node: Address,
+    request: u64,
+    started: Result<InstanceId, ExecError>,
     kind: InstanceKind,
     now: u64,
 ) {
-    let spec = exec.coordinator().instance(id).map(|i| encode(&i.spec)).unwrap_or_default();
-    let row = InstanceRow {
-        id,
-        kind: match kind {
-            InstanceKind::MultiHop => "multi_hop".into(),
-            InstanceKind::CrossChain => "cross_chain".into(),
-        },
-        spec,
-        status: InstanceStatus::InFlight,
-        created_at: now,
-        updated_at: now,
-        outcome: None,
-        failure_reason: None,
+    let reply = match started {
+        Ok(id) => {
+            let spec = exec.coordinator().instance(id).map(|i| encode(&i.spec)).unwrap_or_default();
+            let row = InstanceRow {
+                id,
+                kind: match kind {
+                    InstanceKind::MultiHop => "multi_hop".into(),
+                    InstanceKind::CrossChain => "cross_chain".into(),
+                },
+                spec,
+                status: InstanceStatus::InFlight,
+                created_at: now,
+                updated_at: now,
+                outcome: None,
+                failure_reason: None,
+            };
+            let _ = status_tx.send(StatusWrite::Started(row));
+            HubMessage::Accepted { request, instance: id }
+        }
+        Err(e) => HubMessage::Refused { request, reason: e.to_string() },
     };
-    let _ = status_tx.send(StatusWrite::Started(row));
+    peers.send(node, &reply);
 }

@@ -7,7 +7,6 @@
 //! it walks back through the recorded hashes to the fork point, rolls the DB back to it
 //! (derived tables are rebuilt from the remaining logs) and re-syncs from there.
 
-use std::time::Duration;
 use teepay_chain::{Chain, ChainError};
 use teepay_store::{Store, StoreError};
 use teepay_types::{Address, ChainId};
@@ -118,20 +117,5 @@ pub async fn sync_to_head<C: Chain>(
         if r.next_block + cfg.confirmations > r.head {
             return Ok(total);
         }
-    }
-}
-
-/// Follows the chain forever, one round every `interval`; errors are reported to `on_error`
-/// and retried (a chain node restarting must not stop the hub).
-pub async fn follow<C: Chain>(
-    chain: C,
-    store: Store,
-    cfg: SyncConfig,
-    interval: Duration,
-    mut on_round: impl FnMut(Result<SyncReport, SyncError>) + Send,
-) {
-    loop {
-        on_round(sync_to_head(&chain, &store, &cfg).await);
-        tokio::time::sleep(interval).await;
     }
 }

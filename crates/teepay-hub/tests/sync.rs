@@ -2,16 +2,16 @@
 //! cursor, the network map rebuilt from the DB) and anvil (a real reorganization made with
 //! `evm_snapshot` / `evm_revert`, rolled back and re-synced).
 
-use alloy_primitives::{Address as EvmAddress, B256, Bytes};
-use alloy_sol_types::SolCall;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
-use teepay_chain::contract::{ContractEvent, Deployment, deploy, send_from_key};
+use teepay_chain::contract::{Deployment, deploy, opened_channel, send_from_key};
 use teepay_chain::dev::dev_key;
-use teepay_chain::{Chain, EmbeddedChain, PaymentChannels, RpcChain};
+use teepay_chain::{Chain, EmbeddedChain, RpcChain};
 use teepay_hub::sync::{SyncConfig, sync_once, sync_to_head};
 use teepay_store::{ChannelStatus, Store};
-use teepay_types::{Amount, ChainId, ChannelId, Report, SigningKey, deposit_call, open_channel_call};
+use teepay_types::{
+    Amount, ChainId, ChannelId, Report, SigningKey, deposit_call, open_channel_call, register_enclave_call,
+};
 
 const MEASUREMENT: [u8; 32] = [0x5a; 32];
 
@@ -35,24 +35,14 @@ async fn setup<C: Chain>(chain: &C, seed: u8) -> Setup {
         let q =
             Report { measurement: MEASUREMENT, enclave: k.address(), chain: chain.chain_id().await.unwrap() }
                 .attest(&authority);
-        let call = PaymentChannels::registerEnclaveCall {
-            enclave: EvmAddress::from(k.address().0),
-            measurement: B256::from(MEASUREMENT),
-            quoteSig: Bytes::copy_from_slice(&q.signature.0),
-        };
-        send_from_key(chain, &dev_key(2), Some(d.address), Amount(0), call.abi_encode()).await.unwrap();
+        send_from_key(chain, &dev_key(2), Some(d.address), Amount(0), register_enclave_call(&q))
+            .await
+            .unwrap();
     }
     let r = send_from_key(chain, &a, Some(d.address), Amount(1000), open_channel_call(b.address()))
         .await
         .unwrap();
-    let channel = r
-        .logs
-        .iter()
-        .find_map(|l| match ContractEvent::decode(l).unwrap() {
-            Some(ContractEvent::ChannelOpened { channel, .. }) => Some(channel),
-            _ => None,
-        })
-        .unwrap();
+    let channel = opened_channel(&r).expect("ChannelOpened event");
     Setup { d, a, b, channel }
 }
 

@@ -97,11 +97,6 @@ impl<W: AsyncWrite + Unpin> LinkWriter<W> {
         self.counter += 1;
         write_frame(&mut self.w, &ciphertext).await
     }
-
-    /// Bytes on the wire for a message of `len` bytes (length prefix + AEAD tag).
-    pub fn wire_size(len: usize) -> usize {
-        len + 4 + 16
-    }
 }
 
 /// The receiving half of an established link.

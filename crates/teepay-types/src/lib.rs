@@ -32,5 +32,5 @@ pub use messages::{
 pub use seal::{Platform, SealError, SimPlatform, seal, seal_value, unseal, unseal_value};
 pub use tx::{
     Eip1559Tx, GasParams, SignedTx, abi_channel_state, bindings, close_channel_call, deposit_call,
-    open_channel_call,
+    open_channel_call, register_enclave_call,
 };

@@ -102,6 +102,16 @@ pub fn open_channel_call(peer: Address) -> Vec<u8> {
     bindings::PaymentChannels::openChannelCall { peer: AlloyAddress::from(peer.0) }.abi_encode()
 }
 
+/// Calldata of `registerEnclave(enclave, measurement, quoteSig)` for an authority's quote.
+pub fn register_enclave_call(quote: &crate::messages::Quote) -> Vec<u8> {
+    bindings::PaymentChannels::registerEnclaveCall {
+        enclave: AlloyAddress::from(quote.report.enclave.0),
+        measurement: B256::from(quote.report.measurement),
+        quoteSig: Bytes::copy_from_slice(&quote.signature.0),
+    }
+    .abi_encode()
+}
+
 /// Calldata of `deposit(channelId)`.
 pub fn deposit_call(channel: ChannelId) -> Vec<u8> {
     bindings::PaymentChannels::depositCall { channelId: B256::from(channel.0) }.abi_encode()
