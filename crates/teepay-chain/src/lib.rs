@@ -10,6 +10,7 @@
 //! (`contracts/out/PaymentChannels.json`) in `teepay-types`, so the enclave can encode the
 //! calls it signs without depending on this crate.
 
+pub mod any;
 pub mod chain;
 pub mod contract;
 pub mod dev;
@@ -17,6 +18,7 @@ pub mod devnet;
 pub mod embedded;
 pub mod rpc;
 
+pub use any::AnyChain;
 pub use chain::{CallRequest, Chain, ChainError, LogEntry, Receipt};
 pub use embedded::EmbeddedChain;
 pub use rpc::RpcChain;

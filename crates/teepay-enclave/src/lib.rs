@@ -127,6 +127,13 @@ pub enum Request {
         transcript: teepay_types::Hash32,
         role: teepay_types::LinkRole,
     },
+    /// Build and sign `registerEnclave` for this enclave's own `quote` on `chain`'s configured
+    /// contract, sent from this enclave's address (which pays its gas).
+    BuildRegister {
+        chain: ChainId,
+        quote: Quote,
+        gas: GasParams,
+    },
     /// Build and sign a plain transfer out of this enclave's account (withdrawing payouts).
     BuildTransfer {
         chain: ChainId,
@@ -347,6 +354,13 @@ impl<P: Platform> NodeEnclave<P> {
                 ),
                 sealed: None,
             }),
+            Request::BuildRegister { chain, quote, gas } => {
+                if quote.report.enclave != self.address() || quote.report.chain != chain {
+                    return Err(EnclaveError::InvalidOrder("the quote is not this enclave's for that chain"));
+                }
+                let contract = self.state.config.contract(chain).ok_or(EnclaveError::UnknownChain(chain))?;
+                self.build_tx(chain, contract, Amount::ZERO, teepay_types::register_enclave_call(&quote), gas)
+            }
             Request::BuildTransfer { chain, to, amount, gas } => {
                 if amount.is_zero() {
                     return Err(EnclaveError::ZeroAmount);

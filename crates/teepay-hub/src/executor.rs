@@ -11,11 +11,12 @@
 //!   refunded with the reason.
 
 use std::collections::{BTreeMap, HashMap};
+use teepay_chain::contract::ContractEvent;
 use teepay_coordinator::{Coordinator, HubError, HubPhase, RefundReason};
-use teepay_routing::{Network, RouteError, RouteQuery};
+use teepay_routing::{ChannelInfo, Network, RouteError, RouteQuery};
 use teepay_types::{
-    ChainId, InstanceId, InstanceKind, Leg, NackReason, Order, Outcome, Platform, SignedHubBatch,
-    SignedNodeAck, SignedOrder, SignedRefundRequest,
+    Amount, ChainId, FeePolicy, InstanceId, InstanceKind, Leg, NackReason, Order, Outcome, Platform,
+    SignedHubBatch, SignedNodeAck, SignedOrder, SignedRefundRequest,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,6 +53,9 @@ pub struct Finished {
     pub status: Status,
     pub created_at: u64,
     pub finished_at: u64,
+    /// The hub's view of every channel the instance touched, after it finished (for the DB,
+    /// so a restarted hub routes on current balances).
+    pub channels: Vec<(ChainId, ChannelInfo)>,
 }
 
 /// What the executor adds to the hub enclave's instance (whose spec holds the legs).
@@ -100,13 +104,108 @@ fn describe(reason: Option<RefundReason>) -> String {
     }
 }
 
+fn refund_text(phase: HubPhase, reason: Option<RefundReason>) -> String {
+    match phase {
+        HubPhase::Resolved(_) => "reverted on-chain by an eject".into(),
+        _ => describe(reason),
+    }
+}
+
 fn nack_text(why: NackReason) -> String {
     format!("{why:?}")
 }
 
 impl<P: Platform> Executor<P> {
+    /// Wraps a fresh or restored hub enclave. Instances it has not decided yet (after a
+    /// restart) hold their reservations again and are driven on; decided ones keep a
+    /// queryable final status.
     pub fn new(coordinator: Coordinator<P>, network: Network) -> Self {
-        Executor { coordinator, network, tracked: HashMap::new(), in_flight: Vec::new() }
+        let mut exec = Executor { coordinator, network, tracked: HashMap::new(), in_flight: Vec::new() };
+        let instances: Vec<_> = exec
+            .coordinator
+            .inspect()
+            .instances
+            .values()
+            .map(|i| (i.spec.id, i.spec.kind, i.phase, i.refund_reason, i.created_at))
+            .collect();
+        for (id, kind, phase, reason, created_at) in instances {
+            let status = match phase.outcome() {
+                None => {
+                    exec.resume(id);
+                    Status::InFlight
+                }
+                Some(Outcome::Apply) => Status::Succeeded,
+                Some(Outcome::Revert) => Status::Refunded(refund_text(phase, reason)),
+            };
+            exec.tracked.insert(id, Tracked { kind, status, created_at });
+        }
+        exec
+    }
+
+    /// Puts an instance back in flight with its reservations, so the next flush reports it
+    /// finished if it is decided. A restarted hub calls this for instances its DB still
+    /// lists as in flight although the enclave decided them (the crash fell in between).
+    pub fn resume(&mut self, id: InstanceId) {
+        let Some(instance) = self.coordinator.instance(id) else { return };
+        if self.in_flight.contains(&id) {
+            return;
+        }
+        let legs = instance.spec.legs.clone();
+        // The map was rebuilt from the DB, which never saw this instance's transfers.
+        let _ = self.reserve(&legs);
+        if let Some(t) = self.tracked.get_mut(&id) {
+            t.status = Status::InFlight;
+        }
+        self.in_flight.push(id);
+    }
+
+    /// Replaces the map (rebuilt from the DB after a reorg); in-flight instances hold their
+    /// reservations in the new one.
+    pub fn replace_network(&mut self, network: Network) {
+        self.network = network;
+        for id in self.in_flight.clone() {
+            if let Some(i) = self.coordinator.instance(id) {
+                let legs = i.spec.legs.clone();
+                let _ = self.reserve(&legs);
+            }
+        }
+    }
+
+    /// A contract event seen by chain sync (confirmed): keeps the map current, and hands
+    /// an eject's fixed outcome to the hub enclave (RESOLVE).
+    pub fn on_chain_event(
+        &mut self,
+        now: u64,
+        chain: ChainId,
+        event: &ContractEvent,
+    ) -> Result<(), ExecError> {
+        let graph = self.network.chain_mut(chain);
+        match *event {
+            ContractEvent::ChannelOpened { channel, a, b, deposit } => {
+                if graph.channel(channel).is_none() {
+                    graph.upsert_channel(&ChannelInfo {
+                        id: channel,
+                        a,
+                        b,
+                        balance_a: deposit,
+                        balance_b: Amount::ZERO,
+                        fee_a: FeePolicy::default(),
+                        fee_b: FeePolicy::default(),
+                    })?;
+                }
+            }
+            ContractEvent::ChannelFunded { channel, party, amount, .. } => {
+                graph.credit(channel, party, amount)?
+            }
+            ContractEvent::ChannelClosed { channel, .. } => graph.close_channel(channel)?,
+            ContractEvent::InstanceResolved { instance, applied, .. } => {
+                let outcome = if applied { Outcome::Apply } else { Outcome::Revert };
+                // Repeats (one event per ejected channel) are accepted by the hub enclave.
+                self.coordinator.on_chain_outcome(now, instance, outcome)?;
+            }
+            ContractEvent::MeasurementAllowed { .. } | ContractEvent::EnclaveRegistered { .. } => {}
+        }
+        Ok(())
     }
 
     pub fn coordinator(&self) -> &Coordinator<P> {
@@ -291,20 +390,27 @@ impl<P: Platform> Executor<P> {
                     continue;
                 }
                 Some(Outcome::Apply) => Status::Succeeded,
-                Some(Outcome::Revert) => match phase {
-                    HubPhase::Resolved(_) => Status::Refunded("reverted on-chain by an eject".into()),
-                    _ => Status::Refunded(describe(reason)),
-                },
+                Some(Outcome::Revert) => Status::Refunded(refund_text(phase, reason)),
             };
             let tracked = self.tracked.get_mut(&id).expect("every in-flight instance is tracked");
             tracked.status = status.clone();
             release(&mut self.network, &instance.spec.legs, status == Status::Succeeded);
+            let mut channels = Vec::new();
+            for leg in &instance.spec.legs {
+                let graph = self.network.chain_mut(leg.chain);
+                for hop in &leg.hops {
+                    if let Some(c) = graph.channel(hop.channel) {
+                        channels.push((leg.chain, c.info));
+                    }
+                }
+            }
             finished.push(Finished {
                 id,
                 kind: tracked.kind,
                 status,
                 created_at: tracked.created_at,
                 finished_at: now,
+                channels,
             });
         }
         self.in_flight = still;

@@ -3,6 +3,8 @@
 //! and client API build on these.)
 
 pub mod executor;
+pub mod metrics;
+pub mod runtime;
 pub mod service;
 pub mod sync;
 

@@ -8,15 +8,22 @@
 //! has already seen.
 
 use crate::executor::{ExecError, Executor, Finished, Status};
+use crate::metrics::Metrics;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
+use teepay_chain::contract::ContractEvent;
 pub use teepay_link::host::{now_ms, persist_atomic};
 use teepay_link::wire::{HubMessage, NodeMessage, WireStatus};
 use teepay_link::{Link, LinkError, handshake, os_entropy};
+use teepay_routing::{ChannelSnapshot, Network};
 use teepay_store::{InstanceRow, InstanceStatus, Store};
-use teepay_types::{Address, Hash32, InstanceId, InstanceKind, LinkRole, Platform, Quote, Signature, encode};
+use teepay_types::{
+    Address, ChainId, Hash32, InstanceId, InstanceKind, LinkRole, Platform, Quote, Signature, encode,
+};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
@@ -29,24 +36,96 @@ pub struct HubSettings {
     pub quote: Quote,
     /// How often timeouts and retransmissions are checked.
     pub tick: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 enum Event {
-    SignLink { transcript: Hash32, reply: oneshot::Sender<Signature> },
-    Connected { node: Address, conn: u64, tx: mpsc::UnboundedSender<Vec<u8>> },
-    Message { node: Address, msg: NodeMessage },
-    Disconnected { node: Address, conn: u64 },
+    SignLink {
+        transcript: Hash32,
+        reply: oneshot::Sender<Signature>,
+    },
+    Connected {
+        node: Address,
+        conn: u64,
+        tx: mpsc::UnboundedSender<Vec<u8>>,
+    },
+    Message {
+        node: Address,
+        msg: NodeMessage,
+    },
+    Disconnected {
+        node: Address,
+        conn: u64,
+    },
     Tick,
+    /// A confirmed contract event from chain sync.
+    Chain {
+        chain: ChainId,
+        event: ContractEvent,
+    },
+    /// Sync rolled the DB back (a deep reorg): the map is rebuilt from it.
+    ReloadNetwork(Network),
+    Status {
+        instance: InstanceId,
+        reply: oneshot::Sender<Option<Status>>,
+    },
+    Network {
+        reply: oneshot::Sender<Vec<(ChainId, Vec<ChannelSnapshot>)>>,
+    },
 }
 
-/// A running hub: its bound address and a way to stop it.
+/// A running hub: its bound address, control and queries, and a way to stop it.
 #[derive(Debug)]
 pub struct HubHandle {
     pub addr: SocketAddr,
+    control: HubControl,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// Feeds chain events into a running hub and queries it; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct HubControl {
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Event")
+    }
+}
+
+impl HubControl {
+    /// A confirmed contract event (from sync): map updates and RESOLVE after ejects.
+    pub fn chain_event(&self, chain: ChainId, event: ContractEvent) {
+        let _ = self.events.send(Event::Chain { chain, event });
+    }
+
+    pub fn reload_network(&self, network: Network) {
+        let _ = self.events.send(Event::ReloadNetwork(network));
+    }
+
+    /// A payment's or swap's status; `None` for an id this hub never started.
+    pub async fn status(&self, instance: InstanceId) -> Option<Status> {
+        let (reply, answer) = oneshot::channel();
+        self.events.send(Event::Status { instance, reply }).ok()?;
+        answer.await.ok().flatten()
+    }
+
+    /// The network map: every channel per chain with balances and reservations.
+    pub async fn network(&self) -> Vec<(ChainId, Vec<ChannelSnapshot>)> {
+        let (reply, answer) = oneshot::channel();
+        if self.events.send(Event::Network { reply }).is_err() {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
+    }
+}
+
 impl HubHandle {
+    pub fn control(&self) -> HubControl {
+        self.control.clone()
+    }
+
     pub fn stop(self) {
         for t in self.tasks {
             t.abort();
@@ -75,8 +154,9 @@ pub async fn serve<P: Platform + Send + 'static>(
             }
         }
     }));
+    let control = HubControl { events: events.clone() };
     tasks.push(tokio::spawn(accept_loop(listener, events, settings.quote)));
-    Ok(HubHandle { addr, tasks })
+    Ok(HubHandle { addr, control, tasks })
 }
 
 async fn accept_loop(listener: TcpListener, events: mpsc::UnboundedSender<Event>, quote: Quote) {
@@ -189,11 +269,20 @@ async fn run_executor<P: Platform>(
                             }
                             Status::InFlight => continue,
                         };
+                        // Balances first: a crash in between leaves the row in flight, and
+                        // a restarted hub finishes it again (see `Executor::resume`).
+                        // (A channel the DB does not know — a map fed by hand, as in tests —
+                        // or one closed meanwhile has no balances to keep.)
+                        for (chain, c) in &f.channels {
+                            if let Err(e) = store.set_balances(*chain, c.id, c.balance_a, c.balance_b).await {
+                                tracing::debug!(channel = ?c.id, error = %e, "balances not recorded");
+                            }
+                        }
                         store.finish_instance(f.id, status, outcome, reason, f.finished_at).await.map(|_| ())
                     }
                 };
                 if let Err(e) = r {
-                    eprintln!("hub: writing instance status failed: {e}");
+                    tracing::error!(error = %e, "writing instance status to the channel DB failed");
                 }
             }
         });
@@ -203,7 +292,7 @@ async fn run_executor<P: Platform>(
         let mut event = Some(first);
         // Drain everything already queued before flushing once: the adaptive batch window.
         while let Some(ev) = event {
-            handle(&mut exec, &mut peers, &status_tx, now, ev);
+            handle(&mut exec, &mut peers, &status_tx, &settings.metrics, now, ev);
             event = rx.try_recv().ok();
         }
         let out = exec.flush(now);
@@ -211,14 +300,22 @@ async fn run_executor<P: Platform>(
             && let Err(e) = persist_atomic(&settings.state_path, sealed)
         {
             // Sending without the state on disk could lose a decision nodes have seen.
-            eprintln!("hub: cannot persist sealed state to {}: {e}; stopping", settings.state_path.display());
+            tracing::error!(path = %settings.state_path.display(), error = %e, "cannot persist the hub enclave's sealed state; stopping");
             return;
         }
+        let metrics = &settings.metrics;
         for batch in out.batches {
             let node = batch.batch.node;
+            metrics.batch_size.observe(batch.batch.items.len() as f64);
             peers.send(node, &HubMessage::Batch(batch));
         }
         for f in out.finished {
+            match &f.status {
+                Status::Succeeded => metrics.succeeded.fetch_add(1, Relaxed),
+                _ => metrics.refunded.fetch_add(1, Relaxed),
+            };
+            metrics.latency.observe(f.finished_at.saturating_sub(f.created_at) as f64 / 1e3);
+            tracing::debug!(instance = %f.id, status = ?f.status, "instance finished");
             let _ = status_tx.send(StatusWrite::Finished(f));
         }
     }
@@ -228,19 +325,35 @@ fn handle<P: Platform>(
     exec: &mut Executor<P>,
     peers: &mut Peers,
     status_tx: &mpsc::UnboundedSender<StatusWrite>,
+    metrics: &Metrics,
     now: u64,
     ev: Event,
 ) {
     match ev {
+        Event::Chain { chain, event } => {
+            if let Err(e) = exec.on_chain_event(now, chain, &event) {
+                tracing::warn!(chain = chain.0, ?event, error = %e, "contract event not applied to the network map");
+            }
+        }
+        Event::ReloadNetwork(network) => exec.replace_network(network),
+        Event::Status { instance, reply } => drop(reply.send(exec.status(instance).cloned())),
+        Event::Network { reply } => {
+            let map = exec.network().chains().map(|(c, g)| (*c, g.channels().collect())).collect();
+            let _ = reply.send(map);
+        }
         Event::SignLink { transcript, reply } => {
             let _ = reply.send(exec.coordinator().sign_link(&transcript, LinkRole::Responder));
         }
         Event::Connected { node, conn, tx } => {
+            tracing::info!(%node, "node connected");
             peers.links.insert(node, (conn, tx));
+            metrics.connected_nodes.store(peers.links.len() as u64, Relaxed);
         }
         Event::Disconnected { node, conn } => {
             if peers.links.get(&node).is_some_and(|(c, _)| *c == conn) {
+                tracing::info!(%node, "node disconnected");
                 peers.links.remove(&node);
+                metrics.connected_nodes.store(peers.links.len() as u64, Relaxed);
             }
         }
         Event::Tick => exec.tick(now),
@@ -252,7 +365,7 @@ fn handle<P: Platform>(
                         && !registered
                         && let Err(e) = exec.coordinator_mut().register_node(&quote)
                     {
-                        eprintln!("hub: refusing node {node}: {e}");
+                        tracing::warn!(%node, error = %e, "node not admitted");
                     }
                 }
                 NodeMessage::Pay { request, .. }
@@ -277,7 +390,17 @@ fn handle<P: Platform>(
                 }
                 NodeMessage::Pay { request, order } => {
                     let started = exec.submit_payment(now, order);
-                    answer_start(exec, peers, status_tx, node, request, started, InstanceKind::MultiHop, now);
+                    answer_start(
+                        exec,
+                        peers,
+                        status_tx,
+                        metrics,
+                        node,
+                        request,
+                        started,
+                        InstanceKind::MultiHop,
+                        now,
+                    );
                 }
                 NodeMessage::Swap { request, intents } => {
                     let started = exec.submit_swap(now, intents);
@@ -285,6 +408,7 @@ fn handle<P: Platform>(
                         exec,
                         peers,
                         status_tx,
+                        metrics,
                         node,
                         request,
                         started,
@@ -307,6 +431,7 @@ fn answer_start<P: Platform>(
     exec: &Executor<P>,
     peers: &Peers,
     status_tx: &mpsc::UnboundedSender<StatusWrite>,
+    metrics: &Metrics,
     node: Address,
     request: u64,
     started: Result<InstanceId, ExecError>,
@@ -330,9 +455,15 @@ fn answer_start<P: Platform>(
                 failure_reason: None,
             };
             let _ = status_tx.send(StatusWrite::Started(row));
+            metrics.started.fetch_add(1, Relaxed);
+            tracing::debug!(instance = %id, ?kind, "instance started");
             HubMessage::Accepted { request, instance: id }
         }
-        Err(e) => HubMessage::Refused { request, reason: e.to_string() },
+        Err(e) => {
+            metrics.refused.fetch_add(1, Relaxed);
+            tracing::info!(%node, reason = %e, "request refused");
+            HubMessage::Refused { request, reason: e.to_string() }
+        }
     };
     peers.send(node, &reply);
 }

@@ -7,6 +7,7 @@
 //! it walks back through the recorded hashes to the fork point, rolls the DB back to it
 //! (derived tables are rebuilt from the remaining logs) and re-syncs from there.
 
+use teepay_chain::contract::ContractEvent;
 use teepay_chain::{Chain, ChainError};
 use teepay_store::{Store, StoreError};
 use teepay_types::{Address, ChainId};
@@ -42,7 +43,7 @@ impl SyncConfig {
 }
 
 /// What one round did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SyncReport {
     pub head: u64,
     /// The first block not yet applied after this round.
@@ -50,6 +51,8 @@ pub struct SyncReport {
     pub events: usize,
     /// Set when a reorganization was found: the DB was rolled back to this block.
     pub rolled_back_to: Option<u64>,
+    /// The contract events applied in this round, in chain order (for the live network map).
+    pub applied: Vec<ContractEvent>,
 }
 
 /// One sync round: reorg check, then apply up to `max_range` confirmed blocks.
@@ -97,6 +100,9 @@ pub async fn sync_once<C: Chain>(
         return Ok(report); // a reorg raced the fetch; the next round starts over
     }
     report.events = store.apply_logs(cfg.chain, &logs, to + 1, (to, after)).await?;
+    for log in &logs {
+        report.applied.extend(ContractEvent::decode(log)?);
+    }
     report.next_block = to + 1;
     Ok(report)
 }
@@ -114,6 +120,7 @@ pub async fn sync_to_head<C: Chain>(
         total.head = r.head;
         total.next_block = r.next_block;
         total.rolled_back_to = total.rolled_back_to.or(r.rolled_back_to);
+        total.applied.extend(r.applied);
         if r.next_block + cfg.confirmations > r.head {
             return Ok(total);
         }

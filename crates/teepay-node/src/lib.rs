@@ -6,6 +6,8 @@
 //! (fsync + atomic rename) *before* the response that caused it leaves the process — an ack
 //! must never outlive the state that produced it.
 
+pub mod onchain;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -76,6 +78,8 @@ pub struct ChannelView {
     pub peer: Address,
     pub local: Amount,
     pub remote: Amount,
+    /// Total deposits (what the closing state must pay out).
+    pub capacity: Amount,
     pub locks: usize,
     pub open: bool,
 }
@@ -163,6 +167,7 @@ impl<P: Platform> Node<P> {
                 peer: c.peer,
                 local: c.balance_local,
                 remote: c.balance_peer,
+                capacity: c.capacity,
                 locks: c.locks.len(),
                 open: c.status == teepay_enclave::ChannelStatus::Open,
             })

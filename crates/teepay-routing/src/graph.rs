@@ -57,6 +57,16 @@ pub struct ChannelInfo {
     pub fee_b: FeePolicy,
 }
 
+/// A channel as the map holds it now (for the network-map API and the hub's DB).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelSnapshot {
+    pub info: ChannelInfo,
+    /// Held by in-flight instances on A's and on B's side.
+    pub reserved_a: Amount,
+    pub reserved_b: Amount,
+    pub open: bool,
+}
+
 /// The network map of one chain.
 #[derive(Debug, Clone, Default)]
 pub struct Graph {
@@ -146,6 +156,38 @@ impl Graph {
         self.nodes[a as usize].inc.push(ba);
         self.channel_index.insert(info.id, [ab, ba]);
         Ok(())
+    }
+
+    /// A deposit seen on-chain: `party`'s side of `channel` grows by `amount`.
+    pub fn credit(&mut self, channel: ChannelId, party: Address, amount: Amount) -> Result<(), RouteError> {
+        let e = self.edge_from(channel, party)?;
+        let edge = &mut self.edges[e as usize];
+        edge.balance = edge.balance.checked_add(amount.0).ok_or(RouteError::Overflow(channel))?;
+        Ok(())
+    }
+
+    pub fn channel(&self, id: ChannelId) -> Option<ChannelSnapshot> {
+        let [ab, ba] = *self.channel_index.get(&id)?;
+        let (x, y) = (&self.edges[ab as usize], &self.edges[ba as usize]);
+        Some(ChannelSnapshot {
+            info: ChannelInfo {
+                id,
+                a: self.nodes[x.from as usize].address,
+                b: self.nodes[y.from as usize].address,
+                balance_a: Amount(x.balance),
+                balance_b: Amount(y.balance),
+                fee_a: x.fee,
+                fee_b: y.fee,
+            },
+            reserved_a: Amount(x.reserved),
+            reserved_b: Amount(y.reserved),
+            open: x.enabled,
+        })
+    }
+
+    /// Every channel, in no particular order.
+    pub fn channels(&self) -> impl Iterator<Item = ChannelSnapshot> + '_ {
+        self.channel_index.keys().filter_map(|id| self.channel(*id))
     }
 
     /// A closed channel stops carrying payments (its slots are kept; ids never repeat).

@@ -8,7 +8,7 @@
 mod graph;
 mod route;
 
-pub use graph::{ChannelInfo, DEFAULT_LATENCY_US, Graph};
+pub use graph::{ChannelInfo, ChannelSnapshot, DEFAULT_LATENCY_US, Graph};
 pub use route::{Route, RouteQuery};
 
 use std::collections::BTreeMap;
@@ -36,6 +36,8 @@ pub enum RouteError {
     NoRoute,
     #[error("channel {channel:?} can carry {available:?}, not {needed:?}")]
     InsufficientCapacity { channel: ChannelId, needed: Amount, available: Amount },
+    #[error("balance of channel {0:?} would overflow")]
+    Overflow(ChannelId),
     #[error("release of more than is reserved on channel {0:?}")]
     NotReserved(ChannelId),
 }

@@ -109,8 +109,21 @@ fn respects_direction_and_reservations() {
         g.release(ChannelId([1; 32]), addr(1), Amount(1), false),
         Err(RouteError::NotReserved(ChannelId([1; 32])))
     );
+    g.credit(ChannelId([1; 32]), addr(1), Amount(5)).unwrap();
+    assert_eq!(g.available(ChannelId([1; 32]), addr(1)).unwrap(), Amount(45), "a deposit on A's side");
+    assert_eq!(
+        g.credit(ChannelId([1; 32]), addr(1), Amount(u128::MAX)),
+        Err(RouteError::Overflow(ChannelId([1; 32])))
+    );
+    assert_eq!(
+        g.credit(ChannelId([1; 32]), addr(3), Amount(1)),
+        Err(RouteError::NotAParty(ChannelId([1; 32]), addr(3)))
+    );
+    let snap = g.channel(ChannelId([1; 32])).unwrap();
+    assert_eq!((snap.info.balance_a, snap.info.balance_b, snap.open), (Amount(45), Amount(90), true));
     g.close_channel(ChannelId([1; 32])).unwrap();
     assert_eq!(g.find_route(&query(1, 2, 1, 0)), Err(RouteError::NoRoute));
+    assert!(!g.channels().next().unwrap().open);
 }
 
 #[test]

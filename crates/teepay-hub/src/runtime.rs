@@ -1,0 +1,232 @@
+//! The whole hub wired together: channel DB, contract sync per chain, the hub enclave
+//! (restored from its sealed state or created and sealed at once), the executor service and
+//! the `/metrics` endpoint. `teepay hub` and `teepay demo` call [`start`].
+
+use crate::executor::Executor;
+use crate::metrics::Metrics;
+use crate::service::{HubControl, HubHandle, HubSettings, serve};
+use crate::sync::{SyncConfig, SyncError, sync_once, sync_to_head};
+use crate::{HubError, load_network};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use teepay_chain::AnyChain;
+use teepay_coordinator::{Coordinator, HubConfig};
+use teepay_link::host::{FilePlatform, persist_atomic};
+use teepay_store::{InstanceStatus, Store};
+use teepay_types::{Address, ChainId, Hash32, Quote, SigningKey};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    #[error("chain sync: {0}")]
+    Sync(#[from] SyncError),
+    #[error("hub enclave: {0}")]
+    Enclave(#[from] teepay_coordinator::HubError),
+    #[error("{what}: {error}")]
+    Io { what: String, error: std::io::Error },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    let what = what.into();
+    move |error| RuntimeError::Io { what, error }
+}
+
+/// One chain the hub follows.
+#[derive(Debug, Clone)]
+pub struct HubChain {
+    pub chain: AnyChain,
+    pub sync: SyncConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct HubRuntimeConfig {
+    /// Where nodes connect.
+    pub listen: SocketAddr,
+    /// The hub enclave's platform files and sealed state.
+    pub state_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`.
+    pub db_url: String,
+    pub chains: Vec<HubChain>,
+    /// Simulation mode: the attestation service's key that turns the hub enclave's report
+    /// into a quote (on TEE hardware the quote comes from the platform).
+    pub attestation_key: SigningKey,
+    pub measurement: Hash32,
+    pub allowed_node_measurements: Vec<Hash32>,
+    pub prepare_timeout: Duration,
+    pub retransmit_after: Duration,
+    pub tick: Duration,
+    pub sync_poll: Duration,
+    /// Serves Prometheus `/metrics` here when set.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// A started hub.
+#[derive(Debug)]
+pub struct RunningHub {
+    pub handle: HubHandle,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub metrics_addr: Option<SocketAddr>,
+    /// The hub enclave's address and quote.
+    pub enclave: Address,
+    pub quote: Quote,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningHub {
+    pub fn control(&self) -> HubControl {
+        self.handle.control()
+    }
+
+    /// Waits until every chain's sync has applied `block` on chain `chain`.
+    pub async fn synced(&self, chain: ChainId, block: u64) {
+        loop {
+            let done =
+                self.metrics.sync.iter().any(|(c, next, _)| {
+                    *c == chain.0 && next.load(std::sync::atomic::Ordering::Relaxed) > block
+                });
+            if done {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    pub fn stop(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+        self.handle.stop();
+    }
+}
+
+/// Starts everything; returns once the hub accepts nodes (chains synced to their head).
+pub async fn start(cfg: HubRuntimeConfig) -> Result<RunningHub, RuntimeError> {
+    std::fs::create_dir_all(&cfg.state_dir).map_err(io(format!("creating {}", cfg.state_dir.display())))?;
+    let store = Store::connect(&cfg.db_url).await.map_err(HubError::from)?;
+    let metrics = Arc::new(Metrics::new(&cfg.chains.iter().map(|c| c.sync.chain.0).collect::<Vec<_>>()));
+    for c in &cfg.chains {
+        let r = sync_to_head(&c.chain, &store, &c.sync).await?;
+        metrics.set_sync(c.sync.chain.0, r.next_block, r.head);
+        tracing::info!(chain = c.sync.chain.0, at = %c.chain.describe(), head = r.head, events = r.events, "chain synced");
+    }
+
+    let platform = FilePlatform::open(&cfg.state_dir).map_err(io("hub platform files"))?;
+    let sealed_path = cfg.state_dir.join("hub.sealed");
+    let coordinator = match std::fs::read(&sealed_path) {
+        Ok(blob) => {
+            let c = Coordinator::restore(platform, &blob)?;
+            tracing::info!(enclave = %c.address(), instances = c.inspect().instances.len(), "hub enclave restored");
+            c
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let config = HubConfig {
+                measurement: cfg.measurement,
+                attestation_authority: cfg.attestation_key.address(),
+                allowed_node_measurements: cfg.allowed_node_measurements.clone(),
+                prepare_timeout: cfg.prepare_timeout.as_millis() as u64,
+                retransmit_after: cfg.retransmit_after.as_millis() as u64,
+            };
+            let entropy = teepay_link::os_entropy().map_err(io("OS entropy"))?;
+            let mut c = Coordinator::create(platform, config, entropy)?;
+            // Sealed before any node sees the key: a restart must come back as the same hub.
+            if let Some(blob) = c.flush().sealed {
+                persist_atomic(&sealed_path, &blob)
+                    .map_err(io(format!("writing {}", sealed_path.display())))?;
+            }
+            tracing::info!(enclave = %c.address(), "hub enclave created");
+            c
+        }
+        Err(e) => return Err(io(format!("reading {}", sealed_path.display()))(e)),
+    };
+    let quote = coordinator.report(ChainId(0)).attest(&cfg.attestation_key);
+    let enclave = coordinator.address();
+
+    let network = load_network(&store).await?;
+    let mut executor = Executor::new(coordinator, network);
+    // Instances the enclave decided while the DB still lists them in flight (a crash fell in
+    // between): finish them again so their rows and balances are written.
+    for row in store.instances_with_status(InstanceStatus::InFlight).await.map_err(HubError::from)? {
+        executor.resume(row.id);
+    }
+
+    let settings = HubSettings {
+        listen: cfg.listen,
+        state_path: sealed_path,
+        quote: quote.clone(),
+        tick: cfg.tick,
+        metrics: metrics.clone(),
+    };
+    let handle = serve(executor, Some(store.clone()), settings)
+        .await
+        .map_err(io(format!("listening on {}", cfg.listen)))?;
+    let mut tasks = Vec::new();
+    for c in cfg.chains.clone() {
+        tasks.push(tokio::spawn(sync_loop(
+            c,
+            store.clone(),
+            handle.control(),
+            metrics.clone(),
+            cfg.sync_poll,
+        )));
+    }
+    let mut metrics_addr = None;
+    if let Some(addr) = cfg.metrics_listen {
+        let (bound, task) =
+            serve_metrics(addr, metrics.clone()).await.map_err(io(format!("metrics on {addr}")))?;
+        metrics_addr = Some(bound);
+        tasks.push(task);
+    }
+    tracing::info!(listen = %handle.addr, ?metrics_addr, "hub started");
+    Ok(RunningHub { handle, store, metrics, metrics_addr, enclave, quote, tasks })
+}
+
+/// Follows one chain: applied events go to the executor's map (and ejects to RESOLVE).
+async fn sync_loop(c: HubChain, store: Store, control: HubControl, metrics: Arc<Metrics>, poll: Duration) {
+    loop {
+        match sync_once(&c.chain, &store, &c.sync).await {
+            Ok(r) => {
+                metrics.set_sync(c.sync.chain.0, r.next_block, r.head);
+                if let Some(to) = r.rolled_back_to {
+                    tracing::warn!(chain = c.sync.chain.0, to, "reorganization: channel DB rolled back");
+                    match load_network(&store).await {
+                        Ok(net) => control.reload_network(net),
+                        Err(e) => tracing::error!(error = %e, "rebuilding the network map"),
+                    }
+                }
+                for event in r.applied {
+                    tracing::debug!(chain = c.sync.chain.0, ?event, "contract event");
+                    control.chain_event(c.sync.chain, event);
+                }
+                if r.next_block + c.sync.confirmations <= r.head {
+                    continue; // more backlog: no pause
+                }
+            }
+            Err(e) => tracing::warn!(chain = c.sync.chain.0, error = %e, "chain sync"),
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+async fn serve_metrics(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let m = metrics.clone();
+            async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((bound, task))
+}

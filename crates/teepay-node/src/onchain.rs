@@ -1,0 +1,233 @@
+//! The node's on-chain side (DESIGN §3): transactions the enclave builds and signs from its
+//! own address (the host supplies nonce and fees, submits, and waits), and the watcher that
+//! feeds this node's channel events from the contract into the enclave.
+//!
+//! The watcher replays from the contract's deployment block at every start instead of
+//! persisting a cursor: each event is applied idempotently (an opened channel the enclave
+//! already has is skipped; a deposit is applied only while the enclave's capacity is exactly
+//! the on-chain total before it), so a crash between the enclave's seal and any cursor
+//! write could never count a deposit twice.
+
+use crate::{NodeError, NodeHandle};
+use std::time::Duration;
+use teepay_chain::contract::{
+    ContractEvent, ContractView, RECEIPT_TIMEOUT, events, gas_params, revert_reason,
+};
+use teepay_chain::{CallRequest, Chain, ChainError, Receipt};
+use teepay_enclave::{EnclaveError, NewChannel, Request, Response};
+use teepay_types::{Address, Amount, ChainId, ChannelId, FeePolicy, GasParams, Quote};
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OnchainError {
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("chain: {0}")]
+    Chain(#[from] ChainError),
+    #[error("{what} reverted: {reason}")]
+    Reverted { what: &'static str, reason: String },
+    #[error("{0}: the transaction did not report the expected event")]
+    MissingEvent(&'static str),
+    #[error("unexpected enclave response")]
+    Unexpected,
+}
+
+/// One chain as a node uses it: where its contract is and how deep events must be buried.
+#[derive(Debug, Clone)]
+pub struct ChainLink<C> {
+    pub chain: C,
+    pub id: ChainId,
+    pub contract: Address,
+    /// The contract's deployment block: where the watcher starts.
+    pub from_block: u64,
+    pub confirmations: u64,
+}
+
+/// Gas for a close: the state (and each lock's instance) is checked on-chain; an estimate
+/// cannot be made before the enclave signs, and signing is final.
+const CLOSE_GAS: u64 = 400_000;
+
+async fn send<C: Chain>(
+    node: &NodeHandle,
+    link: &ChainLink<C>,
+    what: &'static str,
+    estimate: Option<CallRequest>,
+    build: impl FnOnce(GasParams) -> Request,
+) -> Result<Receipt, OnchainError> {
+    let mut gas = gas_params(&link.chain, node.address, estimate.as_ref()).await.map_err(|e| match e {
+        ChainError::Reverted { data } => OnchainError::Reverted { what, reason: revert_reason(&data) },
+        other => other.into(),
+    })?;
+    if estimate.is_none() {
+        gas.gas_limit = CLOSE_GAS;
+    }
+    let Response::Transaction(tx) = node.enclave(build(gas)).await? else {
+        return Err(OnchainError::Unexpected);
+    };
+    let hash = link.chain.send_raw_transaction(&tx.raw).await?;
+    let receipt = link.chain.wait_for_receipt(hash, RECEIPT_TIMEOUT).await?;
+    if !receipt.success {
+        return Err(OnchainError::Reverted { what, reason: "mined but reverted".into() });
+    }
+    Ok(receipt)
+}
+
+/// Registers this node's enclave with the contract (skipped when already registered).
+pub async fn register<C: Chain>(
+    node: &NodeHandle,
+    link: &ChainLink<C>,
+    quote: &Quote,
+) -> Result<(), OnchainError> {
+    let view = ContractView { chain: &link.chain, address: link.contract };
+    if view.enclave_measurement(node.address).await?.is_some() {
+        return Ok(());
+    }
+    let est = CallRequest {
+        from: Some(node.address),
+        to: Some(link.contract),
+        value: Amount::ZERO,
+        data: teepay_types::register_enclave_call(quote),
+    };
+    let (chain, quote) = (link.id, quote.clone());
+    send(node, link, "registerEnclave", Some(est), |gas| Request::BuildRegister { chain, quote, gas })
+        .await?;
+    Ok(())
+}
+
+/// Opens a channel to `peer` funded with `deposit` from this enclave's account.
+pub async fn open_channel<C: Chain>(
+    node: &NodeHandle,
+    link: &ChainLink<C>,
+    peer: Address,
+    deposit: Amount,
+) -> Result<ChannelId, OnchainError> {
+    let est = CallRequest {
+        from: Some(node.address),
+        to: Some(link.contract),
+        value: deposit,
+        data: teepay_types::open_channel_call(peer),
+    };
+    let chain = link.id;
+    let r = send(node, link, "openChannel", Some(est), |gas| Request::BuildOpenChannel {
+        chain,
+        peer,
+        deposit,
+        gas,
+    })
+    .await?;
+    teepay_chain::contract::opened_channel(&r).ok_or(OnchainError::MissingEvent("openChannel"))
+}
+
+/// Adds `amount` to this node's side of `channel`.
+pub async fn fund<C: Chain>(
+    node: &NodeHandle,
+    link: &ChainLink<C>,
+    channel: ChannelId,
+    amount: Amount,
+) -> Result<Receipt, OnchainError> {
+    let est = CallRequest {
+        from: Some(node.address),
+        to: Some(link.contract),
+        value: amount,
+        data: teepay_types::deposit_call(channel),
+    };
+    send(node, link, "deposit", Some(est), |gas| Request::BuildDeposit { channel, amount, gas }).await
+}
+
+/// Closes `channel` with the enclave's closing state: a cooperative close without locks, an
+/// eject when multi-hop locks are pending (the contract fixes their instances' outcome).
+pub async fn close<C: Chain>(
+    node: &NodeHandle,
+    link: &ChainLink<C>,
+    channel: ChannelId,
+) -> Result<Receipt, OnchainError> {
+    send(node, link, "closeChannel", None, |gas| Request::BuildClose { channel, gas }).await
+}
+
+/// Moves `amount` out of the enclave's account (e.g. payouts after a close).
+pub async fn withdraw<C: Chain>(
+    node: &NodeHandle,
+    link: &ChainLink<C>,
+    to: Address,
+    amount: Amount,
+) -> Result<Receipt, OnchainError> {
+    let chain = link.id;
+    let est = CallRequest { from: Some(node.address), to: Some(to), value: amount, data: Vec::new() };
+    send(node, link, "transfer", Some(est), |gas| Request::BuildTransfer { chain, to, amount, gas }).await
+}
+
+/// Applies this node's confirmed channel events in `from..` to the enclave; returns the
+/// next block to read.
+pub async fn watch_once<C: Chain>(
+    node: &NodeHandle,
+    link: &ChainLink<C>,
+    from: u64,
+) -> Result<u64, OnchainError> {
+    let head = link.chain.block_number().await?;
+    let safe = head.saturating_sub(link.confirmations);
+    if from > safe {
+        return Ok(from);
+    }
+    let me = node.address;
+    for logged in events(&link.chain, link.contract, from, safe).await? {
+        match logged.event {
+            ContractEvent::ChannelOpened { channel, a, b, deposit } if a == me || b == me => {
+                let new = NewChannel {
+                    chain: link.id,
+                    contract: link.contract,
+                    id: channel,
+                    peer: if a == me { b } else { a },
+                    local_is_a: a == me,
+                    deposit_local: if a == me { deposit } else { Amount::ZERO },
+                    deposit_peer: if a == me { Amount::ZERO } else { deposit },
+                    fee: FeePolicy::default(),
+                };
+                match node.enclave(Request::AddChannel(new)).await {
+                    Ok(_) | Err(NodeError::Enclave(EnclaveError::ChannelExists(_))) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            ContractEvent::ChannelFunded { channel, party, amount, deposit_a, deposit_b } => {
+                let Some(view) = node.channels().await?.into_iter().find(|c| c.id == channel) else {
+                    continue;
+                };
+                let total = deposit_a.0.saturating_add(deposit_b.0);
+                if view.open && view.capacity.0.checked_add(amount.0) == Some(total) {
+                    node.enclave(Request::Deposit { channel, by_local: party == me, amount }).await?;
+                }
+            }
+            ContractEvent::ChannelClosed { channel, .. } => {
+                if node.channels().await?.iter().any(|c| c.id == channel) {
+                    node.enclave(Request::ChannelSettled { channel }).await?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(safe + 1)
+}
+
+/// Runs [`watch_once`] every `poll` until the node stops; the receiver reports the next
+/// block to read (so callers can wait until the node has seen a given block).
+pub fn spawn_watcher<C: Chain + Clone + 'static>(
+    node: NodeHandle,
+    link: ChainLink<C>,
+    poll: Duration,
+) -> (tokio::task::JoinHandle<()>, watch::Receiver<u64>) {
+    let (tx, rx) = watch::channel(link.from_block);
+    let task = tokio::spawn(async move {
+        let mut next = link.from_block;
+        loop {
+            match watch_once(&node, &link, next).await {
+                Ok(n) => {
+                    next = n;
+                    let _ = tx.send(next);
+                }
+                Err(OnchainError::Node(NodeError::Stopped)) => return,
+                Err(e) => tracing::warn!(chain = link.id.0, error = %e, "channel watcher"),
+            }
+            tokio::time::sleep(poll).await;
+        }
+    });
+    (task, rx)
+}
