@@ -16,7 +16,11 @@ pub fn now_ms() -> u64 {
 /// (temp file, fsync, rename, fsync of the directory).
 pub fn persist_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let tmp = path.with_extension("tmp");
+    // `<name>.tmp`, not `with_extension`: files differing only in extension (platform.key,
+    // platform.counter) must not share a temp file.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;

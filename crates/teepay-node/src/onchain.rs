@@ -72,15 +72,15 @@ async fn send<C: Chain>(
     Ok(receipt)
 }
 
-/// Registers this node's enclave with the contract (skipped when already registered).
+/// Registers this node's enclave with the contract; `None` when it already was.
 pub async fn register<C: Chain>(
     node: &NodeHandle,
     link: &ChainLink<C>,
     quote: &Quote,
-) -> Result<(), OnchainError> {
+) -> Result<Option<Receipt>, OnchainError> {
     let view = ContractView { chain: &link.chain, address: link.contract };
     if view.enclave_measurement(node.address).await?.is_some() {
-        return Ok(());
+        return Ok(None);
     }
     let est = CallRequest {
         from: Some(node.address),
@@ -90,8 +90,8 @@ pub async fn register<C: Chain>(
     };
     let (chain, quote) = (link.id, quote.clone());
     send(node, link, "registerEnclave", Some(est), |gas| Request::BuildRegister { chain, quote, gas })
-        .await?;
-    Ok(())
+        .await
+        .map(Some)
 }
 
 /// Opens a channel to `peer` funded with `deposit` from this enclave's account.
@@ -100,7 +100,7 @@ pub async fn open_channel<C: Chain>(
     link: &ChainLink<C>,
     peer: Address,
     deposit: Amount,
-) -> Result<ChannelId, OnchainError> {
+) -> Result<(ChannelId, Receipt), OnchainError> {
     let est = CallRequest {
         from: Some(node.address),
         to: Some(link.contract),
@@ -115,7 +115,8 @@ pub async fn open_channel<C: Chain>(
         gas,
     })
     .await?;
-    teepay_chain::contract::opened_channel(&r).ok_or(OnchainError::MissingEvent("openChannel"))
+    let id = teepay_chain::contract::opened_channel(&r).ok_or(OnchainError::MissingEvent("openChannel"))?;
+    Ok((id, r))
 }
 
 /// Adds `amount` to this node's side of `channel`.
