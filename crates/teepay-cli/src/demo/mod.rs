@@ -19,7 +19,7 @@ use world::{ETHER, World, eth, wait_final};
 pub struct DemoArgs {
     /// Two JSON-RPC URLs (comma-separated) to run against real nodes such as anvil instead
     /// of two embedded chains. Their chain ids must differ; dev accounts 0–6 must be funded.
-    #[arg(long, value_delimiter = ',', num_args = 2)]
+    #[arg(long, value_delimiter = ',', value_name = "URL1,URL2")]
     chain_rpc: Option<Vec<String>>,
     /// Keep the demo's working directory (hub DB, sealed states) instead of deleting it.
     #[arg(long)]
@@ -69,6 +69,9 @@ fn step(title: &str) {
 }
 
 async fn story(args: &DemoArgs, dir: &std::path::Path) -> Result<Vec<String>> {
+    if let Some(urls) = &args.chain_rpc {
+        ensure!(urls.len() == 2, "--chain-rpc takes exactly two URLs, comma-separated (got {})", urls.len());
+    }
     step("Setting up");
     let chains = world::chains(args.chain_rpc.as_deref()).await?;
     for c in &chains {
