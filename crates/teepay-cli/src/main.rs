@@ -1,8 +1,12 @@
 //! `teepay`: the command-line interface.
 
 mod check;
+mod client;
+mod config;
+mod daemons;
 mod demo;
 mod devnet;
+mod sim;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -21,6 +25,26 @@ enum Command {
     /// Run the whole system on this machine and narrate it: two chains, a hub, six nodes,
     /// payments, swaps, a refund, an eject and closes, checked from on-chain data.
     Demo(demo::DemoArgs),
+    /// Run the hub (service provider server): node links, chain sync, routing, gRPC API.
+    Hub(daemons::HubArgs),
+    /// Run a node daemon: hosts the node enclave, links to the hub, serves the local API.
+    Node(daemons::NodeArgs),
+    /// Deploy PaymentChannels on a chain (paid by a well-known dev account).
+    Deploy(daemons::DeployArgs),
+    /// Send wei from a well-known dev account (e.g. to fund an enclave's account).
+    Faucet(daemons::FaucetArgs),
+    /// This node's enclave address, hub and chains.
+    Info(client::NodeTarget),
+    /// Pay on one chain over the shortest-time route.
+    Pay(client::PayArgs),
+    /// Status of a payment or swap.
+    Status(client::StatusArgs),
+    /// Open, fund, close or eject channels; list them.
+    Channel(client::ChannelArgs),
+    /// Propose swap intents, list the hub's board, accept one.
+    Swap(client::SwapArgs),
+    /// The hub's payment network map.
+    Network(client::HubTarget),
     /// Serve an embedded EVM chain over JSON-RPC on a loopback port (dev accounts funded).
     Devnet(devnet::DevnetArgs),
 }
@@ -39,6 +63,16 @@ fn main() -> ExitCode {
         Command::Check(args) => check::run(&args),
         Command::Devnet(args) => devnet::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Hub(args) => daemons::hub(&args),
+        Command::Node(args) => daemons::node(&args),
+        Command::Deploy(args) => daemons::deploy_cmd(&args),
+        Command::Faucet(args) => daemons::faucet(&args),
+        Command::Info(t) => client::info(&t),
+        Command::Pay(args) => client::pay(&args),
+        Command::Status(args) => client::status(&args),
+        Command::Channel(args) => client::channel(&args),
+        Command::Swap(args) => client::swap(&args),
+        Command::Network(t) => client::network(&t),
     };
     match result {
         Ok(code) => code,

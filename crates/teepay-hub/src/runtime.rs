@@ -61,6 +61,8 @@ pub struct HubRuntimeConfig {
     pub sync_poll: Duration,
     /// Serves Prometheus `/metrics` here when set.
     pub metrics_listen: Option<SocketAddr>,
+    /// Serves the gRPC client API (`teepay.v1.Hub`) here when set.
+    pub api_listen: Option<SocketAddr>,
 }
 
 /// A started hub.
@@ -70,6 +72,7 @@ pub struct RunningHub {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub metrics_addr: Option<SocketAddr>,
+    pub api_addr: Option<SocketAddr>,
     /// The hub enclave's address and quote.
     pub enclave: Address,
     pub quote: Quote,
@@ -180,8 +183,17 @@ pub async fn start(cfg: HubRuntimeConfig) -> Result<RunningHub, RuntimeError> {
         metrics_addr = Some(bound);
         tasks.push(task);
     }
-    tracing::info!(listen = %handle.addr, ?metrics_addr, "hub started");
-    Ok(RunningHub { handle, store, metrics, metrics_addr, enclave, quote, tasks })
+    let mut api_addr = None;
+    if let Some(addr) = cfg.api_listen {
+        let (bound, task) = crate::api::HubApi::new(handle.control())
+            .serve(addr)
+            .await
+            .map_err(io(format!("gRPC API on {addr}")))?;
+        api_addr = Some(bound);
+        tasks.push(task);
+    }
+    tracing::info!(listen = %handle.addr, ?metrics_addr, ?api_addr, "hub started");
+    Ok(RunningHub { handle, store, metrics, metrics_addr, api_addr, enclave, quote, tasks })
 }
 
 /// Follows one chain: applied events go to the executor's map (and ejects to RESOLVE).

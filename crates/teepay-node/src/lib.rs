@@ -6,6 +6,7 @@
 //! (fsync + atomic rename) *before* the response that caused it leaves the process — an ack
 //! must never outlive the state that produced it.
 
+pub mod api;
 pub mod onchain;
 
 use std::collections::HashMap;

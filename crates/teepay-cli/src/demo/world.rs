@@ -15,17 +15,12 @@ use teepay_link::host::{FilePlatform, persist_atomic};
 use teepay_link::wire::WireStatus;
 use teepay_node::onchain::{ChainLink, spawn_watcher};
 use teepay_node::{NodeError, NodeHandle, NodeSettings, spawn};
-use teepay_types::{Address, Amount, ChainId, Hash32, InstanceId, SigningKey};
+use teepay_types::{Address, Amount, ChainId, InstanceId};
 use tokio::sync::watch;
 
-pub const NODE_MEASUREMENT: Hash32 = [0x4e; 32];
-pub const HUB_MEASUREMENT: Hash32 = [0x48; 32];
-pub const ETHER: u128 = 1_000_000_000_000_000_000;
+use crate::sim::{HUB_MEASUREMENT, NODE_MEASUREMENT, attestation_key};
 
-/// Simulation mode's attestation service (stands in for the TEE vendor's): a fixed key.
-pub fn attestation_key() -> SigningKey {
-    SigningKey::from_entropy([0xa7; 32]).expect("valid key")
-}
+pub const ETHER: u128 = 1_000_000_000_000_000_000;
 
 pub fn eth(wei: u128) -> String {
     format!("{}.{:04}", wei / ETHER, (wei % ETHER) / (ETHER / 10_000))
@@ -122,6 +117,7 @@ pub async fn start_hub(dir: &Path, chains: &[DemoChain]) -> Result<RunningHub> {
         tick: Duration::from_millis(20),
         sync_poll: Duration::from_millis(10),
         metrics_listen: Some("127.0.0.1:0".parse()?),
+        api_listen: None,
     };
     Ok(start(cfg).await?)
 }

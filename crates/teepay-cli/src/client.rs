@@ -1,0 +1,417 @@
+//! Client commands: talk to a node's (or the hub's) gRPC API and print readable output or,
+//! with `--json`, one JSON object.
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use teepay_api::pb;
+use teepay_api::pb::hub_client::HubClient;
+use teepay_api::pb::node_client::NodeClient;
+use tonic::transport::Channel;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct NodeTarget {
+    /// The node's API.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:9710", env = "TEEPAY_NODE")]
+    node: String,
+    /// Print one JSON object instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct HubTarget {
+    /// The hub's API.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:9701", env = "TEEPAY_HUB")]
+    hub: String,
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PayArgs {
+    #[command(flatten)]
+    t: NodeTarget,
+    #[arg(long)]
+    chain: u64,
+    /// The payee's enclave address.
+    #[arg(long)]
+    to: String,
+    /// Wei (validated by the node: a positive whole number below 2^128).
+    #[arg(long, allow_hyphen_values = true)]
+    amount: String,
+    /// Most paid to intermediaries (wei).
+    #[arg(long, default_value = "0", allow_hyphen_values = true)]
+    max_fee: String,
+    /// Return once started instead of waiting for the final status.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    t: NodeTarget,
+    instance: String,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ChannelCmd {
+    /// Open a channel to PEER funded with DEPOSIT wei from this node's enclave account.
+    Open {
+        #[arg(long)]
+        chain: u64,
+        #[arg(long)]
+        peer: String,
+        #[arg(long, allow_hyphen_values = true)]
+        deposit: String,
+    },
+    /// Add AMOUNT wei to this node's side.
+    Fund {
+        #[arg(long)]
+        channel: String,
+        #[arg(long, allow_hyphen_values = true)]
+        amount: String,
+    },
+    /// Close cooperatively (no pending locks) or eject (pending multi-hop locks).
+    Close {
+        #[arg(long)]
+        channel: String,
+    },
+    /// Eject: the same transaction as close; the contract settles pending locks by their
+    /// instance's outcome.
+    Eject {
+        #[arg(long)]
+        channel: String,
+    },
+    /// This node's channels.
+    List,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ChannelArgs {
+    #[command(flatten)]
+    t: NodeTarget,
+    #[command(subcommand)]
+    cmd: ChannelCmd,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum SwapCmd {
+    /// Sign an intent (GIVE/RECEIVE as CHAIN:AMOUNT:COUNTERPARTY) and post it to the hub's board.
+    Propose {
+        #[arg(long, required = true)]
+        give: Vec<String>,
+        #[arg(long, required = true)]
+        receive: Vec<String>,
+        #[arg(long, default_value = "http://127.0.0.1:9701", env = "TEEPAY_HUB")]
+        hub: String,
+    },
+    /// Intents on the hub's board.
+    List {
+        #[arg(long, default_value = "http://127.0.0.1:9701", env = "TEEPAY_HUB")]
+        hub: String,
+    },
+    /// Accept board intent ID: sign the mirror intent and submit both as one swap.
+    Accept {
+        id: u64,
+        #[arg(long, default_value = "http://127.0.0.1:9701", env = "TEEPAY_HUB")]
+        hub: String,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SwapArgs {
+    #[command(flatten)]
+    t: NodeTarget,
+    #[command(subcommand)]
+    cmd: SwapCmd,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+async fn node(url: &str) -> Result<NodeClient<Channel>> {
+    NodeClient::connect(url.to_string()).await.with_context(|| format!("cannot reach the node API at {url}"))
+}
+
+async fn hub(url: &str) -> Result<HubClient<Channel>> {
+    HubClient::connect(url.to_string()).await.with_context(|| format!("cannot reach the hub API at {url}"))
+}
+
+/// gRPC errors as the server worded them (no transport noise).
+fn call<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Result<T> {
+    r.map(|r| r.into_inner()).map_err(|s| anyhow::anyhow!("{}", s.message()))
+}
+
+fn out(json: bool, value: Value, text: impl FnOnce() -> String) {
+    if json {
+        println!("{value}");
+    } else {
+        println!("{}", text());
+    }
+}
+
+fn status_json(s: &pb::InstanceStatus) -> Value {
+    json!({"instance": s.instance, "status": s.status, "reason": s.reason})
+}
+
+fn status_text(s: &pb::InstanceStatus) -> String {
+    match s.status.as_str() {
+        "refunded" => format!("{}: refunded — {}", s.instance, s.reason),
+        other => format!("{}: {}", s.instance, other.replace('_', " ")),
+    }
+}
+
+async fn wait_final(c: &mut NodeClient<Channel>, instance: &str) -> Result<pb::InstanceStatus> {
+    let start = Instant::now();
+    loop {
+        let s = call(c.status(pb::StatusRequest { instance: instance.into() }).await)?;
+        if s.status != "in_flight" {
+            return Ok(s);
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            return Ok(s);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub fn info(t: &NodeTarget) -> Result<ExitCode> {
+    runtime()?.block_on(async {
+        let i = call(node(&t.node).await?.info(pb::InfoRequest {}).await)?;
+        let chains: Vec<Value> = i
+            .chains
+            .iter()
+            .map(|c| json!({"chain_id": c.chain_id, "contract": c.contract, "rpc": c.rpc, "balance": c.balance, "registered": c.registered}))
+            .collect();
+        out(t.json, json!({"address": i.address, "hub": i.hub, "chains": chains}), || {
+            let mut s = format!("node {}\nhub  {}", i.address, i.hub);
+            for c in &i.chains {
+                s += &format!(
+                    "\nchain {}: contract {} via {}; account {} wei; {}",
+                    c.chain_id,
+                    c.contract,
+                    c.rpc,
+                    c.balance,
+                    if c.registered { "registered" } else { "not registered yet" }
+                );
+            }
+            s
+        });
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn pay(a: &PayArgs) -> Result<ExitCode> {
+    runtime()?.block_on(async {
+        let mut c = node(&a.t.node).await?;
+        let started = Instant::now();
+        let req = pb::PayRequest {
+            chain: a.chain,
+            payee: a.to.clone(),
+            amount: a.amount.clone(),
+            max_fee: a.max_fee.clone(),
+        };
+        let id = call(c.pay(req).await)?.instance;
+        if a.no_wait {
+            out(a.t.json, json!({"instance": id, "status": "in_flight"}), || format!("{id}: started"));
+            return Ok(ExitCode::SUCCESS);
+        }
+        let s = wait_final(&mut c, &id).await?;
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        let mut v = status_json(&s);
+        v["elapsed_ms"] = json!(ms);
+        out(a.t.json, v, || format!("{} ({ms:.1} ms)", status_text(&s)));
+        Ok(if s.status == "succeeded" { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    })
+}
+
+pub fn status(a: &StatusArgs) -> Result<ExitCode> {
+    runtime()?.block_on(async {
+        let s =
+            call(node(&a.t.node).await?.status(pb::StatusRequest { instance: a.instance.clone() }).await)?;
+        out(a.t.json, status_json(&s), || status_text(&s));
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn channel(a: &ChannelArgs) -> Result<ExitCode> {
+    runtime()?.block_on(async {
+        let mut c = node(&a.t.node).await?;
+        match &a.cmd {
+            ChannelCmd::Open { chain, peer, deposit } => {
+                let r = call(c.open_channel(pb::OpenChannelRequest { chain: *chain, peer: peer.clone(), deposit: deposit.clone() }).await)?;
+                out(a.t.json, json!({"channel": r.channel, "tx": r.tx, "block": r.block}), || {
+                    format!("channel {} opened (tx {}, block {})", r.channel, r.tx, r.block)
+                });
+            }
+            ChannelCmd::Fund { channel, amount } => {
+                let r = call(c.fund(pb::FundRequest { channel: channel.clone(), amount: amount.clone() }).await)?;
+                out(a.t.json, json!({"tx": r.tx, "block": r.block, "gas_used": r.gas_used}), || {
+                    format!("funded (tx {}, block {})", r.tx, r.block)
+                });
+            }
+            ChannelCmd::Close { channel } | ChannelCmd::Eject { channel } => {
+                let r = call(c.close(pb::CloseRequest { channel: channel.clone() }).await)?;
+                out(a.t.json, json!({"tx": r.tx, "block": r.block, "gas_used": r.gas_used}), || {
+                    format!("closed (tx {}, block {}, gas {})", r.tx, r.block, r.gas_used)
+                });
+            }
+            ChannelCmd::List => {
+                let list = call(c.channels(pb::ChannelsRequest {}).await)?.channels;
+                let v: Vec<Value> = list
+                    .iter()
+                    .map(|ch| json!({"chain": ch.chain, "id": ch.id, "peer": ch.peer, "local": ch.local, "remote": ch.remote, "locks": ch.locks, "open": ch.open}))
+                    .collect();
+                out(a.t.json, json!({"channels": v}), || {
+                    if list.is_empty() {
+                        return "no channels".into();
+                    }
+                    list.iter()
+                        .map(|ch| {
+                            format!(
+                                "chain {} {} peer {}: local {} remote {} wei{}{}",
+                                ch.chain,
+                                ch.id,
+                                ch.peer,
+                                ch.local,
+                                ch.remote,
+                                if ch.locks > 0 { format!(", {} locks", ch.locks) } else { String::new() },
+                                if ch.open { "" } else { " (closed)" }
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                });
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `CHAIN:AMOUNT:COUNTERPARTY`.
+fn transfer(s: &str) -> Result<pb::Transfer> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let [chain, amount, counterparty] = parts[..] else {
+        bail!("{s:?}: expected CHAIN:AMOUNT:COUNTERPARTY, e.g. 31337:1000000:0xabc…")
+    };
+    let chain = chain.parse().with_context(|| format!("{s:?}: chain id {chain:?} is not a number"))?;
+    Ok(pb::Transfer { chain, counterparty: counterparty.into(), amount: amount.into(), max_fee: "0".into() })
+}
+
+fn intent_text(id: u64, i: &pb::Intent) -> String {
+    let fmt = |t: &pb::Transfer| format!("{} wei on chain {} ↔ {}", t.amount, t.chain, t.counterparty);
+    format!(
+        "#{id} from {}: gives {}; receives {}",
+        i.party,
+        i.gives.iter().map(fmt).collect::<Vec<_>>().join(", "),
+        i.receives.iter().map(fmt).collect::<Vec<_>>().join(", ")
+    )
+}
+
+pub fn swap(a: &SwapArgs) -> Result<ExitCode> {
+    runtime()?.block_on(async {
+        match &a.cmd {
+            SwapCmd::Propose { give, receive, hub: h } => {
+                let gives = give.iter().map(|s| transfer(s)).collect::<Result<Vec<_>>>()?;
+                let receives = receive.iter().map(|s| transfer(s)).collect::<Result<Vec<_>>>()?;
+                let intent = call(
+                    node(&a.t.node)
+                        .await?
+                        .create_intent(pb::CreateIntentRequest { gives, receives, ttl_seconds: 0 })
+                        .await,
+                )?;
+                let id = call(hub(h).await?.post_intent(intent.clone()).await)?.id;
+                out(a.t.json, json!({"id": id, "intent": intent.encoded}), || {
+                    format!("posted {}", intent_text(id, &intent))
+                });
+                Ok(ExitCode::SUCCESS)
+            }
+            SwapCmd::List { hub: h } => {
+                let entries = call(hub(h).await?.list_intents(pb::ListIntentsRequest {}).await)?.entries;
+                let v: Vec<Value> = entries
+                    .iter()
+                    .map(|e| json!({"id": e.id, "party": e.intent.as_ref().map(|i| i.party.clone())}))
+                    .collect();
+                out(a.t.json, json!({"intents": v}), || {
+                    if entries.is_empty() {
+                        return "the board is empty".into();
+                    }
+                    entries
+                        .iter()
+                        .filter_map(|e| e.intent.as_ref().map(|i| intent_text(e.id, i)))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                });
+                Ok(ExitCode::SUCCESS)
+            }
+            SwapCmd::Accept { id, hub: h } => {
+                let entries = call(hub(h).await?.list_intents(pb::ListIntentsRequest {}).await)?.entries;
+                let theirs = entries
+                    .into_iter()
+                    .find(|e| e.id == *id)
+                    .and_then(|e| e.intent)
+                    .with_context(|| format!("no intent #{id} on the board (expired or never posted)"))?;
+                let mut c = node(&a.t.node).await?;
+                let me = call(c.info(pb::InfoRequest {}).await)?.address;
+                // The mirror: I give what they receive from me, and receive what they give me.
+                let mirror = |list: &[pb::Transfer]| -> Vec<pb::Transfer> {
+                    list.iter()
+                        .filter(|t| t.counterparty.eq_ignore_ascii_case(&me))
+                        .map(|t| pb::Transfer { counterparty: theirs.party.clone(), ..t.clone() })
+                        .collect()
+                };
+                let (gives, receives) = (mirror(&theirs.receives), mirror(&theirs.gives));
+                if gives.is_empty() && receives.is_empty() {
+                    bail!("intent #{id} does not name this node ({me}) as a counterparty");
+                }
+                let mine =
+                    call(c.create_intent(pb::CreateIntentRequest { gives, receives, ttl_seconds: 0 }).await)?;
+                let started = Instant::now();
+                let instance = call(
+                    c.submit_swap(pb::SubmitSwapRequest { intents: vec![theirs.encoded, mine.encoded] })
+                        .await,
+                )?
+                .instance;
+                let s = wait_final(&mut c, &instance).await?;
+                let ms = started.elapsed().as_secs_f64() * 1e3;
+                out(a.t.json, status_json(&s), || format!("swap {} ({ms:.1} ms)", status_text(&s)));
+                Ok(if s.status == "succeeded" { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            }
+        }
+    })
+}
+
+pub fn network(t: &HubTarget) -> Result<ExitCode> {
+    runtime()?.block_on(async {
+        let map = call(hub(&t.hub).await?.network(pb::NetworkRequest {}).await)?.channels;
+        let v: Vec<Value> = map
+            .iter()
+            .map(|c| json!({"chain": c.chain, "id": c.id, "a": c.a, "b": c.b, "balance_a": c.balance_a, "balance_b": c.balance_b, "reserved_a": c.reserved_a, "reserved_b": c.reserved_b, "open": c.open}))
+            .collect();
+        out(t.json, json!({"channels": v}), || {
+            if map.is_empty() {
+                return "no channels yet".into();
+            }
+            map.iter()
+                .map(|c| {
+                    format!(
+                        "chain {} {}: {} ({} wei) ⇄ {} ({} wei){}",
+                        c.chain,
+                        c.id,
+                        c.a,
+                        c.balance_a,
+                        c.b,
+                        c.balance_b,
+                        if c.open { "" } else { " closed" }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        });
+        Ok(ExitCode::SUCCESS)
+    })
+}

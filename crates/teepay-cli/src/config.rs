@@ -1,0 +1,79 @@
+//! TOML configuration of `teepay hub` and `teepay node` (flags override file values).
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainConfig {
+    /// `http://…` JSON-RPC URL of an EVM node.
+    pub rpc: String,
+    /// The `PaymentChannels` address (from `teepay deploy`).
+    pub contract: String,
+    /// The contract's deployment block (sync starts there).
+    #[serde(default)]
+    pub from_block: u64,
+    /// Blocks an event must be buried under before it is used.
+    #[serde(default)]
+    pub confirmations: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    #[serde(default = "default_hub_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_hub_api")]
+    pub api: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+    #[serde(default = "default_hub_dir")]
+    pub state_dir: PathBuf,
+    /// `sqlite://path` (default: `<state_dir>/hub.db`) or `postgres://…`.
+    pub db: Option<String>,
+    pub attestation_key: Option<String>,
+    #[serde(default = "default_prepare_timeout")]
+    pub prepare_timeout_ms: u64,
+    #[serde(default)]
+    pub chains: Vec<ChainConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The hub's node port.
+    #[serde(default = "default_hub_listen")]
+    pub hub: SocketAddr,
+    #[serde(default = "default_node_api")]
+    pub api: SocketAddr,
+    #[serde(default = "default_node_dir")]
+    pub state_dir: PathBuf,
+    pub attestation_key: Option<String>,
+    #[serde(default)]
+    pub chains: Vec<ChainConfig>,
+}
+
+fn default_hub_listen() -> SocketAddr {
+    "127.0.0.1:9700".parse().expect("valid")
+}
+fn default_hub_api() -> SocketAddr {
+    "127.0.0.1:9701".parse().expect("valid")
+}
+fn default_node_api() -> SocketAddr {
+    "127.0.0.1:9710".parse().expect("valid")
+}
+fn default_hub_dir() -> PathBuf {
+    "teepay-hub".into()
+}
+fn default_node_dir() -> PathBuf {
+    "teepay-node".into()
+}
+fn default_prepare_timeout() -> u64 {
+    3_000
+}
+
+pub fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<T> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("{} is not a valid config", path.display()))
+}

@@ -1,0 +1,291 @@
+//! `teepay hub`, `teepay node`, `teepay deploy` and `teepay faucet`: the long-running
+//! services and the chain setup a person runs by hand (see README).
+
+use crate::config::{self, ChainConfig};
+use crate::sim;
+use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use teepay_chain::contract::{deploy, send_from_key};
+use teepay_chain::{AnyChain, Chain};
+use teepay_enclave::{NodeConfig as EnclaveConfig, NodeEnclave, Request, Response};
+use teepay_hub::runtime::{HubChain, HubRuntimeConfig};
+use teepay_hub::sync::SyncConfig;
+use teepay_link::host::{FilePlatform, persist_atomic};
+use teepay_node::api::NodeApi;
+use teepay_node::onchain::{ChainLink, register, spawn_watcher};
+use teepay_node::{NodeSettings, spawn};
+use teepay_types::{Address, Amount, ChainId};
+
+#[derive(clap::Args, Debug)]
+pub struct HubArgs {
+    /// TOML config (see README); flags below override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Database URL: sqlite://PATH or postgres://…
+    #[arg(long)]
+    db: Option<String>,
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    #[arg(long)]
+    api: Option<std::net::SocketAddr>,
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct NodeArgs {
+    #[arg(long, short)]
+    config: PathBuf,
+    #[arg(long)]
+    api: Option<std::net::SocketAddr>,
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DeployArgs {
+    /// JSON-RPC URL of the chain.
+    #[arg(long)]
+    rpc: String,
+    /// Which well-known dev account pays (anvil's accounts 0–9).
+    #[arg(long, default_value_t = 0)]
+    dev_account: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct FaucetArgs {
+    #[arg(long)]
+    rpc: String,
+    #[arg(long)]
+    to: String,
+    /// Wei.
+    #[arg(long)]
+    amount: String,
+    #[arg(long, default_value_t = 9)]
+    dev_account: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+async fn connect(c: &ChainConfig) -> Result<(AnyChain, ChainId, Address)> {
+    let chain = AnyChain::from_spec(&c.rpc, ChainId(0))?;
+    let id = chain.chain_id().await.with_context(|| format!("chain at {}", c.rpc))?;
+    let contract = Address::from_hex(&c.contract)
+        .with_context(|| format!("contract {:?} is not a 20-byte hex address", c.contract))?;
+    Ok((chain, id, contract))
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+pub fn hub(args: &HubArgs) -> Result<ExitCode> {
+    let mut cfg: config::HubConfig = match &args.config {
+        Some(p) => config::load(p)?,
+        None => toml::from_str("")?,
+    };
+    if let Some(v) = &args.db {
+        cfg.db = Some(v.clone());
+    }
+    cfg.listen = args.listen.unwrap_or(cfg.listen);
+    cfg.api = args.api.unwrap_or(cfg.api);
+    cfg.metrics = args.metrics.or(cfg.metrics);
+    if let Some(d) = &args.state_dir {
+        cfg.state_dir = d.clone();
+    }
+    if cfg.chains.is_empty() {
+        bail!("no chains configured: add [[chains]] entries (rpc, contract, from_block) to the config");
+    }
+    runtime()?.block_on(async {
+        let mut chains = Vec::new();
+        for c in &cfg.chains {
+            let (chain, id, contract) = connect(c).await?;
+            chains.push(HubChain {
+                chain,
+                sync: SyncConfig {
+                    confirmations: c.confirmations,
+                    ..SyncConfig::new(id, contract, c.from_block)
+                },
+            });
+        }
+        let key = sim::attestation_key_from(
+            cfg.attestation_key.as_deref().unwrap_or(sim::DEFAULT_ATTESTATION_KEY),
+        )?;
+        let db =
+            cfg.db.clone().unwrap_or_else(|| format!("sqlite://{}", cfg.state_dir.join("hub.db").display()));
+        let running = teepay_hub::runtime::start(HubRuntimeConfig {
+            listen: cfg.listen,
+            state_dir: cfg.state_dir.clone(),
+            db_url: db,
+            chains,
+            attestation_key: key,
+            measurement: sim::HUB_MEASUREMENT,
+            allowed_node_measurements: vec![sim::NODE_MEASUREMENT],
+            prepare_timeout: Duration::from_millis(cfg.prepare_timeout_ms),
+            retransmit_after: Duration::from_millis(200),
+            tick: Duration::from_millis(20),
+            sync_poll: Duration::from_millis(100),
+            metrics_listen: cfg.metrics,
+            api_listen: Some(cfg.api),
+        })
+        .await?;
+        println!(
+            "hub {} listening for nodes on {}, API on {}{}",
+            running.enclave,
+            running.handle.addr,
+            running.api_addr.map(|a| a.to_string()).unwrap_or_default(),
+            running.metrics_addr.map(|a| format!(", metrics on http://{a}/metrics")).unwrap_or_default()
+        );
+        shutdown_signal().await;
+        println!("hub stopping");
+        running.stop();
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn node(args: &NodeArgs) -> Result<ExitCode> {
+    let mut cfg: config::NodeConfig = config::load(&args.config)?;
+    cfg.api = args.api.unwrap_or(cfg.api);
+    if let Some(d) = &args.state_dir {
+        cfg.state_dir = d.clone();
+    }
+    runtime()?.block_on(async {
+        let key = sim::attestation_key_from(
+            cfg.attestation_key.as_deref().unwrap_or(sim::DEFAULT_ATTESTATION_KEY),
+        )?;
+        let mut links = Vec::new();
+        for c in &cfg.chains {
+            let (chain, id, contract) = connect(c).await?;
+            links.push(ChainLink {
+                chain,
+                id,
+                contract,
+                from_block: c.from_block,
+                confirmations: c.confirmations,
+            });
+        }
+        std::fs::create_dir_all(&cfg.state_dir)?;
+        let platform = FilePlatform::open(&cfg.state_dir)?;
+        let sealed = cfg.state_dir.join("sealed");
+        let mut enclave = match std::fs::read(&sealed) {
+            Ok(blob) => NodeEnclave::restore(platform, &blob).context("restoring the node enclave")?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let config = EnclaveConfig {
+                    measurement: sim::NODE_MEASUREMENT,
+                    attestation_authority: key.address(),
+                    allowed_hub_measurements: vec![sim::HUB_MEASUREMENT],
+                    contracts: links.iter().map(|l| (l.id, l.contract)).collect(),
+                    max_tx_fee: Amount(10u128.pow(16)),
+                };
+                let (e, blob) = NodeEnclave::create(platform, config, teepay_link::os_entropy()?)?;
+                persist_atomic(&sealed, &blob)?;
+                e
+            }
+            Err(e) => return Err(e).context(format!("reading {}", sealed.display())),
+        };
+        let mut report = |chain| match enclave.handle(0, Request::Report { chain }) {
+            Ok(out) => match out.response {
+                Response::Report(r) => Ok(r.attest(&key)),
+                _ => bail!("unexpected enclave response"),
+            },
+            Err(e) => Err(e.into()),
+        };
+        let hub_quote = report(ChainId(0))?;
+        let quotes = links.iter().map(|l| Ok((l.id, report(l.id)?))).collect::<Result<Vec<_>>>()?;
+        let settings = NodeSettings {
+            hub: cfg.hub,
+            state_path: sealed,
+            quote: hub_quote,
+            reconnect_after: Duration::from_millis(500),
+            order_ttl: Duration::from_secs(60),
+        };
+        let (handle, _daemon) = spawn(enclave, settings);
+        for l in &links {
+            spawn_watcher(handle.clone(), l.clone(), Duration::from_millis(100));
+            // Registration needs gas from the enclave's own account: retried in the
+            // background until the account is funded (`teepay info` shows the state).
+            let quote = quotes.iter().find(|(c, _)| *c == l.id).expect("one per link").1.clone();
+            let (handle, l) = (handle.clone(), l.clone());
+            tokio::spawn(async move {
+                loop {
+                    let funded = l.chain.balance(handle.address).await.map(|b| b.0 > 0).unwrap_or(false);
+                    if funded {
+                        match register(&handle, &l, &quote).await {
+                            Ok(Some(_)) => {
+                                tracing::info!(chain = l.id.0, "enclave registered on-chain");
+                                return;
+                            }
+                            Ok(None) => return,
+                            Err(e) => tracing::warn!(chain = l.id.0, error = %e, "registering the enclave"),
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            });
+        }
+        let api = NodeApi { node: handle.clone(), links, hub: cfg.hub.to_string(), quotes };
+        let (bound, _) = api.serve(cfg.api).await.with_context(|| format!("API on {}", cfg.api))?;
+        println!("node {} connected to hub {}, API on {bound}", handle.address, cfg.hub);
+        shutdown_signal().await;
+        println!("node stopping");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn deploy_cmd(args: &DeployArgs) -> Result<ExitCode> {
+    runtime()?.block_on(async {
+        let chain = AnyChain::from_spec(&args.rpc, ChainId(0))?;
+        let d = deploy(
+            &chain,
+            &teepay_chain::dev::dev_key(args.dev_account),
+            sim::attestation_key().address(),
+            &[sim::NODE_MEASUREMENT],
+        )
+        .await
+        .with_context(|| format!("deploying to {}", args.rpc))?;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({"chain_id": d.chain.0, "contract": d.address.to_string(), "block": d.block, "gas_used": d.gas_used})
+            );
+        } else {
+            println!("PaymentChannels deployed on chain {} at {} (block {}, gas {})", d.chain.0, d.address, d.block, d.gas_used);
+            println!("config:\n[[chains]]\nrpc = \"{}\"\ncontract = \"{}\"\nfrom_block = {}", args.rpc, d.address, d.block);
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn faucet(args: &FaucetArgs) -> Result<ExitCode> {
+    let to = Address::from_hex(&args.to)
+        .with_context(|| format!("--to {:?} is not a 20-byte hex address", args.to))?;
+    let amount: u128 = args
+        .amount
+        .parse()
+        .with_context(|| format!("--amount {:?} is not a whole number of wei", args.amount))?;
+    runtime()?.block_on(async {
+        let chain = AnyChain::from_spec(&args.rpc, ChainId(0))?;
+        let r = send_from_key(&chain, &teepay_chain::dev::dev_key(args.dev_account), Some(to), Amount(amount), vec![])
+            .await?;
+        if args.json {
+            println!("{}", serde_json::json!({"to": to.to_string(), "amount": amount.to_string(), "block": r.block_number}));
+        } else {
+            println!("sent {amount} wei to {to} in block {}", r.block_number);
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,450 @@
+//! End to end with every party a separate OS process: two anvil chains, `teepay hub`, three
+//! `teepay node` daemons, and the `teepay` CLI as the user — exactly what README's "by hand"
+//! section does. Multi-hop payment, swap via the intent board, refund on a dead node,
+//! `kill -9` of a node and of the hub mid-payment (restart; every instance resolves and
+//! every channel's two parties agree), bad client requests, and `/metrics`.
+//! Runs on SQLite, and on PostgreSQL too (`TEEPAY_PG_URL`, or one started by
+//! `scripts/postgres`).
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_teepay");
+const ETH: u128 = 1_000_000_000_000_000_000;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A child process killed (SIGKILL) and reaped on drop, also on panic.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns and returns the first stdout line starting with `prefix` (the rest is drained).
+fn spawn_until(cmd: &mut Command, prefix: &str) -> (Proc, String) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut found = None;
+    for line in lines.by_ref() {
+        let line = line.expect("output");
+        if line.starts_with(prefix) {
+            found = Some(line);
+            break;
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    let line = found.unwrap_or_else(|| panic!("process exited before printing {prefix:?}"));
+    (Proc(child), line)
+}
+
+fn anvil(chain_id: u64) -> (Proc, String) {
+    let bin = root().join("node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
+    assert!(bin.exists(), "anvil is not installed at {}: run `npm ci`", bin.display());
+    let (p, line) = spawn_until(
+        Command::new(bin).args(["--host", "127.0.0.1", "--port", "0", "--chain-id", &chain_id.to_string()]),
+        "Listening on ",
+    );
+    (p, format!("http://{}", line.trim_start_matches("Listening on ").trim()))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Runs the CLI; Ok(json) on exit 0, Err(stderr) otherwise.
+fn cli(args: &[&str]) -> Result<Value, String> {
+    let out = Command::new(BIN).args(args).arg("--json").output().expect("run teepay");
+    if out.status.success() {
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(serde_json::from_str(text.lines().last().unwrap_or("null")).unwrap_or(Value::Null))
+    } else {
+        Err(format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout)))
+    }
+}
+
+fn ok(args: &[&str]) -> Value {
+    cli(args).unwrap_or_else(|e| panic!("teepay {args:?} failed: {e}"))
+}
+
+struct Net {
+    dir: PathBuf,
+    chains: Vec<(String, u64, String, u64)>, // rpc, id, contract, block
+    hub_port: u16,
+    hub_api: String,
+    metrics_port: u16,
+    db: String,
+}
+
+impl Net {
+    fn chains_toml(&self) -> String {
+        self.chains
+            .iter()
+            .map(|(rpc, _, contract, block)| {
+                format!("[[chains]]\nrpc = \"{rpc}\"\ncontract = \"{contract}\"\nfrom_block = {block}\n")
+            })
+            .collect()
+    }
+
+    fn start_hub(&self) -> Proc {
+        let cfg = self.dir.join("hub.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen = \"127.0.0.1:{}\"\napi = \"{}\"\nmetrics = \"127.0.0.1:{}\"\nstate_dir = \"{}\"\ndb = \"{}\"\nprepare_timeout_ms = 1500\n{}",
+                self.hub_port,
+                self.hub_api.trim_start_matches("http://"),
+                self.metrics_port,
+                self.dir.join("hub").display(),
+                self.db,
+                self.chains_toml()
+            ),
+        )
+        .unwrap();
+        spawn_until(Command::new(BIN).args(["hub", "--config"]).arg(&cfg), "hub ").0
+    }
+
+    /// Starts (or restarts) node `name`; returns the process, its API URL and address.
+    fn start_node(&self, name: &str, api_port: u16) -> (Proc, String, String) {
+        let cfg = self.dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "hub = \"127.0.0.1:{}\"\napi = \"127.0.0.1:{api_port}\"\nstate_dir = \"{}\"\n{}",
+                self.hub_port,
+                self.dir.join(name).display(),
+                self.chains_toml()
+            ),
+        )
+        .unwrap();
+        let (p, line) = spawn_until(Command::new(BIN).args(["node", "--config"]).arg(&cfg), "node ");
+        let address = line.split_whitespace().nth(1).unwrap().to_string();
+        (p, format!("http://127.0.0.1:{api_port}"), address)
+    }
+}
+
+struct Node {
+    proc: Option<Proc>,
+    api: String,
+    address: String,
+    port: u16,
+    name: &'static str,
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every channel's two parties agree on its balances and no locks remain.
+fn assert_consistent(nodes: &[Node]) {
+    let mut views = std::collections::BTreeMap::new();
+    for n in nodes {
+        let list = ok(&["channel", "list", "--node", &n.api]);
+        for c in list["channels"].as_array().unwrap() {
+            assert_eq!(c["locks"], 0, "{}: locks left on {}", n.name, c["id"]);
+            views
+                .entry(c["id"].as_str().unwrap().to_string())
+                .or_insert_with(Vec::new)
+                .push((c["local"].as_str().unwrap().to_string(), c["remote"].as_str().unwrap().to_string()));
+        }
+    }
+    for (id, v) in views {
+        assert_eq!(v.len(), 2, "channel {id} known to both parties");
+        assert_eq!((&v[0].0, &v[0].1), (&v[1].1, &v[1].0), "parties of {id} disagree");
+    }
+}
+
+fn status(node: &Node, id: &str) -> Value {
+    ok(&["status", id, "--node", &node.api])
+}
+
+fn wait_final(node: &Node, id: &str) -> String {
+    let mut last = String::new();
+    wait_until(&format!("instance {id} to finish"), Duration::from_secs(30), || {
+        match cli(&["status", id, "--node", &node.api]) {
+            Ok(v) => {
+                last = v["status"].as_str().unwrap_or("").to_string();
+                last == "succeeded" || last == "refunded"
+            }
+            Err(_) => false, // node (re)connecting
+        }
+    });
+    last
+}
+
+fn scenario(db_for: impl FnOnce(&Path) -> String, tag: &str) {
+    let dir = std::env::temp_dir().join(format!("teepay-e2e-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_a1, rpc1) = anvil(31337);
+    let (_a2, rpc2) = anvil(31338);
+    let mut chains = Vec::new();
+    for (rpc, id) in [(rpc1.clone(), 31337u64), (rpc2.clone(), 31338)] {
+        let d = ok(&["deploy", "--rpc", &rpc]);
+        chains.push((rpc, id, d["contract"].as_str().unwrap().to_string(), d["block"].as_u64().unwrap()));
+    }
+    let net = Net {
+        db: db_for(&dir),
+        dir: dir.clone(),
+        chains,
+        hub_port: free_port(),
+        hub_api: format!("http://127.0.0.1:{}", free_port()),
+        metrics_port: free_port(),
+    };
+    let mut hub = Some(net.start_hub());
+    let mut nodes: Vec<Node> = ["u1", "mid", "u2"]
+        .into_iter()
+        .map(|name| {
+            let port = free_port();
+            let (p, api, address) = net.start_node(name, port);
+            Node { proc: Some(p), api, address, port, name }
+        })
+        .collect();
+    for n in &nodes {
+        for (rpc, ..) in &net.chains {
+            ok(&["faucet", "--rpc", rpc, "--to", &n.address, "--amount", &(5 * ETH).to_string()]);
+        }
+    }
+    wait_until("every enclave to register itself on both chains", Duration::from_secs(30), || {
+        nodes.iter().all(|n| {
+            ok(&["info", "--node", &n.api])["chains"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["registered"] == true)
+        })
+    });
+    // Chain A: u1 → mid → u2; chain B: u2 → mid → u1. Each side funded with 1 ETH.
+    let deposit = ETH.to_string();
+    let mut opened = 0;
+    for (chain, (x, y)) in [("31337", (0, 1)), ("31337", (1, 2)), ("31338", (2, 1)), ("31338", (1, 0))] {
+        let r = ok(&[
+            "channel",
+            "open",
+            "--chain",
+            chain,
+            "--peer",
+            &nodes[y].address,
+            "--deposit",
+            &deposit,
+            "--node",
+            &nodes[x].api,
+        ]);
+        let id = r["channel"].as_str().unwrap().to_string();
+        wait_until("the peer's watcher to see the channel", Duration::from_secs(20), || {
+            ok(&["channel", "list", "--node", &nodes[y].api])["channels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["id"] == id.as_str())
+        });
+        ok(&["channel", "fund", "--channel", &id, "--amount", &deposit, "--node", &nodes[y].api]);
+        opened += 1;
+    }
+    wait_until("the hub to sync every funded channel", Duration::from_secs(20), || {
+        let map = ok(&["network", "--hub", &net.hub_api]);
+        let chans = map["channels"].as_array().unwrap();
+        chans.len() == opened && chans.iter().all(|c| c["balance_b"] == deposit.as_str())
+    });
+
+    // Multi-hop payment.
+    let amount = (ETH / 10).to_string();
+    let r = ok(&[
+        "pay",
+        "--chain",
+        "31337",
+        "--to",
+        &nodes[2].address,
+        "--amount",
+        &amount,
+        "--node",
+        &nodes[0].api,
+    ]);
+    assert_eq!(r["status"], "succeeded", "{r}");
+
+    // Swap through the hub's intent board: u1 gives on chain A, u2 gives on chain B.
+    let give = format!("31337:{}:{}", ETH / 20, nodes[2].address);
+    let receive = format!("31338:{}:{}", ETH / 25, nodes[2].address);
+    let posted = ok(&[
+        "swap",
+        "propose",
+        "--give",
+        &give,
+        "--receive",
+        &receive,
+        "--hub",
+        &net.hub_api,
+        "--node",
+        &nodes[0].api,
+    ]);
+    let id = posted["id"].as_u64().unwrap().to_string();
+    let r = ok(&["swap", "accept", &id, "--hub", &net.hub_api, "--node", &nodes[2].api]);
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_consistent(&nodes);
+
+    // Bad client requests: clear errors, nothing started.
+    let u1 = nodes[0].api.clone();
+    let to = nodes[2].address.clone();
+    let bad = |args: &[&str], expect: &str| {
+        let e = cli(args).expect_err("must fail");
+        assert!(e.contains(expect), "{args:?}: {e}");
+    };
+    bad(
+        &["pay", "--chain", "31337", "--to", &to, "--amount", "0", "--node", &u1],
+        "amount: must be positive",
+    );
+    bad(
+        &["pay", "--chain", "31337", "--to", &to, "--amount", "-5", "--node", &u1],
+        "amount: must be positive",
+    );
+    bad(
+        &[
+            "pay",
+            "--chain",
+            "31337",
+            "--to",
+            &to,
+            "--amount",
+            "999999999999999999999999999999999999999999",
+            "--node",
+            &u1,
+        ],
+        "larger than 2^128",
+    );
+    bad(
+        &["pay", "--chain", "31337", "--to", "0x1234", "--amount", "5", "--node", &u1],
+        "payee: not a 20-byte hex address",
+    );
+    bad(
+        &[
+            "pay",
+            "--chain",
+            "31337",
+            "--to",
+            "0x00000000000000000000000000000000000000aa",
+            "--amount",
+            "5",
+            "--node",
+            &u1,
+        ],
+        "is not in the network map",
+    );
+    bad(
+        &["pay", "--chain", "31337", "--to", &to, "--amount", &(50 * ETH).to_string(), "--node", &u1],
+        "no route",
+    );
+    bad(&["pay", "--chain", "5", "--to", &to, "--amount", "5", "--node", &u1], "not configured for chain 5");
+    bad(&["status", "0x12", "--node", &u1], "instance: not a 32-byte hex id");
+    bad(
+        &["channel", "close", "--channel", &format!("0x{}", "11".repeat(32)), "--node", &u1],
+        "not one of this node's channels",
+    );
+
+    // Refund: the intermediary is dead (kill -9) while a payment needs it.
+    nodes[1].proc = None;
+    let r = cli(&["pay", "--chain", "31337", "--to", &to, "--amount", &amount, "--node", &u1])
+        .expect_err("refunded");
+    assert!(r.contains("refunded") && r.contains("did not answer"), "{r}");
+    let (p, api, _) = net.start_node("mid", nodes[1].port);
+    (nodes[1].proc, nodes[1].api) = (Some(p), api);
+
+    // kill -9 of the payee right after a payment starts; it restarts from its sealed state.
+    let started =
+        ok(&["pay", "--chain", "31337", "--to", &to, "--amount", &amount, "--no-wait", "--node", &u1]);
+    let id = started["instance"].as_str().unwrap().to_string();
+    nodes[2].proc = None;
+    std::thread::sleep(Duration::from_millis(100));
+    let (p, api, _) = net.start_node("u2", nodes[2].port);
+    (nodes[2].proc, nodes[2].api) = (Some(p), api);
+    let final1 = wait_final(&nodes[0], &id);
+    wait_until("locks to clear after the node restart", Duration::from_secs(20), || {
+        std::panic::catch_unwind(|| assert_consistent(&nodes)).is_ok()
+    });
+
+    // kill -9 of the hub right after a payment starts; restart: the instance resolves.
+    let started =
+        ok(&["pay", "--chain", "31337", "--to", &to, "--amount", &amount, "--no-wait", "--node", &u1]);
+    let id2 = started["instance"].as_str().unwrap().to_string();
+    hub = None;
+    drop(hub);
+    std::thread::sleep(Duration::from_millis(200));
+    let _hub = net.start_hub();
+    let final2 = wait_final(&nodes[0], &id2);
+    wait_until("locks to clear after the hub restart", Duration::from_secs(20), || {
+        std::panic::catch_unwind(|| assert_consistent(&nodes)).is_ok()
+    });
+    eprintln!("after kill -9 of the payee: {final1}; after kill -9 of the hub: {final2}");
+    assert_eq!(status(&nodes[0], &id)["status"], final1.as_str(), "status survives the hub restart");
+
+    // Metrics.
+    let metrics = http_get(net.metrics_port, "/metrics");
+    assert!(metrics.contains("teepay_instances_started_total"), "{metrics}");
+    assert!(metrics.contains("teepay_sync_height{chain=\"31337\"}"), "{metrics}");
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn processes_on_sqlite() {
+    scenario(|dir| format!("sqlite://{}", dir.join("hub.db").display()), "sqlite");
+}
+
+#[test]
+fn processes_on_postgres() {
+    let (guard, url) = match std::env::var("TEEPAY_PG_URL") {
+        Ok(url) => (None, url),
+        Err(_) => {
+            let script = root().join("scripts/postgres");
+            let dir = std::env::temp_dir().join(format!("teepay-e2e-pg-{}", std::process::id()));
+            let out = Command::new(&script).arg("start").arg(&dir).output().expect("run scripts/postgres");
+            let url = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .find_map(|l| l.strip_prefix("Listening on ").map(str::to_string))
+                .unwrap_or_else(|| {
+                    panic!("could not start PostgreSQL: {}", String::from_utf8_lossy(&out.stderr))
+                });
+            (Some((script, dir)), url)
+        }
+    };
+    let db = format!("teepay_e2e_{}", std::process::id());
+    let psql = |sql: &str| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+            let _ = sqlx::query(sqlx::AssertSqlSafe(sql.to_string())).execute(&mut c).await;
+        });
+    };
+    psql(&format!("DROP DATABASE IF EXISTS {db}"));
+    psql(&format!("CREATE DATABASE {db}"));
+    let base = url.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap();
+    let result = std::panic::catch_unwind(|| scenario(|_| format!("{base}/{db}"), "pg"));
+    if let Some((script, dir)) = guard {
+        let _ = Command::new(script).arg("stop").arg(&dir).output();
+    }
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}

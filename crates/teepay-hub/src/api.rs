@@ -1,0 +1,123 @@
+//! The hub's gRPC API (`teepay.v1.Hub`): the network map, payment/swap statuses, and an
+//! intent board where swap parties find each other (intents are enclave-signed, so the
+//! board only stores and lists them; the hub refuses unmatched sets when they are submitted).
+
+use crate::executor::Status as ExecStatus;
+use crate::service::HubControl;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use teepay_api::pb::hub_server::{Hub, HubServer};
+use teepay_api::pb::{self};
+use teepay_api::{intent_pb, parse_instance, parse_intent};
+use teepay_link::host::now_ms;
+use teepay_types::{Order, SignedOrder};
+use tonic::{Request, Response, Status};
+
+/// Most intents the board keeps at once (expired ones are dropped first).
+pub const BOARD_CAPACITY: usize = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct HubApi {
+    control: HubControl,
+    board: Arc<Mutex<Board>>,
+}
+
+#[derive(Debug, Default)]
+struct Board {
+    next: u64,
+    entries: Vec<(u64, SignedOrder)>,
+}
+
+impl Board {
+    fn prune(&mut self, now: u64) {
+        self.entries.retain(|(_, o)| matches!(&o.order, Order::Swap(i) if i.expires_at > now));
+    }
+}
+
+impl HubApi {
+    pub fn new(control: HubControl) -> Self {
+        HubApi { control, board: Arc::default() }
+    }
+
+    pub async fn serve(self, addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let task = tokio::spawn(async move {
+            let r = tonic::transport::Server::builder()
+                .add_service(HubServer::new(self))
+                .serve_with_incoming(incoming)
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "hub API server stopped");
+            }
+        });
+        Ok((bound, task))
+    }
+}
+
+#[tonic::async_trait]
+impl Hub for HubApi {
+    async fn network(&self, _: Request<pb::NetworkRequest>) -> Result<Response<pb::NetworkMap>, Status> {
+        let mut channels = Vec::new();
+        for (chain, list) in self.control.network().await {
+            for c in list {
+                channels.push(pb::MapChannel {
+                    chain: chain.0,
+                    id: c.info.id.to_string(),
+                    a: c.info.a.to_string(),
+                    b: c.info.b.to_string(),
+                    balance_a: c.info.balance_a.0.to_string(),
+                    balance_b: c.info.balance_b.0.to_string(),
+                    reserved_a: c.reserved_a.0.to_string(),
+                    reserved_b: c.reserved_b.0.to_string(),
+                    open: c.open,
+                });
+            }
+        }
+        channels.sort_by(|x, y| (x.chain, &x.id).cmp(&(y.chain, &y.id)));
+        Ok(Response::new(pb::NetworkMap { channels }))
+    }
+
+    async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::InstanceStatus>, Status> {
+        let id = parse_instance("instance", &req.into_inner().instance)?;
+        let (status, reason) = match self.control.status(id).await {
+            None => ("unknown", String::new()),
+            Some(ExecStatus::InFlight) => ("in_flight", String::new()),
+            Some(ExecStatus::Succeeded) => ("succeeded", String::new()),
+            Some(ExecStatus::Refunded(r)) => ("refunded", r),
+        };
+        Ok(Response::new(pb::InstanceStatus { instance: id.to_string(), status: status.into(), reason }))
+    }
+
+    async fn post_intent(&self, req: Request<pb::Intent>) -> Result<Response<pb::PostedIntent>, Status> {
+        let order = parse_intent("encoded", &req.into_inner().encoded)?;
+        let now = now_ms();
+        if matches!(&order.order, Order::Swap(i) if i.expires_at <= now) {
+            return Err(Status::invalid_argument("encoded: the intent has expired"));
+        }
+        let mut board = self.board.lock().expect("board lock");
+        board.prune(now);
+        if board.entries.iter().any(|(_, o)| *o == order) {
+            return Err(Status::already_exists("this intent is already on the board"));
+        }
+        if board.entries.len() >= BOARD_CAPACITY {
+            return Err(Status::resource_exhausted("the intent board is full"));
+        }
+        board.next += 1;
+        let id = board.next;
+        board.entries.push((id, order));
+        Ok(Response::new(pb::PostedIntent { id }))
+    }
+
+    async fn list_intents(
+        &self,
+        _: Request<pb::ListIntentsRequest>,
+    ) -> Result<Response<pb::IntentList>, Status> {
+        let mut board = self.board.lock().expect("board lock");
+        board.prune(now_ms());
+        let entries =
+            board.entries.iter().map(|(id, o)| pb::BoardEntry { id: *id, intent: intent_pb(o) }).collect();
+        Ok(Response::new(pb::IntentList { entries }))
+    }
+}
