@@ -181,7 +181,8 @@ pub fn node(args: &NodeArgs) -> Result<ExitCode> {
         std::fs::create_dir_all(&cfg.state_dir)?;
         let platform = FilePlatform::open(&cfg.state_dir)?;
         let sealed = cfg.state_dir.join("sealed");
-        let mut enclave = match std::fs::read(&sealed) {
+        let latest = platform.latest_sealed().map(<[u8]>::to_vec).map(Ok);
+        let mut enclave = match latest.unwrap_or_else(|| std::fs::read(&sealed)) {
             Ok(blob) => NodeEnclave::restore(platform, &blob).context("restoring the node enclave")?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let config = EnclaveConfig {

@@ -204,7 +204,7 @@ fn scenario(db_for: impl FnOnce(&Path) -> String, tag: &str) {
         hub_api: format!("http://127.0.0.1:{}", free_port()),
         metrics_port: free_port(),
     };
-    let mut hub = Some(net.start_hub());
+    let hub = net.start_hub();
     let mut nodes: Vec<Node> = ["u1", "mid", "u2"]
         .into_iter()
         .map(|name| {
@@ -378,8 +378,7 @@ fn scenario(db_for: impl FnOnce(&Path) -> String, tag: &str) {
     let started =
         ok(&["pay", "--chain", "31337", "--to", &to, "--amount", &amount, "--no-wait", "--node", &u1]);
     let id2 = started["instance"].as_str().unwrap().to_string();
-    hub = None;
-    drop(hub);
+    drop(hub); // SIGKILL
     std::thread::sleep(Duration::from_millis(200));
     let _hub = net.start_hub();
     let final2 = wait_final(&nodes[0], &id2);
@@ -417,7 +416,8 @@ fn processes_on_postgres() {
         Ok(url) => (None, url),
         Err(_) => {
             let script = root().join("scripts/postgres");
-            let dir = std::env::temp_dir().join(format!("teepay-e2e-pg-{}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("teepay-e2e-postgres-cluster-{}", std::process::id()));
             let out = Command::new(&script).arg("start").arg(&dir).output().expect("run scripts/postgres");
             let url = String::from_utf8_lossy(&out.stdout)
                 .lines()

@@ -119,7 +119,9 @@ pub async fn start(cfg: HubRuntimeConfig) -> Result<RunningHub, RuntimeError> {
 
     let platform = FilePlatform::open(&cfg.state_dir).map_err(io("hub platform files"))?;
     let sealed_path = cfg.state_dir.join("hub.sealed");
-    let coordinator = match std::fs::read(&sealed_path) {
+    // The platform keeps the blob sealed under its counter; `hub.sealed` is the host's copy.
+    let latest = platform.latest_sealed().map(<[u8]>::to_vec).map(Ok);
+    let coordinator = match latest.unwrap_or_else(|| std::fs::read(&sealed_path)) {
         Ok(blob) => {
             let c = Coordinator::restore(platform, &blob)?;
             tracing::info!(enclave = %c.address(), instances = c.inspect().instances.len(), "hub enclave restored");

@@ -32,13 +32,16 @@ pub fn persist_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Simulation-mode platform services backed by files: the sealing key (created once from OS
-/// entropy) and the monotonic counter, which is written durably on every increment as TEE
-/// hardware would keep it. A host that restores an older sealed blob finds it stale.
+/// entropy) and the monotonic counter, kept as TEE hardware would keep it. The counter file
+/// also holds the blob sealed under it, written in one atomic step: a process killed between
+/// "counter incremented" and "sealed state written" would otherwise find its only blob stale.
+/// A host that restores an older sealed blob still finds it stale.
 #[derive(Debug, Clone)]
 pub struct FilePlatform {
     sealing_key: [u8; 32],
     counter: u64,
     counter_path: std::path::PathBuf,
+    latest: Option<Vec<u8>>,
 }
 
 impl FilePlatform {
@@ -58,16 +61,21 @@ impl FilePlatform {
             Err(e) => return Err(e),
         };
         let counter_path = dir.join("platform.counter");
-        let counter = match std::fs::read(&counter_path) {
-            Ok(bytes) => u64::from_le_bytes(
-                bytes
-                    .try_into()
-                    .map_err(|_| std::io::Error::other(format!("{} is corrupt", counter_path.display())))?,
-            ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        let (counter, latest) = match std::fs::read(&counter_path) {
+            Ok(bytes) if bytes.len() >= 8 => {
+                let counter = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+                (counter, (bytes.len() > 8).then(|| bytes[8..].to_vec()))
+            }
+            Ok(_) => return Err(std::io::Error::other(format!("{} is corrupt", counter_path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, None),
             Err(e) => return Err(e),
         };
-        Ok(FilePlatform { sealing_key, counter, counter_path })
+        Ok(FilePlatform { sealing_key, counter, counter_path, latest })
+    }
+
+    /// The blob sealed under the current counter (the state to restore), if any.
+    pub fn latest_sealed(&self) -> Option<&[u8]> {
+        self.latest.as_deref()
     }
 }
 
@@ -79,10 +87,43 @@ impl teepay_types::Platform for FilePlatform {
         self.counter
     }
     fn increment_counter(&mut self) -> u64 {
-        // Hardware that cannot keep its counter stops the enclave rather than risk rollback.
-        persist_atomic(&self.counter_path, &(self.counter + 1).to_le_bytes())
-            .unwrap_or_else(|e| panic!("monotonic counter {}: {e}", self.counter_path.display()));
+        // Durable only together with its blob, in `record_sealed`.
         self.counter += 1;
         self.counter
+    }
+    fn record_sealed(&mut self, blob: &[u8]) {
+        let mut bytes = self.counter.to_le_bytes().to_vec();
+        bytes.extend_from_slice(blob);
+        // Hardware that cannot keep its counter stops the enclave rather than risk rollback.
+        persist_atomic(&self.counter_path, &bytes)
+            .unwrap_or_else(|e| panic!("monotonic counter {}: {e}", self.counter_path.display()));
+        self.latest = Some(blob.to_vec());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use teepay_types::{Platform, seal, unseal};
+
+    #[test]
+    fn a_crash_between_increment_and_write_leaves_the_last_blob_valid() {
+        let dir = std::env::temp_dir().join(format!("teepay-platform-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut p = FilePlatform::open(&dir).unwrap();
+        let first = seal(&mut p, b"d", b"one");
+        // "Crash" inside the next seal: the counter moved in memory, nothing was written.
+        p.increment_counter();
+        drop(p);
+        let p = FilePlatform::open(&dir).unwrap();
+        assert_eq!(p.latest_sealed(), Some(first.as_slice()));
+        assert_eq!(unseal(&p, b"d", &first).unwrap(), b"one");
+        // A completed seal makes the earlier blob stale across a restart (no rollback).
+        let mut p = p;
+        let second = seal(&mut p, b"d", b"two");
+        let p = FilePlatform::open(&dir).unwrap();
+        assert_eq!(p.latest_sealed(), Some(second.as_slice()));
+        assert!(unseal(&p, b"d", &first).is_err(), "rollback refused");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

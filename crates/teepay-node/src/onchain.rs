@@ -197,10 +197,10 @@ pub async fn watch_once<C: Chain>(
                     node.enclave(Request::Deposit { channel, by_local: party == me, amount }).await?;
                 }
             }
-            ContractEvent::ChannelClosed { channel, .. } => {
-                if node.channels().await?.iter().any(|c| c.id == channel) {
-                    node.enclave(Request::ChannelSettled { channel }).await?;
-                }
+            ContractEvent::ChannelClosed { channel, .. }
+                if node.channels().await?.iter().any(|c| c.id == channel) =>
+            {
+                node.enclave(Request::ChannelSettled { channel }).await?;
             }
             _ => {}
         }

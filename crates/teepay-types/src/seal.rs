@@ -14,6 +14,11 @@ pub trait Platform {
     fn counter(&self) -> u64;
     /// Increments the counter and returns the new value.
     fn increment_counter(&mut self) -> u64;
+    /// Called with the blob sealed under the counter just incremented. A platform that keeps
+    /// the counter in storage writes both together, so a crash can never leave a counter
+    /// without the blob that matches it (which would brick the enclave: every older blob is
+    /// stale by design).
+    fn record_sealed(&mut self, _blob: &[u8]) {}
 }
 
 /// The simulated platform: a sealing key plus a counter that the harness keeps across
@@ -83,7 +88,9 @@ pub fn seal<P: Platform>(platform: &mut P, domain: &[u8], plaintext: &[u8]) -> V
     let ciphertext = cipher
         .encrypt(&nonce(counter), Payload { msg: plaintext, aad: &aad(domain, counter) })
         .expect("ChaCha20Poly1305 encryption of an in-memory buffer cannot fail");
-    borsh::to_vec(&Envelope { counter, ciphertext }).expect("writing to a Vec never fails")
+    let blob = borsh::to_vec(&Envelope { counter, ciphertext }).expect("writing to a Vec never fails");
+    platform.record_sealed(&blob);
+    blob
 }
 
 /// Opens a blob, refusing anything but the latest one sealed on this platform.

@@ -203,8 +203,12 @@ impl World {
     /// Restarts a stopped node from its persisted sealed state.
     pub async fn restart_node(&mut self, i: usize) -> Result<()> {
         let dir = self.nodes[i].dir.clone();
-        let blob = std::fs::read(dir.join("sealed"))?;
-        let enclave = NodeEnclave::restore(FilePlatform::open(&dir)?, &blob)?;
+        let platform = FilePlatform::open(&dir)?;
+        let blob = match platform.latest_sealed() {
+            Some(b) => b.to_vec(),
+            None => std::fs::read(dir.join("sealed"))?,
+        };
+        let enclave = NodeEnclave::restore(platform, &blob)?;
         let (handle, daemon) = self.spawn_daemon(&dir, enclave)?;
         self.nodes[i].handle = handle;
         self.nodes[i].daemon = Some(daemon);
