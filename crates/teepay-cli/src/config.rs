@@ -34,6 +34,9 @@ pub struct HubConfig {
     pub attestation_key: Option<String>,
     #[serde(default = "default_prepare_timeout")]
     pub prepare_timeout_ms: u64,
+    /// Extra time to collect round messages before each flush (0: adaptive batching only).
+    #[serde(default)]
+    pub batch_window_us: u64,
     #[serde(default)]
     pub chains: Vec<ChainConfig>,
 }

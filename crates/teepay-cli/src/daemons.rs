@@ -138,6 +138,7 @@ pub fn hub(args: &HubArgs) -> Result<ExitCode> {
             prepare_timeout: Duration::from_millis(cfg.prepare_timeout_ms),
             retransmit_after: Duration::from_millis(200),
             tick: Duration::from_millis(20),
+            batch_window: Duration::from_micros(cfg.batch_window_us),
             sync_poll: Duration::from_millis(100),
             metrics_listen: cfg.metrics,
             api_listen: Some(cfg.api),

@@ -58,6 +58,8 @@ pub struct HubRuntimeConfig {
     pub prepare_timeout: Duration,
     pub retransmit_after: Duration,
     pub tick: Duration,
+    /// See [`HubSettings::batch_window`].
+    pub batch_window: Duration,
     pub sync_poll: Duration,
     /// Serves Prometheus `/metrics` here when set.
     pub metrics_listen: Option<SocketAddr>,
@@ -163,6 +165,7 @@ pub async fn start(cfg: HubRuntimeConfig) -> Result<RunningHub, RuntimeError> {
         state_path: sealed_path,
         quote: quote.clone(),
         tick: cfg.tick,
+        batch_window: cfg.batch_window,
         metrics: metrics.clone(),
     };
     let handle = serve(executor, Some(store.clone()), settings)

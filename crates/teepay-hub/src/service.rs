@@ -36,6 +36,9 @@ pub struct HubSettings {
     pub quote: Quote,
     /// How often timeouts and retransmissions are checked.
     pub tick: Duration,
+    /// Extra time to collect round messages before each flush (zero: adaptive only — drain
+    /// what is queued, then flush).
+    pub batch_window: Duration,
     pub metrics: Arc<Metrics>,
 }
 
@@ -222,6 +225,24 @@ async fn connection(
 
 struct Peers {
     links: HashMap<Address, (u64, mpsc::UnboundedSender<Vec<u8>>)>,
+    /// When the oldest unanswered batch went to each node: its ack gives the node's
+    /// response time, which the router minimizes (DESIGN §8).
+    awaiting: HashMap<Address, std::time::Instant>,
+    /// Smoothed response time per node (µs).
+    latency: HashMap<Address, u32>,
+}
+
+impl Peers {
+    /// An ack arrived: fold its response time into the node's estimate (EWMA, 1/8).
+    fn measure(&mut self, node: Address) -> Option<u32> {
+        let sample = self.awaiting.remove(&node)?.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        let estimate = match self.latency.get(&node) {
+            Some(old) => ((*old as u64 * 7 + sample as u64) / 8) as u32,
+            None => sample,
+        };
+        self.latency.insert(node, estimate);
+        Some(estimate)
+    }
 }
 
 impl Peers {
@@ -252,7 +273,7 @@ async fn run_executor<P: Platform>(
     settings: HubSettings,
     mut rx: mpsc::UnboundedReceiver<Event>,
 ) {
-    let mut peers = Peers { links: HashMap::new() };
+    let mut peers = Peers { links: HashMap::new(), awaiting: HashMap::new(), latency: HashMap::new() };
     // Status rows are written by their own task, in order, so DB latency never holds up
     // the rounds.
     let (status_tx, mut status_rx) = mpsc::unbounded_channel::<StatusWrite>();
@@ -295,6 +316,13 @@ async fn run_executor<P: Platform>(
             handle(&mut exec, &mut peers, &status_tx, &settings.metrics, now, ev);
             event = rx.try_recv().ok();
         }
+        // An optional fixed window on top: trade latency for larger batches.
+        if !settings.batch_window.is_zero() {
+            let deadline = tokio::time::Instant::now() + settings.batch_window;
+            while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+                handle(&mut exec, &mut peers, &status_tx, &settings.metrics, now, ev);
+            }
+        }
         let out = exec.flush(now);
         if let Some(sealed) = &out.sealed
             && let Err(e) = persist_atomic(&settings.state_path, sealed)
@@ -307,6 +335,7 @@ async fn run_executor<P: Platform>(
         for batch in out.batches {
             let node = batch.batch.node;
             metrics.batch_size.observe(batch.batch.items.len() as f64);
+            peers.awaiting.entry(node).or_insert_with(std::time::Instant::now);
             peers.send(node, &HubMessage::Batch(batch));
         }
         for f in out.finished {
@@ -353,6 +382,7 @@ fn handle<P: Platform>(
             if peers.links.get(&node).is_some_and(|(c, _)| *c == conn) {
                 tracing::info!(%node, "node disconnected");
                 peers.links.remove(&node);
+                peers.awaiting.remove(&node);
                 metrics.connected_nodes.store(peers.links.len() as u64, Relaxed);
             }
         }
@@ -381,8 +411,10 @@ fn handle<P: Platform>(
                     // Acks and refund requests of unadmitted peers are ignored.
                 }
                 NodeMessage::Ack(ack) => {
-                    if ack.ack.node == node {
-                        let _ = exec.on_ack(now, &ack);
+                    if ack.ack.node == node && exec.on_ack(now, &ack).is_ok() {
+                        if let Some(us) = peers.measure(node) {
+                            exec.network_mut().set_latency(node, us);
+                        }
                     }
                 }
                 NodeMessage::Refund(req) => {

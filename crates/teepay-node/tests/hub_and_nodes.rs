@@ -112,6 +112,7 @@ async fn setup(name: &str, n: usize) -> Setup {
         state_path: dir.join("hub.sealed"),
         quote: hub_quote,
         tick: Duration::from_millis(20),
+        batch_window: Duration::ZERO,
         metrics: std::sync::Arc::new(teepay_hub::metrics::Metrics::new(&[C1.0])),
     };
     let handle = serve(Executor::new(hub, network), Some(store.clone()), settings_hub).await.unwrap();

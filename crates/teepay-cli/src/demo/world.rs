@@ -115,6 +115,7 @@ pub async fn start_hub(dir: &Path, chains: &[DemoChain]) -> Result<RunningHub> {
         prepare_timeout: Duration::from_secs(2),
         retransmit_after: Duration::from_millis(200),
         tick: Duration::from_millis(20),
+        batch_window: Duration::ZERO,
         sync_poll: Duration::from_millis(10),
         metrics_listen: Some("127.0.0.1:0".parse()?),
         api_listen: None,
