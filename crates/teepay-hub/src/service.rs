@@ -499,3 +499,25 @@ fn answer_start<P: Platform>(
     };
     peers.send(node, &reply);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_times_are_measured_from_the_oldest_unanswered_batch_and_smoothed() {
+        let mut peers = Peers { links: HashMap::new(), awaiting: HashMap::new(), latency: HashMap::new() };
+        let node = Address([7; 20]);
+        assert_eq!(peers.measure(node), None, "an ack without a batch in flight measures nothing");
+        let sent = std::time::Instant::now() - Duration::from_millis(8);
+        peers.awaiting.insert(node, sent);
+        let first = peers.measure(node).unwrap();
+        assert!((8_000..1_000_000).contains(&first), "{first}");
+        peers.awaiting.insert(node, std::time::Instant::now());
+        let second = peers.measure(node).unwrap();
+        assert!(
+            second < first && second >= first * 7 / 8 - 1,
+            "EWMA moves 1/8 towards a fast sample: {first} → {second}"
+        );
+    }
+}
