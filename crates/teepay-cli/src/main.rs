@@ -1,5 +1,6 @@
 //! `teepay`: the command-line interface.
 
+mod bench;
 mod check;
 mod client;
 mod config;
@@ -45,6 +46,8 @@ enum Command {
     Swap(client::SwapArgs),
     /// The hub's payment network map.
     Network(client::HubTarget),
+    /// Measure end-to-end throughput and latency beside the protocol's in-memory limit.
+    Bench(bench::BenchArgs),
     /// Serve an embedded EVM chain over JSON-RPC on a loopback port (dev accounts funded).
     Devnet(devnet::DevnetArgs),
 }
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check::run(&args),
         Command::Devnet(args) => devnet::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Bench(args) => bench::run(&args),
         Command::Hub(args) => daemons::hub(&args),
         Command::Node(args) => daemons::node(&args),
         Command::Deploy(args) => daemons::deploy_cmd(&args),

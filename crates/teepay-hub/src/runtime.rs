@@ -167,6 +167,7 @@ pub async fn start(cfg: HubRuntimeConfig) -> Result<RunningHub, RuntimeError> {
         tick: cfg.tick,
         batch_window: cfg.batch_window,
         metrics: metrics.clone(),
+        finished: None,
     };
     let handle = serve(executor, Some(store.clone()), settings)
         .await

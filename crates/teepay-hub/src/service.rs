@@ -40,6 +40,8 @@ pub struct HubSettings {
     /// what is queued, then flush).
     pub batch_window: Duration,
     pub metrics: Arc<Metrics>,
+    /// Receives every instance that reached its final status (benchmarks, embedders).
+    pub finished: Option<mpsc::UnboundedSender<Finished>>,
 }
 
 enum Event {
@@ -345,6 +347,9 @@ async fn run_executor<P: Platform>(
             };
             metrics.latency.observe(f.finished_at.saturating_sub(f.created_at) as f64 / 1e3);
             tracing::debug!(instance = %f.id, status = ?f.status, "instance finished");
+            if let Some(tx) = &settings.finished {
+                let _ = tx.send(f.clone());
+            }
             let _ = status_tx.send(StatusWrite::Finished(f));
         }
     }

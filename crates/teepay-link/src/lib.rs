@@ -47,10 +47,15 @@ pub enum LinkError {
     Signer(String),
 }
 
+/// Bytes written to every link of this process (frames with their length prefix): what
+/// benchmarks report as bytes on the wire.
+pub static BYTES_SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> Result<(), LinkError> {
     if payload.len() > MAX_FRAME {
         return Err(LinkError::FrameTooLarge(payload.len()));
     }
+    BYTES_SENT.fetch_add(4 + payload.len() as u64, std::sync::atomic::Ordering::Relaxed);
     let mut buf = Vec::with_capacity(4 + payload.len());
     buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     buf.extend_from_slice(payload);

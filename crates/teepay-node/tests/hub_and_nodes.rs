@@ -114,6 +114,7 @@ async fn setup(name: &str, n: usize) -> Setup {
         tick: Duration::from_millis(20),
         batch_window: Duration::ZERO,
         metrics: std::sync::Arc::new(teepay_hub::metrics::Metrics::new(&[C1.0])),
+        finished: None,
     };
     let handle = serve(Executor::new(hub, network), Some(store.clone()), settings_hub).await.unwrap();
     let hub_addr = handle.addr;

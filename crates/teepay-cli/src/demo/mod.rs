@@ -13,6 +13,7 @@ use teepay_enclave::{Request, Response};
 use teepay_link::wire::WireStatus;
 use teepay_node::onchain::{close, fund, open_channel};
 use teepay_types::{Address, Amount, ChainId, ChannelId, InstanceId, SignedOrder, Transfer};
+pub use world::wait_ready;
 use world::{ETHER, World, eth, wait_final};
 
 #[derive(clap::Args, Debug)]
