@@ -416,10 +416,11 @@ fn handle<P: Platform>(
                     // Acks and refund requests of unadmitted peers are ignored.
                 }
                 NodeMessage::Ack(ack) => {
-                    if ack.ack.node == node && exec.on_ack(now, &ack).is_ok() {
-                        if let Some(us) = peers.measure(node) {
-                            exec.network_mut().set_latency(node, us);
-                        }
+                    if ack.ack.node == node
+                        && exec.on_ack(now, &ack).is_ok()
+                        && let Some(us) = peers.measure(node)
+                    {
+                        exec.network_mut().set_latency(node, us);
                     }
                 }
                 NodeMessage::Refund(req) => {
