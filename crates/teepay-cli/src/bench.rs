@@ -168,7 +168,7 @@ fn fund<P: Platform>(enclaves: &mut [NodeEnclave<P>], topo: &Topology) -> Result
 fn pair(topo: &Topology, k: usize) -> (usize, usize) {
     let i = k % topo.left.len();
     let j = (k / topo.left.len() + k) % topo.right.len();
-    if k % 2 == 0 { (topo.left[i], topo.right[j]) } else { (topo.right[j], topo.left[i]) }
+    if k.is_multiple_of(2) { (topo.left[i], topo.right[j]) } else { (topo.right[j], topo.left[i]) }
 }
 
 /// The protocol's own limit: executor + enclaves, no sockets, no disk.
@@ -367,11 +367,13 @@ async fn sockets(topo: &Topology, payments: usize, concurrency: usize) -> Result
     let deadline = Duration::from_secs(120);
     tokio::time::timeout(deadline, async {
         loop {
-            let r = run.lock().expect("lock");
-            if r.succeeded + r.refunded >= payments {
+            let finished = {
+                let r = run.lock().expect("lock");
+                r.succeeded + r.refunded
+            };
+            if finished >= payments {
                 return;
             }
-            drop(r);
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     })
