@@ -44,6 +44,9 @@ pub struct BenchArgs {
     /// Payments in flight at once (a closed loop: a new one starts when one finishes).
     #[arg(long, default_value_t = 2_000)]
     concurrency: usize,
+    /// Skip the sockets run (profiling the protocol alone).
+    #[arg(long)]
+    in_memory_only: bool,
     #[arg(long)]
     json: bool,
 }
@@ -438,6 +441,10 @@ pub fn run(args: &BenchArgs) -> Result<std::process::ExitCode> {
         println!("in-memory limit: {} payments, {} in flight…", args.payments, args.concurrency);
     }
     let mut mem = in_memory(&topo, args.payments, args.concurrency)?;
+    if args.in_memory_only {
+        println!("{}", json!({"scenario": "two-hubs", "in_memory": mem.summary()}));
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     if !args.json {
         println!(
             "sockets (hub + {} node daemons, loopback TCP, fsync): {} payments…",
