@@ -182,10 +182,11 @@ pub fn node(args: &NodeArgs) -> Result<ExitCode> {
         std::fs::create_dir_all(&cfg.state_dir)?;
         let platform = FilePlatform::open(&cfg.state_dir)?;
         let sealed = cfg.state_dir.join("sealed");
-        let latest = platform.latest_sealed().map(<[u8]>::to_vec).map(Ok);
-        let mut enclave = match latest.unwrap_or_else(|| std::fs::read(&sealed)) {
-            Ok(blob) => NodeEnclave::restore(platform, &blob).context("restoring the node enclave")?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let restorable =
+            platform.restorable(&sealed).with_context(|| format!("reading {}", sealed.display()))?;
+        let mut enclave = match restorable {
+            Some(blob) => NodeEnclave::restore(platform, &blob).context("restoring the node enclave")?,
+            None => {
                 let config = EnclaveConfig {
                     measurement: sim::NODE_MEASUREMENT,
                     attestation_authority: key.address(),
@@ -197,7 +198,6 @@ pub fn node(args: &NodeArgs) -> Result<ExitCode> {
                 persist_atomic(&sealed, &blob)?;
                 e
             }
-            Err(e) => return Err(e).context(format!("reading {}", sealed.display())),
         };
         let mut report = |chain| match enclave.handle(0, Request::Report { chain }) {
             Ok(out) => match out.response {

@@ -122,14 +122,15 @@ pub async fn start(cfg: HubRuntimeConfig) -> Result<RunningHub, RuntimeError> {
     let platform = FilePlatform::open(&cfg.state_dir).map_err(io("hub platform files"))?;
     let sealed_path = cfg.state_dir.join("hub.sealed");
     // The platform keeps the blob sealed under its counter; `hub.sealed` is the host's copy.
-    let latest = platform.latest_sealed().map(<[u8]>::to_vec).map(Ok);
-    let coordinator = match latest.unwrap_or_else(|| std::fs::read(&sealed_path)) {
-        Ok(blob) => {
+    let restorable =
+        platform.restorable(&sealed_path).map_err(io(format!("reading {}", sealed_path.display())))?;
+    let coordinator = match restorable {
+        Some(blob) => {
             let c = Coordinator::restore(platform, &blob)?;
             tracing::info!(enclave = %c.address(), instances = c.inspect().instances.len(), "hub enclave restored");
             c
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        None => {
             let config = HubConfig {
                 measurement: cfg.measurement,
                 attestation_authority: cfg.attestation_key.address(),
@@ -147,7 +148,6 @@ pub async fn start(cfg: HubRuntimeConfig) -> Result<RunningHub, RuntimeError> {
             tracing::info!(enclave = %c.address(), "hub enclave created");
             c
         }
-        Err(e) => return Err(io(format!("reading {}", sealed_path.display()))(e)),
     };
     let quote = coordinator.report(ChainId(0)).attest(&cfg.attestation_key);
     let enclave = coordinator.address();

@@ -326,7 +326,9 @@ async fn run_executor<P: Platform>(
             }
         }
         let out = exec.flush(now);
+        // (A platform that stores the blob with its counter has made it durable already.)
         if let Some(sealed) = &out.sealed
+            && !exec.coordinator().platform().persists_sealed()
             && let Err(e) = persist_atomic(&settings.state_path, sealed)
         {
             // Sending without the state on disk could lose a decision nodes have seen.

@@ -77,6 +77,19 @@ impl FilePlatform {
     pub fn latest_sealed(&self) -> Option<&[u8]> {
         self.latest.as_deref()
     }
+
+    /// The state to restore: the platform's blob, else the host's copy at `host_copy`
+    /// (`None` for a fresh enclave).
+    pub fn restorable(&self, host_copy: &Path) -> std::io::Result<Option<Vec<u8>>> {
+        if let Some(b) = self.latest_sealed() {
+            return Ok(Some(b.to_vec()));
+        }
+        match std::fs::read(host_copy) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 impl teepay_types::Platform for FilePlatform {
@@ -98,6 +111,9 @@ impl teepay_types::Platform for FilePlatform {
         persist_atomic(&self.counter_path, &bytes)
             .unwrap_or_else(|e| panic!("monotonic counter {}: {e}", self.counter_path.display()));
         self.latest = Some(blob.to_vec());
+    }
+    fn persists_sealed(&self) -> bool {
+        true
     }
 }
 

@@ -150,7 +150,10 @@ impl<P: Platform> Node<P> {
     /// Runs an enclave request and persists its sealed state before returning.
     fn call(&mut self, request: Request) -> Result<Response, NodeError> {
         let out = self.enclave.handle(now_ms(), request)?;
-        if let Some(blob) = out.sealed {
+        // A platform that stores the blob with its counter has made it durable already.
+        if let Some(blob) = out.sealed
+            && !self.enclave.platform().persists_sealed()
+        {
             persist_atomic(&self.settings.state_path, &blob)
                 .map_err(|e| NodeError::Storage(e.to_string()))?;
         }

@@ -226,8 +226,8 @@ async fn a_silent_node_means_a_refund_and_a_restarted_node_resumes() {
     }
 
     // Restart the payee from its persisted sealed state: it reconnects and is paid again.
-    let blob = std::fs::read(s.dir.join("node2/sealed")).unwrap();
     let platform = FilePlatform::open(&s.dir.join("node2")).unwrap();
+    let blob = platform.restorable(&s.dir.join("node2/sealed")).unwrap().expect("sealed state");
     let mut enclave = NodeEnclave::restore(platform, &blob).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(balance_of(&enclave, s.channels[1]), 105, "the restored enclave kept its first payment");
     let Response::Report(report) = enclave.handle(0, Request::Report { chain: ChainId(0) }).unwrap().response

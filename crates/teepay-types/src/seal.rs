@@ -19,6 +19,11 @@ pub trait Platform {
     /// without the blob that matches it (which would brick the enclave: every older blob is
     /// stale by design).
     fn record_sealed(&mut self, _blob: &[u8]) {}
+    /// True when `record_sealed` already stores each blob durably, so the host need not
+    /// write its own copy before releasing the outputs.
+    fn persists_sealed(&self) -> bool {
+        false
+    }
 }
 
 /// The simulated platform: a sealing key plus a counter that the harness keeps across

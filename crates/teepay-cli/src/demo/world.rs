@@ -205,10 +205,7 @@ impl World {
     pub async fn restart_node(&mut self, i: usize) -> Result<()> {
         let dir = self.nodes[i].dir.clone();
         let platform = FilePlatform::open(&dir)?;
-        let blob = match platform.latest_sealed() {
-            Some(b) => b.to_vec(),
-            None => std::fs::read(dir.join("sealed"))?,
-        };
+        let blob = platform.restorable(&dir.join("sealed"))?.context("no sealed state to restart from")?;
         let enclave = NodeEnclave::restore(platform, &blob)?;
         let (handle, daemon) = self.spawn_daemon(&dir, enclave)?;
         self.nodes[i].handle = handle;
