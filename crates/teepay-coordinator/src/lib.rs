@@ -347,6 +347,20 @@ impl<P: Platform> Coordinator<P> {
         }
     }
 
+    /// Forgets complete instances whose deadline has passed: nothing is left to send for
+    /// them, and nodes refuse a replayed PREPARE after the deadline anyway. Keeps the
+    /// sealed state proportional to the instances in flight rather than to history (the host
+    /// keeps statuses in its DB). Returns how many were dropped.
+    pub fn prune_complete(&mut self, now: u64) -> usize {
+        let before = self.state.instances.len();
+        self.state.instances.retain(|_, i| !(i.is_complete() && now > i.spec.deadline));
+        let dropped = before - self.state.instances.len();
+        if dropped > 0 {
+            self.state.dirty = true;
+        }
+        dropped
+    }
+
     /// Signs one batch per node with everything queued, and seals the state. The host must
     /// persist `sealed` before sending any batch.
     pub fn flush(&mut self) -> Flush {

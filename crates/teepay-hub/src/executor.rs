@@ -371,8 +371,11 @@ impl<P: Platform> Executor<P> {
         Ok(())
     }
 
+    /// Timeouts and retransmissions, and pruning of instances that are complete and past
+    /// their deadline from the hub enclave (their statuses stay here and in the DB).
     pub fn tick(&mut self, now: u64) {
         self.coordinator.tick(now);
+        self.coordinator.prune_complete(now);
     }
 
     /// Signs the queued round messages (one batch per node) and reports instances that

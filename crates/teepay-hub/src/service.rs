@@ -267,6 +267,13 @@ fn wire_status(s: Option<&Status>) -> WireStatus {
 enum StatusWrite {
     Started(InstanceRow),
     Finished(Finished),
+    /// A status the executor no longer holds (e.g. from before a restart): answered from
+    /// the DB, after every write queued before it.
+    Lookup {
+        instance: InstanceId,
+        request: u64,
+        to: mpsc::UnboundedSender<Vec<u8>>,
+    },
 }
 
 async fn run_executor<P: Platform>(
@@ -283,6 +290,20 @@ async fn run_executor<P: Platform>(
         tokio::spawn(async move {
             while let Some(w) = status_rx.recv().await {
                 let r = match w {
+                    StatusWrite::Lookup { instance, request, to } => {
+                        let status = match store.instance(instance).await {
+                            Ok(Some(row)) => match row.status {
+                                InstanceStatus::InFlight => WireStatus::InFlight,
+                                InstanceStatus::Succeeded => WireStatus::Succeeded,
+                                InstanceStatus::Refunded => WireStatus::Refunded(
+                                    row.failure_reason.unwrap_or_else(|| "refunded".into()),
+                                ),
+                            },
+                            _ => WireStatus::Unknown,
+                        };
+                        let _ = to.send(HubMessage::Status { request, instance, status }.to_bytes());
+                        Ok(())
+                    }
                     StatusWrite::Started(row) => store.insert_instance(&row).await,
                     StatusWrite::Finished(f) => {
                         let (status, outcome, reason) = match &f.status {
@@ -309,6 +330,9 @@ async fn run_executor<P: Platform>(
                 }
             }
         });
+    } else {
+        // No DB: writes (and lookups) fail at once instead of queueing forever.
+        drop(status_rx);
     }
     while let Some(first) = rx.recv().await {
         let now = now_ms();
@@ -456,10 +480,22 @@ fn handle<P: Platform>(
                         now,
                     );
                 }
-                NodeMessage::Status { request, instance } => {
-                    let status = wire_status(exec.status(instance));
-                    peers.send(node, &HubMessage::Status { request, instance, status });
-                }
+                NodeMessage::Status { request, instance } => match exec.status(instance) {
+                    Some(s) => {
+                        let status = wire_status(Some(s));
+                        peers.send(node, &HubMessage::Status { request, instance, status });
+                    }
+                    None => {
+                        let unknown = HubMessage::Status { request, instance, status: WireStatus::Unknown };
+                        if let Some((_, to)) = peers.links.get(&node) {
+                            let lookup = StatusWrite::Lookup { instance, request, to: to.clone() };
+                            // Without a DB the writer is gone: the status is unknown.
+                            if status_tx.send(lookup).is_err() {
+                                peers.send(node, &unknown);
+                            }
+                        }
+                    }
+                },
             }
         }
     }

@@ -192,6 +192,33 @@ fn pays_over_the_shortest_route_and_updates_the_map() {
 }
 
 #[test]
+fn complete_instances_leave_the_hub_enclave_after_their_deadline_but_keep_their_status() {
+    let mut net = Net::new(3);
+    net.channel(C1, 0, 1, (100, 100), (0, 0), (0, 0));
+    net.channel(C1, 1, 2, (100, 100), (0, 0), (0, 0));
+    let order = net.payment(0, 2, 10, 0);
+    let id = net.exec.submit_payment(net.now, order).unwrap();
+    assert_eq!(net.run(), vec![(id, Status::Succeeded)]);
+    // The final acks arrive in later rounds; run until nothing is left to send.
+    for _ in 0..3 {
+        net.run();
+    }
+    assert!(net.exec.coordinator().instance(id).is_some_and(|i| i.is_complete()));
+    net.exec.tick(net.now);
+    assert!(net.exec.coordinator().instance(id).is_some(), "kept until its deadline passes");
+    let deadline = net.exec.coordinator().instance(id).unwrap().spec.deadline;
+    net.exec.tick(deadline + 1);
+    assert!(net.exec.coordinator().instance(id).is_none(), "pruned from the hub enclave's state");
+    assert_eq!(net.exec.status(id), Some(&Status::Succeeded), "the status stays queryable");
+    // An undecided instance is never pruned, whatever the clock says.
+    let order = net.payment(2, 0, 5, 0);
+    net.silent.push(0);
+    let pending = net.exec.submit_payment(net.now, order).unwrap();
+    net.exec.coordinator_mut().prune_complete(u64::MAX);
+    assert!(net.exec.coordinator().instance(pending).is_some());
+}
+
+#[test]
 fn refuses_what_cannot_be_routed_and_refunds_silent_or_refusing_nodes() {
     let mut net = Net::new(4);
     let c01 = net.channel(C1, 0, 1, (100, 0), (0, 0), (0, 0));
