@@ -52,6 +52,7 @@ pub struct BenchArgs {
 }
 
 /// Latency samples and counts of one mode.
+#[derive(Default)]
 struct Run {
     elapsed: Duration,
     latencies_us: Vec<u64>,
@@ -62,6 +63,21 @@ struct Run {
 }
 
 impl Run {
+    fn new(payments: usize) -> Self {
+        Run { latencies_us: Vec::with_capacity(payments), ..Run::default() }
+    }
+
+    /// One finished payment: its latency when known, and its outcome.
+    fn record(&mut self, latency: Option<Duration>, status: &Status) {
+        if let Some(l) = latency {
+            self.latencies_us.push(l.as_micros() as u64);
+        }
+        match status {
+            Status::Succeeded => self.succeeded += 1,
+            _ => self.refunded += 1,
+        }
+    }
+
     fn rate(&self) -> f64 {
         self.succeeded as f64 / self.elapsed.as_secs_f64()
     }
@@ -197,17 +213,7 @@ fn in_memory(topo: &Topology, payments: usize, concurrency: usize) -> Result<Run
     let mut exec = Executor::new(hub, network);
     let (cpu0, start) = (cpu_seconds(), Instant::now());
     let mut started_at: HashMap<InstanceId, Instant> = HashMap::new();
-    let (mut next, mut run) = (
-        0usize,
-        Run {
-            elapsed: Duration::ZERO,
-            latencies_us: Vec::with_capacity(payments),
-            succeeded: 0,
-            refunded: 0,
-            cpu_seconds: 0.0,
-            wire_bytes: 0,
-        },
-    );
+    let (mut next, mut run) = (0usize, Run::new(payments));
     let now = teepay_link::host::now_ms();
     while run.succeeded + run.refunded < payments {
         while next < payments && started_at.len() < concurrency {
@@ -227,7 +233,7 @@ fn in_memory(topo: &Topology, payments: usize, concurrency: usize) -> Result<Run
         }
         let out = exec.flush(now);
         for f in out.finished {
-            record(&mut run, &mut started_at, &f);
+            run.record(started_at.remove(&f.id).map(|t| t.elapsed()), &f.status);
         }
         for batch in out.batches {
             let node = index[&batch.batch.node];
@@ -241,16 +247,6 @@ fn in_memory(topo: &Topology, payments: usize, concurrency: usize) -> Result<Run
     run.elapsed = start.elapsed();
     run.cpu_seconds = cpu_seconds() - cpu0;
     Ok(run)
-}
-
-fn record(run: &mut Run, started: &mut HashMap<InstanceId, Instant>, f: &Finished) {
-    if let Some(t) = started.remove(&f.id) {
-        run.latencies_us.push(t.elapsed().as_micros() as u64);
-    }
-    match f.status {
-        Status::Succeeded => run.succeeded += 1,
-        _ => run.refunded += 1,
-    }
 }
 
 /// The production path: hub service + node daemons over loopback TCP, fsync'd state.
@@ -307,14 +303,7 @@ async fn sockets(topo: &Topology, payments: usize, concurrency: usize) -> Result
     }
     let shared = Arc::new(Mutex::new(Shared::default()));
     let permits = Arc::new(Semaphore::new(concurrency));
-    let run = Arc::new(Mutex::new(Run {
-        elapsed: Duration::ZERO,
-        latencies_us: Vec::with_capacity(payments),
-        succeeded: 0,
-        refunded: 0,
-        cpu_seconds: 0.0,
-        wire_bytes: 0,
-    }));
+    let run = Arc::new(Mutex::new(Run::new(payments)));
     let (bytes0, cpu0, start) =
         (teepay_link::BYTES_SENT.load(std::sync::atomic::Ordering::Relaxed), cpu_seconds(), Instant::now());
     let collector = {
@@ -325,10 +314,7 @@ async fn sockets(topo: &Topology, payments: usize, concurrency: usize) -> Result
                 let mut s = shared.lock().expect("lock");
                 match s.started.remove(&f.id) {
                     Some(t) => {
-                        let mut r = run.lock().expect("lock");
-                        r.latencies_us.push(t.elapsed().as_micros() as u64);
-                        let mut none = HashMap::new();
-                        record(&mut r, &mut none, &f);
+                        run.lock().expect("lock").record(Some(t.elapsed()), &f.status);
                         permits.add_permits(1);
                         done += 1;
                     }
@@ -351,9 +337,7 @@ async fn sockets(topo: &Topology, payments: usize, concurrency: usize) -> Result
                 Ok(id) => {
                     let mut s = shared.lock().expect("lock");
                     if let Some(f) = s.early.remove(&id) {
-                        let mut r = run.lock().expect("lock");
-                        r.latencies_us.push(t.elapsed().as_micros() as u64);
-                        record(&mut r, &mut HashMap::new(), &f);
+                        run.lock().expect("lock").record(Some(t.elapsed()), &f.status);
                         permits.add_permits(1);
                     } else {
                         s.started.insert(id, t);
@@ -383,17 +367,7 @@ async fn sockets(topo: &Topology, payments: usize, concurrency: usize) -> Result
     .await
     .context("payments did not all finish within 120 s")?;
     collector.abort();
-    let mut r = std::mem::replace(
-        &mut *run.lock().expect("lock"),
-        Run {
-            elapsed: Duration::ZERO,
-            latencies_us: vec![],
-            succeeded: 0,
-            refunded: 0,
-            cpu_seconds: 0.0,
-            wire_bytes: 0,
-        },
-    );
+    let mut r = std::mem::take(&mut *run.lock().expect("lock"));
     r.elapsed = start.elapsed();
     r.cpu_seconds = cpu_seconds() - cpu0;
     r.wire_bytes = teepay_link::BYTES_SENT.load(std::sync::atomic::Ordering::Relaxed) - bytes0;

@@ -16,7 +16,7 @@ use teepay_coordinator::{Coordinator, HubError, HubPhase, RefundReason};
 use teepay_routing::{ChannelInfo, Network, RouteError, RouteQuery};
 use teepay_types::{
     Amount, ChainId, FeePolicy, InstanceId, InstanceKind, Leg, NackReason, Order, Outcome, Platform,
-    SignedHubBatch, SignedNodeAck, SignedOrder, SignedRefundRequest,
+    SignedHubBatch, SignedNodeAck, SignedOrder, SignedRefundRequest, SpecError,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -235,9 +235,8 @@ impl<P: Platform> Executor<P> {
     /// Routes and starts a payment from the payer enclave's signed request.
     pub fn submit_payment(&mut self, now: u64, order: SignedOrder) -> Result<InstanceId, ExecError> {
         let Order::Payment(req) = &order.order else { return Err(ExecError::NotAPayment) };
-        if !order.is_authentic() {
-            return Err(ExecError::BadOrderSignature);
-        }
+        // The signature is checked once, by the hub enclave in `start` (one ECDSA recovery
+        // per order on the hot path, not two).
         let route = self.network.chain(req.chain)?.find_route(&RouteQuery {
             source: req.payer,
             destination: req.payee,
@@ -261,9 +260,6 @@ impl<P: Platform> Executor<P> {
         let mut parties = BTreeMap::new();
         for o in intents {
             let Order::Swap(intent) = &o.order else { return Err(ExecError::NotASwap) };
-            if !o.is_authentic() {
-                return Err(ExecError::BadOrderSignature);
-            }
             if parties.insert(intent.party, intent).is_some() {
                 return Err(ExecError::IntentsDoNotMatch(format!("two intents from {}", intent.party)));
             }
@@ -333,7 +329,10 @@ impl<P: Platform> Executor<P> {
             }
             Err(e) => {
                 release(&mut self.network, &legs, false);
-                Err(e.into())
+                Err(match e {
+                    HubError::Spec(SpecError::UnsignedOrder(_)) => ExecError::BadOrderSignature,
+                    other => other.into(),
+                })
             }
         }
     }

@@ -454,31 +454,11 @@ fn handle<P: Platform>(
                 }
                 NodeMessage::Pay { request, order } => {
                     let started = exec.submit_payment(now, order);
-                    answer_start(
-                        exec,
-                        peers,
-                        status_tx,
-                        metrics,
-                        node,
-                        request,
-                        started,
-                        InstanceKind::MultiHop,
-                        now,
-                    );
+                    answer_start(exec, peers, status_tx, metrics, node, request, started, now);
                 }
                 NodeMessage::Swap { request, intents } => {
                     let started = exec.submit_swap(now, intents);
-                    answer_start(
-                        exec,
-                        peers,
-                        status_tx,
-                        metrics,
-                        node,
-                        request,
-                        started,
-                        InstanceKind::CrossChain,
-                        now,
-                    );
+                    answer_start(exec, peers, status_tx, metrics, node, request, started, now);
                 }
                 NodeMessage::Status { request, instance } => match exec.status(instance) {
                     Some(s) => {
@@ -511,12 +491,12 @@ fn answer_start<P: Platform>(
     node: Address,
     request: u64,
     started: Result<InstanceId, ExecError>,
-    kind: InstanceKind,
     now: u64,
 ) {
     let reply = match started {
         Ok(id) => {
-            let spec = exec.coordinator().instance(id).map(|i| encode(&i.spec)).unwrap_or_default();
+            let instance = exec.coordinator().instance(id).expect("a just-started instance exists");
+            let (kind, spec) = (instance.spec.kind, encode(&instance.spec));
             let row = InstanceRow {
                 id,
                 kind: match kind {

@@ -257,7 +257,8 @@ fn refuses_what_cannot_be_routed_and_refunds_silent_or_refusing_nodes() {
     assert_eq!(net.balance(0, c01), 100, "the payer's enclave reverted its lock");
     assert_eq!(net.exec.network().chain(C1).unwrap().available(c01, net.addr(0)).unwrap(), Amount(100));
 
-    // Orders of the wrong kind or with a forged signature are refused before routing.
+    // Orders of the wrong kind or with a forged signature are refused (the forged one by the
+    // hub enclave, its reservation undone).
     let mut forged = net.payment(0, 1, 1, 0);
     forged.signature.0[5] ^= 1;
     assert_eq!(net.exec.submit_payment(net.now, forged), Err(ExecError::BadOrderSignature));
