@@ -3,7 +3,7 @@
 //! policy. Kept current by the hub from chain sync and from acks.
 
 use crate::RouteError;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use teepay_types::{Address, Amount, ChannelId, FeePolicy};
 
 pub(crate) type NodeIdx = u32;
@@ -18,9 +18,18 @@ pub(crate) struct Node {
     pub address: Address,
     pub latency_us: u32,
     /// Outgoing directed edges.
-    pub out: Vec<EdgeIdx>,
+    pub out: Vec<Adjacent>,
     /// Incoming directed edges (the backward search walks these).
-    pub inc: Vec<EdgeIdx>,
+    pub inc: Vec<Adjacent>,
+}
+
+/// An edge as a node's adjacency list holds it: with the node at its other end, so a search
+/// reads only this list and the edge's entry in [`Graph::available`] (the full edges are
+/// large and cold; scanning them dominated route searches).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Adjacent {
+    pub edge: EdgeIdx,
+    pub peer: NodeIdx,
 }
 
 /// One direction of a channel: `from` pays `to`.
@@ -75,6 +84,10 @@ pub struct Graph {
     pub(crate) edges: Vec<Edge>,
     /// Channel → its two directed edges (A→B, B→A).
     pub(crate) channel_index: HashMap<ChannelId, [EdgeIdx; 2]>,
+    /// Each edge's [`Edge::available`], kept in step with every change to the edge.
+    pub(crate) spendable: Vec<u128>,
+    /// How many nodes have each response time (the router's latency thresholds).
+    pub(crate) latencies: BTreeMap<u32, u32>,
 }
 
 impl Graph {
@@ -97,6 +110,7 @@ impl Graph {
         let i = self.nodes.len() as NodeIdx;
         self.nodes.push(Node { address, latency_us: DEFAULT_LATENCY_US, out: Vec::new(), inc: Vec::new() });
         self.node_index.insert(address, i);
+        *self.latencies.entry(DEFAULT_LATENCY_US).or_default() += 1;
         i
     }
 
@@ -107,7 +121,19 @@ impl Graph {
     /// Records a node's measured response time.
     pub fn set_latency(&mut self, address: Address, latency_us: u32) {
         let i = self.node(address);
-        self.nodes[i as usize].latency_us = latency_us;
+        let old = std::mem::replace(&mut self.nodes[i as usize].latency_us, latency_us);
+        if let Some(n) = self.latencies.get_mut(&old) {
+            *n -= 1;
+            if *n == 0 {
+                self.latencies.remove(&old);
+            }
+        }
+        *self.latencies.entry(latency_us).or_default() += 1;
+    }
+
+    /// Re-derives an edge's entry in `spendable` after a change.
+    fn refresh(&mut self, e: EdgeIdx) {
+        self.spendable[e as usize] = self.edges[e as usize].available();
     }
 
     pub fn latency(&self, address: Address) -> Option<u32> {
@@ -131,6 +157,7 @@ impl Graph {
                 edge.balance = balance.0;
                 edge.fee = fee;
                 edge.enabled = true;
+                self.refresh(e);
             }
             return Ok(());
         }
@@ -149,11 +176,12 @@ impl Graph {
                 fee,
                 enabled: true,
             });
+            self.spendable.push(balance.0);
         }
-        self.nodes[a as usize].out.push(ab);
-        self.nodes[b as usize].inc.push(ab);
-        self.nodes[b as usize].out.push(ba);
-        self.nodes[a as usize].inc.push(ba);
+        self.nodes[a as usize].out.push(Adjacent { edge: ab, peer: b });
+        self.nodes[b as usize].inc.push(Adjacent { edge: ab, peer: a });
+        self.nodes[b as usize].out.push(Adjacent { edge: ba, peer: a });
+        self.nodes[a as usize].inc.push(Adjacent { edge: ba, peer: b });
         self.channel_index.insert(info.id, [ab, ba]);
         Ok(())
     }
@@ -163,6 +191,7 @@ impl Graph {
         let e = self.edge_from(channel, party)?;
         let edge = &mut self.edges[e as usize];
         edge.balance = edge.balance.checked_add(amount.0).ok_or(RouteError::Overflow(channel))?;
+        self.refresh(e);
         Ok(())
     }
 
@@ -195,6 +224,8 @@ impl Graph {
         let [ab, ba] = *self.channel_index.get(&id).ok_or(RouteError::UnknownChannel(id))?;
         self.edges[ab as usize].enabled = false;
         self.edges[ba as usize].enabled = false;
+        self.refresh(ab);
+        self.refresh(ba);
         Ok(())
     }
 
@@ -223,6 +254,7 @@ impl Graph {
             });
         }
         edge.reserved += amount.0;
+        self.refresh(e);
         Ok(())
     }
 
@@ -246,6 +278,8 @@ impl Graph {
             edge.balance = edge.balance.saturating_sub(amount.0);
             self.edges[back as usize].balance += amount.0;
         }
+        self.refresh(e);
+        self.refresh(back);
         Ok(())
     }
 }

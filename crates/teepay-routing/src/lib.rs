@@ -7,6 +7,7 @@
 
 mod graph;
 mod route;
+pub mod topology;
 
 pub use graph::{ChannelInfo, ChannelSnapshot, DEFAULT_LATENCY_US, Graph};
 pub use route::{Route, RouteQuery};

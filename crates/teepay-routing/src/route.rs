@@ -12,7 +12,7 @@
 //! the next larger latency threshold is tried.
 
 use crate::RouteError;
-use crate::graph::{EdgeIdx, Graph, NodeIdx};
+use crate::graph::{Adjacent, EdgeIdx, Graph, NodeIdx};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use teepay_types::{Address, Amount, ChainId, Hop, Leg};
@@ -84,15 +84,14 @@ impl Graph {
             if cost > best[u as usize] {
                 continue;
             }
-            for &e in &self.nodes[u as usize].out {
-                let edge = &self.edges[e as usize];
-                if edge.available() < amount {
+            for adj in &self.nodes[u as usize].out {
+                if self.spendable[adj.edge as usize] < amount {
                     continue;
                 }
-                let c = cost.max(self.nodes[edge.to as usize].latency_us);
-                if c < best[edge.to as usize] {
-                    best[edge.to as usize] = c;
-                    heap.push(Reverse((c, edge.to)));
+                let c = cost.max(self.nodes[adj.peer as usize].latency_us);
+                if c < best[adj.peer as usize] {
+                    best[adj.peer as usize] = c;
+                    heap.push(Reverse((c, adj.peer)));
                 }
             }
         }
@@ -105,27 +104,41 @@ impl Graph {
     /// amount can still fit a tight channel further upstream, so one label per node is not
     /// enough. Both components only grow along a route, so the first label popped at the
     /// source is optimal (and its route simple).
-    fn best_path(&self, src: NodeIdx, dst: NodeIdx, q: &RouteQuery, limit: u32) -> Option<Route> {
+    ///
+    /// The search is an A*: `to_source[u]` is a lower bound on the hops from the source to
+    /// `u` (see [`hops_from`](Self::hops_from)), so labels are popped by (hops so far + bound,
+    /// amount). Both keys only grow along a route and the bound is consistent, so the first
+    /// label popped at the source is still optimal, while nodes that cannot be on a route
+    /// with fewest hops are never expanded before one is found.
+    fn best_path(
+        &self,
+        src: NodeIdx,
+        dst: NodeIdx,
+        q: &RouteQuery,
+        limit: u32,
+        to_source: &[u32],
+    ) -> Option<Route> {
         let budget = q.amount.0.saturating_add(q.max_fee.0);
         let mut arena: Vec<Label> = vec![Label { node: dst, amount: q.amount.0, next: None }];
         let mut kept: HashMap<NodeIdx, Vec<(u32, u128)>> = HashMap::new();
         kept.insert(dst, vec![(0, q.amount.0)]);
         let mut heap = BinaryHeap::new();
-        heap.push(Reverse((0u32, q.amount.0, 0usize)));
-        while let Some(Reverse((hops, amount, at))) = heap.pop() {
+        heap.push(Reverse((to_source[dst as usize], q.amount.0, 0u32, 0usize)));
+        while let Some(Reverse((_, amount, hops, at))) = heap.pop() {
             let v = arena[at].node;
             if v == src {
                 return Some(self.materialize(&arena, at));
             }
-            if hops >= MAX_HOPS {
-                continue;
-            }
-            for &e in &self.nodes[v as usize].inc {
-                let edge = &self.edges[e as usize];
-                let u = edge.from;
-                if u == dst || self.nodes[u as usize].latency_us > limit || edge.available() < amount {
+            for &Adjacent { edge: e, peer: u } in &self.nodes[v as usize].inc {
+                let estimate = (hops + 1).saturating_add(to_source[u as usize]);
+                if u == dst
+                    || estimate > MAX_HOPS
+                    || self.spendable[e as usize] < amount
+                    || self.nodes[u as usize].latency_us > limit
+                {
                     continue;
                 }
+                let edge = &self.edges[e as usize];
                 // The source pays no fee to itself; an intermediary adds its own.
                 let needed = if u == src {
                     amount
@@ -145,10 +158,45 @@ impl Graph {
                 labels.retain(|&(h, a)| !(hops < h && needed <= a));
                 labels.push((hops + 1, needed));
                 arena.push(Label { node: u, amount: needed, next: Some((e, at)) });
-                heap.push(Reverse((hops + 1, needed, arena.len() - 1)));
+                heap.push(Reverse((estimate, needed, hops + 1, arena.len() - 1)));
             }
         }
         None
+    }
+
+    /// Hops from `src` to every node over edges that can carry `amount` (a breadth-first
+    /// search, ignoring fees and latency, so never more than a route's true hop count). It
+    /// stops after the level holding `dst`: every node it did not reach is at least one
+    /// level further, which is what it records for them. `None` when `dst` is unreachable.
+    fn hops_from(&self, src: NodeIdx, dst: NodeIdx, amount: u128) -> Option<Vec<u32>> {
+        let mut dist = vec![u32::MAX; self.nodes.len()];
+        dist[src as usize] = 0;
+        let (mut level, mut next) = (vec![src], Vec::new());
+        let mut depth = 0;
+        let mut found = false;
+        while !level.is_empty() && !found {
+            for &u in &level {
+                for adj in &self.nodes[u as usize].out {
+                    if dist[adj.peer as usize] == u32::MAX && self.spendable[adj.edge as usize] >= amount {
+                        dist[adj.peer as usize] = depth + 1;
+                        found |= adj.peer == dst;
+                        next.push(adj.peer);
+                    }
+                }
+            }
+            depth += 1;
+            std::mem::swap(&mut level, &mut next);
+            next.clear();
+        }
+        if !found {
+            return None;
+        }
+        for d in &mut dist {
+            if *d == u32::MAX {
+                *d = depth + 1;
+            }
+        }
+        Some(dist)
     }
 
     fn materialize(&self, arena: &[Label], start: usize) -> Route {
@@ -175,18 +223,25 @@ impl Graph {
     /// The shortest-time single-path route for `q`.
     pub fn find_route(&self, q: &RouteQuery) -> Result<Route, RouteError> {
         let (src, dst) = self.validate(q)?;
-        let first = self.bottleneck(src, dst, q.amount.0).ok_or(RouteError::NoRoute)?;
+        let to_source = self.hops_from(src, dst, q.amount.0).ok_or(RouteError::NoRoute)?;
+        // With one latency everywhere (the common case before the hub has measured anyone)
+        // the bottleneck search could only return it.
+        let first = if self.latencies.len() == 1 {
+            *self.latencies.keys().next().expect("one entry")
+        } else {
+            self.bottleneck(src, dst, q.amount.0).ok_or(RouteError::NoRoute)?
+        };
         // Thresholds to try: the bottleneck, then each larger distinct latency (fees can make
-        // a cheap bottleneck infeasible). Bounded, then one unrestricted attempt.
-        let mut thresholds: Vec<u32> =
-            self.nodes.iter().map(|n| n.latency_us).filter(|l| *l > first).collect();
-        thresholds.sort_unstable();
-        thresholds.dedup();
-        thresholds.truncate(16);
-        thresholds.insert(0, first);
-        thresholds.push(u32::MAX);
+        // a cheap bottleneck infeasible). Bounded, then one unrestricted attempt if some node
+        // is slower still.
+        let mut thresholds: Vec<u32> = Vec::with_capacity(18);
+        thresholds.push(first);
+        thresholds.extend(self.latencies.range(first + 1..).map(|(l, _)| *l).take(16));
+        if self.latencies.range(first + 1..).nth(16).is_some() {
+            thresholds.push(u32::MAX);
+        }
         for limit in thresholds {
-            if let Some(route) = self.best_path(src, dst, q, limit) {
+            if let Some(route) = self.best_path(src, dst, q, limit, &to_source) {
                 return Ok(route);
             }
         }
