@@ -32,12 +32,11 @@ pub(crate) struct Adjacent {
     pub peer: NodeIdx,
 }
 
-/// One direction of a channel: `from` pays `to`.
+/// One direction of a channel: `from` pays the other party (adjacency lists name it).
 #[derive(Debug, Clone)]
 pub(crate) struct Edge {
     pub channel: ChannelId,
     pub from: NodeIdx,
-    pub to: NodeIdx,
     /// The sender's balance in this channel.
     pub balance: u128,
     /// Amount reserved by in-flight instances on this direction.
@@ -164,13 +163,10 @@ impl Graph {
         let (a, b) = (self.node(info.a), self.node(info.b));
         let ab = self.edges.len() as EdgeIdx;
         let ba = ab + 1;
-        for (from, to, balance, fee) in
-            [(a, b, info.balance_a, info.fee_a), (b, a, info.balance_b, info.fee_b)]
-        {
+        for (from, balance, fee) in [(a, info.balance_a, info.fee_a), (b, info.balance_b, info.fee_b)] {
             self.edges.push(Edge {
                 channel: info.id,
                 from,
-                to,
                 balance: balance.0,
                 reserved: 0,
                 fee,
