@@ -149,6 +149,7 @@ fn hub_config() -> HubConfig {
         allowed_node_measurements: vec![crate::sim::NODE_MEASUREMENT],
         prepare_timeout: 30_000,
         retransmit_after: 5_000,
+        round_auth: teepay_types::RoundAuth::default(),
     }
 }
 

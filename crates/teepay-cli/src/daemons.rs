@@ -137,6 +137,7 @@ pub fn hub(args: &HubArgs) -> Result<ExitCode> {
             allowed_node_measurements: vec![sim::NODE_MEASUREMENT],
             prepare_timeout: Duration::from_millis(cfg.prepare_timeout_ms),
             retransmit_after: Duration::from_millis(200),
+            round_auth: Default::default(),
             tick: Duration::from_millis(20),
             batch_window: Duration::from_micros(cfg.batch_window_us),
             sync_poll: Duration::from_millis(100),

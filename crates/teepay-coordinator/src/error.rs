@@ -11,8 +11,10 @@ pub enum HubError {
     Spec(#[from] SpecError),
     #[error("the source of a multi-hop payment must be the payer of its request")]
     OrderNotFromSource,
-    #[error("ack is not signed by node {0:?}")]
+    #[error("ack is not authenticated by node {0:?}")]
     BadSignature(Address),
+    #[error("ack from node {0:?} carries a session MAC, but the hub has no session with it")]
+    NoSession(Address),
     #[error("message is addressed to another hub")]
     WrongHub,
     #[error("unknown instance {0:?}")]

@@ -19,9 +19,10 @@ use borsh::{BorshDeserialize, BorshSerialize};
 use std::collections::{BTreeMap, BTreeSet};
 use teepay_types::crypto::keccak256_parts;
 use teepay_types::{
-    Address, ChainId, Hash32, HubBatch, HubItem, InstanceId, InstanceKind, InstanceSpec, Leg, NodeItem,
-    Order, Outcome, Platform, Quote, Report, SignedHubBatch, SignedNodeAck, SignedOrder, SignedRefundRequest,
-    SigningKey, leaf_hash, seal_value, unseal_value,
+    Address, BatchAuth, ChainId, Hash32, HubBatch, HubItem, InstanceId, InstanceKind, InstanceSpec, Leg,
+    NodeItem, Order, Outcome, Platform, Quote, Report, RoundAuth, SignedHubBatch, SignedNodeAck, SignedOrder,
+    SignedRefundRequest, SigningKey, leaf_hash, macs_equal, seal_value, session_mac, unseal_value,
+    verify_signer,
 };
 
 const SEAL_DOMAIN: &[u8] = b"teepay/hub-seal/v1";
@@ -35,12 +36,16 @@ pub struct HubConfig {
     pub prepare_timeout: u64,
     /// Resend the current round message to silent nodes after this long.
     pub retransmit_after: u64,
+    /// Session MACs once a node has answered a signed batch, or a signature on every batch.
+    pub round_auth: RoundAuth,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct HubState {
     pub config: HubConfig,
     pub nodes: BTreeSet<Address>,
+    /// Session keys shared with nodes (ECDH), each derived from the node's first signed ack.
+    pub sessions: BTreeMap<Address, Hash32>,
     pub instances: BTreeMap<InstanceId, HubInstance>,
     pub next_instance: u64,
     /// Items waiting for the next flush, per node, keyed by (instance, round) so a
@@ -82,6 +87,7 @@ impl<P: Platform> Coordinator<P> {
         let state = HubState {
             config,
             nodes: BTreeSet::new(),
+            sessions: BTreeMap::new(),
             instances: BTreeMap::new(),
             next_instance: 0,
             outbox: BTreeMap::new(),
@@ -111,6 +117,15 @@ impl<P: Platform> Coordinator<P> {
 
     pub fn report(&self, chain: ChainId) -> Report {
         Report { measurement: self.state.config.measurement, enclave: self.address(), chain }
+    }
+
+    /// Switches how round messages are authenticated (a host performance choice: both
+    /// modes authenticate every message; sessions already established are kept).
+    pub fn set_round_auth(&mut self, mode: RoundAuth) {
+        if self.state.config.round_auth != mode {
+            self.state.config.round_auth = mode;
+            self.state.dirty = true;
+        }
     }
 
     /// Admits an attested node enclave; only those may take part in instances.
@@ -206,7 +221,8 @@ impl<P: Platform> Coordinator<P> {
         self.queue_current(id, now);
     }
 
-    /// Verifies a node's batch ack (one signature) and applies each answer.
+    /// Verifies a node's batch ack (one signature or session MAC) and applies each answer.
+    /// In MAC mode, a node's first signed ack establishes the session.
     pub fn on_ack(&mut self, now: u64, signed: &SignedNodeAck) -> Result<AckResult, HubError> {
         let node = signed.ack.node;
         if signed.ack.hub != self.address() {
@@ -215,8 +231,31 @@ impl<P: Platform> Coordinator<P> {
         if !self.state.nodes.contains(&node) {
             return Err(HubError::UnattestedNode(node));
         }
-        if !signed.is_signed_by(node) {
-            return Err(HubError::BadSignature(node));
+        let digest = signed.ack.digest();
+        match signed.auth {
+            BatchAuth::Signature(signature) => {
+                let wants_session = self.state.config.round_auth == RoundAuth::SessionMacs
+                    && !self.state.sessions.contains_key(&node);
+                if wants_session {
+                    let (signer, session) = self
+                        .key
+                        .session_with(&digest, &signature)
+                        .map_err(|_| HubError::BadSignature(node))?;
+                    if signer != node {
+                        return Err(HubError::BadSignature(node));
+                    }
+                    self.state.sessions.insert(node, session);
+                    self.state.dirty = true;
+                } else if !verify_signer(&digest, &signature, node) {
+                    return Err(HubError::BadSignature(node));
+                }
+            }
+            BatchAuth::Mac(tag) => {
+                let session = self.state.sessions.get(&node).ok_or(HubError::NoSession(node))?;
+                if !macs_equal(&tag, &session_mac(session, &digest)) {
+                    return Err(HubError::BadSignature(node));
+                }
+            }
         }
         let results = signed.ack.items.iter().map(|item| self.on_item(now, node, item)).collect();
         Ok(AckResult { results })
@@ -361,15 +400,23 @@ impl<P: Platform> Coordinator<P> {
         dropped
     }
 
-    /// Signs one batch per node with everything queued, and seals the state. The host must
-    /// persist `sealed` before sending any batch.
+    /// Authenticates one batch per node with everything queued (a session MAC where a
+    /// session exists and MACs are on, else a signature), and seals the state. The host
+    /// must persist `sealed` before sending any batch.
     pub fn flush(&mut self) -> Flush {
         let outbox = std::mem::take(&mut self.state.outbox);
         let hub = self.address();
+        let macs = self.state.config.round_auth == RoundAuth::SessionMacs;
         let batches: Vec<SignedHubBatch> = outbox
             .into_iter()
             .filter(|(_, items)| !items.is_empty())
-            .map(|(node, items)| HubBatch { hub, node, items: items.into_values().collect() }.sign(&self.key))
+            .map(|(node, items)| {
+                let batch = HubBatch { hub, node, items: items.into_values().collect() };
+                match self.state.sessions.get(&node) {
+                    Some(session) if macs => batch.mac(session),
+                    _ => batch.sign(&self.key),
+                }
+            })
             .collect();
         let sealed = (self.state.dirty || !batches.is_empty()).then(|| self.seal());
         Flush { batches, sealed }

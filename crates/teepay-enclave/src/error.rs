@@ -7,8 +7,10 @@ use teepay_types::{
 pub enum EnclaveError {
     #[error("no attested hub is configured; round messages are refused")]
     HubNotAttested,
-    #[error("batch is not signed by the attested hub")]
+    #[error("batch is not authenticated by the attested hub")]
     BadHubSignature,
+    #[error("batch carries a session MAC, but this enclave has no session with the hub yet")]
+    NoHubSession,
     #[error("batch is addressed to another node")]
     WrongRecipient,
     #[error("attestation quote rejected: {0}")]

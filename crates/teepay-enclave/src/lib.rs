@@ -22,10 +22,10 @@ pub use state::{
 use borsh::{BorshDeserialize, BorshSerialize};
 use std::collections::BTreeMap;
 use teepay_types::{
-    Address, Amount, ChainId, ChannelId, Eip1559Tx, GasParams, HubItem, InstanceId, InstanceKind, NodeAck,
-    NodeItem, Order, PaymentRequest, Platform, Quote, RefundRequest, Report, SignedChannelState,
+    Address, Amount, BatchAuth, ChainId, ChannelId, Eip1559Tx, GasParams, HubItem, InstanceId, InstanceKind,
+    NodeAck, NodeItem, Order, PaymentRequest, Platform, Quote, RefundRequest, Report, SignedChannelState,
     SignedHubBatch, SignedNodeAck, SignedOrder, SignedRefundRequest, SignedTx, SigningKey, SwapIntent,
-    Transfer, seal_value, unseal_value,
+    Transfer, macs_equal, seal_value, session_mac, unseal_value, verify_signer,
 };
 
 const SEAL_DOMAIN: &[u8] = b"teepay/node-seal/v1";
@@ -197,6 +197,7 @@ impl<P: Platform> NodeEnclave<P> {
         let state = NodeState {
             config,
             hub: None,
+            hub_session: None,
             channels: BTreeMap::new(),
             instances: BTreeMap::new(),
             orders: BTreeMap::new(),
@@ -255,7 +256,10 @@ impl<P: Platform> NodeEnclave<P> {
                     self.state.config.attestation_authority,
                     &self.state.config.allowed_hub_measurements,
                 )?;
-                self.state.hub = Some(quote.report.enclave);
+                if self.state.hub != Some(quote.report.enclave) {
+                    self.state.hub = Some(quote.report.enclave);
+                    self.state.hub_session = None;
+                }
                 Ok(self.changed(Response::Done))
             }
             Request::AddChannel(new) => self.add_channel(new),
@@ -525,10 +529,40 @@ impl<P: Platform> NodeEnclave<P> {
         if signed.batch.node != me {
             return Err(EnclaveError::WrongRecipient);
         }
-        if !signed.is_signed_by(hub) {
-            return Err(EnclaveError::BadHubSignature);
-        }
+        // A signed batch from a hub this enclave has no session with yet establishes one
+        // (sealed with this batch's effects, before the ack leaves); a MAC'd batch needs it.
+        let digest = signed.batch.digest();
         let mut dirty = false;
+        let answer_with_mac = match signed.auth {
+            BatchAuth::Signature(signature) => {
+                if signed.batch.hub != hub {
+                    return Err(EnclaveError::BadHubSignature);
+                }
+                if self.state.hub_session.is_some() {
+                    if !verify_signer(&digest, &signature, hub) {
+                        return Err(EnclaveError::BadHubSignature);
+                    }
+                } else {
+                    let (signer, session) = self
+                        .key
+                        .session_with(&digest, &signature)
+                        .map_err(|_| EnclaveError::BadHubSignature)?;
+                    if signer != hub {
+                        return Err(EnclaveError::BadHubSignature);
+                    }
+                    self.state.hub_session = Some(session);
+                    dirty = true;
+                }
+                false
+            }
+            BatchAuth::Mac(tag) => {
+                let session = self.state.hub_session.ok_or(EnclaveError::NoHubSession)?;
+                if signed.batch.hub != hub || !macs_equal(&tag, &session_mac(&session, &digest)) {
+                    return Err(EnclaveError::BadHubSignature);
+                }
+                true
+            }
+        };
         let mut answers = Vec::with_capacity(signed.batch.items.len());
         let mut results = Vec::with_capacity(signed.batch.items.len());
         for item in &signed.batch.items {
@@ -553,8 +587,15 @@ impl<P: Platform> NodeEnclave<P> {
                 }
             }
         }
-        // One signature for the whole batch (over the Merkle root of the answers).
-        let ack = (!answers.is_empty()).then(|| NodeAck { node: me, hub, items: answers }.sign(&self.key));
+        // One authenticator for the whole batch (over the Merkle root of the answers), of the
+        // kind the hub used: a MAC answers a MAC, a signature a signature.
+        let ack = (!answers.is_empty()).then(|| {
+            let ack = NodeAck { node: me, hub, items: answers };
+            match (answer_with_mac, self.state.hub_session) {
+                (true, Some(session)) => ack.mac(&session),
+                _ => ack.sign(&self.key),
+            }
+        });
         let response = Response::Batch(BatchResult { ack, results });
         Ok(if dirty { self.changed(response) } else { Output { response, sealed: None } })
     }

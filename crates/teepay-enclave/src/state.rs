@@ -173,6 +173,9 @@ impl NodeConfig {
 pub struct NodeState {
     pub config: NodeConfig,
     pub hub: Option<Address>,
+    /// The session key shared with the hub (ECDH, derived from the first signed batch);
+    /// later batches may carry a MAC under it instead of a signature.
+    pub hub_session: Option<Hash32>,
     pub channels: BTreeMap<ChannelId, Channel>,
     pub instances: BTreeMap<InstanceId, InstanceRecord>,
     pub orders: BTreeMap<u64, OrderRecord>,

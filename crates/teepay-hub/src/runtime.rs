@@ -15,7 +15,7 @@ use teepay_chain::AnyChain;
 use teepay_coordinator::{Coordinator, HubConfig};
 use teepay_link::host::{FilePlatform, persist_atomic};
 use teepay_store::{InstanceStatus, Store};
-use teepay_types::{Address, ChainId, Hash32, Quote, SigningKey};
+use teepay_types::{Address, ChainId, Hash32, Quote, RoundAuth, SigningKey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -57,6 +57,8 @@ pub struct HubRuntimeConfig {
     pub allowed_node_measurements: Vec<Hash32>,
     pub prepare_timeout: Duration,
     pub retransmit_after: Duration,
+    /// Session MACs (default) or a signature on every round message.
+    pub round_auth: RoundAuth,
     pub tick: Duration,
     /// See [`HubSettings::batch_window`].
     pub batch_window: Duration,
@@ -126,7 +128,8 @@ pub async fn start(cfg: HubRuntimeConfig) -> Result<RunningHub, RuntimeError> {
         platform.restorable(&sealed_path).map_err(io(format!("reading {}", sealed_path.display())))?;
     let coordinator = match restorable {
         Some(blob) => {
-            let c = Coordinator::restore(platform, &blob)?;
+            let mut c = Coordinator::restore(platform, &blob)?;
+            c.set_round_auth(cfg.round_auth);
             tracing::info!(enclave = %c.address(), instances = c.inspect().instances.len(), "hub enclave restored");
             c
         }
@@ -137,6 +140,7 @@ pub async fn start(cfg: HubRuntimeConfig) -> Result<RunningHub, RuntimeError> {
                 allowed_node_measurements: cfg.allowed_node_measurements.clone(),
                 prepare_timeout: cfg.prepare_timeout.as_millis() as u64,
                 retransmit_after: cfg.retransmit_after.as_millis() as u64,
+                round_auth: cfg.round_auth,
             };
             let entropy = teepay_link::os_entropy().map_err(io("OS entropy"))?;
             let mut c = Coordinator::create(platform, config, entropy)?;

@@ -39,6 +39,7 @@ impl Net {
             allowed_node_measurements: vec![NODE_M],
             prepare_timeout: TIMEOUT,
             retransmit_after: 10,
+            round_auth: teepay_types::RoundAuth::default(),
         };
         let mut hub = Coordinator::create(SimPlatform::new([1; 32]), config, [2; 32]).unwrap();
         let hub_quote = hub.report(ChainId(0)).attest(&authority);

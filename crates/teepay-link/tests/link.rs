@@ -21,6 +21,7 @@ fn hub() -> Coordinator<SimPlatform> {
         allowed_node_measurements: vec![[1; 32]],
         prepare_timeout: 100,
         retransmit_after: 10,
+        round_auth: teepay_types::RoundAuth::default(),
     };
     Coordinator::create(SimPlatform::new([3; 32]), config, [4; 32]).unwrap()
 }

@@ -67,6 +67,7 @@ async fn setup(name: &str, n: usize) -> Setup {
         allowed_node_measurements: vec![[1; 32]],
         prepare_timeout: 1_000,
         retransmit_after: 200,
+        round_auth: teepay_types::RoundAuth::default(),
     };
     let hub = Coordinator::create(SimPlatform::new([5; 32]), hub_config, [6; 32]).unwrap();
     let hub_quote = hub.report(ChainId(0)).attest(&authority());

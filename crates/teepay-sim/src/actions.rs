@@ -193,7 +193,7 @@ impl World {
     fn deliver_forged(&mut self, envelope: Envelope) -> Result<(), Violation> {
         match envelope {
             Envelope::ToNode { node, mut batch } => {
-                batch.signature.0[3] ^= 0x40;
+                batch.auth.bytes_mut()[3] ^= 0x40;
                 let before = self.nodes[node].enclave.inspect().clone();
                 match self.nodes[node].enclave.handle(self.now, Request::HubBatch(batch)) {
                     Err(EnclaveError::BadHubSignature) => {}
@@ -210,7 +210,7 @@ impl World {
                         teepay_types::Outcome::Revert => teepay_types::Outcome::Apply,
                     };
                 } else {
-                    ack.signature.0[3] ^= 0x40;
+                    ack.auth.bytes_mut()[3] ^= 0x40;
                 }
                 let before = self.hub.coordinator.inspect().clone();
                 match self.hub.coordinator.on_ack(self.now, &ack) {

@@ -135,6 +135,7 @@ impl World {
             allowed_node_measurements: vec![NODE_MEASUREMENT],
             prepare_timeout: PREPARE_TIMEOUT,
             retransmit_after: RETRANSMIT_AFTER,
+            round_auth: teepay_types::RoundAuth::default(),
         };
         let mut coordinator =
             Coordinator::create(SimPlatform::new(entropy()), config, entropy()).expect("valid hub entropy");

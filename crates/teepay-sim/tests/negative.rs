@@ -85,6 +85,9 @@ impl Fixture {
 
     /// Asserts one item is refused with `expected`, and the node's state is unchanged.
     fn refused(&mut self, node: usize, item: HubItem, expected: EnclaveError) {
+        // The first signed batch a node sees establishes its session with the hub (a state
+        // change of its own): do that first, so what is compared is the item's effect.
+        self.send(node, vec![]).expect("authentic empty batch");
         let before = self.state(node);
         let result = self.send(node, vec![item.clone()]).expect("batch itself is authentic");
         assert_eq!(result.results, vec![Err(expected.clone())], "item {item:?}");
@@ -131,7 +134,7 @@ fn forged_hub_signature_is_refused() {
     let mut batch =
         HubBatch { hub: f.hub.address(), node: f.w.address(node), items: vec![HubItem::Prepare(spec)] }
             .sign(&f.hub);
-    batch.signature.0[10] ^= 1;
+    batch.auth.bytes_mut()[10] ^= 1;
     let err = f.w.nodes[node].enclave.handle(0, Request::HubBatch(batch)).unwrap_err();
     assert_eq!(err, EnclaveError::BadHubSignature);
     assert_eq!(f.state(node), before);
@@ -436,7 +439,7 @@ fn hub_refuses_forged_acks_and_unattested_participants() {
     let mut w = teepay_sim::scenarios::three_hop();
     w.apply(&teepay_sim::Action::Deliver(0)).unwrap();
     let teepay_sim::Envelope::ToHub(mut ack) = w.network.last().unwrap().clone() else { panic!() };
-    ack.signature.0[5] ^= 1;
+    ack.auth.bytes_mut()[5] ^= 1;
     let before = w.hub.coordinator.inspect().clone();
     assert_eq!(w.hub.coordinator.on_ack(w.now, &ack).unwrap_err(), HubError::BadSignature(ack.ack.node));
     assert_eq!(*w.hub.coordinator.inspect(), before);
@@ -497,4 +500,91 @@ fn malformed_wire_bytes_are_refused() {
     let item_tag = 1 + 20 + 20 + 4; // version, hub, node, item count
     bad_tag[item_tag] = 200;
     assert!(matches!(decode::<SignedHubBatch>(&bad_tag), Err(DecodeError::Malformed(_))));
+}
+
+/// Session MACs (DESIGN §6 fast path): a MAC before any session, a MAC under another key,
+/// and a MAC'd ack the hub has no session for are all refused without a state change; a
+/// signed batch establishes the session and is answered with a signature, a MAC'd one with
+/// a MAC under the same key.
+#[test]
+fn session_macs_need_a_session_and_the_right_key() {
+    let mut f = fixture();
+    let node = f.nodes[1];
+    let me = f.w.address(node);
+    let hub_addr = f.hub.address();
+    let batch = |items| HubBatch { hub: hub_addr, node: me, items };
+    let before = f.state(node);
+    let no_session = batch(vec![]).mac(&[9; 32]);
+    let err = f.w.nodes[node].enclave.handle(0, Request::HubBatch(no_session)).unwrap_err();
+    assert_eq!(err, EnclaveError::NoHubSession);
+    assert_eq!(f.state(node), before);
+
+    // The first signed batch derives the session (ECDH with the hub key) and is signed back.
+    let out = f.w.nodes[node].enclave.handle(0, Request::HubBatch(batch(vec![]).sign(&f.hub))).unwrap();
+    assert!(out.sealed.is_some(), "the session is sealed before anything leaves");
+    let session = f.state(node).hub_session.expect("session established");
+    // The hub derives the same key from any signature of the node's (here a link handshake).
+    let transcript = teepay_types::keccak256(b"probe");
+    let role = teepay_types::LinkRole::Initiator;
+    let Response::Signature(sig) = f.w.node_request(node, Request::SignLink { transcript, role }) else {
+        panic!()
+    };
+    let (_, hub_side) = f.hub.session_with(&teepay_types::link_digest(&transcript, role), &sig).unwrap();
+    assert_eq!(session, hub_side, "both ends derive the same key");
+
+    let before = f.state(node);
+    let wrong_key = batch(vec![HubItem::Refund { instance: InstanceId([1; 32]) }]).mac(&[9; 32]);
+    let err = f.w.nodes[node].enclave.handle(0, Request::HubBatch(wrong_key)).unwrap_err();
+    assert_eq!(err, EnclaveError::BadHubSignature);
+    assert_eq!(f.state(node), before);
+
+    // A MAC'd batch under the session is accepted and answered with a MAC.
+    let spec = f.run_to(3, false, false);
+    let out = f.w.nodes[node]
+        .enclave
+        .handle(0, Request::HubBatch(batch(vec![HubItem::Refund { instance: spec.id }]).mac(&session)))
+        .unwrap();
+    let Response::Batch(result) = out.response else { panic!() };
+    let ack = result.ack.expect("answered");
+    assert_eq!(
+        ack.auth,
+        teepay_types::BatchAuth::Mac(teepay_types::session_mac(&session, &ack.ack.digest()))
+    );
+}
+
+/// The hub's side: a MAC'd ack without a session is refused unchanged; a node's first
+/// signed ack establishes the session and later batches to it are MAC'd; in signature mode
+/// every batch stays signed and no session is kept.
+fn first_ack_then_refund_batch(
+    mode: teepay_types::RoundAuth,
+) -> (teepay_sim::World, teepay_types::SignedHubBatch) {
+    let mut w = teepay_sim::scenarios::three_hop();
+    w.hub.coordinator.set_round_auth(mode);
+    let teepay_sim::Envelope::ToNode { batch: first, .. } = w.network[0].clone() else { panic!() };
+    assert!(matches!(first.auth, teepay_types::BatchAuth::Signature(_)), "round one is signed");
+    w.apply(&teepay_sim::Action::Deliver(0)).unwrap();
+    let teepay_sim::Envelope::ToHub(ack) = w.network.last().unwrap().clone() else { panic!() };
+    assert!(matches!(ack.auth, teepay_types::BatchAuth::Signature(_)), "a signature answers a signature");
+    let before = w.hub.coordinator.inspect().clone();
+    let forged = ack.ack.clone().mac(&[5; 32]);
+    assert_eq!(w.hub.coordinator.on_ack(w.now, &forged).unwrap_err(), HubError::NoSession(ack.ack.node));
+    assert_eq!(*w.hub.coordinator.inspect(), before);
+    w.hub.coordinator.on_ack(w.now, &ack).unwrap();
+    // Past the PREPARE timeout: a REFUND goes to every participant.
+    let later = w.now + 1_000;
+    w.hub.coordinator.tick(later);
+    let flush = w.hub.coordinator.flush();
+    let node = ack.ack.node;
+    let next = flush.batches.into_iter().find(|b| b.batch.node == node).expect("a REFUND for the node");
+    (w, next)
+}
+
+#[test]
+fn hub_macs_only_after_a_signed_ack_and_never_in_signature_mode() {
+    let (w, next) = first_ack_then_refund_batch(teepay_types::RoundAuth::SessionMacs);
+    assert!(w.hub.coordinator.inspect().sessions.contains_key(&next.batch.node));
+    assert!(matches!(next.auth, teepay_types::BatchAuth::Mac(_)));
+    let (w, next) = first_ack_then_refund_batch(teepay_types::RoundAuth::Signatures);
+    assert!(w.hub.coordinator.inspect().sessions.is_empty());
+    assert!(next.is_signed_by(w.hub.coordinator.address()));
 }

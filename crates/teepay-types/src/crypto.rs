@@ -83,6 +83,37 @@ impl SigningKey {
     }
 }
 
+impl SigningKey {
+    /// Checks `signature` over `digest` and derives the session key shared with its signer:
+    /// ECDH between this key and the signer's recovered public key (static-static, so both
+    /// enclaves derive the same key whenever they meet, and nothing about it needs sealing
+    /// beyond a cache). Returns the signer's address with the key; the caller checks that the
+    /// address is the peer it expects.
+    pub fn session_with(
+        &self,
+        digest: &Hash32,
+        signature: &Signature,
+    ) -> Result<(Address, Hash32), CryptoError> {
+        let public = recover_public(digest, signature)?;
+        let shared = secp256k1::ecdh::SharedSecret::new(&public, &self.secret);
+        let mut ends = [self.address, address_of(&public)];
+        ends.sort();
+        let key = keccak256_parts(&[b"teepay/session/v1", shared.as_secret_bytes(), &ends[0].0, &ends[1].0]);
+        Ok((address_of(&public), key))
+    }
+}
+
+/// A message authentication code under a session key (keccak256 with the key as prefix:
+/// keccak has no length-extension weakness, so this is a sound MAC, as KMAC is).
+pub fn session_mac(key: &Hash32, digest: &Hash32) -> Hash32 {
+    keccak256_parts(&[b"teepay/mac/v1", key, digest])
+}
+
+/// Compares two MACs in time independent of where they differ.
+pub fn macs_equal(a: &Hash32, b: &Hash32) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// The Ethereum address of a public key: the last 20 bytes of keccak(uncompressed[1..]).
 pub fn address_of(public: &PublicKey) -> Address {
     let uncompressed = public.serialize_uncompressed();
@@ -94,6 +125,10 @@ pub fn address_of(public: &PublicKey) -> Address {
 
 /// Recovers the signer's address, as the contract's `ecrecover` would.
 pub fn recover_signer(digest: &Hash32, signature: &Signature) -> Result<Address, CryptoError> {
+    recover_public(digest, signature).map(|p| address_of(&p))
+}
+
+fn recover_public(digest: &Hash32, signature: &Signature) -> Result<PublicKey, CryptoError> {
     let v = signature.0[64];
     let recid = match v {
         27 | 28 => RecoveryId::try_from(i32::from(v - 27)).map_err(|_| CryptoError::MalformedSignature)?,
@@ -108,8 +143,7 @@ pub fn recover_signer(digest: &Hash32, signature: &Signature) -> Result<Address,
     if normalized != standard {
         return Err(CryptoError::MalformedSignature);
     }
-    let public = sig.recover_ecdsa(Message::from_digest(*digest)).map_err(|_| CryptoError::Unrecoverable)?;
-    Ok(address_of(&public))
+    sig.recover_ecdsa(Message::from_digest(*digest)).map_err(|_| CryptoError::Unrecoverable)
 }
 
 /// True iff `signature` over `digest` recovers to `expected`.
@@ -142,6 +176,26 @@ mod tests {
         let mut bad = sig;
         bad.0[64] = 29;
         assert_eq!(recover_signer(&digest, &bad), Err(CryptoError::MalformedSignature));
+    }
+
+    #[test]
+    fn both_ends_derive_the_same_session_key_and_no_one_else_does() {
+        let (a, b, c) = (
+            SigningKey::from_entropy([1; 32]).unwrap(),
+            SigningKey::from_entropy([2; 32]).unwrap(),
+            SigningKey::from_entropy([3; 32]).unwrap(),
+        );
+        let d = keccak256(b"x");
+        let (from_b, at_a) = a.session_with(&d, &b.sign_digest(&d)).unwrap();
+        let (from_a, at_b) = b.session_with(&d, &a.sign_digest(&d)).unwrap();
+        assert_eq!((from_b, from_a), (b.address(), a.address()));
+        assert_eq!(at_a, at_b);
+        let (_, a_with_c) = a.session_with(&d, &c.sign_digest(&d)).unwrap();
+        assert_ne!(a_with_c, at_a);
+        let tag = session_mac(&at_a, &d);
+        assert!(macs_equal(&tag, &session_mac(&at_b, &d)));
+        assert!(!macs_equal(&tag, &session_mac(&a_with_c, &d)));
+        assert!(!macs_equal(&tag, &session_mac(&at_a, &keccak256(b"y"))));
     }
 
     #[test]

@@ -18,7 +18,8 @@ pub use channel::{
     eip712_domain,
 };
 pub use crypto::{
-    CryptoError, LinkRole, Signature, SigningKey, keccak256, link_digest, recover_signer, verify_signer,
+    CryptoError, LinkRole, Signature, SigningKey, keccak256, link_digest, macs_equal, recover_signer,
+    session_mac, verify_signer,
 };
 pub use encoding::{DecodeError, WIRE_VERSION, decode, encode};
 pub use ids::{Address, Amount, ChainId, ChannelId, Hash32, InstanceId};
@@ -26,8 +27,8 @@ pub use instance::{
     Hop, InstanceSpec, Leg, Order, PaymentRequest, SignedOrder, SpecError, SwapIntent, Transfer,
 };
 pub use messages::{
-    HubBatch, HubItem, NackReason, NodeAck, NodeItem, Quote, QuoteError, RefundRequest, Report,
-    SignedHubBatch, SignedNodeAck, SignedRefundRequest, leaf_hash, merkle_root,
+    BatchAuth, HubBatch, HubItem, NackReason, NodeAck, NodeItem, Quote, QuoteError, RefundRequest, Report,
+    RoundAuth, SignedHubBatch, SignedNodeAck, SignedRefundRequest, leaf_hash, merkle_root,
 };
 pub use seal::{Platform, SealError, SimPlatform, seal, seal_value, unseal, unseal_value};
 pub use tx::{

@@ -3,7 +3,7 @@
 //! the node answers with one batch of items under one signature (DESIGN §6 "Batching").
 
 use crate::channel::{ChannelState, Outcome};
-use crate::crypto::{Signature, SigningKey, keccak256, keccak256_parts, recover_signer};
+use crate::crypto::{Signature, SigningKey, keccak256, keccak256_parts, recover_signer, session_mac};
 use crate::encoding::body_bytes;
 use crate::ids::{Address, ChainId, Hash32, InstanceId};
 use crate::instance::InstanceSpec;
@@ -122,10 +122,39 @@ pub struct HubBatch {
     pub items: Vec<HubItem>,
 }
 
+/// How a batch is authenticated: an ECDSA signature anyone can verify, or a MAC under the
+/// session key its two enclaves share (DESIGN §6 fast path: ~100x cheaper, but only the
+/// two ends can check it). The first exchange between two enclaves is always signed; it is
+/// what establishes the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub enum BatchAuth {
+    Signature(Signature),
+    Mac(Hash32),
+}
+
+impl BatchAuth {
+    /// The raw authenticator bytes (tests corrupt them to check rejection).
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            BatchAuth::Signature(s) => &mut s.0,
+            BatchAuth::Mac(m) => m,
+        }
+    }
+}
+
+/// Whether the hub authenticates round messages with session MACs once a session exists
+/// (the fast path) or signs every one (every round message verifiable by a third party).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, BorshSerialize, BorshDeserialize)]
+pub enum RoundAuth {
+    #[default]
+    SessionMacs,
+    Signatures,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct SignedHubBatch {
     pub batch: HubBatch,
-    pub signature: Signature,
+    pub auth: BatchAuth,
 }
 
 fn batch_digest(tag: &[u8], sender: Address, recipient: Address, root: &Hash32) -> Hash32 {
@@ -139,14 +168,19 @@ impl HubBatch {
     }
     pub fn sign(self, key: &SigningKey) -> SignedHubBatch {
         let signature = key.sign_digest(&self.digest());
-        SignedHubBatch { batch: self, signature }
+        SignedHubBatch { batch: self, auth: BatchAuth::Signature(signature) }
+    }
+    pub fn mac(self, session: &Hash32) -> SignedHubBatch {
+        let tag = session_mac(session, &self.digest());
+        SignedHubBatch { batch: self, auth: BatchAuth::Mac(tag) }
     }
 }
 
 impl SignedHubBatch {
+    /// True iff the batch carries a valid ECDSA signature by `hub` (a MAC never counts).
     pub fn is_signed_by(&self, hub: Address) -> bool {
         self.batch.hub == hub
-            && matches!(recover_signer(&self.batch.digest(), &self.signature), Ok(a) if a == hub)
+            && matches!(self.auth, BatchAuth::Signature(s) if matches!(recover_signer(&self.batch.digest(), &s), Ok(a) if a == hub))
     }
 }
 
@@ -161,7 +195,7 @@ pub struct NodeAck {
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct SignedNodeAck {
     pub ack: NodeAck,
-    pub signature: Signature,
+    pub auth: BatchAuth,
 }
 
 impl NodeAck {
@@ -171,14 +205,19 @@ impl NodeAck {
     }
     pub fn sign(self, key: &SigningKey) -> SignedNodeAck {
         let signature = key.sign_digest(&self.digest());
-        SignedNodeAck { ack: self, signature }
+        SignedNodeAck { ack: self, auth: BatchAuth::Signature(signature) }
+    }
+    pub fn mac(self, session: &Hash32) -> SignedNodeAck {
+        let tag = session_mac(session, &self.digest());
+        SignedNodeAck { ack: self, auth: BatchAuth::Mac(tag) }
     }
 }
 
 impl SignedNodeAck {
+    /// True iff the ack carries a valid ECDSA signature by `node` (a MAC never counts).
     pub fn is_signed_by(&self, node: Address) -> bool {
         self.ack.node == node
-            && matches!(recover_signer(&self.ack.digest(), &self.signature), Ok(a) if a == node)
+            && matches!(self.auth, BatchAuth::Signature(s) if matches!(recover_signer(&self.ack.digest(), &s), Ok(a) if a == node))
     }
 }
 

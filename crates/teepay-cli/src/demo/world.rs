@@ -114,6 +114,7 @@ pub async fn start_hub(dir: &Path, chains: &[DemoChain]) -> Result<RunningHub> {
         allowed_node_measurements: vec![NODE_MEASUREMENT],
         prepare_timeout: Duration::from_secs(2),
         retransmit_after: Duration::from_millis(200),
+        round_auth: Default::default(),
         tick: Duration::from_millis(20),
         batch_window: Duration::ZERO,
         sync_poll: Duration::from_millis(10),
