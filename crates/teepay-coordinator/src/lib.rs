@@ -74,6 +74,14 @@ struct SealedContents {
     state: HubState,
 }
 
+/// What is sealed: the same encoding as [`SealedContents`], borrowing the state instead of
+/// cloning it (the state is the bulk of every seal).
+#[derive(BorshSerialize)]
+struct SealedContentsRef<'a> {
+    secret: [u8; 32],
+    state: &'a HubState,
+}
+
 #[derive(Debug, Clone)]
 pub struct Coordinator<P: Platform> {
     platform: P,
@@ -424,7 +432,7 @@ impl<P: Platform> Coordinator<P> {
 
     fn seal(&mut self) -> Vec<u8> {
         self.state.dirty = false;
-        let contents = SealedContents { secret: self.key.secret_bytes(), state: self.state.clone() };
+        let contents = SealedContentsRef { secret: self.key.secret_bytes(), state: &self.state };
         seal_value(&mut self.platform, SEAL_DOMAIN, &contents)
     }
 

@@ -178,6 +178,14 @@ struct SealedContents {
     state: NodeState,
 }
 
+/// What is sealed: the same encoding as [`SealedContents`], borrowing the state instead of
+/// cloning it (the state is the bulk of every seal).
+#[derive(BorshSerialize)]
+struct SealedContentsRef<'a> {
+    secret: [u8; 32],
+    state: &'a NodeState,
+}
+
 #[derive(Debug, Clone)]
 pub struct NodeEnclave<P: Platform> {
     platform: P,
@@ -231,7 +239,7 @@ impl<P: Platform> NodeEnclave<P> {
     }
 
     fn seal(&mut self) -> Vec<u8> {
-        let contents = SealedContents { secret: self.key.secret_bytes(), state: self.state.clone() };
+        let contents = SealedContentsRef { secret: self.key.secret_bytes(), state: &self.state };
         seal_value(&mut self.platform, SEAL_DOMAIN, &contents)
     }
 

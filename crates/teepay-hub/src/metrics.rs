@@ -15,7 +15,7 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
+    pub fn new(bounds: &'static [f64]) -> Self {
         Histogram {
             bounds,
             counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
@@ -33,6 +33,20 @@ impl Histogram {
 
     pub fn count(&self) -> u64 {
         self.count.load(Relaxed)
+    }
+
+    pub fn sum(&self) -> f64 {
+        self.sum_micros.load(Relaxed) as f64 / 1e6
+    }
+
+    /// Per-bucket (not cumulative) counts with each bucket's upper bound (`inf` last).
+    pub fn buckets(&self) -> Vec<(f64, u64)> {
+        self.bounds
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(self.counts.iter().map(|c| c.load(Relaxed)))
+            .collect()
     }
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
@@ -66,7 +80,7 @@ pub struct Metrics {
 
 const LATENCY_BOUNDS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
-const BATCH_BOUNDS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+pub const BATCH_BOUNDS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
 
 impl Metrics {
     pub fn new(chains: &[u64]) -> Self {

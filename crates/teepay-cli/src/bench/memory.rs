@@ -1,0 +1,131 @@
+//! The protocol's own limit: the same executor and enclaves as production, no sockets, no
+//! disk (sealing still runs, into memory), driven in one thread.
+
+use super::scenario::{Job, Scenario};
+use super::{Drive, Progress, Run, cpu_seconds, fund, hub_config, node_config, swap_intent_request};
+use anyhow::{Result, bail};
+use std::collections::HashMap;
+use std::time::Instant;
+use teepay_coordinator::Coordinator;
+use teepay_enclave::{NodeEnclave, Request, Response};
+use teepay_hub::executor::Executor;
+use teepay_types::{Address, Amount, ChainId, ChannelId, InstanceId, RoundAuth, SimPlatform};
+
+pub fn run(scn: &Scenario, drive: &Drive, auth: RoundAuth, progress: &mut Progress) -> Result<Run> {
+    let mut enclaves: Vec<NodeEnclave<SimPlatform>> = (0..scn.nodes)
+        .map(|i| {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+            NodeEnclave::create(SimPlatform::new(seed), node_config(scn), seed).map(|e| e.0)
+        })
+        .collect::<Result<_, _>>()?;
+    let network = fund(&mut enclaves, scn)?;
+    let mut hub = Coordinator::create(SimPlatform::new([9; 32]), hub_config(auth), [8; 32])?;
+    let hub_quote = hub.report(ChainId(0)).attest(&crate::sim::attestation_key());
+    let index: HashMap<Address, usize> = enclaves.iter().enumerate().map(|(i, e)| (e.address(), i)).collect();
+    for e in enclaves.iter_mut() {
+        let Response::Report(r) = e.handle(0, Request::Report { chain: ChainId(0) })?.response else {
+            bail!("report")
+        };
+        hub.register_node(&r.attest(&crate::sim::attestation_key()))?;
+        e.handle(0, Request::AttestHub { quote: hub_quote.clone() })?;
+    }
+    let mut exec = Executor::new(hub, network);
+    let (cpu0, start) = (cpu_seconds(), Instant::now());
+    let mut started_at: HashMap<InstanceId, Instant> = HashMap::new();
+    let (mut next, mut run) = (0usize, Run::new(drive.jobs));
+    let now = teepay_link::host::now_ms();
+    let expires_at = now + 600_000;
+    while run.done() < drive.jobs {
+        while next < drive.jobs && started_at.len() < drive.concurrency && drive.may_start(next, start) {
+            let id = match scn.job(next) {
+                Job::Pay { chain, payer, payee, amount, max_fee } => {
+                    let req = Request::CreatePayment {
+                        chain: *chain,
+                        payee: enclaves[*payee].address(),
+                        amount: Amount(*amount),
+                        max_fee: Amount(*max_fee),
+                        expires_at,
+                    };
+                    let Response::Order(order) = enclaves[*payer].handle(now, req)?.response else {
+                        bail!("order")
+                    };
+                    exec.submit_payment(now, order)
+                }
+                Job::Swap { gives } => {
+                    let mut intents = Vec::new();
+                    for (party, req) in swap_intent_request(gives, |i| enclaves[i].address(), expires_at) {
+                        let Response::Order(o) = enclaves[party].handle(now, req)?.response else {
+                            bail!("intent")
+                        };
+                        intents.push(o);
+                    }
+                    exec.submit_swap(now, intents)
+                }
+            };
+            next += 1;
+            match id {
+                Ok(id) => drop(started_at.insert(id, Instant::now())),
+                Err(e) => run.refuse(&e.to_string()),
+            }
+        }
+        if started_at.is_empty() && next < drive.jobs {
+            // Offered-rate mode, ahead of schedule.
+            std::thread::sleep(std::time::Duration::from_micros(200));
+            continue;
+        }
+        deliver_once(&mut exec, &mut enclaves, &index, now, &mut run, &mut started_at)?;
+        progress.show(run.done(), drive.jobs);
+    }
+    run.elapsed = start.elapsed();
+    run.cpu_seconds = cpu_seconds() - cpu0;
+    // The hub reports a payment final when it is decided; the CONFIRMs still go out.
+    while deliver_once(&mut exec, &mut enclaves, &index, now, &mut run, &mut started_at)? {}
+    run.conservation = Some(conserved(scn, &enclaves));
+    Ok(run)
+}
+
+/// One flush of the executor and delivery of its batches; false when nothing was sent.
+fn deliver_once(
+    exec: &mut Executor<SimPlatform>,
+    enclaves: &mut [NodeEnclave<SimPlatform>],
+    index: &HashMap<Address, usize>,
+    now: u64,
+    run: &mut Run,
+    started_at: &mut HashMap<InstanceId, Instant>,
+) -> Result<bool> {
+    let out = exec.flush(now);
+    for f in out.finished {
+        run.record(started_at.remove(&f.id).map(|t| t.elapsed()), &f.status);
+    }
+    let sent = !out.batches.is_empty();
+    for batch in out.batches {
+        run.batch(batch.batch.items.len());
+        let node = index[&batch.batch.node];
+        if let Response::Batch(r) = enclaves[node].handle(now, Request::HubBatch(batch))?.response
+            && let Some(ack) = r.ack
+        {
+            exec.on_ack(now, &ack)?;
+        }
+    }
+    Ok(sent)
+}
+
+/// Every channel's two enclaves agree, hold no locks, and hold exactly what was funded.
+fn conserved(scn: &Scenario, enclaves: &[NodeEnclave<SimPlatform>]) -> bool {
+    let mut views: HashMap<ChannelId, Vec<(u128, u128, usize)>> = HashMap::new();
+    for e in enclaves {
+        for (id, c) in &e.inspect().channels {
+            views.entry(*id).or_default().push((c.balance_local.0, c.balance_peer.0, c.locks.len()));
+        }
+    }
+    scn.channels.iter().all(|c| {
+        views.get(&c.id).is_some_and(|v| {
+            v.len() == 2
+                && v.iter().all(|x| x.2 == 0)
+                && v[0].0 == v[1].1
+                && v[0].1 == v[1].0
+                && v[0].0 + v[0].1 == c.balance_x + c.balance_y
+        })
+    })
+}

@@ -1,0 +1,210 @@
+//! The production path: the hub service and every node daemon in this process, over real
+//! loopback TCP with the encrypted links, sealed state written durably (fsync) before every
+//! ack and every batch.
+
+use super::scenario::{Job, Scenario};
+use super::{Drive, Progress, Run, cpu_seconds, fund, hub_config, node_config, swap_intent_request};
+use anyhow::{Context, Result, bail};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use teepay_coordinator::Coordinator;
+use teepay_enclave::{NodeEnclave, Request, Response};
+use teepay_hub::executor::{Executor, Finished};
+use teepay_hub::metrics::Metrics;
+use teepay_hub::service::{HubSettings, serve};
+use teepay_link::host::FilePlatform;
+use teepay_node::{NodeHandle, NodeSettings, spawn};
+use teepay_types::{Amount, ChainId, ChannelId, InstanceId, RoundAuth};
+use tokio::sync::{Semaphore, mpsc};
+
+pub async fn run(
+    scn: &Scenario,
+    drive: &Drive,
+    auth: RoundAuth,
+    dir: &Path,
+    progress: &mut Progress,
+) -> Result<Run> {
+    let _ = std::fs::remove_dir_all(dir);
+    let mut enclaves: Vec<NodeEnclave<FilePlatform>> = (0..scn.nodes)
+        .map(|i| -> Result<_> {
+            let platform = FilePlatform::open(&dir.join(format!("n{i}")))?;
+            Ok(NodeEnclave::create(platform, node_config(scn), teepay_link::os_entropy()?)?.0)
+        })
+        .collect::<Result<_>>()?;
+    let network = fund(&mut enclaves, scn)?;
+    let hub = Coordinator::create(
+        FilePlatform::open(&dir.join("hub"))?,
+        hub_config(auth),
+        teepay_link::os_entropy()?,
+    )?;
+    let hub_quote = hub.report(ChainId(0)).attest(&crate::sim::attestation_key());
+    let (fin_tx, mut fin_rx) = mpsc::unbounded_channel();
+    let metrics = Arc::new(Metrics::new(&scn.chains.iter().map(|c| c.0).collect::<Vec<_>>()));
+    let settings = HubSettings {
+        listen: "127.0.0.1:0".parse()?,
+        state_path: dir.join("hub.sealed"),
+        quote: hub_quote,
+        tick: Duration::from_millis(50),
+        batch_window: drive.batch_window,
+        metrics: metrics.clone(),
+        finished: Some(fin_tx),
+    };
+    let handle = serve(Executor::new(hub, network), None, settings).await?;
+    let mut nodes = Vec::new();
+    for (i, mut e) in enclaves.into_iter().enumerate() {
+        let Response::Report(r) = e.handle(0, Request::Report { chain: ChainId(0) })?.response else {
+            bail!("report")
+        };
+        let (h, _) = spawn(
+            e,
+            NodeSettings {
+                hub: handle.addr,
+                state_path: dir.join(format!("n{i}/sealed")),
+                quote: r.attest(&crate::sim::attestation_key()),
+                reconnect_after: Duration::from_millis(50),
+                order_ttl: Duration::from_secs(600),
+            },
+        );
+        nodes.push(h);
+    }
+    for n in &nodes {
+        crate::demo::wait_ready(n).await?;
+    }
+
+    // Completion comes from the hub's finished events; `concurrency` jobs in flight at most.
+    #[derive(Default)]
+    struct Shared {
+        started: HashMap<InstanceId, Instant>,
+        early: HashMap<InstanceId, Finished>,
+    }
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let permits = Arc::new(Semaphore::new(drive.concurrency));
+    let run = Arc::new(Mutex::new(Run::new(drive.jobs)));
+    let (bytes0, cpu0, start) = (teepay_link::BYTES_SENT.load(Relaxed), cpu_seconds(), Instant::now());
+    let batches0 = (metrics.batch_size.buckets(), metrics.batch_size.sum());
+    let collector = {
+        let (shared, run, permits) = (shared.clone(), run.clone(), permits.clone());
+        tokio::spawn(async move {
+            while let Some(f) = fin_rx.recv().await {
+                let mut s = shared.lock().expect("lock");
+                match s.started.remove(&f.id) {
+                    Some(t) => {
+                        run.lock().expect("lock").record(Some(t.elapsed()), &f.status);
+                        permits.add_permits(1);
+                    }
+                    None => drop(s.early.insert(f.id, f)),
+                }
+            }
+        })
+    };
+    let nodes = Arc::new(nodes);
+    for k in 0..drive.jobs {
+        permits.acquire().await?.forget();
+        while !drive.may_start(k, start) {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        let job = scn.job(k).clone();
+        let (nodes, shared, run2, permits) = (nodes.clone(), shared.clone(), run.clone(), permits.clone());
+        tokio::spawn(async move {
+            let run = run2;
+            let t = Instant::now();
+            match start_job(&nodes, &job).await {
+                Ok(id) => {
+                    let mut s = shared.lock().expect("lock");
+                    if let Some(f) = s.early.remove(&id) {
+                        run.lock().expect("lock").record(Some(t.elapsed()), &f.status);
+                        permits.add_permits(1);
+                    } else {
+                        s.started.insert(id, t);
+                    }
+                }
+                Err(e) => {
+                    run.lock().expect("lock").refuse(&format!("{e:#}"));
+                    permits.add_permits(1);
+                }
+            }
+        });
+        if k % 64 == 0 {
+            progress.show(run.lock().expect("lock").done(), drive.jobs);
+        }
+    }
+    let deadline = Duration::from_secs(300);
+    let waited = tokio::time::timeout(deadline, async {
+        loop {
+            let done = run.lock().expect("lock").done();
+            progress.show(done, drive.jobs);
+            if done >= drive.jobs {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    collector.abort();
+    waited.context("jobs did not all finish within 300 s")?;
+    let mut r = std::mem::take(&mut *run.lock().expect("lock"));
+    r.elapsed = start.elapsed();
+    r.cpu_seconds = cpu_seconds() - cpu0;
+    r.wire_bytes = teepay_link::BYTES_SENT.load(Relaxed) - bytes0;
+    r.batches = metrics
+        .batch_size
+        .buckets()
+        .into_iter()
+        .zip(batches0.0)
+        .map(|((b, after), (_, before))| (b, after - before))
+        .collect();
+    // The histogram's sum is kept in millionths; items are whole numbers.
+    r.batch_items = (metrics.batch_size.sum() - batches0.1).round() as u64;
+    r.conservation = Some(conserved(scn, &nodes).await?);
+    Ok(r)
+}
+
+async fn start_job(nodes: &[NodeHandle], job: &Job) -> Result<InstanceId> {
+    Ok(match job {
+        Job::Pay { chain, payer, payee, amount, max_fee } => {
+            nodes[*payer].pay(*chain, nodes[*payee].address, Amount(*amount), Amount(*max_fee)).await?
+        }
+        Job::Swap { gives } => {
+            let expires_at = teepay_link::host::now_ms() + 600_000;
+            let mut intents = Vec::new();
+            for (party, req) in swap_intent_request(gives, |i| nodes[i].address, expires_at) {
+                match nodes[party].enclave(req).await? {
+                    Response::Order(o) => intents.push(o),
+                    _ => bail!("unexpected enclave response"),
+                }
+            }
+            nodes[gives[0].0].swap(intents).await?
+        }
+    })
+}
+
+/// Once the last CONFIRMs are applied (no locks anywhere; the hub reports a job final when
+/// it is decided, a round earlier): every channel's two parties agree and hold exactly what
+/// was funded.
+async fn conserved(scn: &Scenario, nodes: &[NodeHandle]) -> Result<bool> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut views: HashMap<ChannelId, Vec<(u128, u128, usize)>> = HashMap::new();
+        for n in nodes {
+            for c in n.channels().await? {
+                views.entry(c.id).or_default().push((c.local.0, c.remote.0, c.locks));
+            }
+        }
+        let settled = views.values().all(|v| v.iter().all(|x| x.2 == 0));
+        if settled || Instant::now() > deadline {
+            return Ok(settled
+                && scn.channels.iter().all(|c| {
+                    views.get(&c.id).is_some_and(|v| {
+                        v.len() == 2
+                            && v[0].0 == v[1].1
+                            && v[0].1 == v[1].0
+                            && v[0].0 + v[0].1 == c.balance_x + c.balance_y
+                    })
+                }));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
