@@ -20,7 +20,7 @@ fn graph_of(topo: &Topology) -> Graph {
 }
 
 fn queries(nodes: u32, amount: u128, n: usize) -> Vec<RouteQuery> {
-    let mut rng = SplitMix64(99);
+    let mut rng = SplitMix64::new(99);
     (0..n)
         .map(|_| {
             let s = rng.below(u64::from(nodes)) as u32;

@@ -188,7 +188,7 @@ fn main() {
     let score_params = ProbabilisticScoringFeeParameters::default();
 
     // Queries: random distinct endpoints, amounts log-uniform in 1,000..100,000 sat.
-    let mut rng = SplitMix64(2020);
+    let mut rng = SplitMix64::new(2020);
     let queries: Vec<Query> = (0..n_queries)
         .map(|_| {
             let src = rng.below(topo.nodes as u64) as u32;

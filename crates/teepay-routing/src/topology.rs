@@ -5,6 +5,7 @@
 
 use crate::graph::ChannelInfo;
 use std::collections::HashMap;
+pub use teepay_types::rng::SplitMix64;
 use teepay_types::{Address, Amount, ChannelId, FeePolicy};
 
 /// One channel between node indices `a` and `b`, with each side's balance and forwarding fee.
@@ -129,7 +130,7 @@ impl Topology {
     /// are `fee`. Deterministic in `seed`.
     pub fn scale_free(nodes: u32, links: u32, balance: u128, fee: FeePolicy, seed: u64) -> Self {
         let links = links.max(1);
-        let mut rng = SplitMix64(seed);
+        let mut rng = SplitMix64::new(seed);
         let mut topo = Topology { nodes, channels: Vec::new() };
         // Every channel end, once per channel: sampling it uniformly is degree-proportional.
         let mut ends: Vec<u32> = Vec::new();
@@ -155,7 +156,7 @@ impl Topology {
         for new in clique..nodes {
             picked.clear();
             while picked.len() < links as usize {
-                let t = ends[(rng.next() % ends.len() as u64) as usize];
+                let t = ends[(rng.below(ends.len() as u64)) as usize];
                 if !picked.contains(&t) {
                     picked.push(t);
                 }
@@ -165,26 +166,6 @@ impl Topology {
             }
         }
         topo
-    }
-}
-
-/// splitmix64: a tiny deterministic generator (no dependency; quality is ample for graphs).
-#[derive(Debug, Clone)]
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    #[allow(clippy::should_implement_trait)]
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
     }
 }
 

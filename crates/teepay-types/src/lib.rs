@@ -10,6 +10,7 @@ pub mod encoding;
 pub mod ids;
 pub mod instance;
 pub mod messages;
+pub mod rng;
 pub mod seal;
 pub mod tx;
 

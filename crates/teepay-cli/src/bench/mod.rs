@@ -243,7 +243,7 @@ fn fund<P: Platform>(enclaves: &mut [NodeEnclave<P>], scn: &Scenario) -> Result<
     let mut network = Network::new();
     for c in &scn.channels {
         let (a, b) = (enclaves[c.x].address(), enclaves[c.y].address());
-        let (bal_x, bal_y) = scenario::funding(c);
+        let (bal_x, bal_y) = (Amount(c.balance_x), Amount(c.balance_y));
         for (k, peer, is_a, local, remote, fee) in
             [(c.x, b, true, bal_x, bal_y, c.fee_x), (c.y, a, false, bal_y, bal_x, c.fee_y)]
         {

@@ -176,7 +176,7 @@ pub fn measure(db: &Path, channels: usize) -> Result<ExitCode> {
         bail!("loaded {} channels, expected {expected}", g.channel_count());
     }
     let n = g.node_count() as u64;
-    let mut rng = SplitMix64(5);
+    let mut rng = SplitMix64::new(5);
     let mut times = Vec::with_capacity(QUERIES);
     let (mut found, mut hops) = (0usize, 0usize);
     for _ in 0..QUERIES {

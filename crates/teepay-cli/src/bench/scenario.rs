@@ -5,7 +5,7 @@ use anyhow::{Context, Result, bail};
 use std::collections::VecDeque;
 use std::path::Path;
 use teepay_routing::topology::{SplitMix64, Topology};
-use teepay_types::{Amount, ChainId, ChannelId, FeePolicy};
+use teepay_types::{ChainId, ChannelId, FeePolicy};
 
 pub const CHAIN_A: ChainId = ChainId(1);
 pub const CHAIN_B: ChainId = ChainId(2);
@@ -181,7 +181,7 @@ fn from_topology(
         adj[c.a as usize].push(c.b as usize);
         adj[c.b as usize].push(c.a as usize);
     }
-    let mut rng = SplitMix64(11);
+    let mut rng = SplitMix64::new(11);
     let mut jobs = Vec::new();
     let mut attempts = 0;
     while jobs.len() < 2_000 && attempts < 20_000 {
@@ -296,8 +296,4 @@ pub fn swap(leaves: usize, parties: usize) -> Result<Scenario> {
         jobs,
         hops: "2 per transfer",
     })
-}
-
-pub fn funding(c: &BenchChannel) -> (Amount, Amount) {
-    (Amount(c.balance_x), Amount(c.balance_y))
 }
