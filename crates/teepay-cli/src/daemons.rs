@@ -12,10 +12,11 @@ use teepay_chain::{AnyChain, Chain};
 use teepay_enclave::{NodeConfig as EnclaveConfig, NodeEnclave, Request, Response};
 use teepay_hub::runtime::{HubChain, HubRuntimeConfig};
 use teepay_hub::sync::SyncConfig;
-use teepay_link::host::{FilePlatform, persist_atomic};
+use teepay_link::host::{FilePlatform, SealedLogFile};
 use teepay_node::api::NodeApi;
 use teepay_node::onchain::{ChainLink, register, spawn_watcher};
 use teepay_node::{NodeSettings, spawn};
+use teepay_types::Platform as _;
 use teepay_types::{Address, Amount, ChainId};
 
 #[derive(clap::Args, Debug)]
@@ -186,7 +187,7 @@ pub fn node(args: &NodeArgs) -> Result<ExitCode> {
         let restorable =
             platform.restorable(&sealed).with_context(|| format!("reading {}", sealed.display()))?;
         let mut enclave = match restorable {
-            Some(blob) => NodeEnclave::restore(platform, &blob).context("restoring the node enclave")?,
+            Some(log) => NodeEnclave::restore(platform, &log).context("restoring the node enclave")?,
             None => {
                 let config = EnclaveConfig {
                     measurement: sim::NODE_MEASUREMENT,
@@ -196,7 +197,9 @@ pub fn node(args: &NodeArgs) -> Result<ExitCode> {
                     max_tx_fee: Amount(10u128.pow(16)),
                 };
                 let (e, blob) = NodeEnclave::create(platform, config, teepay_link::os_entropy()?)?;
-                persist_atomic(&sealed, &blob)?;
+                if !e.platform().persists_sealed() {
+                    SealedLogFile::at(&sealed).record(&blob)?;
+                }
                 e
             }
         };

@@ -35,6 +35,8 @@ pub enum HubError {
     ConflictingFinish(InstanceId, teepay_types::Outcome),
     #[error("sealed state: {0}")]
     Seal(#[from] SealError),
+    #[error("sealed log delta {index} does not replay on the state before it (not this enclave's history)")]
+    ReplayDiverged { index: usize },
     #[error("key: {0}")]
     Crypto(#[from] teepay_types::CryptoError),
 }

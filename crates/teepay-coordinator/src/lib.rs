@@ -7,6 +7,11 @@
 //! persist before sending anything, so a decision (CONFIRM xor REFUND) can never be
 //! forgotten or contradicted after a restart.
 //!
+//! Sealing is incremental: every input that changed the state is logged (it is
+//! deterministic given the state), and `flush` seals the inputs since the previous seal as
+//! one delta; [`Coordinator::restore`] replays them on the last snapshot. A snapshot is
+//! sealed only once the deltas outgrow it ([`LogBudget`]).
+//!
 //! Pure: no I/O, clock or RNG.
 
 mod error;
@@ -21,9 +26,10 @@ use teepay_types::crypto::keccak256_parts;
 use teepay_types::{
     Address, BatchAuth, ChainId, Hash32, HubBatch, HubItem, InstanceId, InstanceKind, InstanceSpec, Leg,
     NodeItem, Order, Outcome, Platform, Quote, Report, RoundAuth, SignedHubBatch, SignedNodeAck, SignedOrder,
-    SignedRefundRequest, SigningKey, leaf_hash, macs_equal, seal_value, session_mac, unseal_value,
+    SignedRefundRequest, SigningKey, leaf_hash, macs_equal, seal_delta, seal_value, session_mac, unseal_log,
     verify_signer,
 };
+pub use teepay_types::{LogBudget, SealLimits, SealedLog};
 
 const SEAL_DOMAIN: &[u8] = b"teepay/hub-seal/v1";
 
@@ -87,6 +93,40 @@ pub struct Coordinator<P: Platform> {
     platform: P,
     key: SigningKey,
     state: HubState,
+    /// The inputs that changed the state since the last seal, each a borsh-encoded
+    /// [`HubInput`]: the next delta.
+    pending: Vec<u8>,
+    /// When the next seal is a snapshot rather than a delta (enclave memory, not sealed).
+    budget: LogBudget,
+}
+
+/// One logged input, as sealed in a delta. The public entry points encode their arguments
+/// by reference in this layout (borsh: the variant index, then the fields in order) so the
+/// hot path clones nothing; the replay test decodes what they wrote.
+#[derive(Debug, BorshDeserialize)]
+enum HubInput {
+    RoundAuth(RoundAuth),
+    RegisterNode(Quote),
+    CreateInstance { now: u64, kind: InstanceKind, legs: Vec<Leg>, orders: Vec<SignedOrder> },
+    Ack { now: u64, ack: SignedNodeAck },
+    RefundRequest { now: u64, request: SignedRefundRequest },
+    ChainOutcome { now: u64, id: InstanceId, outcome: Outcome },
+    Tick(u64),
+    Prune(u64),
+    Flush,
+}
+
+/// Variant indices of [`HubInput`], in declaration order.
+mod tag {
+    pub const ROUND_AUTH: u8 = 0;
+    pub const REGISTER_NODE: u8 = 1;
+    pub const CREATE_INSTANCE: u8 = 2;
+    pub const ACK: u8 = 3;
+    pub const REFUND_REQUEST: u8 = 4;
+    pub const CHAIN_OUTCOME: u8 = 5;
+    pub const TICK: u8 = 6;
+    pub const PRUNE: u8 = 7;
+    pub const FLUSH: u8 = 8;
 }
 
 impl<P: Platform> Coordinator<P> {
@@ -101,14 +141,77 @@ impl<P: Platform> Coordinator<P> {
             outbox: BTreeMap::new(),
             dirty: true,
         };
-        Ok(Self { platform, key, state })
+        let mut budget = LogBudget::default();
+        // The first seal must be a snapshot: there is nothing for a delta to apply to.
+        budget.set_snapshot_due();
+        Ok(Self { platform, key, state, pending: Vec::new(), budget })
     }
 
-    /// Restarts from the latest sealed blob (stale, tampered or foreign blobs refused).
-    pub fn restore(platform: P, blob: &[u8]) -> Result<Self, HubError> {
-        let contents: SealedContents = unseal_value(&platform, SEAL_DOMAIN, blob)?;
+    /// Restarts from the sealed log (the last snapshot and the deltas after it), replaying
+    /// the logged inputs. Stale (rolled-back or truncated), gapped, tampered or foreign logs
+    /// are refused.
+    pub fn restore(platform: P, log: &SealedLog) -> Result<Self, HubError> {
+        let opened = unseal_log(&platform, SEAL_DOMAIN, log)?;
+        let contents: SealedContents =
+            borsh::from_slice(&opened.snapshot).map_err(|_| teepay_types::SealError::Undecodable)?;
         let key = SigningKey::from_entropy(contents.secret)?;
-        Ok(Self { platform, key, state: contents.state })
+        let budget = LogBudget::after_restore(&opened);
+        let mut hub = Self { platform, key, state: contents.state, pending: Vec::new(), budget };
+        for (index, delta) in opened.deltas.iter().enumerate() {
+            let mut rest = delta.as_slice();
+            while !rest.is_empty() {
+                let input =
+                    HubInput::deserialize(&mut rest).map_err(|_| teepay_types::SealError::Undecodable)?;
+                // Deterministic: the same state and input change the state the same way, so
+                // an input that now fails means the log is not this enclave's history.
+                hub.replay(input).map_err(|_| HubError::ReplayDiverged { index })?;
+            }
+        }
+        Ok(hub)
+    }
+
+    fn replay(&mut self, input: HubInput) -> Result<(), HubError> {
+        match input {
+            HubInput::RoundAuth(mode) => self.state.config.round_auth = mode,
+            HubInput::RegisterNode(quote) => {
+                self.admit(&quote)?;
+            }
+            HubInput::CreateInstance { now, kind, legs, orders } => {
+                self.new_instance(now, kind, legs, orders)?;
+            }
+            HubInput::Ack { now, ack } => {
+                self.ack(now, &ack)?;
+            }
+            HubInput::RefundRequest { now, request } => self.refund_requested(now, &request)?,
+            HubInput::ChainOutcome { now, id, outcome } => self.chain_outcome(now, id, outcome)?,
+            HubInput::Tick(now) => {
+                self.advance(now);
+            }
+            HubInput::Prune(now) => {
+                self.prune(now);
+            }
+            HubInput::Flush => {
+                self.take_batches();
+                self.state.dirty = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends one input to the pending delta: its variant `tag`, then its fields.
+    fn log<T: BorshSerialize>(&mut self, tag: u8, fields: &T) {
+        self.pending.push(tag);
+        fields.serialize(&mut self.pending).expect("writing to a Vec never fails");
+    }
+
+    /// When seals are snapshots rather than deltas ([`SealLimits::FULL`]: always, as before
+    /// incremental sealing; for benchmarks). Not sealed: a host choice, set after restore.
+    pub fn set_seal_limits(&mut self, limits: SealLimits) {
+        self.budget.set_limits(limits);
+    }
+
+    pub fn seal_limits(&self) -> SealLimits {
+        self.budget.limits()
     }
 
     pub fn address(&self) -> Address {
@@ -133,22 +236,47 @@ impl<P: Platform> Coordinator<P> {
         if self.state.config.round_auth != mode {
             self.state.config.round_auth = mode;
             self.state.dirty = true;
+            self.log(tag::ROUND_AUTH, &mode);
         }
     }
 
     /// Admits an attested node enclave; only those may take part in instances.
     pub fn register_node(&mut self, quote: &Quote) -> Result<(), HubError> {
-        quote
-            .verify(self.state.config.attestation_authority, &self.state.config.allowed_node_measurements)?;
-        if self.state.nodes.insert(quote.report.enclave) {
-            self.state.dirty = true;
+        if self.admit(quote)? {
+            self.log(tag::REGISTER_NODE, quote);
         }
         Ok(())
+    }
+
+    fn admit(&mut self, quote: &Quote) -> Result<bool, HubError> {
+        quote
+            .verify(self.state.config.attestation_authority, &self.state.config.allowed_node_measurements)?;
+        let added = self.state.nodes.insert(quote.report.enclave);
+        if added {
+            self.state.dirty = true;
+        }
+        Ok(added)
     }
 
     /// Creates an instance from routes and the orders that authorize them, and queues its
     /// PREPARE to every participant.
     pub fn create_instance(
+        &mut self,
+        now: u64,
+        kind: InstanceKind,
+        legs: Vec<Leg>,
+        orders: Vec<SignedOrder>,
+    ) -> Result<InstanceId, HubError> {
+        let mark = self.pending.len();
+        self.log(tag::CREATE_INSTANCE, &(now, kind, &legs, &orders));
+        let created = self.new_instance(now, kind, legs, orders);
+        if created.is_err() {
+            self.pending.truncate(mark);
+        }
+        created
+    }
+
+    fn new_instance(
         &mut self,
         now: u64,
         kind: InstanceKind,
@@ -232,6 +360,12 @@ impl<P: Platform> Coordinator<P> {
     /// Verifies a node's batch ack (one signature or session MAC) and applies each answer.
     /// In MAC mode, a node's first signed ack establishes the session.
     pub fn on_ack(&mut self, now: u64, signed: &SignedNodeAck) -> Result<AckResult, HubError> {
+        let result = self.ack(now, signed)?;
+        self.log(tag::ACK, &(now, signed));
+        Ok(result)
+    }
+
+    fn ack(&mut self, now: u64, signed: &SignedNodeAck) -> Result<AckResult, HubError> {
         let node = signed.ack.node;
         if signed.ack.hub != self.address() {
             return Err(HubError::WrongHub);
@@ -323,6 +457,12 @@ impl<P: Platform> Coordinator<P> {
     /// A participant asks for a refund (DESIGN §5): swaps before COMMITTED, multi-hop
     /// payments only before any COMMIT left the enclave.
     pub fn on_refund_request(&mut self, now: u64, signed: &SignedRefundRequest) -> Result<(), HubError> {
+        self.refund_requested(now, signed)?;
+        self.log(tag::REFUND_REQUEST, &(now, signed));
+        Ok(())
+    }
+
+    fn refund_requested(&mut self, now: u64, signed: &SignedRefundRequest) -> Result<(), HubError> {
         let node = signed.request.node;
         if !signed.is_authentic() {
             return Err(HubError::BadSignature(node));
@@ -358,6 +498,12 @@ impl<P: Platform> Coordinator<P> {
     /// makes impossible (APPLY before any COMMIT; REVERT after every node COMMITTED) is
     /// refused, so a lying host cannot split an instance.
     pub fn on_chain_outcome(&mut self, now: u64, id: InstanceId, outcome: Outcome) -> Result<(), HubError> {
+        self.chain_outcome(now, id, outcome)?;
+        self.log(tag::CHAIN_OUTCOME, &(now, id, outcome));
+        Ok(())
+    }
+
+    fn chain_outcome(&mut self, now: u64, id: InstanceId, outcome: Outcome) -> Result<(), HubError> {
         let instance = self.state.instances.get(&id).ok_or(HubError::UnknownInstance(id))?;
         if instance.spec.kind == InstanceKind::CrossChain {
             return Err(HubError::ResolveOnSwap(id));
@@ -375,6 +521,14 @@ impl<P: Platform> Coordinator<P> {
     /// Advances the clock: refunds what timed out (as DESIGN §5 allows) and re-queues the
     /// current round message for nodes that have not answered.
     pub fn tick(&mut self, now: u64) {
+        if self.advance(now) {
+            self.log(tag::TICK, &now);
+        }
+    }
+
+    /// `tick` without logging; true when it changed anything.
+    fn advance(&mut self, now: u64) -> bool {
+        let mut changed = false;
         let ids: Vec<InstanceId> = self.state.instances.keys().copied().collect();
         for id in ids {
             let instance = &self.state.instances[&id];
@@ -388,10 +542,13 @@ impl<P: Platform> Coordinator<P> {
                 );
             if timed_out {
                 self.decide(id, HubPhase::RefundAuthorized, Some(RefundReason::Timeout), now);
+                changed = true;
             } else if now >= instance.last_sent.saturating_add(self.state.config.retransmit_after) {
                 self.queue_current(id, now);
+                changed = true;
             }
         }
+        changed
     }
 
     /// Forgets complete instances whose deadline has passed: nothing is left to send for
@@ -399,6 +556,14 @@ impl<P: Platform> Coordinator<P> {
     /// sealed state proportional to the instances in flight rather than to history (the host
     /// keeps statuses in its DB). Returns how many were dropped.
     pub fn prune_complete(&mut self, now: u64) -> usize {
+        let dropped = self.prune(now);
+        if dropped > 0 {
+            self.log(tag::PRUNE, &now);
+        }
+        dropped
+    }
+
+    fn prune(&mut self, now: u64) -> usize {
         let before = self.state.instances.len();
         self.state.instances.retain(|_, i| !(i.is_complete() && now > i.spec.deadline));
         let dropped = before - self.state.instances.len();
@@ -412,10 +577,20 @@ impl<P: Platform> Coordinator<P> {
     /// session exists and MACs are on, else a signature), and seals the state. The host
     /// must persist `sealed` before sending any batch.
     pub fn flush(&mut self) -> Flush {
+        let batches = self.take_batches();
+        let sealed = (self.state.dirty || !batches.is_empty()).then(|| {
+            self.log(tag::FLUSH, &());
+            self.seal()
+        });
+        Flush { batches, sealed }
+    }
+
+    /// Authenticates one batch per node with everything queued.
+    fn take_batches(&mut self) -> Vec<SignedHubBatch> {
         let outbox = std::mem::take(&mut self.state.outbox);
         let hub = self.address();
         let macs = self.state.config.round_auth == RoundAuth::SessionMacs;
-        let batches: Vec<SignedHubBatch> = outbox
+        outbox
             .into_iter()
             .filter(|(_, items)| !items.is_empty())
             .map(|(node, items)| {
@@ -425,15 +600,25 @@ impl<P: Platform> Coordinator<P> {
                     _ => batch.sign(&self.key),
                 }
             })
-            .collect();
-        let sealed = (self.state.dirty || !batches.is_empty()).then(|| self.seal());
-        Flush { batches, sealed }
+            .collect()
     }
 
+    /// Seals the inputs since the last seal as a delta, or the whole state when the budget
+    /// says the log has outgrown it.
     fn seal(&mut self) -> Vec<u8> {
         self.state.dirty = false;
-        let contents = SealedContentsRef { secret: self.key.secret_bytes(), state: &self.state };
-        seal_value(&mut self.platform, SEAL_DOMAIN, &contents)
+        let blob = if self.budget.snapshot_due() {
+            let contents = SealedContentsRef { secret: self.key.secret_bytes(), state: &self.state };
+            let blob = seal_value(&mut self.platform, SEAL_DOMAIN, &contents);
+            self.budget.snapshot_sealed(blob.len());
+            blob
+        } else {
+            let blob = seal_delta(&mut self.platform, SEAL_DOMAIN, &self.pending);
+            self.budget.delta_sealed(blob.len());
+            blob
+        };
+        self.pending.clear();
+        blob
     }
 
     /// Signs a node↔hub link handshake transcript (see `teepay_types::link_digest`).

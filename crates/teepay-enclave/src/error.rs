@@ -55,6 +55,8 @@ pub enum EnclaveError {
     Overflow,
     #[error("sealed state: {0}")]
     Seal(#[from] SealError),
+    #[error("sealed log delta {index} does not replay on the state before it (not this enclave's history)")]
+    ReplayDiverged { index: usize },
     #[error("key: {0}")]
     Crypto(#[from] CryptoError),
 }

@@ -6,6 +6,12 @@
 //! sealed blob that the host must persist *before* it releases the response (DESIGN §7:
 //! an ack that leaves before its state is durable could be rolled back).
 //!
+//! Sealing is incremental: because `handle` is deterministic, a state change is sealed as
+//! the request that caused it (with its time), and [`NodeEnclave::restore`] replays those
+//! deltas on the last snapshot. A snapshot of the whole state is sealed only once the deltas
+//! outgrow it ([`LogBudget`]), so a batch costs what the batch weighs, not what the state
+//! weighs.
+//!
 //! Pure: no I/O, clock or RNG; entropy, time and platform services are inputs.
 
 mod consent;
@@ -25,8 +31,9 @@ use teepay_types::{
     Address, Amount, BatchAuth, ChainId, ChannelId, Eip1559Tx, GasParams, HubItem, InstanceId, InstanceKind,
     NodeAck, NodeItem, Order, PaymentRequest, Platform, Quote, RefundRequest, Report, SignedChannelState,
     SignedHubBatch, SignedNodeAck, SignedOrder, SignedRefundRequest, SignedTx, SigningKey, SwapIntent,
-    Transfer, macs_equal, seal_value, session_mac, unseal_value, verify_signer,
+    Transfer, macs_equal, seal_delta, seal_value, session_mac, unseal_log, verify_signer,
 };
+pub use teepay_types::{LogBudget, SealLimits, SealedLog};
 
 const SEAL_DOMAIN: &[u8] = b"teepay/node-seal/v1";
 
@@ -43,8 +50,9 @@ pub struct NewChannel {
     pub fee: FeePolicy,
 }
 
-/// Everything a host can ask of the node enclave.
-#[derive(Debug, Clone)]
+/// Everything a host can ask of the node enclave. Encodable: a request that changed the
+/// state is sealed as that change.
+#[derive(Debug, Clone, BorshSerialize, BorshDeserialize)]
 pub enum Request {
     /// Produce an attestation report for `chain` (the authority turns it into a quote).
     Report {
@@ -191,6 +199,23 @@ pub struct NodeEnclave<P: Platform> {
     platform: P,
     key: SigningKey,
     state: NodeState,
+    /// Set by every state change while a request is handled; sealing clears it.
+    dirty: bool,
+    /// When the next seal is a snapshot rather than a delta (enclave memory, not sealed).
+    budget: LogBudget,
+}
+
+/// A sealed delta: one request that changed the state, with the time it was handled at.
+#[derive(BorshSerialize)]
+struct LoggedRequestRef<'a> {
+    now: u64,
+    request: &'a Request,
+}
+
+#[derive(BorshDeserialize)]
+struct LoggedRequest {
+    now: u64,
+    request: Request,
 }
 
 impl<P: Platform> NodeEnclave<P> {
@@ -211,17 +236,43 @@ impl<P: Platform> NodeEnclave<P> {
             orders: BTreeMap::new(),
             next_nonce: 0,
         };
-        let mut enclave = Self { platform, key, state };
-        let blob = enclave.seal();
+        let mut enclave = Self { platform, key, state, dirty: false, budget: LogBudget::default() };
+        let blob = enclave.seal_snapshot();
         Ok((enclave, blob))
     }
 
-    /// Restarts from the latest sealed blob; stale (rolled-back), tampered or foreign
-    /// blobs are refused.
-    pub fn restore(platform: P, blob: &[u8]) -> Result<Self, EnclaveError> {
-        let contents: SealedContents = unseal_value(&platform, SEAL_DOMAIN, blob)?;
+    /// Restarts from the sealed log (the last snapshot and the deltas after it), replaying
+    /// each delta. Stale (rolled-back or truncated), gapped, tampered or foreign logs are
+    /// refused.
+    pub fn restore(platform: P, log: &SealedLog) -> Result<Self, EnclaveError> {
+        let opened = unseal_log(&platform, SEAL_DOMAIN, log)?;
+        let contents: SealedContents =
+            borsh::from_slice(&opened.snapshot).map_err(|_| teepay_types::SealError::Undecodable)?;
         let key = SigningKey::from_entropy(contents.secret)?;
-        Ok(Self { platform, key, state: contents.state })
+        let budget = LogBudget::after_restore(&opened);
+        let mut enclave = Self { platform, key, state: contents.state, dirty: false, budget };
+        for (index, delta) in opened.deltas.iter().enumerate() {
+            let logged: LoggedRequest =
+                borsh::from_slice(delta).map_err(|_| teepay_types::SealError::Undecodable)?;
+            // Deterministic: the same state, request and time change the state the same way
+            // (signatures are RFC 6979), so a delta that now fails or changes nothing means
+            // the log is not this enclave's history.
+            let replayed = enclave.apply(logged.now, logged.request);
+            if replayed.is_err() || !std::mem::take(&mut enclave.dirty) {
+                return Err(EnclaveError::ReplayDiverged { index });
+            }
+        }
+        Ok(enclave)
+    }
+
+    /// When seals are snapshots rather than deltas ([`SealLimits::FULL`]: always, as before
+    /// incremental sealing; for benchmarks). Not sealed: a host choice, set after restore.
+    pub fn set_seal_limits(&mut self, limits: SealLimits) {
+        self.budget.set_limits(limits);
+    }
+
+    pub fn seal_limits(&self) -> SealLimits {
+        self.budget.limits()
     }
 
     pub fn address(&self) -> Address {
@@ -238,18 +289,52 @@ impl<P: Platform> NodeEnclave<P> {
         &self.platform
     }
 
-    fn seal(&mut self) -> Vec<u8> {
+    fn seal_snapshot(&mut self) -> Vec<u8> {
         let contents = SealedContentsRef { secret: self.key.secret_bytes(), state: &self.state };
-        seal_value(&mut self.platform, SEAL_DOMAIN, &contents)
+        let blob = seal_value(&mut self.platform, SEAL_DOMAIN, &contents);
+        self.budget.snapshot_sealed(blob.len());
+        blob
     }
 
+    /// Marks the state changed; `handle` seals it before the response leaves.
     fn changed(&mut self, response: Response) -> Output {
-        let sealed = Some(self.seal());
-        Output { response, sealed }
+        self.dirty = true;
+        Output { response, sealed: None }
     }
 
     /// The single entry point. `now` is the host's clock, used only for expiries.
     pub fn handle(&mut self, now: u64, request: Request) -> Result<Output, EnclaveError> {
+        // Encoded before it is consumed: if it changes the state, this is the delta sealed.
+        let delta = borsh::to_vec(&LoggedRequestRef { now, request: &request })
+            .expect("writing to a Vec never fails");
+        let result = self.apply(now, request);
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut out = match result {
+            Ok(out) => out,
+            Err(e) => {
+                // A refused request changes no state; should one ever have, the next seal
+                // is a snapshot, so the sealed history never depends on a delta not logged.
+                debug_assert!(!dirty, "a refused request changed the state: {e}");
+                if dirty {
+                    self.budget.set_snapshot_due();
+                }
+                return Err(e);
+            }
+        };
+        if dirty {
+            out.sealed = Some(if self.budget.snapshot_due() {
+                self.seal_snapshot()
+            } else {
+                let blob = seal_delta(&mut self.platform, SEAL_DOMAIN, &delta);
+                self.budget.delta_sealed(blob.len());
+                blob
+            });
+        }
+        Ok(out)
+    }
+
+    /// Applies a request to the state without sealing (shared by `handle` and replay).
+    fn apply(&mut self, now: u64, request: Request) -> Result<Output, EnclaveError> {
         match request {
             Request::Report { chain } => Ok(Output {
                 response: Response::Report(Report {
@@ -427,7 +512,8 @@ impl<P: Platform> NodeEnclave<P> {
                     teepay_types::close_channel_call(&signed),
                     gas,
                 )?;
-                return Ok(Output { response: tx.response, sealed: out.sealed });
+                debug_assert!(out.sealed.is_none(), "handle seals, not the steps");
+                return Ok(Output { response: tx.response, sealed: None });
             }
         };
         self.build_tx(

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use teepay_chain::AnyChain;
 use teepay_coordinator::{Coordinator, HubConfig};
-use teepay_link::host::{FilePlatform, persist_atomic};
+use teepay_link::host::{FilePlatform, SealedLogFile};
 use teepay_store::{InstanceStatus, Store};
+use teepay_types::Platform as _;
 use teepay_types::{Address, ChainId, Hash32, Quote, RoundAuth, SigningKey};
 
 #[derive(Debug, thiserror::Error)]
@@ -127,8 +128,8 @@ pub async fn start(cfg: HubRuntimeConfig) -> Result<RunningHub, RuntimeError> {
     let restorable =
         platform.restorable(&sealed_path).map_err(io(format!("reading {}", sealed_path.display())))?;
     let coordinator = match restorable {
-        Some(blob) => {
-            let mut c = Coordinator::restore(platform, &blob)?;
+        Some(log) => {
+            let mut c = Coordinator::restore(platform, &log)?;
             c.set_round_auth(cfg.round_auth);
             tracing::info!(enclave = %c.address(), instances = c.inspect().instances.len(), "hub enclave restored");
             c
@@ -145,8 +146,11 @@ pub async fn start(cfg: HubRuntimeConfig) -> Result<RunningHub, RuntimeError> {
             let entropy = teepay_link::os_entropy().map_err(io("OS entropy"))?;
             let mut c = Coordinator::create(platform, config, entropy)?;
             // Sealed before any node sees the key: a restart must come back as the same hub.
-            if let Some(blob) = c.flush().sealed {
-                persist_atomic(&sealed_path, &blob)
+            if let Some(blob) = c.flush().sealed
+                && !c.platform().persists_sealed()
+            {
+                SealedLogFile::at(&sealed_path)
+                    .record(&blob)
                     .map_err(io(format!("writing {}", sealed_path.display())))?;
             }
             tracing::info!(enclave = %c.address(), "hub enclave created");

@@ -283,6 +283,8 @@ async fn run_executor<P: Platform>(
     mut rx: mpsc::UnboundedReceiver<Event>,
 ) {
     let mut peers = Peers { links: HashMap::new(), awaiting: HashMap::new(), latency: HashMap::new() };
+    // The host's copy of the sealed log, for a platform that does not keep it itself.
+    let mut host_copy = teepay_link::host::SealedLogFile::at(&settings.state_path);
     // Status rows are written by their own task, in order, so DB latency never holds up
     // the rounds.
     let (status_tx, mut status_rx) = mpsc::unbounded_channel::<StatusWrite>();
@@ -353,7 +355,7 @@ async fn run_executor<P: Platform>(
         // (A platform that stores the blob with its counter has made it durable already.)
         if let Some(sealed) = &out.sealed
             && !exec.coordinator().platform().persists_sealed()
-            && let Err(e) = persist_atomic(&settings.state_path, sealed)
+            && let Err(e) = host_copy.record(sealed)
         {
             // Sending without the state on disk could lose a decision nodes have seen.
             tracing::error!(path = %settings.state_path.display(), error = %e, "cannot persist the hub enclave's sealed state; stopping");

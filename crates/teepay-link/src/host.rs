@@ -2,6 +2,7 @@
 //! writes of sealed state.
 
 use std::path::Path;
+use teepay_types::{SealKind, SealedLog, blob_header};
 
 /// Milliseconds since the Unix epoch: the `now` every service passes into its enclave.
 pub fn now_ms() -> u64 {
@@ -31,21 +32,93 @@ pub fn persist_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A sealed log kept in one append-only file, each blob framed as `[len u32 LE][blob]`.
+/// A delta is appended and `fdatasync`ed (one write, one sync: the cost of a seal no longer
+/// grows with the state); a snapshot replaces the file atomically ([`persist_atomic`]),
+/// dropping everything before it. A record torn by a crash mid-append is cut off at open:
+/// its outputs were never released, since the host releases them only after
+/// [`SealedLogFile::record`] returns.
+#[derive(Debug)]
+pub struct SealedLogFile {
+    path: std::path::PathBuf,
+    /// Open for appending; `None` until the first record (or after a snapshot's rewrite).
+    file: Option<std::fs::File>,
+}
+
+impl SealedLogFile {
+    /// The log file at `path`, without reading it (for a host that only appends).
+    pub fn at(path: &Path) -> Self {
+        Self { path: path.to_path_buf(), file: None }
+    }
+
+    /// Opens `path` (absent: an empty log) and returns the log it holds.
+    pub fn open(path: &Path) -> std::io::Result<(Self, SealedLog)> {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let corrupt = |what: &str| std::io::Error::other(format!("{}: {what}", path.display()));
+        let mut log = SealedLog::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let Some(len) = bytes.get(at..at + 4) else { break };
+            let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+            let Some(blob) = bytes.get(at + 4..at + 4 + len) else { break };
+            log.record(blob.to_vec()).map_err(|e| corrupt(&format!("record at byte {at}: {e}")))?;
+            at += 4 + len;
+        }
+        if at < bytes.len() {
+            // Torn tail: cut it so the next append starts on a record boundary.
+            let f = std::fs::OpenOptions::new().write(true).open(path)?;
+            f.set_len(at as u64)?;
+            f.sync_all()?;
+        }
+        Ok((Self { path: path.to_path_buf(), file: None }, log))
+    }
+
+    /// Durably files a blob just sealed: appended if a delta, the whole file if a snapshot.
+    pub fn record(&mut self, blob: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        let (_, kind) = blob_header(blob).map_err(|e| std::io::Error::other(format!("sealed blob: {e}")))?;
+        let len = u32::try_from(blob.len()).map_err(|_| std::io::Error::other("sealed blob over 4 GiB"))?;
+        let mut framed = Vec::with_capacity(4 + blob.len());
+        framed.extend_from_slice(&len.to_le_bytes());
+        framed.extend_from_slice(blob);
+        match kind {
+            SealKind::Snapshot => {
+                self.file = None;
+                persist_atomic(&self.path, &framed)
+            }
+            SealKind::Delta => {
+                if self.file.is_none() {
+                    self.file = Some(std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?);
+                }
+                let file = self.file.as_mut().expect("just opened");
+                file.write_all(&framed)?;
+                file.sync_data()
+            }
+        }
+    }
+}
+
 /// Simulation-mode platform services backed by files: the sealing key (created once from OS
-/// entropy) and the monotonic counter, kept as TEE hardware would keep it. The counter file
-/// also holds the blob sealed under it, written in one atomic step: a process killed between
-/// "counter incremented" and "sealed state written" would otherwise find its only blob stale.
-/// A host that restores an older sealed blob still finds it stale.
-#[derive(Debug, Clone)]
+/// entropy) and the monotonic counter, kept as TEE hardware would keep it. The counter lives
+/// in the sealed log itself (`platform.seals`, the counter of its last blob), so the counter
+/// and the blob sealed under it are written in one step: a process killed between "counter
+/// incremented" and "sealed state written" would otherwise find its only state stale. A host
+/// that restores an older log still finds it stale.
+#[derive(Debug)]
 pub struct FilePlatform {
     sealing_key: [u8; 32],
     counter: u64,
-    counter_path: std::path::PathBuf,
-    latest: Option<Vec<u8>>,
+    log_file: SealedLogFile,
+    /// The log as found at open: the state to restore.
+    at_open: SealedLog,
 }
 
 impl FilePlatform {
-    /// Opens (or creates) the platform files `platform.key` and `platform.counter` in `dir`.
+    /// Opens (or creates) the platform files `platform.key` and `platform.seals` in `dir`.
     pub fn open(dir: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let key_path = dir.join("platform.key");
@@ -60,35 +133,27 @@ impl FilePlatform {
             }
             Err(e) => return Err(e),
         };
-        let counter_path = dir.join("platform.counter");
-        let (counter, latest) = match std::fs::read(&counter_path) {
-            Ok(bytes) if bytes.len() >= 8 => {
-                let counter = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
-                (counter, (bytes.len() > 8).then(|| bytes[8..].to_vec()))
-            }
-            Ok(_) => return Err(std::io::Error::other(format!("{} is corrupt", counter_path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, None),
-            Err(e) => return Err(e),
+        let (log_file, at_open) = SealedLogFile::open(&dir.join("platform.seals"))?;
+        let counter = match at_open.blobs().last() {
+            Some(blob) => blob_header(blob).map_err(std::io::Error::other)?.0,
+            None => 0,
         };
-        Ok(FilePlatform { sealing_key, counter, counter_path, latest })
+        Ok(FilePlatform { sealing_key, counter, log_file, at_open })
     }
 
-    /// The blob sealed under the current counter (the state to restore), if any.
-    pub fn latest_sealed(&self) -> Option<&[u8]> {
-        self.latest.as_deref()
+    /// The sealed log as found when the platform was opened (empty for a fresh enclave).
+    pub fn sealed_at_open(&self) -> &SealedLog {
+        &self.at_open
     }
 
-    /// The state to restore: the platform's blob, else the host's copy at `host_copy`
+    /// The state to restore: the platform's log, else the host's copy at `host_copy`
     /// (`None` for a fresh enclave).
-    pub fn restorable(&self, host_copy: &Path) -> std::io::Result<Option<Vec<u8>>> {
-        if let Some(b) = self.latest_sealed() {
-            return Ok(Some(b.to_vec()));
+    pub fn restorable(&self, host_copy: &Path) -> std::io::Result<Option<SealedLog>> {
+        if !self.at_open.is_empty() {
+            return Ok(Some(self.at_open.clone()));
         }
-        match std::fs::read(host_copy) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        let (_, log) = SealedLogFile::open(host_copy)?;
+        Ok((!log.is_empty()).then_some(log))
     }
 }
 
@@ -105,12 +170,12 @@ impl teepay_types::Platform for FilePlatform {
         self.counter
     }
     fn record_sealed(&mut self, blob: &[u8]) {
-        let mut bytes = self.counter.to_le_bytes().to_vec();
-        bytes.extend_from_slice(blob);
+        // The state to restore is on disk now; the copy from open would only grow stale.
+        self.at_open = SealedLog::new();
         // Hardware that cannot keep its counter stops the enclave rather than risk rollback.
-        persist_atomic(&self.counter_path, &bytes)
-            .unwrap_or_else(|e| panic!("monotonic counter {}: {e}", self.counter_path.display()));
-        self.latest = Some(blob.to_vec());
+        self.log_file
+            .record(blob)
+            .unwrap_or_else(|e| panic!("monotonic counter {}: {e}", self.log_file.path.display()));
     }
     fn persists_sealed(&self) -> bool {
         true
@@ -120,26 +185,67 @@ impl teepay_types::Platform for FilePlatform {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use teepay_types::{Platform, seal, unseal};
+    use teepay_types::{Platform, seal, seal_delta, unseal, unseal_log};
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("teepay-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
 
     #[test]
     fn a_crash_between_increment_and_write_leaves_the_last_blob_valid() {
-        let dir = std::env::temp_dir().join(format!("teepay-platform-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = temp_dir("platform");
         let mut p = FilePlatform::open(&dir).unwrap();
         let first = seal(&mut p, b"d", b"one");
         // "Crash" inside the next seal: the counter moved in memory, nothing was written.
         p.increment_counter();
         drop(p);
         let p = FilePlatform::open(&dir).unwrap();
-        assert_eq!(p.latest_sealed(), Some(first.as_slice()));
+        assert_eq!(p.sealed_at_open().blobs().collect::<Vec<_>>(), vec![first.as_slice()]);
         assert_eq!(unseal(&p, b"d", &first).unwrap(), b"one");
         // A completed seal makes the earlier blob stale across a restart (no rollback).
         let mut p = p;
         let second = seal(&mut p, b"d", b"two");
         let p = FilePlatform::open(&dir).unwrap();
-        assert_eq!(p.latest_sealed(), Some(second.as_slice()));
+        assert_eq!(p.sealed_at_open().blobs().collect::<Vec<_>>(), vec![second.as_slice()]);
         assert!(unseal(&p, b"d", &first).is_err(), "rollback refused");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn deltas_append_a_snapshot_compacts_and_a_torn_tail_is_cut() {
+        let dir = temp_dir("seal-log");
+        let mut p = FilePlatform::open(&dir).unwrap();
+        let snap = seal(&mut p, b"d", b"base");
+        let d1 = seal_delta(&mut p, b"d", b"+1");
+        let d2 = seal_delta(&mut p, b"d", b"+2");
+        let path = dir.join("platform.seals");
+        let whole = std::fs::metadata(&path).unwrap().len();
+        drop(p);
+        let p = FilePlatform::open(&dir).unwrap();
+        assert_eq!(p.counter(), 3);
+        let opened = unseal_log(&p, b"d", p.sealed_at_open()).unwrap();
+        assert_eq!((opened.snapshot.as_slice(), opened.deltas.len()), (b"base".as_slice(), 2));
+        assert_eq!(p.sealed_at_open().blobs().collect::<Vec<_>>(), vec![&snap[..], &d1[..], &d2[..]]);
+        drop(p);
+        // A crash in the middle of appending d2: the torn record is cut, counter back to 2,
+        // and the log up to d1 is whole (d2's outputs were never released).
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(whole - 5).unwrap();
+        drop(f);
+        let mut p = FilePlatform::open(&dir).unwrap();
+        assert_eq!(p.counter(), 2);
+        assert_eq!(unseal_log(&p, b"d", p.sealed_at_open()).unwrap().deltas, vec![b"+1".to_vec()]);
+        // The next append lands on a record boundary; a snapshot then rewrites the file.
+        let d2b = seal_delta(&mut p, b"d", b"+2b");
+        assert_eq!(FilePlatform::open(&dir).unwrap().sealed_at_open().delta_count(), 2);
+        seal(&mut p, b"d", b"compacted");
+        let p = FilePlatform::open(&dir).unwrap();
+        assert_eq!(p.sealed_at_open().delta_count(), 0);
+        assert!(std::fs::metadata(&path).unwrap().len() < whole, "compacted");
+        assert_eq!(unseal_log(&p, b"d", p.sealed_at_open()).unwrap().snapshot, b"compacted");
+        let _ = d2b;
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

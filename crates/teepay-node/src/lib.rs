@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use teepay_enclave::{EnclaveError, NodeEnclave, Request, Response};
-use teepay_link::host::{now_ms, persist_atomic};
+use teepay_link::host::{SealedLogFile, now_ms};
 use teepay_link::wire::{HubMessage, NodeMessage, WireStatus};
 use teepay_link::{Link, LinkError, handshake, os_entropy};
 use teepay_types::{Address, Amount, ChainId, InstanceId, LinkRole, Platform, Quote, SignedOrder};
@@ -137,6 +137,8 @@ impl NodeHandle {
 struct Node<P: Platform> {
     enclave: NodeEnclave<P>,
     settings: NodeSettings,
+    /// The host's copy of the sealed log, for a platform that does not keep it itself.
+    host_copy: SealedLogFile,
     pending: HashMap<u64, Pending>,
     next_request: u64,
 }
@@ -154,8 +156,7 @@ impl<P: Platform> Node<P> {
         if let Some(blob) = out.sealed
             && !self.enclave.platform().persists_sealed()
         {
-            persist_atomic(&self.settings.state_path, &blob)
-                .map_err(|e| NodeError::Storage(e.to_string()))?;
+            self.host_copy.record(&blob).map_err(|e| NodeError::Storage(e.to_string()))?;
         }
         Ok(out.response)
     }
@@ -195,7 +196,8 @@ pub fn spawn<P: Platform + Send + 'static>(
 ) -> (NodeHandle, tokio::task::JoinHandle<()>) {
     let (commands, rx) = mpsc::unbounded_channel();
     let address = enclave.address();
-    let node = Node { enclave, settings, pending: HashMap::new(), next_request: 1 };
+    let host_copy = SealedLogFile::at(&settings.state_path);
+    let node = Node { enclave, settings, host_copy, pending: HashMap::new(), next_request: 1 };
     let task = tokio::spawn(run(node, rx));
     (NodeHandle { commands, address }, task)
 }

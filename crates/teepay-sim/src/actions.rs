@@ -124,7 +124,7 @@ impl World {
                     .handle(self.now, Request::HubBatch(batch))
                     .map_err(|e| Violation(format!("authentic hub batch refused by node {node}: {e}")))?;
                 if let Some(blob) = out.sealed {
-                    self.nodes[node].blob = blob;
+                    self.nodes[node].sealed.record(blob).expect("the enclave seals well-formed blobs");
                 }
                 let Response::Batch(result) = out.response else { unreachable!("batches answer Batch") };
                 for r in &result.results {
@@ -171,7 +171,7 @@ impl World {
                     .handle(self.now, Request::ChannelSettled { channel })
                     .map_err(|e| Violation(format!("settlement notice refused: {e}")))?;
                 if let Some(blob) = out.sealed {
-                    self.nodes[node].blob = blob;
+                    self.nodes[node].sealed.record(blob).expect("the enclave seals well-formed blobs");
                 }
             }
         }
@@ -232,22 +232,25 @@ impl World {
         match target {
             Target::Node(n) => {
                 let node = &mut self.nodes[n];
-                let restored = NodeEnclave::restore(node.enclave.platform().clone(), &node.blob)
-                    .map_err(|e| Violation(format!("node {n} cannot restart from its blob: {e}")))?;
+                let mut restored = NodeEnclave::restore(node.enclave.platform().clone(), &node.sealed)
+                    .map_err(|e| Violation(format!("node {n} cannot restart from its sealed log: {e}")))?;
                 if restored.inspect() != node.enclave.inspect() {
                     return Err(Violation(format!(
                         "node {n} lost state across a crash (not sealed before ack)"
                     )));
                 }
+                restored.set_seal_limits(node.enclave.seal_limits());
                 node.enclave = restored;
                 self.network.retain(|e| !matches!(e, Envelope::ToNode { node, .. } if *node == n));
             }
             Target::Hub => {
-                let restored = Coordinator::restore(self.hub.coordinator.platform().clone(), &self.hub.blob)
-                    .map_err(|e| Violation(format!("hub cannot restart from its blob: {e}")))?;
+                let mut restored =
+                    Coordinator::restore(self.hub.coordinator.platform().clone(), &self.hub.sealed)
+                        .map_err(|e| Violation(format!("hub cannot restart from its sealed log: {e}")))?;
                 if restored.inspect() != self.hub.coordinator.inspect() {
                     return Err(Violation("hub lost state across a crash (not sealed before send)".into()));
                 }
+                restored.set_seal_limits(self.hub.coordinator.seal_limits());
                 self.hub.coordinator = restored;
                 self.network.retain(|e| !matches!(e, Envelope::ToHub(_) | Envelope::RefundRequest(_)));
             }
@@ -264,7 +267,7 @@ impl World {
             Err(e) => return Err(Violation(format!("eject refused unexpectedly: {e}"))),
         };
         if let Some(blob) = out.sealed {
-            self.nodes[node].blob = blob;
+            self.nodes[node].sealed.record(blob).expect("the enclave seals well-formed blobs");
         }
         let Response::ChannelState(signed) = out.response else { unreachable!("SignClose answers a state") };
         if signed.state.locks.iter().any(|l| l.kind == InstanceKind::CrossChain) {

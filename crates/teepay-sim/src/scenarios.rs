@@ -4,7 +4,7 @@ use crate::rng::SplitMix64;
 use crate::world::{Budget, World};
 use std::collections::{BTreeSet, VecDeque};
 use teepay_enclave::FeePolicy;
-use teepay_types::{Amount, ChainId};
+use teepay_types::{Amount, ChainId, SealLimits};
 
 pub const CHAIN_1: ChainId = ChainId(1);
 pub const CHAIN_2: ChainId = ChainId(2);
@@ -94,6 +94,9 @@ pub fn random_network(seed: u64, nodes: usize, payments: usize, swaps: usize) ->
     let mut rng = SplitMix64::new(seed);
     let mut w = World::new(seed);
     let ids: Vec<usize> = (0..nodes).map(|i| w.add_node(&format!("n{i}"))).collect();
+    // Snapshots every 0–3 deltas (by seed), so crashes land on every mix of snapshot and
+    // delta and each restart's replay is checked against the state it replaces.
+    w.set_seal_limits(SealLimits { min_log_bytes: 0, max_deltas: (seed % 4) as usize });
     let random_fee = |rng: &mut SplitMix64| fee(u128::from(rng.below(3)), rng.below(5_000) as u32);
     let open = |w: &mut World, rng: &mut SplitMix64, chain: ChainId, a: usize, b: usize| {
         if a != b && w.channel_between(chain, a, b).is_none() {

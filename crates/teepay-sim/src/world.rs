@@ -6,7 +6,9 @@
 use crate::contract::{ContractModel, OnchainChannel};
 use std::collections::BTreeMap;
 use teepay_coordinator::{Coordinator, HubConfig, HubError};
-use teepay_enclave::{EnclaveError, FeePolicy, NewChannel, NodeConfig, NodeEnclave, Request, Response};
+use teepay_enclave::{
+    EnclaveError, FeePolicy, NewChannel, NodeConfig, NodeEnclave, Request, Response, SealLimits, SealedLog,
+};
 use teepay_types::{
     Address, Amount, ChainId, ChannelId, Hop, InstanceId, InstanceKind, Leg, Outcome, SignedHubBatch,
     SignedNodeAck, SignedOrder, SignedRefundRequest, SigningKey, SimPlatform, Transfer, derive_channel_id,
@@ -24,14 +26,14 @@ pub const PREPARE_TIMEOUT: u64 = 30;
 pub struct SimNode {
     pub name: String,
     pub enclave: NodeEnclave<SimPlatform>,
-    /// The last sealed blob the host persisted (what a restart uses).
-    pub blob: Vec<u8>,
+    /// The sealed log the host persisted: last snapshot and deltas (what a restart uses).
+    pub sealed: SealedLog,
 }
 
 #[derive(Debug, Clone)]
 pub struct SimHub {
     pub coordinator: Coordinator<SimPlatform>,
-    pub blob: Vec<u8>,
+    pub sealed: SealedLog,
 }
 
 /// Something in flight. Chain notices model each host's chain watcher.
@@ -140,11 +142,12 @@ impl World {
         let mut coordinator =
             Coordinator::create(SimPlatform::new(entropy()), config, entropy()).expect("valid hub entropy");
         let blob = coordinator.flush().sealed.expect("a new hub is dirty");
+        let sealed = SealedLog::from_blobs([blob]).expect("the enclave seals well-formed blobs");
         World {
             now: 0,
             authority,
             nodes: Vec::new(),
-            hub: SimHub { coordinator, blob },
+            hub: SimHub { coordinator, sealed },
             contract: ContractModel::default(),
             network: Vec::new(),
             budget: Budget::default(),
@@ -159,6 +162,14 @@ impl World {
     fn entropy(&mut self) -> [u8; 32] {
         self.entropy_counter += 1;
         keccak256(&[&self.seed.to_le_bytes()[..], &self.entropy_counter.to_le_bytes()].concat())
+    }
+
+    /// When every enclave in the world seals a snapshot rather than a delta.
+    pub fn set_seal_limits(&mut self, limits: SealLimits) {
+        self.hub.coordinator.set_seal_limits(limits);
+        for node in &mut self.nodes {
+            node.enclave.set_seal_limits(limits);
+        }
     }
 
     pub fn address(&self, node: usize) -> Address {
@@ -182,7 +193,8 @@ impl World {
         let entropy = self.entropy();
         let (enclave, blob) = NodeEnclave::create(platform, config, entropy).expect("valid entropy");
         let index = self.nodes.len();
-        self.nodes.push(SimNode { name: name.to_string(), enclave, blob });
+        let sealed = SealedLog::from_blobs([blob]).expect("the enclave seals well-formed blobs");
+        self.nodes.push(SimNode { name: name.to_string(), enclave, sealed });
         let hub_quote = self.hub.coordinator.report(ChainId(0)).attest(&self.authority);
         self.node_request(index, Request::AttestHub { quote: hub_quote });
         let Response::Report(report) =
@@ -202,7 +214,7 @@ impl World {
     pub fn node_request(&mut self, node: usize, request: Request) -> Response {
         let out = expect_done(self.nodes[node].enclave.handle(self.now, request));
         if let Some(blob) = out.sealed {
-            self.nodes[node].blob = blob;
+            self.nodes[node].sealed.record(blob).expect("the enclave seals well-formed blobs");
         }
         out.response
     }
@@ -351,7 +363,7 @@ impl World {
     pub fn flush_hub(&mut self) {
         let flush = self.hub.coordinator.flush();
         if let Some(blob) = flush.sealed {
-            self.hub.blob = blob;
+            self.hub.sealed.record(blob).expect("the enclave seals well-formed blobs");
         }
         for batch in flush.batches {
             let node = self.node_index(batch.batch.node).expect("hub only addresses known nodes");

@@ -73,7 +73,7 @@ impl Fixture {
         let batch = HubBatch { hub: self.hub.address(), node: self.w.address(node), items }.sign(&self.hub);
         let out = self.w.nodes[node].enclave.handle(self.w.now, Request::HubBatch(batch))?;
         if let Some(blob) = out.sealed {
-            self.w.nodes[node].blob = blob;
+            self.w.nodes[node].sealed.record(blob).unwrap();
         }
         let Response::Batch(r) = out.response else { panic!() };
         Ok(r)
@@ -415,22 +415,33 @@ fn swap_locked_channel_cannot_be_closed() {
 
 #[test]
 fn stale_tampered_and_rolled_back_blobs_are_refused() {
+    use teepay_types::{SealError, SealedLog};
     let mut f = fixture();
     let node = f.nodes[1];
-    let old_blob = f.w.nodes[node].blob.clone();
+    let old_log = f.w.nodes[node].sealed.clone();
     f.run_to(22, false, false);
     let platform = f.w.nodes[node].enclave.platform().clone();
-    // Rolling back to an older blob (before the PREPARED ack) is refused.
-    let err = teepay_enclave::NodeEnclave::restore(platform.clone(), &old_blob).unwrap_err();
-    assert!(matches!(err, EnclaveError::Seal(teepay_types::SealError::Stale { .. })), "{err:?}");
-    // A tampered blob is refused.
-    let mut bad = f.w.nodes[node].blob.clone();
-    let mid = bad.len() / 2;
-    bad[mid] ^= 1;
-    let err = teepay_enclave::NodeEnclave::restore(platform.clone(), &bad).unwrap_err();
-    assert_eq!(err, EnclaveError::Seal(teepay_types::SealError::Tampered));
-    // The latest blob restores exactly the acknowledged state.
-    let restored = teepay_enclave::NodeEnclave::restore(platform, &f.w.nodes[node].blob).unwrap();
+    let log = f.w.nodes[node].sealed.clone();
+    assert!(log.delta_count() > 0, "the run sealed deltas");
+    // Rolling back to an older log (before the PREPARED ack) is refused.
+    let err = teepay_enclave::NodeEnclave::restore(platform.clone(), &old_log).unwrap_err();
+    assert!(matches!(err, EnclaveError::Seal(SealError::Stale { .. })), "{err:?}");
+    // So is the current log without its newest delta.
+    let blobs: Vec<Vec<u8>> = log.blobs().map(<[u8]>::to_vec).collect();
+    let truncated = SealedLog::from_blobs(blobs[..blobs.len() - 1].iter().cloned()).unwrap();
+    let err = teepay_enclave::NodeEnclave::restore(platform.clone(), &truncated).unwrap_err();
+    assert!(matches!(err, EnclaveError::Seal(SealError::Stale { .. })), "{err:?}");
+    // A tampered delta is refused.
+    let mut tampered = blobs.clone();
+    let last = tampered.last_mut().unwrap();
+    let mid = last.len() / 2;
+    last[mid] ^= 1;
+    let err =
+        teepay_enclave::NodeEnclave::restore(platform.clone(), &SealedLog::from_blobs(tampered).unwrap())
+            .unwrap_err();
+    assert_eq!(err, EnclaveError::Seal(SealError::Tampered));
+    // The latest log restores exactly the acknowledged state.
+    let restored = teepay_enclave::NodeEnclave::restore(platform, &log).unwrap();
     assert_eq!(restored.inspect(), f.w.nodes[node].enclave.inspect());
 }
 

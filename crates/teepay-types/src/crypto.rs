@@ -206,7 +206,7 @@ mod tests {
 
 /// Which end of a node↔hub link signs (the node dials, the hub answers): part of the signed
 /// digest so one side's handshake signature can never be reflected back as the other's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, borsh::BorshSerialize, borsh::BorshDeserialize)]
 pub enum LinkRole {
     Initiator,
     Responder,

@@ -31,7 +31,10 @@ pub use messages::{
     BatchAuth, HubBatch, HubItem, NackReason, NodeAck, NodeItem, Quote, QuoteError, RefundRequest, Report,
     RoundAuth, SignedHubBatch, SignedNodeAck, SignedRefundRequest, leaf_hash, merkle_root,
 };
-pub use seal::{Platform, SealError, SimPlatform, seal, seal_value, unseal, unseal_value};
+pub use seal::{
+    LogBudget, OpenedLog, Platform, SealError, SealKind, SealLimits, SealedLog, SimPlatform, blob_header,
+    seal, seal_delta, seal_value, unseal, unseal_log, unseal_value,
+};
 pub use tx::{
     Eip1559Tx, GasParams, SignedTx, abi_channel_state, bindings, close_channel_call, deposit_call,
     open_channel_call, register_enclave_call,

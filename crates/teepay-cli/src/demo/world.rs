@@ -11,10 +11,11 @@ use teepay_chain::{AnyChain, Chain, Receipt};
 use teepay_enclave::{NodeConfig, NodeEnclave, Request, Response};
 use teepay_hub::runtime::{HubChain, HubRuntimeConfig, RunningHub, start};
 use teepay_hub::sync::SyncConfig;
-use teepay_link::host::{FilePlatform, persist_atomic};
+use teepay_link::host::{FilePlatform, SealedLogFile};
 use teepay_link::wire::WireStatus;
 use teepay_node::onchain::{ChainLink, spawn_watcher};
 use teepay_node::{NodeError, NodeHandle, NodeSettings, spawn};
+use teepay_types::Platform as _;
 use teepay_types::{Address, Amount, ChainId, InstanceId};
 use tokio::sync::watch;
 
@@ -132,7 +133,9 @@ impl World {
         let platform = FilePlatform::open(&dir)?;
         let entropy = teepay_link::os_entropy()?;
         let (enclave, sealed) = NodeEnclave::create(platform, node_config(&self.chains), entropy)?;
-        persist_atomic(&dir.join("sealed"), &sealed)?;
+        if !enclave.platform().persists_sealed() {
+            SealedLogFile::at(&dir.join("sealed")).record(&sealed)?;
+        }
         let (handle, daemon) = self.spawn_daemon(&dir, enclave)?;
         let address = handle.address;
         for ci in 0..self.chains.len() {
@@ -206,8 +209,8 @@ impl World {
     pub async fn restart_node(&mut self, i: usize) -> Result<()> {
         let dir = self.nodes[i].dir.clone();
         let platform = FilePlatform::open(&dir)?;
-        let blob = platform.restorable(&dir.join("sealed"))?.context("no sealed state to restart from")?;
-        let enclave = NodeEnclave::restore(platform, &blob)?;
+        let log = platform.restorable(&dir.join("sealed"))?.context("no sealed state to restart from")?;
+        let enclave = NodeEnclave::restore(platform, &log)?;
         let (handle, daemon) = self.spawn_daemon(&dir, enclave)?;
         self.nodes[i].handle = handle;
         self.nodes[i].daemon = Some(daemon);
