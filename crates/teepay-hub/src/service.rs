@@ -351,7 +351,8 @@ async fn run_executor<P: Platform>(
                 handle(&mut exec, &mut peers, &status_tx, &settings.metrics, now, ev);
             }
         }
-        let out = exec.flush(now);
+        // Flushing seals (and syncs) the hub enclave's state.
+        let out = teepay_link::host::blocking(|| exec.flush(now));
         // (A platform that stores the blob with its counter has made it durable already.)
         if let Some(sealed) = &out.sealed
             && !exec.coordinator().platform().persists_sealed()

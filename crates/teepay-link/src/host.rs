@@ -12,6 +12,20 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Runs `f`, which may block on disk (an enclave call that seals and syncs its state), from
+/// async code without stalling the runtime: on a multi-threaded runtime the worker hands its
+/// other tasks to another thread first, so one service's `fdatasync` never holds up the
+/// rest (and syncs of many services overlap, letting the file system commit them together).
+/// Elsewhere (a current-thread runtime, or no runtime) it simply runs `f`.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// Writes `bytes` to `path` so that after a crash the file holds either the old or the new
 /// contents, never a torn mix, and the new contents survive power loss once this returns
 /// (temp file, fsync, rename, fsync of the directory).

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use teepay_enclave::{EnclaveError, NodeEnclave, Request, Response};
-use teepay_link::host::{SealedLogFile, now_ms};
+use teepay_link::host::{SealedLogFile, blocking, now_ms};
 use teepay_link::wire::{HubMessage, NodeMessage, WireStatus};
 use teepay_link::{Link, LinkError, handshake, os_entropy};
 use teepay_types::{Address, Amount, ChainId, InstanceId, LinkRole, Platform, Quote, SignedOrder};
@@ -151,7 +151,7 @@ enum Pending {
 impl<P: Platform> Node<P> {
     /// Runs an enclave request and persists its sealed state before returning.
     fn call(&mut self, request: Request) -> Result<Response, NodeError> {
-        let out = self.enclave.handle(now_ms(), request)?;
+        let out = blocking(|| self.enclave.handle(now_ms(), request))?;
         // A platform that stores the blob with its counter has made it durable already.
         if let Some(blob) = out.sealed
             && !self.enclave.platform().persists_sealed()

@@ -2,25 +2,28 @@
 //! disk (sealing still runs, into memory), driven in one thread.
 
 use super::scenario::{Job, Scenario};
-use super::{Drive, Progress, Run, cpu_seconds, fund, hub_config, node_config, swap_intent_request};
+use super::{Drive, Mode, Progress, Run, cpu_seconds, fund, hub_config, node_config, swap_intent_request};
 use anyhow::{Result, bail};
 use std::collections::HashMap;
 use std::time::Instant;
 use teepay_coordinator::Coordinator;
 use teepay_enclave::{NodeEnclave, Request, Response};
 use teepay_hub::executor::Executor;
-use teepay_types::{Address, Amount, ChainId, ChannelId, InstanceId, RoundAuth, SimPlatform};
+use teepay_types::{Address, Amount, ChainId, ChannelId, InstanceId, SimPlatform};
 
-pub fn run(scn: &Scenario, drive: &Drive, auth: RoundAuth, progress: &mut Progress) -> Result<Run> {
+pub fn run(scn: &Scenario, drive: &Drive, mode: &Mode, progress: &mut Progress) -> Result<Run> {
     let mut enclaves: Vec<NodeEnclave<SimPlatform>> = (0..scn.nodes)
         .map(|i| {
             let mut seed = [0u8; 32];
             seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
-            NodeEnclave::create(SimPlatform::new(seed), node_config(scn), seed).map(|e| e.0)
+            let mut e = NodeEnclave::create(SimPlatform::new(seed), node_config(scn), seed)?.0;
+            e.set_seal_limits(mode.seal);
+            Ok::<_, teepay_enclave::EnclaveError>(e)
         })
         .collect::<Result<_, _>>()?;
     let network = fund(&mut enclaves, scn)?;
-    let mut hub = Coordinator::create(SimPlatform::new([9; 32]), hub_config(auth), [8; 32])?;
+    let mut hub = Coordinator::create(SimPlatform::new([9; 32]), hub_config(mode.auth), [8; 32])?;
+    hub.set_seal_limits(mode.seal);
     let hub_quote = hub.report(ChainId(0)).attest(&crate::sim::attestation_key());
     let index: HashMap<Address, usize> = enclaves.iter().enumerate().map(|(i, e)| (e.address(), i)).collect();
     for e in enclaves.iter_mut() {

@@ -29,7 +29,7 @@ use teepay_enclave::{NewChannel, NodeConfig, NodeEnclave, Request};
 use teepay_hub::executor::Status;
 use teepay_hub::metrics::BATCH_BOUNDS;
 use teepay_routing::{ChannelInfo, Network};
-use teepay_types::{Address, Amount, Platform, RoundAuth, Transfer};
+use teepay_types::{Address, Amount, Platform, RoundAuth, SealLimits, Transfer};
 
 const CONTRACT: Address = Address([0xcc; 20]);
 
@@ -67,6 +67,11 @@ pub struct BenchArgs {
     /// message, what a third party could verify), or `both`.
     #[arg(long, default_value = "both")]
     auth: String,
+    /// Sealing: `incremental` (a delta per change, a snapshot once the deltas outgrow the
+    /// state), `full` (the whole state at every change, as before incremental sealing), or
+    /// `both` (side by side in one run).
+    #[arg(long, default_value = "incremental")]
+    seal: String,
     /// Skip the sockets run (profiling the protocol alone).
     #[arg(long)]
     in_memory_only: bool,
@@ -81,6 +86,14 @@ pub struct BenchArgs {
     scale_db: Option<PathBuf>,
     #[arg(long)]
     json: bool,
+}
+
+/// One measured configuration: how round messages are authenticated and how state is sealed.
+#[derive(Debug, Clone)]
+pub struct Mode {
+    pub auth: RoundAuth,
+    pub seal: SealLimits,
+    pub name: String,
 }
 
 /// How jobs are offered: how many, how many in flight, at what rate.
@@ -344,12 +357,31 @@ pub fn run(args: &BenchArgs) -> Result<std::process::ExitCode> {
     {
         bail!("--leaves, --payments, --concurrency and --rate must be positive");
     }
-    let modes: Vec<RoundAuth> = match args.auth.as_str() {
-        "mac" => vec![RoundAuth::SessionMacs],
-        "signatures" => vec![RoundAuth::Signatures],
-        "both" => vec![RoundAuth::SessionMacs, RoundAuth::Signatures],
+    let auths: Vec<(RoundAuth, &str)> = match args.auth.as_str() {
+        "mac" => vec![(RoundAuth::SessionMacs, "mac")],
+        "signatures" => vec![(RoundAuth::Signatures, "signatures")],
+        "both" => vec![(RoundAuth::SessionMacs, "mac"), (RoundAuth::Signatures, "signatures")],
         other => bail!("--auth must be mac, signatures or both, not {other:?}"),
     };
+    let seals: Vec<(SealLimits, &str)> = match args.seal.as_str() {
+        "incremental" => vec![(SealLimits::DEFAULT, "incremental")],
+        "full" => vec![(SealLimits::FULL, "full")],
+        "both" => vec![(SealLimits::DEFAULT, "incremental"), (SealLimits::FULL, "full")],
+        other => bail!("--seal must be incremental, full or both, not {other:?}"),
+    };
+    let modes: Vec<(Mode, &str, &str)> = seals
+        .iter()
+        .flat_map(|&(seal, seal_name)| {
+            auths.iter().map(move |&(auth, auth_name)| {
+                let name = if seal_name == "incremental" {
+                    auth_name.to_string()
+                } else {
+                    format!("{auth_name}, {seal_name} seals")
+                };
+                (Mode { auth, seal, name }, auth_name, seal_name)
+            })
+        })
+        .collect();
     let scn = scenario_of(args)?;
     let drive = Drive {
         batch_window: Duration::from_micros(args.batch_window_us),
@@ -370,20 +402,17 @@ pub fn run(args: &BenchArgs) -> Result<std::process::ExitCode> {
     let dir = std::env::temp_dir().join(format!("teepay-bench-{}", std::process::id()));
     let mut results = Vec::new();
     let mut ok = true;
-    for auth in modes {
-        let mode = match auth {
-            RoundAuth::SessionMacs => "mac",
-            RoundAuth::Signatures => "signatures",
-        };
-        let mut progress = Progress::new(format!("in-memory, {mode}"), !args.json);
-        let mut mem = memory::run(&scn, &drive, auth, &mut progress)?;
+    for (mode, auth_name, seal_name) in modes {
+        let name = &mode.name;
+        let mut progress = Progress::new(format!("in-memory, {name}"), !args.json);
+        let mut mem = memory::run(&scn, &drive, &mode, &mut progress)?;
         let mem = mem.summary();
-        let mut entry = json!({"auth": mode, "in_memory": mem});
+        let mut entry = json!({"auth": auth_name, "seal": seal_name, "in_memory": mem});
         if !args.in_memory_only {
-            let mut progress = Progress::new(format!("sockets, {mode}"), !args.json);
+            let mut progress = Progress::new(format!("sockets, {name}"), !args.json);
             // A runtime per mode: shutting it down stops that run's hub and node daemons.
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let net = rt.block_on(sockets::run(&scn, &drive, auth, &dir, &mut progress));
+            let net = rt.block_on(sockets::run(&scn, &drive, &mode, &dir, &mut progress));
             rt.shutdown_timeout(Duration::from_secs(2));
             let _ = std::fs::remove_dir_all(&dir);
             let mut net = net?;
@@ -396,9 +425,9 @@ pub fn run(args: &BenchArgs) -> Result<std::process::ExitCode> {
             ok &= entry[k]["conservation"].as_bool() != Some(false);
         }
         if !args.json {
-            println!("{}", line(&format!("in-memory limit, {mode}"), &entry["in_memory"]));
+            println!("{}", line(&format!("in-memory limit, {name}"), &entry["in_memory"]));
             if !args.in_memory_only {
-                println!("{}", line(&format!("sockets, {mode}"), &entry["sockets"]));
+                println!("{}", line(&format!("sockets, {name}"), &entry["sockets"]));
                 println!(
                     "{:24} end-to-end = {:.1}% of the in-memory limit",
                     "",

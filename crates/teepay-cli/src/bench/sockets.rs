@@ -3,7 +3,7 @@
 //! ack and every batch.
 
 use super::scenario::{Job, Scenario};
-use super::{Drive, Progress, Run, cpu_seconds, fund, hub_config, node_config, swap_intent_request};
+use super::{Drive, Mode, Progress, Run, cpu_seconds, fund, hub_config, node_config, swap_intent_request};
 use anyhow::{Context, Result, bail};
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,13 +17,13 @@ use teepay_hub::metrics::Metrics;
 use teepay_hub::service::{HubSettings, serve};
 use teepay_link::host::FilePlatform;
 use teepay_node::{NodeHandle, NodeSettings, spawn};
-use teepay_types::{Amount, ChainId, ChannelId, InstanceId, RoundAuth};
+use teepay_types::{Amount, ChainId, ChannelId, InstanceId};
 use tokio::sync::{Semaphore, mpsc};
 
 pub async fn run(
     scn: &Scenario,
     drive: &Drive,
-    auth: RoundAuth,
+    mode: &Mode,
     dir: &Path,
     progress: &mut Progress,
 ) -> Result<Run> {
@@ -31,15 +31,18 @@ pub async fn run(
     let mut enclaves: Vec<NodeEnclave<FilePlatform>> = (0..scn.nodes)
         .map(|i| -> Result<_> {
             let platform = FilePlatform::open(&dir.join(format!("n{i}")))?;
-            Ok(NodeEnclave::create(platform, node_config(scn), teepay_link::os_entropy()?)?.0)
+            let mut e = NodeEnclave::create(platform, node_config(scn), teepay_link::os_entropy()?)?.0;
+            e.set_seal_limits(mode.seal);
+            Ok(e)
         })
         .collect::<Result<_>>()?;
     let network = fund(&mut enclaves, scn)?;
-    let hub = Coordinator::create(
+    let mut hub = Coordinator::create(
         FilePlatform::open(&dir.join("hub"))?,
-        hub_config(auth),
+        hub_config(mode.auth),
         teepay_link::os_entropy()?,
     )?;
+    hub.set_seal_limits(mode.seal);
     let hub_quote = hub.report(ChainId(0)).attest(&crate::sim::attestation_key());
     let (fin_tx, mut fin_rx) = mpsc::unbounded_channel();
     let metrics = Arc::new(Metrics::new(&scn.chains.iter().map(|c| c.0).collect::<Vec<_>>()));
