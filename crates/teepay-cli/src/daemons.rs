@@ -243,7 +243,8 @@ pub fn node(args: &NodeArgs) -> Result<ExitCode> {
                 }
             });
         }
-        let api = NodeApi { node: handle.clone(), links, hub: cfg.hub.to_string(), quotes };
+        let chains = links.iter().map(|l| l.id).collect();
+        let api = NodeApi { node: handle.clone(), links, chains, hub: cfg.hub.to_string(), quotes };
         let (bound, _) = api.serve(cfg.api).await.with_context(|| format!("API on {}", cfg.api))?;
         println!("node {} connected to hub {}, API on {bound}", handle.address, cfg.hub);
         shutdown_signal().await;

@@ -42,7 +42,8 @@ impl HubApi {
     pub async fn serve(self, addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let bound = listener.local_addr()?;
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        // No Nagle: a small reply held back for a delayed ACK would add ~40 ms to every call.
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let task = tokio::spawn(async move {
             let r = tonic::transport::Server::builder()
                 .add_service(HubServer::new(self))

@@ -14,6 +14,7 @@
 //!   with no sockets and no disk (sealing still runs): what the protocol itself costs.
 
 mod memory;
+mod processes;
 mod scale;
 mod scenario;
 mod sockets;
@@ -75,6 +76,16 @@ pub struct BenchArgs {
     /// Skip the sockets run (profiling the protocol alone).
     #[arg(long)]
     in_memory_only: bool,
+    /// Run every node daemon in its own OS process (driven through its gRPC API) instead
+    /// of all in this process.
+    #[arg(long)]
+    processes: bool,
+    /// Internal: run as the node process of a `--processes` run, from this directory.
+    #[arg(long, hide = true, requires = "hub_addr")]
+    node_dir: Option<PathBuf>,
+    /// Internal: the hub a `--node-dir` node process links to.
+    #[arg(long, hide = true)]
+    hub_addr: Option<std::net::SocketAddr>,
     /// The Lightning graph's directory (scenario ln).
     #[arg(long, default_value = "../shared/data/ln-graph-2020")]
     ln_graph: PathBuf,
@@ -353,6 +364,14 @@ pub fn run(args: &BenchArgs) -> Result<std::process::ExitCode> {
             None => scale::run(args.channels, args.json),
         };
     }
+    let seal_of = |s: &str| match s {
+        "incremental" => Ok(SealLimits::DEFAULT),
+        "full" => Ok(SealLimits::FULL),
+        other => bail!("--seal must be incremental, full or both, not {other:?}"),
+    };
+    if let (Some(dir), Some(hub)) = (&args.node_dir, args.hub_addr) {
+        return processes::child(dir, hub, seal_of(&args.seal)?);
+    }
     if args.leaves == 0 || args.payments == 0 || args.concurrency == 0 || args.rate.is_some_and(|r| r <= 0.0)
     {
         bail!("--leaves, --payments, --concurrency and --rate must be positive");
@@ -364,11 +383,10 @@ pub fn run(args: &BenchArgs) -> Result<std::process::ExitCode> {
         other => bail!("--auth must be mac, signatures or both, not {other:?}"),
     };
     let seals: Vec<(SealLimits, &str)> = match args.seal.as_str() {
-        "incremental" => vec![(SealLimits::DEFAULT, "incremental")],
-        "full" => vec![(SealLimits::FULL, "full")],
         "both" => vec![(SealLimits::DEFAULT, "incremental"), (SealLimits::FULL, "full")],
-        other => bail!("--seal must be incremental, full or both, not {other:?}"),
+        s => vec![(seal_of(s)?, s)],
     };
+    let hosting = if args.processes { "processes" } else { "sockets" };
     let modes: Vec<(Mode, &str, &str)> = seals
         .iter()
         .flat_map(|&(seal, seal_name)| {
@@ -409,10 +427,14 @@ pub fn run(args: &BenchArgs) -> Result<std::process::ExitCode> {
         let mem = mem.summary();
         let mut entry = json!({"auth": auth_name, "seal": seal_name, "in_memory": mem});
         if !args.in_memory_only {
-            let mut progress = Progress::new(format!("sockets, {name}"), !args.json);
+            let mut progress = Progress::new(format!("{hosting}, {name}"), !args.json);
             // A runtime per mode: shutting it down stops that run's hub and node daemons.
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let net = rt.block_on(sockets::run(&scn, &drive, &mode, &dir, &mut progress));
+            let net = if args.processes {
+                rt.block_on(processes::run(&scn, &drive, &mode, &dir, &mut progress))
+            } else {
+                rt.block_on(sockets::run(&scn, &drive, &mode, &dir, &mut progress))
+            };
             rt.shutdown_timeout(Duration::from_secs(2));
             let _ = std::fs::remove_dir_all(&dir);
             let mut net = net?;
@@ -420,6 +442,8 @@ pub fn run(args: &BenchArgs) -> Result<std::process::ExitCode> {
             entry["sockets_over_in_memory"] =
                 json!(net["per_s"].as_f64().unwrap_or(0.0) / mem["per_s"].as_f64().unwrap_or(1.0));
             entry["sockets"] = net;
+            entry["nodes_hosted"] =
+                json!(if args.processes { "one OS process per node" } else { "all in the bench process" });
         }
         for k in ["in_memory", "sockets"] {
             ok &= entry[k]["conservation"].as_bool() != Some(false);
@@ -427,15 +451,17 @@ pub fn run(args: &BenchArgs) -> Result<std::process::ExitCode> {
         if !args.json {
             println!("{}", line(&format!("in-memory limit, {name}"), &entry["in_memory"]));
             if !args.in_memory_only {
-                println!("{}", line(&format!("sockets, {name}"), &entry["sockets"]));
+                println!("{}", line(&format!("{hosting}, {name}"), &entry["sockets"]));
                 println!(
                     "{:24} end-to-end = {:.1}% of the in-memory limit",
                     "",
                     entry["sockets_over_in_memory"].as_f64().unwrap_or(0.0) * 100.0
                 );
             }
-            if let Some(why) = entry["in_memory"]["first_refusal"].as_str() {
-                println!("{:24} first refusal: {why}", "");
+            for k in ["in_memory", "sockets"] {
+                if let Some(why) = entry[k]["first_refusal"].as_str() {
+                    println!("{:24} first refusal ({}): {why}", "", k.replace('_', "-"));
+                }
             }
         }
         results.push(entry);

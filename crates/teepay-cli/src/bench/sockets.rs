@@ -20,13 +20,29 @@ use teepay_node::{NodeHandle, NodeSettings, spawn};
 use teepay_types::{Amount, ChainId, ChannelId, InstanceId};
 use tokio::sync::{Semaphore, mpsc};
 
-pub async fn run(
+/// The node daemons a run drives, however they are hosted (this process or child
+/// processes): start a job at its first node, list each node's channels.
+pub trait Nodes: Send + Sync + 'static {
+    fn start(&self, job: &Job) -> impl Future<Output = Result<InstanceId>> + Send;
+    /// Every node's channels as (channel, local, remote, locks).
+    fn channel_views(&self) -> impl Future<Output = Result<Vec<(ChannelId, u128, u128, usize)>>> + Send;
+}
+
+/// The hub service of a run, serving on loopback.
+pub struct Hub {
+    pub addr: std::net::SocketAddr,
+    finished: mpsc::UnboundedReceiver<Finished>,
+    metrics: Arc<Metrics>,
+}
+
+/// Node enclaves for every scenario node (durable platform files under `dir/n{i}`), with
+/// their channels pre-funded, and the hub service that knows those channels.
+pub async fn setup(
     scn: &Scenario,
     drive: &Drive,
     mode: &Mode,
     dir: &Path,
-    progress: &mut Progress,
-) -> Result<Run> {
+) -> Result<(Vec<NodeEnclave<FilePlatform>>, Hub)> {
     let _ = std::fs::remove_dir_all(dir);
     let mut enclaves: Vec<NodeEnclave<FilePlatform>> = (0..scn.nodes)
         .map(|i| -> Result<_> {
@@ -44,7 +60,7 @@ pub async fn run(
     )?;
     hub.set_seal_limits(mode.seal);
     let hub_quote = hub.report(ChainId(0)).attest(&crate::sim::attestation_key());
-    let (fin_tx, mut fin_rx) = mpsc::unbounded_channel();
+    let (fin_tx, finished) = mpsc::unbounded_channel();
     let metrics = Arc::new(Metrics::new(&scn.chains.iter().map(|c| c.0).collect::<Vec<_>>()));
     let settings = HubSettings {
         listen: "127.0.0.1:0".parse()?,
@@ -56,27 +72,75 @@ pub async fn run(
         finished: Some(fin_tx),
     };
     let handle = serve(Executor::new(hub, network), None, settings).await?;
+    Ok((enclaves, Hub { addr: handle.addr, finished, metrics }))
+}
+
+/// What a node daemon needs besides its enclave.
+pub fn node_settings(hub: std::net::SocketAddr, dir: &Path, quote: teepay_types::Quote) -> NodeSettings {
+    NodeSettings {
+        hub,
+        state_path: dir.join("sealed"),
+        quote,
+        reconnect_after: Duration::from_millis(50),
+        order_ttl: Duration::from_secs(600),
+    }
+}
+
+/// The enclave's quote for the hub chain, attested by the simulation authority.
+pub fn quote<P: teepay_types::Platform>(e: &mut NodeEnclave<P>) -> Result<teepay_types::Quote> {
+    let Response::Report(r) = e.handle(0, Request::Report { chain: ChainId(0) })?.response else {
+        bail!("report")
+    };
+    Ok(r.attest(&crate::sim::attestation_key()))
+}
+
+/// Every node daemon in this process, over real loopback TCP to the hub.
+pub struct InProcess(Vec<NodeHandle>);
+
+impl Nodes for InProcess {
+    fn start(&self, job: &Job) -> impl Future<Output = Result<InstanceId>> + Send {
+        start_job(&self.0, job)
+    }
+    async fn channel_views(&self) -> Result<Vec<(ChannelId, u128, u128, usize)>> {
+        let mut views = Vec::new();
+        for n in &self.0 {
+            views.extend(n.channels().await?.into_iter().map(|c| (c.id, c.local.0, c.remote.0, c.locks)));
+        }
+        Ok(views)
+    }
+}
+
+pub async fn run(
+    scn: &Scenario,
+    drive: &Drive,
+    mode: &Mode,
+    dir: &Path,
+    progress: &mut Progress,
+) -> Result<Run> {
+    let (enclaves, hub) = setup(scn, drive, mode, dir).await?;
     let mut nodes = Vec::new();
     for (i, mut e) in enclaves.into_iter().enumerate() {
-        let Response::Report(r) = e.handle(0, Request::Report { chain: ChainId(0) })?.response else {
-            bail!("report")
-        };
-        let (h, _) = spawn(
-            e,
-            NodeSettings {
-                hub: handle.addr,
-                state_path: dir.join(format!("n{i}/sealed")),
-                quote: r.attest(&crate::sim::attestation_key()),
-                reconnect_after: Duration::from_millis(50),
-                order_ttl: Duration::from_secs(600),
-            },
-        );
+        let quote = quote(&mut e)?;
+        let (h, _) = spawn(e, node_settings(hub.addr, &dir.join(format!("n{i}")), quote));
         nodes.push(h);
     }
     for n in &nodes {
         crate::demo::wait_ready(n).await?;
     }
+    drive_jobs(scn, drive, hub, Arc::new(InProcess(nodes)), progress).await
+}
 
+/// Offers the scenario's jobs to `nodes` (closed loop, `drive.concurrency` in flight, at
+/// `drive.rate` if set) and measures them: latency from start to the hub's final event,
+/// this process's CPU and link bytes, batch sizes, and conservation at the end.
+pub async fn drive_jobs<N: Nodes>(
+    scn: &Scenario,
+    drive: &Drive,
+    hub: Hub,
+    nodes: Arc<N>,
+    progress: &mut Progress,
+) -> Result<Run> {
+    let Hub { mut finished, metrics, .. } = hub;
     // Completion comes from the hub's finished events; `concurrency` jobs in flight at most.
     #[derive(Default)]
     struct Shared {
@@ -91,7 +155,7 @@ pub async fn run(
     let collector = {
         let (shared, run, permits) = (shared.clone(), run.clone(), permits.clone());
         tokio::spawn(async move {
-            while let Some(f) = fin_rx.recv().await {
+            while let Some(f) = finished.recv().await {
                 let mut s = shared.lock().expect("lock");
                 match s.started.remove(&f.id) {
                     Some(t) => {
@@ -103,7 +167,6 @@ pub async fn run(
             }
         })
     };
-    let nodes = Arc::new(nodes);
     for k in 0..drive.jobs {
         permits.acquire().await?.forget();
         while !drive.may_start(k, start) {
@@ -114,7 +177,7 @@ pub async fn run(
         tokio::spawn(async move {
             let run = run2;
             let t = Instant::now();
-            match start_job(&nodes, &job).await {
+            match nodes.start(&job).await {
                 Ok(id) => {
                     let mut s = shared.lock().expect("lock");
                     if let Some(f) = s.early.remove(&id) {
@@ -161,7 +224,7 @@ pub async fn run(
         .collect();
     // The histogram's sum is kept in millionths; items are whole numbers.
     r.batch_items = (metrics.batch_size.sum() - batches0.1).round() as u64;
-    r.conservation = Some(conserved(scn, &nodes).await?);
+    r.conservation = Some(conserved(scn, &*nodes).await?);
     Ok(r)
 }
 
@@ -187,14 +250,12 @@ async fn start_job(nodes: &[NodeHandle], job: &Job) -> Result<InstanceId> {
 /// Once the last CONFIRMs are applied (no locks anywhere; the hub reports a job final when
 /// it is decided, a round earlier): every channel's two parties agree and hold exactly what
 /// was funded.
-async fn conserved(scn: &Scenario, nodes: &[NodeHandle]) -> Result<bool> {
+async fn conserved<N: Nodes>(scn: &Scenario, nodes: &N) -> Result<bool> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut views: HashMap<ChannelId, Vec<(u128, u128, usize)>> = HashMap::new();
-        for n in nodes {
-            for c in n.channels().await? {
-                views.entry(c.id).or_default().push((c.local.0, c.remote.0, c.locks));
-            }
+        for (id, local, remote, locks) in nodes.channel_views().await? {
+            views.entry(id).or_default().push((local, remote, locks));
         }
         let settled = views.values().all(|v| v.iter().all(|x| x.2 == 0));
         if settled || Instant::now() > deadline {
