@@ -448,6 +448,15 @@ pub fn run(args: &BenchArgs) -> Result<std::process::ExitCode> {
         for k in ["in_memory", "sockets"] {
             ok &= entry[k]["conservation"].as_bool() != Some(false);
         }
+        // A driver that completes nothing the protocol could do is broken, not slow.
+        let succeeded = |k: &str| entry[k]["succeeded"].as_u64().unwrap_or(0);
+        if !args.in_memory_only && succeeded("in_memory") > 0 && succeeded("sockets") == 0 {
+            eprintln!(
+                "{hosting}, {name}: no job succeeded (the in-memory run completed {})",
+                succeeded("in_memory")
+            );
+            ok = false;
+        }
         if !args.json {
             println!("{}", line(&format!("in-memory limit, {name}"), &entry["in_memory"]));
             if !args.in_memory_only {
