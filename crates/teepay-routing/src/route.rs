@@ -166,20 +166,37 @@ impl Graph {
 
     /// Hops from `src` to every node over edges that can carry `amount` (a breadth-first
     /// search, ignoring fees and latency, so never more than a route's true hop count). It
-    /// stops after the level holding `dst`: every node it did not reach is at least one
-    /// level further, which is what it records for them. `None` when `dst` is unreachable.
+    /// stops as soon as a completed level holds an in-neighbour of `dst`, i.e. one level
+    /// *before* the level holding `dst` — on a scale-free graph that last level is most of
+    /// the graph, so skipping it is most of the saving. Every node it did not reach is at
+    /// least one level further, which is what it records for them (exact for `dst` and the
+    /// rest of its level). `None` when `dst` is unreachable.
     fn hops_from(&self, src: NodeIdx, dst: NodeIdx, amount: u128) -> Option<Vec<u32>> {
         let mut dist = vec![u32::MAX; self.nodes.len()];
         dist[src as usize] = 0;
+        // Nodes that can forward `amount` to `dst` in one hop (checked per level member, so a
+        // level costs its size, not its out-degree).
+        let feeders: std::collections::HashSet<NodeIdx> = self.nodes[dst as usize]
+            .inc
+            .iter()
+            .filter(|adj| self.spendable[adj.edge as usize] >= amount)
+            .map(|adj| adj.peer)
+            .collect();
+        let feeds_dst = |u: NodeIdx| feeders.contains(&u);
         let (mut level, mut next) = (vec![src], Vec::new());
         let mut depth = 0;
-        let mut found = false;
-        while !level.is_empty() && !found {
+        loop {
+            if level.is_empty() {
+                return None;
+            }
+            // `src` itself may feed `dst` (depth 0: a direct channel).
+            if level.iter().any(|&u| feeds_dst(u)) {
+                break;
+            }
             for &u in &level {
                 for adj in &self.nodes[u as usize].out {
                     if dist[adj.peer as usize] == u32::MAX && self.spendable[adj.edge as usize] >= amount {
                         dist[adj.peer as usize] = depth + 1;
-                        found |= adj.peer == dst;
                         next.push(adj.peer);
                     }
                 }
@@ -187,9 +204,6 @@ impl Graph {
             depth += 1;
             std::mem::swap(&mut level, &mut next);
             next.clear();
-        }
-        if !found {
-            return None;
         }
         for d in &mut dist {
             if *d == u32::MAX {
