@@ -24,19 +24,29 @@ pub enum HubError {
 /// its balances and its parties' fee policies. Called at start; sync and acks keep it current.
 pub async fn load_network(store: &Store) -> Result<Network, HubError> {
     let mut net = Network::new();
-    for ch in store.channels(None).await? {
-        if ch.status != ChannelStatus::Open {
-            continue;
-        }
-        net.chain_mut(ch.chain).upsert_channel(&ChannelInfo {
-            id: ch.id,
-            a: ch.a,
-            b: ch.b,
-            balance_a: ch.balance_a,
-            balance_b: ch.balance_b,
-            fee_a: ch.fee_a,
-            fee_b: ch.fee_b,
-        })?;
+    let mut failed = None;
+    store
+        .for_each_channel(|ch| {
+            if ch.status != ChannelStatus::Open || failed.is_some() {
+                return Ok(());
+            }
+            let info = ChannelInfo {
+                id: ch.id,
+                a: ch.a,
+                b: ch.b,
+                balance_a: ch.balance_a,
+                balance_b: ch.balance_b,
+                fee_a: ch.fee_a,
+                fee_b: ch.fee_b,
+            };
+            if let Err(e) = net.chain_mut(ch.chain).upsert_channel(&info) {
+                failed = Some(e);
+            }
+            Ok(())
+        })
+        .await?;
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(net),
     }
-    Ok(net)
 }

@@ -302,6 +302,18 @@ impl Store {
         rows.iter().map(channel_row).collect()
     }
 
+    /// Every channel of every chain, one row at a time: a million-channel hub builds its map
+    /// without ever holding all rows at once.
+    pub async fn for_each_channel(&self, mut f: impl FnMut(ChannelRow) -> Result<()>) -> Result<()> {
+        use futures_util::TryStreamExt;
+        let mut rows = sqlx::query("SELECT * FROM channels ORDER BY chain_id, opened_block, channel_id")
+            .fetch(&self.pool);
+        while let Some(row) = rows.try_next().await? {
+            f(channel_row(&row)?)?;
+        }
+        Ok(())
+    }
+
     pub async fn channel(&self, chain: ChainId, id: ChannelId) -> Result<Option<ChannelRow>> {
         let row = sqlx::query("SELECT * FROM channels WHERE chain_id = $1 AND channel_id = $2")
             .bind(i64_of(chain.0))
