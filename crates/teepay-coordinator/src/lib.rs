@@ -635,3 +635,75 @@ impl<P: Platform> Coordinator<P> {
         self.state.instances.get(&id)
     }
 }
+
+#[cfg(test)]
+mod log_encoding_tests {
+    use super::*;
+    use teepay_types::{NodeAck, RefundRequest, Report, Signature};
+
+    fn decode(bytes: &[u8]) -> Vec<HubInput> {
+        let mut rest = bytes;
+        let mut inputs = Vec::new();
+        while !rest.is_empty() {
+            inputs.push(HubInput::deserialize(&mut rest).expect("decodes"));
+        }
+        inputs
+    }
+
+    /// What the entry points write (a tag, then their arguments by reference) decodes as the
+    /// `HubInput` variant replay expects, for every tag.
+    #[test]
+    fn every_logged_input_decodes_as_its_variant() {
+        let mut hub = Coordinator::create(
+            teepay_types::SimPlatform::new([1; 32]),
+            HubConfig {
+                measurement: [0; 32],
+                attestation_authority: Address([0; 20]),
+                allowed_node_measurements: Vec::new(),
+                prepare_timeout: 1,
+                retransmit_after: 1,
+                round_auth: RoundAuth::SessionMacs,
+            },
+            [2; 32],
+        )
+        .unwrap();
+        let node = Address([7; 20]);
+        let quote = Quote {
+            report: Report { measurement: [3; 32], enclave: node, chain: ChainId(1) },
+            signature: Signature([4; 65]),
+        };
+        let ack = SignedNodeAck {
+            ack: NodeAck { node, hub: node, items: Vec::new() },
+            auth: BatchAuth::Mac([5; 32]),
+        };
+        let refund = SignedRefundRequest {
+            request: RefundRequest { node, instance: InstanceId([6; 32]) },
+            signature: Signature([8; 65]),
+        };
+        hub.log(tag::ROUND_AUTH, &RoundAuth::Signatures);
+        hub.log(tag::REGISTER_NODE, &quote);
+        hub.log(
+            tag::CREATE_INSTANCE,
+            &(9u64, InstanceKind::CrossChain, &Vec::<Leg>::new(), &Vec::<SignedOrder>::new()),
+        );
+        hub.log(tag::ACK, &(10u64, &ack));
+        hub.log(tag::REFUND_REQUEST, &(11u64, &refund));
+        hub.log(tag::CHAIN_OUTCOME, &(12u64, InstanceId([6; 32]), Outcome::Revert));
+        hub.log(tag::TICK, &13u64);
+        hub.log(tag::PRUNE, &14u64);
+        hub.log(tag::FLUSH, &());
+        let inputs = decode(&hub.pending);
+        assert!(matches!(inputs[0], HubInput::RoundAuth(RoundAuth::Signatures)));
+        assert!(matches!(&inputs[1], HubInput::RegisterNode(q) if *q == quote));
+        assert!(
+            matches!(&inputs[2], HubInput::CreateInstance { now: 9, kind: InstanceKind::CrossChain, legs, orders } if legs.is_empty() && orders.is_empty())
+        );
+        assert!(matches!(&inputs[3], HubInput::Ack { now: 10, ack: a } if *a == ack));
+        assert!(matches!(&inputs[4], HubInput::RefundRequest { now: 11, request } if *request == refund));
+        assert!(matches!(inputs[5], HubInput::ChainOutcome { now: 12, outcome: Outcome::Revert, .. }));
+        assert!(matches!(inputs[6], HubInput::Tick(13)));
+        assert!(matches!(inputs[7], HubInput::Prune(14)));
+        assert!(matches!(inputs[8], HubInput::Flush));
+        assert_eq!(inputs.len(), 9);
+    }
+}
