@@ -155,7 +155,18 @@ impl FilePlatform {
             }
             Err(e) => return Err(e),
         };
-        let (log_file, at_open) = SealedLogFile::open(&dir.join("platform.seals"))?;
+        let seals = dir.join("platform.seals");
+        // Before incremental sealing the counter and one whole-state blob lived in
+        // `platform.counter`; opening such a directory as empty would mint a new enclave
+        // beside the old one's channels.
+        if dir.join("platform.counter").exists() && !seals.exists() {
+            return Err(std::io::Error::other(format!(
+                "{} holds enclave state in the format before incremental sealing (platform.counter); \
+                 this teepay cannot restore it: start from a fresh state directory",
+                dir.display()
+            )));
+        }
+        let (log_file, at_open) = SealedLogFile::open(&seals)?;
         let counter = match at_open.blobs().last() {
             Some(blob) => blob_header(blob).map_err(std::io::Error::other)?.0,
             None => 0,
@@ -232,6 +243,16 @@ mod tests {
         let p = FilePlatform::open(&dir).unwrap();
         assert_eq!(p.sealed_at_open().blobs().collect::<Vec<_>>(), vec![second.as_slice()]);
         assert!(unseal(&p, b"d", &first).is_err(), "rollback refused");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_state_dir_in_the_old_format_is_refused_not_reinitialized() {
+        let dir = temp_dir("old-format");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("platform.counter"), 7u64.to_le_bytes()).unwrap();
+        let err = FilePlatform::open(&dir).unwrap_err();
+        assert!(err.to_string().contains("before incremental sealing"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
