@@ -407,6 +407,9 @@ pub fn run(args: &BenchArgs) -> Result<std::process::ExitCode> {
         concurrency: args.concurrency,
         rate: args.rate,
     };
+    if !args.in_memory_only {
+        sockets::check_descriptors(scn.nodes)?;
+    }
     let unit = if scn.is_swap() { "swaps" } else { "payments" };
     if !args.json {
         println!("{}: {}; channels pre-funded (no chain setup)", scn.name, scn.description);

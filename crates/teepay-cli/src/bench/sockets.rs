@@ -75,6 +75,25 @@ pub async fn setup(
     Ok((enclaves, Hub { addr: handle.addr, finished, metrics }))
 }
 
+/// Refuses up front a run that would hit the open-file limit halfway through: every node
+/// holds its link (both ends live in this process) and its sealed log open.
+pub fn check_descriptors(nodes: usize) -> Result<()> {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<usize>().ok());
+    let needed = 3 * nodes + 256;
+    if let Some(limit) = soft.filter(|&limit| needed > limit) {
+        bail!(
+            "{nodes} node daemons need about {needed} open files but the limit is {limit}: \
+             raise it (ulimit -n) or run --in-memory-only"
+        );
+    }
+    Ok(())
+}
+
 /// What a node daemon needs besides its enclave.
 pub fn node_settings(hub: std::net::SocketAddr, dir: &Path, quote: teepay_types::Quote) -> NodeSettings {
     NodeSettings {
