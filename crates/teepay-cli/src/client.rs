@@ -142,7 +142,7 @@ async fn hub(url: &str) -> Result<HubClient<Channel>> {
 }
 
 /// gRPC errors as the server worded them (no transport noise).
-fn call<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Result<T> {
+pub(crate) fn call<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Result<T> {
     r.map(|r| r.into_inner()).map_err(|s| anyhow::anyhow!("{}", s.message()))
 }
 

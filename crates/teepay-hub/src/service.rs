@@ -3,9 +3,10 @@
 //! adaptively: the executor task drains every event that is queued, then flushes once — one
 //! signed batch per node — so batches grow with load and cost nothing when idle.
 //!
-//! Before any batch leaves, the hub enclave's sealed state is written durably (temp file,
-//! fsync, rename, fsync of the directory): a crash can never lose a decision that a node
-//! has already seen.
+//! Before any batch leaves, the hub enclave's sealed state (a delta appended to its sealed
+//! log, or a snapshot that replaces it) is written durably: a crash can never lose a
+//! decision that a node has already seen. The flush runs via `block_in_place`, so its
+//! `fdatasync` does not hold up the runtime's other tasks.
 
 use crate::executor::{ExecError, Executor, Finished, Status};
 use crate::metrics::Metrics;

@@ -2,9 +2,9 @@
 //! behind the same request/response interface a real TEE would use), keeps a persistent,
 //! reconnecting link to the hub, and answers the hub's batches.
 //!
-//! Durability rule (DESIGN §7): every sealed blob the enclave returns is written durably
-//! (fsync + atomic rename) *before* the response that caused it leaves the process — an ack
-//! must never outlive the state that produced it.
+//! Durability rule (DESIGN §7): every sealed blob the enclave returns (a delta appended to
+//! its sealed log, or a snapshot replacing it) is written durably *before* the response that
+//! caused it leaves the process — an ack must never outlive the state that produced it.
 
 pub mod api;
 pub mod onchain;

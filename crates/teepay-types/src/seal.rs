@@ -363,7 +363,7 @@ impl LogBudget {
 }
 
 #[cfg(test)]
-mod envelope_tests {
+mod tests {
     use super::*;
 
     /// The in-place sealer writes exactly what borsh would for the envelope.
@@ -378,11 +378,6 @@ mod envelope_tests {
         assert_eq!(env.ciphertext.len(), 5 + TAG_LEN);
         assert_eq!(unseal(&p, b"d", &blob).unwrap(), b"hello");
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 
     #[test]
     fn seal_unseal_round_trip() {

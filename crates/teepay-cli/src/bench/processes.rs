@@ -9,6 +9,7 @@
 use super::scenario::{Job, Scenario};
 use super::sockets::{Nodes, drive_jobs, node_settings, quote, setup};
 use super::{Drive, Mode, Progress, Run, cpu_seconds, swap_intent_request};
+use crate::client::call;
 use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -28,10 +29,6 @@ struct Children {
     addresses: Vec<Address>,
 }
 
-fn call<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Result<T> {
-    r.map(|r| r.into_inner()).map_err(|s| anyhow::anyhow!("{}", s.message()))
-}
-
 impl Nodes for Children {
     async fn start(&self, job: &Job) -> Result<InstanceId> {
         let id = match job {
@@ -46,6 +43,7 @@ impl Nodes for Children {
             }
             Job::Swap { gives } => {
                 let mut intents = Vec::new();
+                // The expiry is the node's to set (from `ttl_seconds`), so none is passed here.
                 for (party, req) in swap_intent_request(gives, |i| self.addresses[i], 0) {
                     let Request::CreateSwapIntent { gives, receives, .. } = req else {
                         bail!("unexpected intent request")
