@@ -94,7 +94,7 @@ pub fn parse_intent(field: &str, hex: &str) -> Result<SignedOrder, Status> {
     if !matches!(order.order, Order::Swap(_)) {
         return Err(bad("not a swap intent"));
     }
-    if !order.is_authentic() {
+    if !order.is_signed() {
         return Err(bad("not signed by its party's enclave"));
     }
     Ok(order)

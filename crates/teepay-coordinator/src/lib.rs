@@ -24,8 +24,8 @@ use borsh::{BorshDeserialize, BorshSerialize};
 use std::collections::{BTreeMap, BTreeSet};
 use teepay_types::crypto::keccak256_parts;
 use teepay_types::{
-    Address, BatchAuth, ChainId, Hash32, HubBatch, HubItem, InstanceId, InstanceKind, InstanceSpec, Leg,
-    NodeItem, Order, Outcome, Platform, Quote, Report, RoundAuth, SignedHubBatch, SignedNodeAck, SignedOrder,
+    Address, Auth, ChainId, Hash32, HubBatch, HubItem, InstanceId, InstanceKind, InstanceSpec, Leg, NodeItem,
+    Order, Outcome, Platform, Quote, Report, RoundAuth, SignedHubBatch, SignedNodeAck, SignedOrder,
     SignedRefundRequest, SigningKey, leaf_hash, macs_equal, seal_delta, seal_value, session_mac, unseal_log,
     verify_signer,
 };
@@ -294,7 +294,8 @@ impl<P: Platform> Coordinator<P> {
             deadline: now.saturating_add(self.state.config.prepare_timeout),
         };
         spec.validate_structure()?;
-        spec.verify_order_signatures()?;
+        let sessions = &self.state.sessions;
+        spec.verify_orders(|owner| sessions.get(owner))?;
         if let (InstanceKind::MultiHop, [leg], [SignedOrder { order: Order::Payment(req), .. }]) =
             (kind, spec.legs.as_slice(), spec.orders.as_slice())
             && leg.source() != Some(req.payer)
@@ -375,7 +376,7 @@ impl<P: Platform> Coordinator<P> {
         }
         let digest = signed.ack.digest();
         match signed.auth {
-            BatchAuth::Signature(signature) => {
+            Auth::Signature(signature) => {
                 let wants_session = self.state.config.round_auth == RoundAuth::SessionMacs
                     && !self.state.sessions.contains_key(&node);
                 if wants_session {
@@ -392,7 +393,7 @@ impl<P: Platform> Coordinator<P> {
                     return Err(HubError::BadSignature(node));
                 }
             }
-            BatchAuth::Mac(tag) => {
+            Auth::Mac(tag) => {
                 let session = self.state.sessions.get(&node).ok_or(HubError::NoSession(node))?;
                 if !macs_equal(&tag, &session_mac(session, &digest)) {
                     return Err(HubError::BadSignature(node));
@@ -672,10 +673,8 @@ mod log_encoding_tests {
             report: Report { measurement: [3; 32], enclave: node, chain: ChainId(1) },
             signature: Signature([4; 65]),
         };
-        let ack = SignedNodeAck {
-            ack: NodeAck { node, hub: node, items: Vec::new() },
-            auth: BatchAuth::Mac([5; 32]),
-        };
+        let ack =
+            SignedNodeAck { ack: NodeAck { node, hub: node, items: Vec::new() }, auth: Auth::Mac([5; 32]) };
         let refund = SignedRefundRequest {
             request: RefundRequest { node, instance: InstanceId([6; 32]) },
             signature: Signature([8; 65]),

@@ -28,7 +28,7 @@ pub use state::{
 use borsh::{BorshDeserialize, BorshSerialize};
 use std::collections::BTreeMap;
 use teepay_types::{
-    Address, Amount, BatchAuth, ChainId, ChannelId, Eip1559Tx, GasParams, HubItem, InstanceId, InstanceKind,
+    Address, Amount, Auth, ChainId, ChannelId, Eip1559Tx, GasParams, HubItem, InstanceId, InstanceKind,
     NodeAck, NodeItem, Order, PaymentRequest, Platform, Quote, RefundRequest, Report, SignedChannelState,
     SignedHubBatch, SignedNodeAck, SignedOrder, SignedRefundRequest, SignedTx, SigningKey, SwapIntent,
     Transfer, macs_equal, seal_delta, seal_value, session_mac, unseal_log, verify_signer,
@@ -231,6 +231,7 @@ impl<P: Platform> NodeEnclave<P> {
             config,
             hub: None,
             hub_session: None,
+            hub_uses_session: false,
             channels: BTreeMap::new(),
             instances: BTreeMap::new(),
             orders: BTreeMap::new(),
@@ -352,6 +353,7 @@ impl<P: Platform> NodeEnclave<P> {
                 if self.state.hub != Some(quote.report.enclave) {
                     self.state.hub = Some(quote.report.enclave);
                     self.state.hub_session = None;
+                    self.state.hub_uses_session = false;
                 }
                 Ok(self.changed(Response::Done))
             }
@@ -529,7 +531,12 @@ impl<P: Platform> NodeEnclave<P> {
         let nonce = order.nonce();
         self.state.next_nonce += 1;
         self.state.orders.insert(nonce, OrderRecord { digest: order.digest(), status: OrderStatus::Open });
-        let signed = order.sign(&self.key);
+        // A payment order only the hub checks: MAC'd once the hub has shown it holds the
+        // session (one keccak instead of an ECDSA signature here and a recovery at the hub).
+        let signed = match (&order, self.state.hub_session) {
+            (Order::Payment(_), Some(session)) if self.state.hub_uses_session => order.mac(&session),
+            _ => order.sign(&self.key),
+        };
         self.changed(Response::Order(signed))
     }
 
@@ -628,7 +635,7 @@ impl<P: Platform> NodeEnclave<P> {
         let digest = signed.batch.digest();
         let mut dirty = false;
         let answer_with_mac = match signed.auth {
-            BatchAuth::Signature(signature) => {
+            Auth::Signature(signature) => {
                 if signed.batch.hub != hub {
                     return Err(EnclaveError::BadHubSignature);
                 }
@@ -649,10 +656,14 @@ impl<P: Platform> NodeEnclave<P> {
                 }
                 false
             }
-            BatchAuth::Mac(tag) => {
+            Auth::Mac(tag) => {
                 let session = self.state.hub_session.ok_or(EnclaveError::NoHubSession)?;
                 if signed.batch.hub != hub || !macs_equal(&tag, &session_mac(&session, &digest)) {
                     return Err(EnclaveError::BadHubSignature);
+                }
+                if !self.state.hub_uses_session {
+                    self.state.hub_uses_session = true;
+                    dirty = true;
                 }
                 true
             }

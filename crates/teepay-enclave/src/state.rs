@@ -176,6 +176,10 @@ pub struct NodeState {
     /// The session key shared with the hub (ECDH, derived from the first signed batch);
     /// later batches may carry a MAC under it instead of a signature.
     pub hub_session: Option<Hash32>,
+    /// The hub has sent a batch MAC'd under `hub_session`, so its durable state holds the
+    /// session too (it seals before it sends): payment orders can then be MAC'd for it
+    /// instead of signed. Until then (or with a hub that signs every round) they are signed.
+    pub hub_uses_session: bool,
     pub channels: BTreeMap<ChannelId, Channel>,
     pub instances: BTreeMap<InstanceId, InstanceRecord>,
     pub orders: BTreeMap<u64, OrderRecord>,

@@ -261,7 +261,7 @@ fn refuses_what_cannot_be_routed_and_refunds_silent_or_refusing_nodes() {
     // Orders of the wrong kind or with a forged signature are refused (the forged one by the
     // hub enclave, its reservation undone).
     let mut forged = net.payment(0, 1, 1, 0);
-    forged.signature.0[5] ^= 1;
+    forged.auth.bytes_mut()[5] ^= 1;
     assert_eq!(net.exec.submit_payment(net.now, forged), Err(ExecError::BadOrderSignature));
 }
 

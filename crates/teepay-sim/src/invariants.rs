@@ -4,7 +4,9 @@
 use crate::world::{Violation, World};
 use std::collections::{BTreeMap, BTreeSet};
 use teepay_enclave::{InstanceStatus, NodeState};
-use teepay_types::{Address, Amount, ChainId, InstanceId, InstanceKind, InstanceSpec, Order, Outcome};
+use teepay_types::{
+    Address, Amount, ChainId, Hash32, InstanceId, InstanceKind, InstanceSpec, Order, Outcome,
+};
 
 fn fail<T>(msg: String) -> Result<T, Violation> {
     Err(Violation(msg))
@@ -141,7 +143,7 @@ impl World {
 
     /// Invariants 3 and 6: each node's holdings moved by exactly the applied instances'
     /// flows; within each applied instance an intermediary nets ≥ 0, and a node that
-    /// loses value does so only within the bounds of its own signed order.
+    /// loses value does so only within the bounds of its own authenticated order.
     fn check_accounting(&self, outcomes: &BTreeMap<InstanceId, Outcome>) -> Result<(), Violation> {
         let mut expected: BTreeMap<(ChainId, Address), i128> = BTreeMap::new();
         for (id, outcome) in outcomes {
@@ -150,7 +152,12 @@ impl World {
             }
             let spec = &self.hub.coordinator.instance(*id).expect("exists").spec;
             let flows = flows(spec);
-            check_consent(spec, &flows)?;
+            // An order counts if its owner authenticated it: signed, or MAC'd under the
+            // session the owner shares with the hub.
+            let session = |owner: &Address| {
+                self.node_index(*owner).and_then(|i| self.nodes[i].enclave.inspect().hub_session)
+            };
+            check_consent(spec, &flows, session)?;
             for (key, flow) in flows {
                 *expected.entry(key).or_default() += flow;
             }
@@ -183,9 +190,14 @@ pub fn flows(spec: &InstanceSpec) -> BTreeMap<(ChainId, Address), i128> {
     flows
 }
 
-fn check_consent(spec: &InstanceSpec, flows: &BTreeMap<(ChainId, Address), i128>) -> Result<(), Violation> {
+fn check_consent(
+    spec: &InstanceSpec,
+    flows: &BTreeMap<(ChainId, Address), i128>,
+    session: impl Fn(&Address) -> Option<Hash32>,
+) -> Result<(), Violation> {
     for ((chain, addr), flow) in flows {
-        let order = spec.orders.iter().find(|o| o.order.owner() == *addr && o.is_authentic());
+        let order =
+            spec.orders.iter().find(|o| o.order.owner() == *addr && o.is_authentic(session(addr).as_ref()));
         let allowed: i128 = match order.map(|o| &o.order) {
             None => 0,
             Some(Order::Payment(r)) if r.chain == *chain => (r.amount.0 + r.max_fee.0) as i128,

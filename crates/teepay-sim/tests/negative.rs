@@ -557,10 +557,7 @@ fn session_macs_need_a_session_and_the_right_key() {
         .unwrap();
     let Response::Batch(result) = out.response else { panic!() };
     let ack = result.ack.expect("answered");
-    assert_eq!(
-        ack.auth,
-        teepay_types::BatchAuth::Mac(teepay_types::session_mac(&session, &ack.ack.digest()))
-    );
+    assert_eq!(ack.auth, teepay_types::Auth::Mac(teepay_types::session_mac(&session, &ack.ack.digest())));
 }
 
 /// The hub's side: a MAC'd ack without a session is refused unchanged; a node's first
@@ -572,10 +569,10 @@ fn first_ack_then_refund_batch(
     let mut w = teepay_sim::scenarios::three_hop();
     w.hub.coordinator.set_round_auth(mode);
     let teepay_sim::Envelope::ToNode { batch: first, .. } = w.network[0].clone() else { panic!() };
-    assert!(matches!(first.auth, teepay_types::BatchAuth::Signature(_)), "round one is signed");
+    assert!(matches!(first.auth, teepay_types::Auth::Signature(_)), "round one is signed");
     w.apply(&teepay_sim::Action::Deliver(0)).unwrap();
     let teepay_sim::Envelope::ToHub(ack) = w.network.last().unwrap().clone() else { panic!() };
-    assert!(matches!(ack.auth, teepay_types::BatchAuth::Signature(_)), "a signature answers a signature");
+    assert!(matches!(ack.auth, teepay_types::Auth::Signature(_)), "a signature answers a signature");
     let before = w.hub.coordinator.inspect().clone();
     let forged = ack.ack.clone().mac(&[5; 32]);
     assert_eq!(w.hub.coordinator.on_ack(w.now, &forged).unwrap_err(), HubError::NoSession(ack.ack.node));
@@ -594,8 +591,67 @@ fn first_ack_then_refund_batch(
 fn hub_macs_only_after_a_signed_ack_and_never_in_signature_mode() {
     let (w, next) = first_ack_then_refund_batch(teepay_types::RoundAuth::SessionMacs);
     assert!(w.hub.coordinator.inspect().sessions.contains_key(&next.batch.node));
-    assert!(matches!(next.auth, teepay_types::BatchAuth::Mac(_)));
+    assert!(matches!(next.auth, teepay_types::Auth::Mac(_)));
     let (w, next) = first_ack_then_refund_batch(teepay_types::RoundAuth::Signatures);
     assert!(w.hub.coordinator.inspect().sessions.is_empty());
     assert!(next.is_signed_by(w.hub.coordinator.address()));
+}
+
+/// The payer's next payment order in `w` (three_hop: node 0 pays node 3).
+fn next_order(w: &mut World) -> SignedOrder {
+    let request = Request::CreatePayment {
+        chain: CHAIN_1,
+        payee: w.address(3),
+        amount: Amount(5),
+        max_fee: Amount(5),
+        expires_at: w.now + 1_000,
+    };
+    let Response::Order(order) = w.node_request(0, request) else { panic!() };
+    order
+}
+
+/// Payment orders are signed until the hub has MAC'd a batch to the payer (proof it holds
+/// the session durably), MAC'd after; the hub accepts a MAC only under its session with the
+/// order's owner, and refuses a forged one without changing its state.
+#[test]
+fn payment_orders_are_macd_once_the_hub_uses_the_session() {
+    let mut w = teepay_sim::scenarios::three_hop();
+    let first = w.hub.coordinator.instance(w.instances[0]).unwrap().spec.orders[0].clone();
+    assert!(first.is_signed(), "no session yet: the first order is signed");
+    w.drain().unwrap();
+    assert!(w.nodes[0].enclave.inspect().hub_uses_session);
+    let order = next_order(&mut w);
+    assert!(matches!(order.auth, teepay_types::Auth::Mac(_)), "{order:?}");
+
+    let leg = w.route(CHAIN_1, &[0, 1, 2, 3], 5).unwrap();
+    let payer = w.address(0);
+    let before = w.hub.coordinator.inspect().clone();
+    let mut forged = order.clone();
+    forged.auth.bytes_mut()[0] ^= 1;
+    let hop1_session = w.nodes[1].enclave.inspect().hub_session.expect("hop1 has a session");
+    let foreign_session = order.order.clone().mac(&hop1_session);
+    for bad in [forged, foreign_session] {
+        let err =
+            w.hub.coordinator.create_instance(w.now, InstanceKind::MultiHop, vec![leg.clone()], vec![bad]);
+        assert_eq!(err, Err(HubError::Spec(teepay_types::SpecError::UnsignedOrder(payer))));
+        assert_eq!(*w.hub.coordinator.inspect(), before, "a refused order changes nothing");
+    }
+
+    w.start(InstanceKind::MultiHop, vec![leg], vec![order]).unwrap();
+    w.drain().unwrap();
+    w.check_final().unwrap();
+    assert_eq!(
+        w.hub.coordinator.instance(*w.instances.last().unwrap()).unwrap().phase.outcome(),
+        Some(Outcome::Apply)
+    );
+}
+
+/// A hub that signs every round never shows the session in use: orders stay signed.
+#[test]
+fn payment_orders_stay_signed_with_a_signing_hub() {
+    let mut w = teepay_sim::scenarios::three_hop();
+    w.hub.coordinator.set_round_auth(teepay_types::RoundAuth::Signatures);
+    w.drain().unwrap();
+    assert!(!w.nodes[0].enclave.inspect().hub_uses_session);
+    assert!(next_order(&mut w).is_signed());
 }

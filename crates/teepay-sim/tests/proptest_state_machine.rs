@@ -62,3 +62,17 @@ fn random_networks_of_twenty_nodes_keep_every_invariant() {
         }
     }
 }
+
+/// Half the random networks start with sessions in use, so the schedules above also cover
+/// payment orders authenticated by MAC (and the other half signed ones).
+#[test]
+fn random_networks_cover_macd_and_signed_orders() {
+    let macd = |seed: u64| {
+        let w = random_network(seed, 6, 4, 0);
+        let order_of = |id| w.hub.coordinator.instance(id).expect("created").spec.orders[0].clone();
+        let workload = &w.instances[w.instances.len() - 4..];
+        workload.iter().map(|id| matches!(order_of(*id).auth, teepay_types::Auth::Mac(_))).collect::<Vec<_>>()
+    };
+    assert_eq!(macd(10), vec![true; 4]);
+    assert_eq!(macd(11), vec![false; 4]);
+}

@@ -2,9 +2,10 @@
 //! rules every enclave checks before looking at its own part.
 
 use crate::channel::InstanceKind;
-use crate::crypto::{Signature, SigningKey, keccak256_parts, recover_signer};
+use crate::crypto::{SigningKey, keccak256_parts, macs_equal, recover_signer, session_mac};
 use crate::encoding::body_bytes;
 use crate::ids::{Address, Amount, ChainId, ChannelId, Hash32, InstanceId};
+use crate::messages::Auth;
 use borsh::{BorshDeserialize, BorshSerialize};
 use std::collections::BTreeSet;
 
@@ -109,20 +110,42 @@ impl Order {
     }
     pub fn sign(self, key: &SigningKey) -> SignedOrder {
         let signature = key.sign_digest(&self.digest());
-        SignedOrder { order: self, signature }
+        SignedOrder { order: self, auth: Auth::Signature(signature) }
+    }
+    /// Authenticates a payment request for the hub alone, under the payer↔hub session key
+    /// (the fast path: only the hub enclave checks a payment order, and the payer's enclave
+    /// compares the order in PREPARE with the one it issued, never with its authenticator).
+    pub fn mac(self, session: &Hash32) -> SignedOrder {
+        let tag = session_mac(session, &self.digest());
+        SignedOrder { order: self, auth: Auth::Mac(tag) }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize)]
 pub struct SignedOrder {
     pub order: Order,
-    pub signature: Signature,
+    pub auth: Auth,
 }
 
 impl SignedOrder {
-    /// True iff the order is signed by its own owner's enclave.
-    pub fn is_authentic(&self) -> bool {
-        matches!(recover_signer(&self.order.digest(), &self.signature), Ok(a) if a == self.order.owner())
+    /// True iff the order is signed by its own owner's enclave, or is a payment request
+    /// MAC'd under `session`, the key the verifier shares with the owner (`None`: no
+    /// session, so only a signature counts). A swap intent must be signed: other parties
+    /// read it on the board and cannot check a MAC.
+    pub fn is_authentic(&self, session: Option<&Hash32>) -> bool {
+        match (&self.auth, &self.order, session) {
+            (Auth::Signature(s), _, _) => {
+                matches!(recover_signer(&self.order.digest(), s), Ok(a) if a == self.order.owner())
+            }
+            (Auth::Mac(tag), Order::Payment(_), Some(key)) => {
+                macs_equal(tag, &session_mac(key, &self.order.digest()))
+            }
+            (Auth::Mac(_), _, _) => false,
+        }
+    }
+    /// True iff the order carries a valid signature by its owner (a MAC never counts).
+    pub fn is_signed(&self) -> bool {
+        self.is_authentic(None)
     }
 }
 
@@ -162,7 +185,7 @@ pub enum SpecError {
     SwapShape,
     #[error("two orders of one owner in one instance")]
     DuplicateOrder,
-    #[error("order of {0:?} is not signed by its owner")]
+    #[error("order of {0:?} is not authenticated by its owner (bad signature, or a MAC without a session)")]
     UnsignedOrder(Address),
 }
 
@@ -230,11 +253,16 @@ impl InstanceSpec {
         Ok(())
     }
 
-    /// Checks every order's signature (one ECDSA recovery each). The hub runs this when it
-    /// creates an instance. Node enclaves need not: an order's owner compares it with the
-    /// order it issued itself, and an intermediary's consent does not depend on orders.
-    pub fn verify_order_signatures(&self) -> Result<(), SpecError> {
-        match self.orders.iter().find(|o| !o.is_authentic()) {
+    /// Checks every order's authenticator: one ECDSA recovery per signed order, one keccak
+    /// per MAC'd payment order (`session` gives the verifier's session key with an owner).
+    /// The hub runs this when it creates an instance. Node enclaves need not: an order's
+    /// owner compares it with the order it issued itself, and an intermediary's consent does
+    /// not depend on orders.
+    pub fn verify_orders<'a>(
+        &self,
+        session: impl Fn(&Address) -> Option<&'a Hash32>,
+    ) -> Result<(), SpecError> {
+        match self.orders.iter().find(|o| !o.is_authentic(session(&o.order.owner()))) {
             Some(o) => Err(SpecError::UnsignedOrder(o.order.owner())),
             None => Ok(()),
         }
@@ -247,5 +275,56 @@ impl InstanceSpec {
 
     pub fn digest(&self) -> Hash32 {
         keccak256_parts(&[b"teepay/instance/v1", &body_bytes(self)])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payment(payer: Address) -> Order {
+        Order::Payment(PaymentRequest {
+            chain: ChainId(1),
+            payer,
+            payee: Address([9; 20]),
+            amount: Amount(10),
+            max_fee: Amount(1),
+            nonce: 3,
+            expires_at: 100,
+        })
+    }
+
+    #[test]
+    fn a_mac_counts_only_for_a_payment_under_the_owners_session() {
+        let key = SigningKey::from_entropy([4; 32]).unwrap();
+        let session = [7u8; 32];
+        let macd = payment(key.address()).mac(&session);
+        assert!(macd.is_authentic(Some(&session)));
+        assert!(!macd.is_authentic(Some(&[8; 32])), "another session's key");
+        assert!(!macd.is_authentic(None), "no session");
+        assert!(!macd.is_signed());
+        let mut tampered = macd.clone();
+        if let Order::Payment(r) = &mut tampered.order {
+            r.amount = Amount(11);
+        }
+        assert!(!tampered.is_authentic(Some(&session)));
+        let mut bad_tag = macd;
+        bad_tag.auth.bytes_mut()[31] ^= 1;
+        assert!(!bad_tag.is_authentic(Some(&session)));
+
+        // A swap intent goes on a public board: only a signature counts, never a MAC.
+        let intent = Order::Swap(SwapIntent {
+            party: key.address(),
+            gives: Vec::new(),
+            receives: Vec::new(),
+            nonce: 1,
+            expires_at: 100,
+        });
+        assert!(!intent.clone().mac(&session).is_authentic(Some(&session)));
+        assert!(intent.sign(&key).is_authentic(Some(&session)));
+
+        // A signature is checked against the owner, whatever session is offered.
+        assert!(payment(key.address()).sign(&key).is_signed());
+        assert!(!payment(Address([1; 20])).sign(&key).is_authentic(Some(&session)));
     }
 }

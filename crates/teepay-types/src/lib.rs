@@ -28,7 +28,7 @@ pub use instance::{
     Hop, InstanceSpec, Leg, Order, PaymentRequest, SignedOrder, SpecError, SwapIntent, Transfer,
 };
 pub use messages::{
-    BatchAuth, HubBatch, HubItem, NackReason, NodeAck, NodeItem, Quote, QuoteError, RefundRequest, Report,
+    Auth, HubBatch, HubItem, NackReason, NodeAck, NodeItem, Quote, QuoteError, RefundRequest, Report,
     RoundAuth, SignedHubBatch, SignedNodeAck, SignedRefundRequest, leaf_hash, merkle_root,
 };
 pub use seal::{

@@ -122,22 +122,22 @@ pub struct HubBatch {
     pub items: Vec<HubItem>,
 }
 
-/// How a batch is authenticated: an ECDSA signature anyone can verify, or a MAC under the
-/// session key its two enclaves share (DESIGN §6 fast path: ~100x cheaper, but only the
-/// two ends can check it). The first exchange between two enclaves is always signed; it is
-/// what establishes the session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
-pub enum BatchAuth {
+/// How a batch (or a payment order) is authenticated: an ECDSA signature anyone can verify,
+/// or a MAC under the session key its two enclaves share (DESIGN §6 fast path: ~100x
+/// cheaper, but only the two ends can check it). The first exchange between two enclaves is
+/// always signed; it is what establishes the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize)]
+pub enum Auth {
     Signature(Signature),
     Mac(Hash32),
 }
 
-impl BatchAuth {
+impl Auth {
     /// The raw authenticator bytes (tests corrupt them to check rejection).
     pub fn bytes_mut(&mut self) -> &mut [u8] {
         match self {
-            BatchAuth::Signature(s) => &mut s.0,
-            BatchAuth::Mac(m) => m,
+            Auth::Signature(s) => &mut s.0,
+            Auth::Mac(m) => m,
         }
     }
 }
@@ -154,7 +154,7 @@ pub enum RoundAuth {
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct SignedHubBatch {
     pub batch: HubBatch,
-    pub auth: BatchAuth,
+    pub auth: Auth,
 }
 
 fn batch_digest(tag: &[u8], sender: Address, recipient: Address, root: &Hash32) -> Hash32 {
@@ -168,11 +168,11 @@ impl HubBatch {
     }
     pub fn sign(self, key: &SigningKey) -> SignedHubBatch {
         let signature = key.sign_digest(&self.digest());
-        SignedHubBatch { batch: self, auth: BatchAuth::Signature(signature) }
+        SignedHubBatch { batch: self, auth: Auth::Signature(signature) }
     }
     pub fn mac(self, session: &Hash32) -> SignedHubBatch {
         let tag = session_mac(session, &self.digest());
-        SignedHubBatch { batch: self, auth: BatchAuth::Mac(tag) }
+        SignedHubBatch { batch: self, auth: Auth::Mac(tag) }
     }
 }
 
@@ -180,7 +180,7 @@ impl SignedHubBatch {
     /// True iff the batch carries a valid ECDSA signature by `hub` (a MAC never counts).
     pub fn is_signed_by(&self, hub: Address) -> bool {
         self.batch.hub == hub
-            && matches!(self.auth, BatchAuth::Signature(s) if matches!(recover_signer(&self.batch.digest(), &s), Ok(a) if a == hub))
+            && matches!(self.auth, Auth::Signature(s) if matches!(recover_signer(&self.batch.digest(), &s), Ok(a) if a == hub))
     }
 }
 
@@ -195,7 +195,7 @@ pub struct NodeAck {
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct SignedNodeAck {
     pub ack: NodeAck,
-    pub auth: BatchAuth,
+    pub auth: Auth,
 }
 
 impl NodeAck {
@@ -205,11 +205,11 @@ impl NodeAck {
     }
     pub fn sign(self, key: &SigningKey) -> SignedNodeAck {
         let signature = key.sign_digest(&self.digest());
-        SignedNodeAck { ack: self, auth: BatchAuth::Signature(signature) }
+        SignedNodeAck { ack: self, auth: Auth::Signature(signature) }
     }
     pub fn mac(self, session: &Hash32) -> SignedNodeAck {
         let tag = session_mac(session, &self.digest());
-        SignedNodeAck { ack: self, auth: BatchAuth::Mac(tag) }
+        SignedNodeAck { ack: self, auth: Auth::Mac(tag) }
     }
 }
 
@@ -217,7 +217,7 @@ impl SignedNodeAck {
     /// True iff the ack carries a valid ECDSA signature by `node` (a MAC never counts).
     pub fn is_signed_by(&self, node: Address) -> bool {
         self.ack.node == node
-            && matches!(self.auth, BatchAuth::Signature(s) if matches!(recover_signer(&self.ack.digest(), &s), Ok(a) if a == node))
+            && matches!(self.auth, Auth::Signature(s) if matches!(recover_signer(&self.ack.digest(), &s), Ok(a) if a == node))
     }
 }
 
