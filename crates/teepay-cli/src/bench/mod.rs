@@ -76,6 +76,10 @@ pub struct BenchArgs {
     /// Skip the sockets run (profiling the protocol alone).
     #[arg(long)]
     in_memory_only: bool,
+    /// Measure from each node's first contact with the hub: no untimed warm-up jobs (a
+    /// node's first exchange is signed, and its first orders too).
+    #[arg(long)]
+    cold: bool,
     /// Run every node daemon in its own OS process (driven through its gRPC API) instead
     /// of all in this process.
     #[arg(long)]
@@ -108,17 +112,27 @@ pub struct Mode {
 }
 
 /// How jobs are offered: how many, how many in flight, at what rate.
+#[derive(Clone, Copy)]
 pub struct Drive {
     pub batch_window: Duration,
     pub jobs: usize,
     pub concurrency: usize,
     pub rate: Option<f64>,
+    /// Run the scenario's warm-up jobs, unmeasured, before the measured ones.
+    pub warm_up: bool,
 }
 
 impl Drive {
     /// Whether job `k` may start yet (always, unless an offered rate holds it back).
     pub fn may_start(&self, k: usize, start: Instant) -> bool {
         self.rate.is_none_or(|r| k as f64 <= start.elapsed().as_secs_f64() * r)
+    }
+
+    /// The untimed warm-up jobs for `scn` and how to offer them (closed loop, no rate).
+    pub fn warm_up(&self, scn: &scenario::Scenario) -> (Vec<scenario::Job>, Drive) {
+        let jobs = if self.warm_up { scn.warm_up(self.jobs) } else { Vec::new() };
+        let drive = Drive { jobs: jobs.len(), rate: None, warm_up: false, ..*self };
+        (jobs, drive)
     }
 }
 
@@ -406,6 +420,7 @@ pub fn run(args: &BenchArgs) -> Result<std::process::ExitCode> {
         jobs: args.payments,
         concurrency: args.concurrency,
         rate: args.rate,
+        warm_up: !args.cold,
     };
     if !args.in_memory_only {
         sockets::check_descriptors(scn.nodes)?;
@@ -413,6 +428,12 @@ pub fn run(args: &BenchArgs) -> Result<std::process::ExitCode> {
     let unit = if scn.is_swap() { "swaps" } else { "payments" };
     if !args.json {
         println!("{}: {}; channels pre-funded (no chain setup)", scn.name, scn.description);
+        match drive.warm_up(&scn).0.len() {
+            0 => println!("cold: measured from each node's first contact with the hub"),
+            n => {
+                println!("{n} untimed warm-up {unit} first (every node's hub session in use; --cold to skip)")
+            }
+        }
         println!(
             "{} {unit} per mode, {} in flight{}",
             drive.jobs,
@@ -486,6 +507,7 @@ pub fn run(args: &BenchArgs) -> Result<std::process::ExitCode> {
                 "channels": scn.channels.len(), "hops": scn.hops, "unit": unit,
                 "chain_setup": "skipped (pre-funded channel state)",
                 "jobs": drive.jobs, "concurrency": drive.concurrency, "offered_rate": drive.rate,
+                "warm_up_jobs": drive.warm_up(&scn).0.len(),
                 "modes": results,
             })
         );

@@ -149,9 +149,19 @@ pub async fn run(
     drive_jobs(scn, drive, hub, Arc::new(InProcess(nodes)), progress).await
 }
 
+/// Completion comes from the hub's finished events, which may arrive before the job's
+/// start call returns; the run being measured.
+#[derive(Default)]
+struct Shared {
+    started: HashMap<InstanceId, Instant>,
+    early: HashMap<InstanceId, Finished>,
+    run: Run,
+}
+
 /// Offers the scenario's jobs to `nodes` (closed loop, `drive.concurrency` in flight, at
 /// `drive.rate` if set) and measures them: latency from start to the hub's final event,
-/// this process's CPU and link bytes, batch sizes, and conservation at the end.
+/// this process's CPU and link bytes, batch sizes, and conservation at the end. The
+/// scenario's warm-up jobs run first, unmeasured.
 pub async fn drive_jobs<N: Nodes>(
     scn: &Scenario,
     drive: &Drive,
@@ -160,25 +170,16 @@ pub async fn drive_jobs<N: Nodes>(
     progress: &mut Progress,
 ) -> Result<Run> {
     let Hub { mut finished, metrics, .. } = hub;
-    // Completion comes from the hub's finished events; `concurrency` jobs in flight at most.
-    #[derive(Default)]
-    struct Shared {
-        started: HashMap<InstanceId, Instant>,
-        early: HashMap<InstanceId, Finished>,
-    }
     let shared = Arc::new(Mutex::new(Shared::default()));
     let permits = Arc::new(Semaphore::new(drive.concurrency));
-    let run = Arc::new(Mutex::new(Run::new(drive.jobs)));
-    let (bytes0, cpu0, start) = (teepay_link::BYTES_SENT.load(Relaxed), cpu_seconds(), Instant::now());
-    let batches0 = (metrics.batch_size.buckets(), metrics.batch_size.sum());
     let collector = {
-        let (shared, run, permits) = (shared.clone(), run.clone(), permits.clone());
+        let (shared, permits) = (shared.clone(), permits.clone());
         tokio::spawn(async move {
             while let Some(f) = finished.recv().await {
                 let mut s = shared.lock().expect("lock");
                 match s.started.remove(&f.id) {
                     Some(t) => {
-                        run.lock().expect("lock").record(Some(t.elapsed()), &f.status);
+                        s.run.record(Some(t.elapsed()), &f.status);
                         permits.add_permits(1);
                     }
                     None => drop(s.early.insert(f.id, f)),
@@ -186,51 +187,21 @@ pub async fn drive_jobs<N: Nodes>(
             }
         })
     };
-    for k in 0..drive.jobs {
-        permits.acquire().await?.forget();
-        while !drive.may_start(k, start) {
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        }
-        let job = scn.job(k).clone();
-        let (nodes, shared, run2, permits) = (nodes.clone(), shared.clone(), run.clone(), permits.clone());
-        tokio::spawn(async move {
-            let run = run2;
-            let t = Instant::now();
-            match nodes.start(&job).await {
-                Ok(id) => {
-                    let mut s = shared.lock().expect("lock");
-                    if let Some(f) = s.early.remove(&id) {
-                        run.lock().expect("lock").record(Some(t.elapsed()), &f.status);
-                        permits.add_permits(1);
-                    } else {
-                        s.started.insert(id, t);
-                    }
-                }
-                Err(e) => {
-                    run.lock().expect("lock").refuse(&format!("{e:#}"));
-                    permits.add_permits(1);
-                }
-            }
-        });
-        if k % 64 == 0 {
-            progress.show(run.lock().expect("lock").done(), drive.jobs);
-        }
+    let (warm, untimed) = drive.warm_up(scn);
+    shared.lock().expect("lock").run = Run::new(warm.len());
+    let offered =
+        offer(&warm, &untimed, &nodes, &shared, &permits, &mut Progress::new(String::new(), false)).await;
+    if let Err(e) = offered {
+        collector.abort();
+        return Err(e.context("warm-up"));
     }
-    let deadline = Duration::from_secs(300);
-    let waited = tokio::time::timeout(deadline, async {
-        loop {
-            let done = run.lock().expect("lock").done();
-            progress.show(done, drive.jobs);
-            if done >= drive.jobs {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    shared.lock().expect("lock").run = Run::new(drive.jobs);
+    let (bytes0, cpu0, start) = (teepay_link::BYTES_SENT.load(Relaxed), cpu_seconds(), Instant::now());
+    let batches0 = (metrics.batch_size.buckets(), metrics.batch_size.sum());
+    let offered = offer(&scn.jobs, drive, &nodes, &shared, &permits, progress).await;
     collector.abort();
-    waited.context("jobs did not all finish within 300 s")?;
-    let mut r = std::mem::take(&mut *run.lock().expect("lock"));
+    offered?;
+    let mut r = std::mem::take(&mut shared.lock().expect("lock").run);
     r.elapsed = start.elapsed();
     r.cpu_seconds = cpu_seconds() - cpu0;
     r.wire_bytes = teepay_link::BYTES_SENT.load(Relaxed) - bytes0;
@@ -245,6 +216,61 @@ pub async fn drive_jobs<N: Nodes>(
     r.batch_items = (metrics.batch_size.sum() - batches0.1).round() as u64;
     r.conservation = Some(conserved(scn, &*nodes).await?);
     Ok(r)
+}
+
+/// Starts `drive.jobs` jobs cycling through `jobs` and waits until all have finished (or
+/// were refused), recording into `shared.run`.
+async fn offer<N: Nodes>(
+    jobs: &[Job],
+    drive: &Drive,
+    nodes: &Arc<N>,
+    shared: &Arc<Mutex<Shared>>,
+    permits: &Arc<Semaphore>,
+    progress: &mut Progress,
+) -> Result<()> {
+    let start = Instant::now();
+    let done = || shared.lock().expect("lock").run.done();
+    for k in 0..drive.jobs {
+        permits.acquire().await?.forget();
+        while !drive.may_start(k, start) {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        let job = jobs[k % jobs.len()].clone();
+        let (nodes, shared, permits) = (nodes.clone(), shared.clone(), permits.clone());
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let started = nodes.start(&job).await;
+            let mut s = shared.lock().expect("lock");
+            match started {
+                Ok(id) => match s.early.remove(&id) {
+                    Some(f) => {
+                        s.run.record(Some(t.elapsed()), &f.status);
+                        permits.add_permits(1);
+                    }
+                    None => drop(s.started.insert(id, t)),
+                },
+                Err(e) => {
+                    s.run.refuse(&format!("{e:#}"));
+                    permits.add_permits(1);
+                }
+            }
+        });
+        if k % 64 == 0 {
+            progress.show(done(), drive.jobs);
+        }
+    }
+    let deadline = Duration::from_secs(300);
+    tokio::time::timeout(deadline, async {
+        loop {
+            progress.show(done(), drive.jobs);
+            if done() >= drive.jobs {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .context("jobs did not all finish within 300 s")
 }
 
 async fn start_job(nodes: &[NodeHandle], job: &Job) -> Result<InstanceId> {
