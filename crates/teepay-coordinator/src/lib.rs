@@ -591,14 +591,21 @@ impl<P: Platform> Coordinator<P> {
         let outbox = std::mem::take(&mut self.state.outbox);
         let hub = self.address();
         let macs = self.state.config.round_auth == RoundAuth::SessionMacs;
+        // Every participant's PREPARE carries the same spec: hash it once per flush.
+        let mut prepares: BTreeMap<InstanceId, Hash32> = BTreeMap::new();
+        let mut leaf = |item: &HubItem| match item {
+            HubItem::Prepare(spec) => *prepares.entry(spec.id).or_insert_with(|| leaf_hash(item)),
+            other => leaf_hash(other),
+        };
         outbox
             .into_iter()
             .filter(|(_, items)| !items.is_empty())
             .map(|(node, items)| {
                 let batch = HubBatch { hub, node, items: items.into_values().collect() };
+                let digest = batch.digest_with(&mut leaf);
                 match self.state.sessions.get(&node) {
-                    Some(session) if macs => batch.mac(session),
-                    _ => batch.sign(&self.key),
+                    Some(session) if macs => batch.mac_digest(session, &digest),
+                    _ => batch.sign_digest(&self.key, &digest),
                 }
             })
             .collect()

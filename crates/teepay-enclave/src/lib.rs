@@ -31,7 +31,7 @@ use teepay_types::{
     Address, Amount, Auth, ChainId, ChannelId, Eip1559Tx, GasParams, HubItem, InstanceId, InstanceKind,
     NodeAck, NodeItem, Order, PaymentRequest, Platform, Quote, RefundRequest, Report, SignedChannelState,
     SignedHubBatch, SignedNodeAck, SignedOrder, SignedRefundRequest, SignedTx, SigningKey, SwapIntent,
-    Transfer, macs_equal, seal_delta, seal_value, session_mac, unseal_log, verify_signer,
+    Transfer, leaf_hash, macs_equal, seal_delta, seal_value, session_mac, unseal_log, verify_signer,
 };
 pub use teepay_types::{LogBudget, SealLimits, SealedLog};
 
@@ -632,7 +632,13 @@ impl<P: Platform> NodeEnclave<P> {
         }
         // A signed batch from a hub this enclave has no session with yet establishes one
         // (sealed with this batch's effects, before the ack leaves); a MAC'd batch needs it.
-        let digest = signed.batch.digest();
+        // Each item's leaf hash is kept: a PREPARE's identifies the spec this node acks.
+        let mut leaves = Vec::with_capacity(signed.batch.items.len());
+        let digest = signed.batch.digest_with(|item| {
+            let leaf = leaf_hash(item);
+            leaves.push(leaf);
+            leaf
+        });
         let mut dirty = false;
         let answer_with_mac = match signed.auth {
             Auth::Signature(signature) => {
@@ -670,9 +676,9 @@ impl<P: Platform> NodeEnclave<P> {
         };
         let mut answers = Vec::with_capacity(signed.batch.items.len());
         let mut results = Vec::with_capacity(signed.batch.items.len());
-        for item in &signed.batch.items {
+        for (item, leaf) in signed.batch.items.iter().zip(&leaves) {
             let result = match item {
-                HubItem::Prepare(spec) => self.state.on_prepare(me, spec, now),
+                HubItem::Prepare(spec) => self.state.on_prepare(me, spec, *leaf, now),
                 HubItem::Commit { instance, .. } => self.state.on_commit(*instance),
                 HubItem::Confirm { instance } => self.state.on_confirm(*instance),
                 HubItem::Refund { instance } => self.state.on_refund(*instance),

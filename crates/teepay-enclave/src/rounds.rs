@@ -5,18 +5,30 @@
 use crate::consent::plan_prepare;
 use crate::error::EnclaveError;
 use crate::state::{Channel, InstanceRecord, InstanceStatus, NodeState, OrderStatus};
-use teepay_types::{Address, ChannelId, InstanceId, InstanceKind, InstanceSpec, NodeItem, Outcome, Phase};
+use teepay_types::{
+    Address, ChannelId, Hash32, InstanceId, InstanceKind, InstanceSpec, NodeItem, Outcome, Phase,
+};
 
 /// The answer to one item and whether the state changed (and so must be sealed).
 pub(crate) type ItemResult = Result<(NodeItem, bool), EnclaveError>;
 
 impl NodeState {
-    pub(crate) fn on_prepare(&mut self, me: Address, spec: &InstanceSpec, now: u64) -> ItemResult {
-        let digest = spec.digest();
+    /// `prepare_hash` is the PREPARE item's leaf hash (computed for the batch digest anyway),
+    /// which identifies the spec.
+    pub(crate) fn on_prepare(
+        &mut self,
+        me: Address,
+        spec: &InstanceSpec,
+        prepare_hash: Hash32,
+        now: u64,
+    ) -> ItemResult {
         if let Some(record) = self.instances.get(&spec.id) {
             // A retransmitted PREPARE we already acked gets the same ack; anything else
             // with a known id is a replay.
-            if record.spec_digest == digest && record.status == InstanceStatus::Prepared && !record.ejected {
+            if record.prepare_hash == prepare_hash
+                && record.status == InstanceStatus::Prepared
+                && !record.ejected
+            {
                 return Ok((self.prepared_item(spec.id, &record.channels), false));
             }
             return Err(EnclaveError::InstanceReplayed(spec.id));
@@ -35,7 +47,7 @@ impl NodeState {
                 OrderStatus::InFlight(spec.id);
         }
         let record = InstanceRecord {
-            spec_digest: digest,
+            prepare_hash,
             kind: spec.kind,
             status: InstanceStatus::Prepared,
             channels,
@@ -127,7 +139,7 @@ impl NodeState {
         self.instances.insert(
             instance,
             InstanceRecord {
-                spec_digest: [0; 32],
+                prepare_hash: [0; 32],
                 kind: InstanceKind::MultiHop,
                 status: InstanceStatus::Finished(outcome),
                 channels: Vec::new(),

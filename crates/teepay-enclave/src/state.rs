@@ -121,7 +121,9 @@ pub enum InstanceStatus {
 /// late PREPARE is refused forever (replay protection).
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct InstanceRecord {
-    pub spec_digest: Hash32,
+    /// Leaf hash of the PREPARE item acked (identifies the spec: a retransmission of the
+    /// same PREPARE gets the same ack, any other spec under this id is a replay).
+    pub prepare_hash: Hash32,
     pub kind: InstanceKind,
     pub status: InstanceStatus,
     pub channels: Vec<ChannelId>,

@@ -272,10 +272,6 @@ impl InstanceSpec {
     pub fn participants(&self) -> BTreeSet<Address> {
         self.legs.iter().flat_map(|l| l.hops.iter().flat_map(|h| [h.from, h.to])).collect()
     }
-
-    pub fn digest(&self) -> Hash32 {
-        keccak256_parts(&[b"teepay/instance/v1", &body_bytes(self)])
-    }
 }
 
 #[cfg(test)]

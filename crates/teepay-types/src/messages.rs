@@ -163,16 +163,30 @@ fn batch_digest(tag: &[u8], sender: Address, recipient: Address, root: &Hash32) 
 
 impl HubBatch {
     pub fn digest(&self) -> Hash32 {
-        let leaves: Vec<Hash32> = self.items.iter().map(leaf_hash).collect();
+        self.digest_with(leaf_hash)
+    }
+    /// The digest with each item's leaf hash from `leaf`, which must return
+    /// `leaf_hash(item)`: the hub reuses one PREPARE's hash for all its participants, and a
+    /// node keeps each hash as the identity of what it acked.
+    pub fn digest_with(&self, leaf: impl FnMut(&HubItem) -> Hash32) -> Hash32 {
+        let leaves: Vec<Hash32> = self.items.iter().map(leaf).collect();
         batch_digest(b"teepay/hub-batch/v1", self.hub, self.node, &merkle_root(&leaves))
     }
     pub fn sign(self, key: &SigningKey) -> SignedHubBatch {
-        let signature = key.sign_digest(&self.digest());
-        SignedHubBatch { batch: self, auth: Auth::Signature(signature) }
+        let digest = self.digest();
+        self.sign_digest(key, &digest)
     }
     pub fn mac(self, session: &Hash32) -> SignedHubBatch {
-        let tag = session_mac(session, &self.digest());
-        SignedHubBatch { batch: self, auth: Auth::Mac(tag) }
+        let digest = self.digest();
+        self.mac_digest(session, &digest)
+    }
+    /// Signs with `digest`, which must be this batch's digest (computed by `digest_with`).
+    pub fn sign_digest(self, key: &SigningKey, digest: &Hash32) -> SignedHubBatch {
+        SignedHubBatch { batch: self, auth: Auth::Signature(key.sign_digest(digest)) }
+    }
+    /// MACs `digest`, which must be this batch's digest (computed by `digest_with`).
+    pub fn mac_digest(self, session: &Hash32, digest: &Hash32) -> SignedHubBatch {
+        SignedHubBatch { batch: self, auth: Auth::Mac(session_mac(session, digest)) }
     }
 }
 
