@@ -98,6 +98,30 @@ pub struct Coordinator<P: Platform> {
     pending: Vec<u8>,
     /// When the next seal is a snapshot rather than a delta (enclave memory, not sealed).
     budget: LogBudget,
+    /// Indexes over `state.instances` (derived, rebuilt on restore), so that a tick costs
+    /// the instances in flight, not the complete ones kept until their deadline.
+    index: InstanceIndex,
+}
+
+/// Which instances are still open (not complete), and the complete ones by deadline.
+#[derive(Debug, Clone, Default)]
+struct InstanceIndex {
+    open: BTreeSet<InstanceId>,
+    complete: BTreeSet<(u64, InstanceId)>,
+}
+
+impl InstanceIndex {
+    fn of(instances: &BTreeMap<InstanceId, HubInstance>) -> Self {
+        let mut index = Self::default();
+        for (id, instance) in instances {
+            if instance.is_complete() {
+                index.complete.insert((instance.spec.deadline, *id));
+            } else {
+                index.open.insert(*id);
+            }
+        }
+        index
+    }
 }
 
 /// One logged input, as sealed in a delta. The public entry points encode their arguments
@@ -144,7 +168,7 @@ impl<P: Platform> Coordinator<P> {
         let mut budget = LogBudget::default();
         // The first seal must be a snapshot: there is nothing for a delta to apply to.
         budget.set_snapshot_due();
-        Ok(Self { platform, key, state, pending: Vec::new(), budget })
+        Ok(Self { platform, key, state, pending: Vec::new(), budget, index: InstanceIndex::default() })
     }
 
     /// Restarts from the sealed log (the last snapshot and the deltas after it), replaying
@@ -156,7 +180,8 @@ impl<P: Platform> Coordinator<P> {
             borsh::from_slice(&opened.snapshot).map_err(|_| teepay_types::SealError::Undecodable)?;
         let key = SigningKey::from_entropy(contents.secret)?;
         let budget = LogBudget::after_restore(&opened);
-        let mut hub = Self { platform, key, state: contents.state, pending: Vec::new(), budget };
+        let index = InstanceIndex::of(&contents.state.instances);
+        let mut hub = Self { platform, key, state: contents.state, pending: Vec::new(), budget, index };
         for (index, delta) in opened.deltas.iter().enumerate() {
             let mut rest = delta.as_slice();
             while !rest.is_empty() {
@@ -220,6 +245,13 @@ impl<P: Platform> Coordinator<P> {
 
     pub fn inspect(&self) -> &HubState {
         &self.state
+    }
+
+    /// True iff the derived instance index matches the instances (checked by the sim after
+    /// every step, restarts included).
+    pub fn index_is_consistent(&self) -> bool {
+        let rebuilt = InstanceIndex::of(&self.state.instances);
+        rebuilt.open == self.index.open && rebuilt.complete == self.index.complete
     }
 
     pub fn platform(&self) -> &P {
@@ -310,6 +342,7 @@ impl<P: Platform> Coordinator<P> {
             self.queue(*p, HubItem::Prepare(spec.clone()));
         }
         self.state.next_instance += 1;
+        self.index.open.insert(id);
         self.state.instances.insert(
             id,
             HubInstance {
@@ -449,6 +482,10 @@ impl<P: Platform> Coordinator<P> {
                 }
                 if instance.finished.insert(node) {
                     self.state.dirty = true;
+                    if instance.is_complete() {
+                        self.index.open.remove(&id);
+                        self.index.complete.insert((instance.spec.deadline, id));
+                    }
                 }
             }
         }
@@ -530,12 +567,9 @@ impl<P: Platform> Coordinator<P> {
     /// `tick` without logging; true when it changed anything.
     fn advance(&mut self, now: u64) -> bool {
         let mut changed = false;
-        let ids: Vec<InstanceId> = self.state.instances.keys().copied().collect();
-        for id in ids {
+        let open: Vec<InstanceId> = self.index.open.iter().copied().collect();
+        for id in open {
             let instance = &self.state.instances[&id];
-            if instance.is_complete() {
-                continue;
-            }
             let timed_out = now > instance.spec.deadline
                 && matches!(
                     (instance.spec.kind, instance.phase),
@@ -565,9 +599,14 @@ impl<P: Platform> Coordinator<P> {
     }
 
     fn prune(&mut self, now: u64) -> usize {
-        let before = self.state.instances.len();
-        self.state.instances.retain(|_, i| !(i.is_complete() && now > i.spec.deadline));
-        let dropped = before - self.state.instances.len();
+        let mut dropped = 0;
+        while let Some(&(deadline, id)) = self.index.complete.first()
+            && now > deadline
+        {
+            self.index.complete.pop_first();
+            self.state.instances.remove(&id);
+            dropped += 1;
+        }
         if dropped > 0 {
             self.state.dirty = true;
         }

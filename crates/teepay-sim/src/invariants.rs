@@ -18,6 +18,9 @@ impl World {
         for node in &self.nodes {
             check_node_views(&node.name, node.enclave.inspect())?;
         }
+        if !self.hub.coordinator.index_is_consistent() {
+            return fail("hub: its index of open and complete instances diverged from the instances".into());
+        }
         self.check_atomicity()
     }
 

@@ -655,3 +655,24 @@ fn payment_orders_stay_signed_with_a_signing_hub() {
     assert!(!w.nodes[0].enclave.inspect().hub_uses_session);
     assert!(next_order(&mut w).is_signed());
 }
+
+/// The hub forgets complete instances once their deadline has passed (never open ones),
+/// and its index of open and complete instances survives a restart from the sealed log.
+#[test]
+fn hub_prunes_only_complete_instances_past_their_deadline() {
+    let mut w = teepay_sim::scenarios::three_hop();
+    w.drain().unwrap();
+    let done = w.instances[0];
+    let open = w.pay(CHAIN_1, &[0, 1, 2, 3], 5, 5).unwrap();
+    let deadline = w.hub.coordinator.instance(done).unwrap().spec.deadline;
+    assert_eq!(w.hub.coordinator.prune_complete(deadline), 0, "not yet past the deadline");
+    let far = w.hub.coordinator.instance(open).unwrap().spec.deadline + 1;
+    assert_eq!(w.hub.coordinator.prune_complete(far), 1);
+    assert!(w.hub.coordinator.instance(done).is_none());
+    assert!(w.hub.coordinator.instance(open).is_some(), "an open instance is never pruned");
+    assert!(w.hub.coordinator.index_is_consistent());
+    w.flush_hub();
+    w.apply(&teepay_sim::Action::Crash(teepay_sim::Target::Hub)).unwrap();
+    assert!(w.hub.coordinator.instance(done).is_none(), "the prune was sealed and replayed");
+    assert!(w.hub.coordinator.index_is_consistent());
+}
