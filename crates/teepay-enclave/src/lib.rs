@@ -4,7 +4,9 @@
 //! what comes out. One entry point, [`NodeEnclave::handle`]: deterministic given the
 //! enclave's state, the request and the time passed in. Every state change returns a new
 //! sealed blob that the host must persist *before* it releases the response (DESIGN §7:
-//! an ack that leaves before its state is durable could be rolled back).
+//! an ack that leaves before its state is durable could be rolled back) — except issuing an
+//! order, whose loss only makes the enclave refuse that order ([`Request::defers_sealing`]);
+//! it is sealed with the next change that must be durable.
 //!
 //! Sealing is incremental: because `handle` is deterministic, a state change is sealed as
 //! the request that caused it (with its time), and [`NodeEnclave::restore`] replays those
@@ -151,6 +153,18 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// Issuing an order changes the state (the order's record and the next nonce) but need
+    /// not be durable before the order leaves: it is sealed with the next change that must
+    /// be, at the latest with the PREPARE that uses it. Losing it in a crash is safe: the
+    /// enclave then holds no record of the order and refuses any instance that carries it
+    /// (a later order may reuse its nonce, but then differs in digest, or is the same order
+    /// and is still paid at most once). This saves a durable write per payment.
+    pub fn defers_sealing(&self) -> bool {
+        matches!(self, Request::CreatePayment { .. } | Request::CreateSwapIntent { .. })
+    }
+}
+
 /// The per-item results of a batch and the single signed ack covering the answered ones.
 #[derive(Debug, Clone)]
 pub struct BatchResult {
@@ -173,7 +187,8 @@ pub enum Response {
     Signature(teepay_types::Signature),
 }
 
-/// A response plus, when the state changed, the new sealed blob to persist first.
+/// A response plus, when the state changed (and the change must be durable), the new
+/// sealed blob to persist first.
 #[derive(Debug, Clone)]
 pub struct Output {
     pub response: Response,
@@ -203,9 +218,14 @@ pub struct NodeEnclave<P: Platform> {
     dirty: bool,
     /// When the next seal is a snapshot rather than a delta (enclave memory, not sealed).
     budget: LogBudget,
+    /// Logged requests that changed the state but need not be durable before their
+    /// response leaves (issuing an order, see [`Request::defers_sealing`]): sealed with the
+    /// next change that must be.
+    pending: Vec<u8>,
 }
 
-/// A sealed delta: one request that changed the state, with the time it was handled at.
+/// A sealed delta: one or more requests that changed the state, each with the time it was
+/// handled at.
 #[derive(BorshSerialize)]
 struct LoggedRequestRef<'a> {
     now: u64,
@@ -237,7 +257,8 @@ impl<P: Platform> NodeEnclave<P> {
             orders: BTreeMap::new(),
             next_nonce: 0,
         };
-        let mut enclave = Self { platform, key, state, dirty: false, budget: LogBudget::default() };
+        let mut enclave =
+            Self { platform, key, state, dirty: false, budget: LogBudget::default(), pending: Vec::new() };
         let blob = enclave.seal_snapshot();
         Ok((enclave, blob))
     }
@@ -251,19 +272,46 @@ impl<P: Platform> NodeEnclave<P> {
             borsh::from_slice(&opened.snapshot).map_err(|_| teepay_types::SealError::Undecodable)?;
         let key = SigningKey::from_entropy(contents.secret)?;
         let budget = LogBudget::after_restore(&opened);
-        let mut enclave = Self { platform, key, state: contents.state, dirty: false, budget };
+        let mut enclave =
+            Self { platform, key, state: contents.state, dirty: false, budget, pending: Vec::new() };
         for (index, delta) in opened.deltas.iter().enumerate() {
-            let logged: LoggedRequest =
-                borsh::from_slice(delta).map_err(|_| teepay_types::SealError::Undecodable)?;
-            // Deterministic: the same state, request and time change the state the same way
-            // (signatures are RFC 6979), so a delta that now fails or changes nothing means
-            // the log is not this enclave's history.
-            let replayed = enclave.apply(logged.now, logged.request);
-            if replayed.is_err() || !std::mem::take(&mut enclave.dirty) {
-                return Err(EnclaveError::ReplayDiverged { index });
+            let mut rest = delta.as_slice();
+            while !rest.is_empty() {
+                let logged = LoggedRequest::deserialize(&mut rest)
+                    .map_err(|_| teepay_types::SealError::Undecodable)?;
+                // Deterministic: the same state, request and time change the state the same
+                // way (signatures are RFC 6979), so a request that now fails or changes
+                // nothing means the log is not this enclave's history.
+                let replayed = enclave.apply(logged.now, logged.request);
+                if replayed.is_err() || !std::mem::take(&mut enclave.dirty) {
+                    return Err(EnclaveError::ReplayDiverged { index });
+                }
             }
         }
         Ok(enclave)
+    }
+
+    /// The changes made since the last seal whose sealing was deferred (encoded requests),
+    /// lost if the enclave stops now. For the simulation's crash check.
+    pub fn deferred(&self) -> &[u8] {
+        &self.pending
+    }
+
+    /// Re-applies `deferred` (another instance's [`Self::deferred`]) as replay would; refuses
+    /// anything but deferrable requests. With it, the simulation checks that a restart lost
+    /// exactly the deferred changes and nothing that had to be durable.
+    pub fn replay_deferred(&mut self, deferred: &[u8]) -> Result<(), EnclaveError> {
+        let mut rest = deferred;
+        while !rest.is_empty() {
+            let logged =
+                LoggedRequest::deserialize(&mut rest).map_err(|_| teepay_types::SealError::Undecodable)?;
+            if !logged.request.defers_sealing() {
+                return Err(EnclaveError::ReplayDiverged { index: 0 });
+            }
+            self.apply(logged.now, logged.request)?;
+            self.dirty = false;
+        }
+        Ok(())
     }
 
     /// When seals are snapshots rather than deltas ([`SealLimits::FULL`]: always, as before
@@ -294,6 +342,8 @@ impl<P: Platform> NodeEnclave<P> {
         let contents = SealedContentsRef { secret: self.key.secret_bytes(), state: &self.state };
         let blob = seal_value(&mut self.platform, SEAL_DOMAIN, &contents);
         self.budget.snapshot_sealed(blob.len());
+        // The snapshot holds every deferred change too.
+        self.pending.clear();
         blob
     }
 
@@ -308,6 +358,7 @@ impl<P: Platform> NodeEnclave<P> {
         // Encoded before it is consumed: if it changes the state, this is the delta sealed.
         let delta = borsh::to_vec(&LoggedRequestRef { now, request: &request })
             .expect("writing to a Vec never fails");
+        let defers = request.defers_sealing();
         let result = self.apply(now, request);
         let dirty = std::mem::take(&mut self.dirty);
         let mut out = match result {
@@ -322,15 +373,21 @@ impl<P: Platform> NodeEnclave<P> {
                 return Err(e);
             }
         };
-        if dirty {
-            out.sealed = Some(if self.budget.snapshot_due() {
-                self.seal_snapshot()
-            } else {
-                let blob = seal_delta(&mut self.platform, SEAL_DOMAIN, &delta);
-                self.budget.delta_sealed(blob.len());
-                blob
-            });
+        if !dirty {
+            return Ok(out);
         }
+        self.pending.extend_from_slice(&delta);
+        if defers {
+            return Ok(out);
+        }
+        out.sealed = Some(if self.budget.snapshot_due() {
+            self.seal_snapshot()
+        } else {
+            let blob = seal_delta(&mut self.platform, SEAL_DOMAIN, &self.pending);
+            self.budget.delta_sealed(blob.len());
+            blob
+        });
+        self.pending.clear();
         Ok(out)
     }
 

@@ -676,3 +676,27 @@ fn hub_prunes_only_complete_instances_past_their_deadline() {
     assert!(w.hub.coordinator.instance(done).is_none(), "the prune was sealed and replayed");
     assert!(w.hub.coordinator.index_is_consistent());
 }
+
+/// Issuing an order is sealed lazily (with the next durable change): a crash right after
+/// loses the order's record, and the node then refuses the instance carrying it — the
+/// payment is refunded, never paid — while everything acknowledged survives.
+#[test]
+fn an_order_lost_in_a_crash_is_refused_never_paid() {
+    let mut w = teepay_sim::scenarios::three_hop();
+    let id = w.instances[0];
+    assert!(!w.nodes[0].enclave.deferred().is_empty(), "the order is not sealed yet");
+    let orders_before = w.nodes[0].enclave.inspect().orders.len();
+    w.apply(&teepay_sim::Action::Crash(teepay_sim::Target::Node(0))).unwrap();
+    assert_eq!(w.nodes[0].enclave.inspect().orders.len(), orders_before - 1, "its record is gone");
+    w.drain().unwrap();
+    w.check_final().unwrap();
+    let instance = w.hub.coordinator.instance(id).unwrap();
+    assert_eq!(instance.phase.outcome(), Some(Outcome::Revert));
+    // The next order (its nonce rolled back with the lost record) is paid normally.
+    let again = w.pay(CHAIN_1, &[0, 1, 2, 3], 10, 5).unwrap();
+    assert!(!w.nodes[0].enclave.deferred().is_empty());
+    w.drain().unwrap();
+    w.check_final().unwrap();
+    assert_eq!(w.hub.coordinator.instance(again).unwrap().phase.outcome(), Some(Outcome::Apply));
+    assert!(w.nodes[0].enclave.deferred().is_empty(), "sealed with the PREPARE that used it");
+}
