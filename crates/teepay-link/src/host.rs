@@ -46,6 +46,10 @@ pub fn persist_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Sealed blobs this process has written durably (each one synced write): what benchmarks
+/// report as durable writes per job.
+pub static DURABLE_WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// A sealed log kept in one append-only file, each blob framed as `[len u32 LE][blob]`.
 /// A delta is appended and `fdatasync`ed (one write, one sync: the cost of a seal no longer
 /// grows with the state); a snapshot replaces the file atomically ([`persist_atomic`]),
@@ -101,6 +105,12 @@ impl SealedLogFile {
 
     /// Durably files a blob just sealed: appended if a delta, the whole file if a snapshot.
     pub fn record(&mut self, blob: &[u8]) -> std::io::Result<()> {
+        self.write(blob)?;
+        DURABLE_WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn write(&mut self, blob: &[u8]) -> std::io::Result<()> {
         use std::io::Write;
         let (_, kind) = blob_header(blob).map_err(|e| std::io::Error::other(format!("sealed blob: {e}")))?;
         let len = u32::try_from(blob.len()).map_err(|_| std::io::Error::other("sealed blob over 4 GiB"))?;

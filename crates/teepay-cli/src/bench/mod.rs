@@ -174,6 +174,8 @@ pub struct Run {
     first_refusal: Option<String>,
     cpu_seconds: f64,
     wire_bytes: u64,
+    /// Synced writes of sealed state (every enclave of the run).
+    durable_writes: u64,
     /// Batches per size bucket (upper bound, count) and the items they carried.
     batches: Vec<(f64, u64)>,
     batch_items: u64,
@@ -236,6 +238,7 @@ impl Run {
             "p50_ms": self.pct(0.5), "p95_ms": self.pct(0.95), "p99_ms": self.pct(0.99), "max_ms": self.pct(1.0),
             "cpu_s_per_job": self.cpu_seconds / n,
             "wire_bytes_per_job": self.wire_bytes as f64 / n,
+            "durable_writes_per_job": self.durable_writes as f64 / n,
             "batches": batches,
             "mean_batch_items": self.batch_items as f64 / batches.max(1) as f64,
             "batch_size_histogram": self.batches.iter().filter(|b| b.1 > 0)
@@ -351,7 +354,7 @@ fn scenario_of(args: &BenchArgs) -> Result<Scenario> {
 fn line(name: &str, r: &serde_json::Value) -> String {
     let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
     format!(
-        "{name:24} {:>8.0}/s  p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms  cpu {:.0} µs/job  {:.0} B/job  batch {:.1} items  ok {} refunded {} refused {}  conservation {}",
+        "{name:24} {:>8.0}/s  p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms  cpu {:.0} µs/job  {:.0} B/job  {:.2} syncs/job  batch {:.1} items  ok {} refunded {} refused {}  conservation {}",
         f("per_s"),
         f("p50_ms"),
         f("p95_ms"),
@@ -359,6 +362,7 @@ fn line(name: &str, r: &serde_json::Value) -> String {
         f("max_ms"),
         f("cpu_s_per_job") * 1e6,
         f("wire_bytes_per_job"),
+        f("durable_writes_per_job"),
         f("mean_batch_items"),
         r["succeeded"],
         r["refunded"],

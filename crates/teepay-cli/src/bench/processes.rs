@@ -4,7 +4,8 @@
 //! the bench drives payments and swaps through. The hub service stays in the bench process.
 //!
 //! Child protocol on stdio: the child prints `ready <api address>` once linked to the hub;
-//! when its stdin closes it prints `stats <link bytes sent> <cpu seconds>` and exits.
+//! when its stdin closes it prints `stats <link bytes sent> <cpu seconds> <durable writes>`
+//! and exits.
 
 use super::scenario::{Job, Scenario};
 use super::sockets::{Nodes, drive_jobs, node_settings, quote, setup};
@@ -141,9 +142,9 @@ pub async fn run(
         clients.push(NodeClient::connect(format!("http://{addr}")).await?);
     }
     let mut run = drive_jobs(scn, drive, hub, Arc::new(Children { clients, addresses }), progress).await?;
-    // The children's share: each reports its own link bytes and CPU when its stdin closes.
-    // (Their CPU includes startup and serving the bench's API calls; the bench process's
-    // share — hub and driver — is already in `run`.)
+    // The children's share: each reports its own link bytes, CPU and durable writes when its
+    // stdin closes. (Theirs include startup, the warm-up jobs and serving the bench's API
+    // calls; the bench process's share — hub and driver — is already in `run`.)
     for (i, p) in procs.0.iter_mut().enumerate() {
         drop(p.child.stdin.take());
         let line = teepay_link::host::blocking(|| p.line("stats"))?;
@@ -153,8 +154,10 @@ pub async fn run(
             .split(' ');
         let bytes: u64 = f.next().unwrap_or("").parse().with_context(|| format!("stats {line:?}"))?;
         let cpu: f64 = f.next().unwrap_or("").parse().with_context(|| format!("stats {line:?}"))?;
+        let syncs: u64 = f.next().unwrap_or("").parse().with_context(|| format!("stats {line:?}"))?;
         run.wire_bytes += bytes;
         run.cpu_seconds += cpu;
+        run.durable_writes += syncs;
     }
     Ok(run)
 }
@@ -184,7 +187,8 @@ pub fn child(dir: &Path, hub: SocketAddr, seal: SealLimits) -> Result<std::proce
         stdout.flush()?;
         // Serve until the bench closes our stdin.
         tokio::task::spawn_blocking(|| std::io::stdin().read_to_end(&mut Vec::new())).await??;
-        writeln!(stdout, "stats {} {}", teepay_link::BYTES_SENT.load(Relaxed), cpu_seconds())?;
+        let syncs = teepay_link::host::DURABLE_WRITES.load(Relaxed);
+        writeln!(stdout, "stats {} {} {syncs}", teepay_link::BYTES_SENT.load(Relaxed), cpu_seconds())?;
         stdout.flush()?;
         Ok(std::process::ExitCode::SUCCESS)
     })

@@ -197,6 +197,7 @@ pub async fn drive_jobs<N: Nodes>(
     }
     shared.lock().expect("lock").run = Run::new(drive.jobs);
     let (bytes0, cpu0, start) = (teepay_link::BYTES_SENT.load(Relaxed), cpu_seconds(), Instant::now());
+    let syncs0 = teepay_link::host::DURABLE_WRITES.load(Relaxed);
     let batches0 = (metrics.batch_size.buckets(), metrics.batch_size.sum());
     let offered = offer(&scn.jobs, drive, &nodes, &shared, &permits, progress).await;
     collector.abort();
@@ -205,6 +206,7 @@ pub async fn drive_jobs<N: Nodes>(
     r.elapsed = start.elapsed();
     r.cpu_seconds = cpu_seconds() - cpu0;
     r.wire_bytes = teepay_link::BYTES_SENT.load(Relaxed) - bytes0;
+    r.durable_writes = teepay_link::host::DURABLE_WRITES.load(Relaxed) - syncs0;
     r.batches = metrics
         .batch_size
         .buckets()
