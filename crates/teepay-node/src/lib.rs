@@ -151,13 +151,7 @@ enum Pending {
 impl<P: Platform> Node<P> {
     /// Runs an enclave request and persists its sealed state before returning.
     fn call(&mut self, request: Request) -> Result<Response, NodeError> {
-        // A call that may seal may sync a file: off the runtime's worker. Issuing an order
-        // never seals (its seal is deferred), so it skips the hand-off to another thread.
-        let out = if request.defers_sealing() {
-            self.enclave.handle(now_ms(), request)?
-        } else {
-            blocking(|| self.enclave.handle(now_ms(), request))?
-        };
+        let out = blocking(|| self.enclave.handle(now_ms(), request))?;
         // A platform that stores the blob with its counter has made it durable already.
         if let Some(blob) = out.sealed
             && !self.enclave.platform().persists_sealed()
