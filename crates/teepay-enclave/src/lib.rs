@@ -755,7 +755,7 @@ impl<P: Platform> NodeEnclave<P> {
                 }
             }
         }
-        // One authenticator for the whole batch (over the Merkle root of the answers), of the
+        // One authenticator for the whole batch (over the digest of all the answers), of the
         // kind the hub used: a MAC answers a MAC, a signature a signature.
         let ack = (!answers.is_empty()).then(|| {
             let ack = NodeAck { node: me, hub, items: answers };

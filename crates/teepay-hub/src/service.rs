@@ -175,6 +175,9 @@ async fn accept_loop(listener: TcpListener, events: mpsc::UnboundedSender<Event>
     }
 }
 
+/// Most messages one write to a node carries (bounds the buffer a slow node can pin).
+const MAX_BURST: usize = 256;
+
 async fn connection(
     stream: tokio::net::TcpStream,
     conn: u64,
@@ -204,10 +207,13 @@ async fn connection(
     }
     let _ = tx.send(HubMessage::Welcome(quote).to_bytes());
     let writer = tokio::spawn(async move {
-        while let Some(bytes) = outgoing.recv().await {
-            if writer.send(&bytes).await.is_err() {
+        // Whatever else is already queued for this node goes out in the same write.
+        let mut burst = Vec::new();
+        while outgoing.recv_many(&mut burst, MAX_BURST).await > 0 {
+            if writer.send_all(burst.iter().map(Vec::as_slice)).await.is_err() {
                 return;
             }
+            burst.clear();
         }
     });
     loop {

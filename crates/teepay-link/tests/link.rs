@@ -92,6 +92,32 @@ async fn authenticated_encrypted_round_trip() {
 }
 
 #[tokio::test]
+async fn a_burst_sent_in_one_write_arrives_as_separate_messages_in_order() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hub = hub();
+    let hub_addr = hub.address();
+    let mut n = node(21);
+    let server = tokio::spawn(answer(listener, hub, n.address()));
+    let mut link = dial(addr, &mut n, hub_addr).await.unwrap();
+    let mut peer = server.await.unwrap().unwrap();
+    // Small frames around one larger than the read buffer, then an empty burst (sends
+    // nothing, consumes no nonce) and a single send: sequence numbers stay in step.
+    let burst: Vec<Vec<u8>> = vec![b"one".to_vec(), vec![9u8; 200_000], b"".to_vec(), b"three".to_vec()];
+    let sent = teepay_link::BYTES_SENT.load(std::sync::atomic::Ordering::Relaxed);
+    link.writer.send_all(burst.iter().map(Vec::as_slice)).await.unwrap();
+    link.writer.send_all(std::iter::empty()).await.unwrap();
+    link.writer.send(b"after").await.unwrap();
+    for expected in burst.iter().chain([&b"after".to_vec()]) {
+        assert_eq!(&peer.reader.recv().await.unwrap(), expected);
+    }
+    // Each frame: 4-byte length + message + 16-byte tag (other tests' links may add more).
+    let frames: usize = burst.iter().chain([&b"after".to_vec()]).map(|m| 4 + m.len() + 16).sum();
+    let counted = teepay_link::BYTES_SENT.load(std::sync::atomic::Ordering::Relaxed) - sent;
+    assert!(counted >= frames as u64, "{counted} < {frames}");
+}
+
+#[tokio::test]
 async fn refuses_unexpected_peers() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

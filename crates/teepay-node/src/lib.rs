@@ -272,18 +272,28 @@ async fn session<P: Platform>(
         }
     });
     let result = async {
+        // Messages to the hub are queued while everything already received is handled, then
+        // sent with one write (`send_all`).
+        let mut outbox: Vec<Vec<u8>> = Vec::new();
         loop {
             tokio::select! {
-                frame = frames.recv() => {
-                    let bytes = frame.ok_or(LinkError::Handshake("reader stopped"))??;
-                    let msg = HubMessage::from_bytes(&bytes).map_err(|_| LinkError::Handshake("malformed hub message"))?;
-                    on_hub_message(node, &mut writer, peer, msg).await?;
-                }
+                frame = frames.recv() => on_frame(node, &mut outbox, peer, frame)?,
                 cmd = commands.recv() => match cmd {
                     None => return Ok(()),
-                    Some(cmd) => on_command(node, &mut writer, cmd).await?,
+                    Some(cmd) => on_command(node, &mut outbox, cmd),
                 },
             }
+            for _ in 0..MAX_BURST {
+                if let Ok(frame) = frames.try_recv() {
+                    on_frame(node, &mut outbox, peer, Some(frame))?;
+                } else if let Ok(cmd) = commands.try_recv() {
+                    on_command(node, &mut outbox, cmd);
+                } else {
+                    break;
+                }
+            }
+            writer.send_all(outbox.iter().map(Vec::as_slice)).await?;
+            outbox.clear();
         }
     }
     .await;
@@ -291,9 +301,23 @@ async fn session<P: Platform>(
     result
 }
 
-async fn on_hub_message<P: Platform, W: tokio::io::AsyncWrite + Unpin>(
+/// Most received messages handled before what they produced is sent.
+const MAX_BURST: usize = 256;
+
+fn on_frame<P: Platform>(
     node: &mut Node<P>,
-    writer: &mut teepay_link::LinkWriter<W>,
+    outbox: &mut Vec<Vec<u8>>,
+    peer: Address,
+    frame: Option<Result<Vec<u8>, LinkError>>,
+) -> Result<(), LinkError> {
+    let bytes = frame.ok_or(LinkError::Handshake("reader stopped"))??;
+    let msg = HubMessage::from_bytes(&bytes).map_err(|_| LinkError::Handshake("malformed hub message"))?;
+    on_hub_message(node, outbox, peer, msg)
+}
+
+fn on_hub_message<P: Platform>(
+    node: &mut Node<P>,
+    outbox: &mut Vec<Vec<u8>>,
     peer: Address,
     msg: HubMessage,
 ) -> Result<(), LinkError> {
@@ -311,7 +335,7 @@ async fn on_hub_message<P: Platform, W: tokio::io::AsyncWrite + Unpin>(
             if let Ok(Response::Batch(result)) = node.call(Request::HubBatch(batch))
                 && let Some(ack) = result.ack
             {
-                writer.send(&NodeMessage::Ack(ack).to_bytes()).await?;
+                outbox.push(NodeMessage::Ack(ack).to_bytes());
             }
         }
         HubMessage::Accepted { request, instance } => {
@@ -333,11 +357,7 @@ async fn on_hub_message<P: Platform, W: tokio::io::AsyncWrite + Unpin>(
     Ok(())
 }
 
-async fn on_command<P: Platform, W: tokio::io::AsyncWrite + Unpin>(
-    node: &mut Node<P>,
-    writer: &mut teepay_link::LinkWriter<W>,
-    cmd: Command,
-) -> Result<(), LinkError> {
+fn on_command<P: Platform>(node: &mut Node<P>, outbox: &mut Vec<Vec<u8>>, cmd: Command) {
     let request = node.next_request;
     node.next_request += 1;
     match cmd {
@@ -352,7 +372,7 @@ async fn on_command<P: Platform, W: tokio::io::AsyncWrite + Unpin>(
             match node.call(Request::CreatePayment { chain, payee, amount, max_fee, expires_at }) {
                 Ok(Response::Order(order)) => {
                     node.pending.insert(request, Pending::Start(reply));
-                    writer.send(&NodeMessage::Pay { request, order }.to_bytes()).await?;
+                    outbox.push(NodeMessage::Pay { request, order }.to_bytes());
                 }
                 Ok(_) => drop(reply.send(Err(NodeError::Refused("unexpected enclave response".into())))),
                 Err(e) => drop(reply.send(Err(e))),
@@ -360,12 +380,11 @@ async fn on_command<P: Platform, W: tokio::io::AsyncWrite + Unpin>(
         }
         Command::Swap { intents, reply } => {
             node.pending.insert(request, Pending::Start(reply));
-            writer.send(&NodeMessage::Swap { request, intents }.to_bytes()).await?;
+            outbox.push(NodeMessage::Swap { request, intents }.to_bytes());
         }
         Command::Status { instance, reply } => {
             node.pending.insert(request, Pending::Status(reply));
-            writer.send(&NodeMessage::Status { request, instance }.to_bytes()).await?;
+            outbox.push(NodeMessage::Status { request, instance }.to_bytes());
         }
     }
-    Ok(())
 }

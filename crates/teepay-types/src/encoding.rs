@@ -2,7 +2,7 @@
 //!
 //! Borsh is canonical by construction (fixed-width little-endian integers, length-prefixed
 //! sequences, no maps or floats in our types), so equal values always encode to equal bytes,
-//! which is what signatures and Merkle leaves need. Decoding is strict: wrong version,
+//! which is what signatures and batch leaf hashes need. Decoding is strict: wrong version,
 //! truncation, trailing bytes, invalid enum tags and non-0/1 booleans are all errors.
 
 use borsh::{BorshDeserialize, BorshSerialize};

@@ -1,6 +1,6 @@
 //! teepay-types: the vocabulary shared by every teepay crate — ids, amounts, channel
 //! states and their EIP-712 digests, instances and the orders that authorize them, round
-//! messages, canonical encoding, signatures, Merkle batching and sealing.
+//! messages, canonical encoding, signatures, batch digests and sealing.
 //!
 //! Pure: no I/O, no clock, no randomness (time and entropy are always passed in).
 
@@ -29,7 +29,7 @@ pub use instance::{
 };
 pub use messages::{
     Auth, HubBatch, HubItem, NackReason, NodeAck, NodeItem, Quote, QuoteError, RefundRequest, Report,
-    RoundAuth, SignedHubBatch, SignedNodeAck, SignedRefundRequest, leaf_hash, merkle_root,
+    RoundAuth, SignedHubBatch, SignedNodeAck, SignedRefundRequest, leaf_hash,
 };
 pub use seal::{
     LogBudget, OpenedLog, Platform, SealError, SealKind, SealLimits, SealedLog, SimPlatform, blob_header,

@@ -1,6 +1,6 @@
 //! Round messages between the hub enclave and node enclaves, batched: the hub sends each
-//! node one batch of items (many instances) under one signature over their Merkle root, and
-//! the node answers with one batch of items under one signature (DESIGN §6 "Batching").
+//! node one batch of items (many instances) under one authenticator over their digest, and
+//! the node answers with one batch of items under one authenticator (DESIGN §6 "Batching").
 
 use crate::channel::{ChannelState, Outcome};
 use crate::crypto::{Signature, SigningKey, keccak256, keccak256_parts, recover_signer, session_mac};
@@ -93,26 +93,6 @@ pub fn leaf_hash<T: BorshSerialize>(item: &T) -> Hash32 {
     keccak256_parts(&[b"teepay/leaf/v1", &body_bytes(item)])
 }
 
-/// Merkle root over leaf hashes (an odd node is carried up unchanged). One signature over
-/// the root authenticates every item, and any single item can later be proven with a path.
-pub fn merkle_root(leaves: &[Hash32]) -> Hash32 {
-    if leaves.is_empty() {
-        return keccak256(b"teepay/empty/v1");
-    }
-    let mut level: Vec<Hash32> = leaves.to_vec();
-    while level.len() > 1 {
-        level = level
-            .chunks(2)
-            .map(|pair| match pair {
-                [l, r] => keccak256_parts(&[b"teepay/node/v1", l, r]),
-                [single] => *single,
-                _ => unreachable!("chunks(2) yields one or two"),
-            })
-            .collect();
-    }
-    level[0]
-}
-
 /// One batch of round messages from the hub to one node.
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct HubBatch {
@@ -157,8 +137,24 @@ pub struct SignedHubBatch {
     pub auth: Auth,
 }
 
-fn batch_digest(tag: &[u8], sender: Address, recipient: Address, root: &Hash32) -> Hash32 {
-    keccak256_parts(&[tag, &sender.0, &recipient.0, root])
+/// A batch's digest: its direction tag, both ends, and every item's leaf hash in order, in
+/// one flat hash (leaves are fixed-size, so the concatenation is unambiguous). One
+/// authenticator over it covers every item. A flat hash, not a Merkle root: no single item
+/// is ever proven on its own, and a root cost one more hash per item at both ends.
+fn batch_digest(
+    tag: &[u8],
+    sender: Address,
+    recipient: Address,
+    leaves: impl Iterator<Item = Hash32>,
+) -> Hash32 {
+    let mut hasher = alloy_primitives::Keccak256::new();
+    hasher.update(tag);
+    hasher.update(sender.0);
+    hasher.update(recipient.0);
+    for leaf in leaves {
+        hasher.update(leaf);
+    }
+    hasher.finalize().0
 }
 
 impl HubBatch {
@@ -169,8 +165,7 @@ impl HubBatch {
     /// `leaf_hash(item)`: the hub reuses one PREPARE's hash for all its participants, and a
     /// node keeps each hash as the identity of what it acked.
     pub fn digest_with(&self, leaf: impl FnMut(&HubItem) -> Hash32) -> Hash32 {
-        let leaves: Vec<Hash32> = self.items.iter().map(leaf).collect();
-        batch_digest(b"teepay/hub-batch/v1", self.hub, self.node, &merkle_root(&leaves))
+        batch_digest(b"teepay/hub-batch/v2", self.hub, self.node, self.items.iter().map(leaf))
     }
     pub fn sign(self, key: &SigningKey) -> SignedHubBatch {
         let digest = self.digest();
@@ -214,8 +209,7 @@ pub struct SignedNodeAck {
 
 impl NodeAck {
     pub fn digest(&self) -> Hash32 {
-        let leaves: Vec<Hash32> = self.items.iter().map(leaf_hash).collect();
-        batch_digest(b"teepay/node-ack/v1", self.node, self.hub, &merkle_root(&leaves))
+        batch_digest(b"teepay/node-ack/v2", self.node, self.hub, self.items.iter().map(leaf_hash))
     }
     pub fn sign(self, key: &SigningKey) -> SignedNodeAck {
         let signature = key.sign_digest(&self.digest());
@@ -323,17 +317,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn merkle_root_depends_on_every_leaf_and_order() {
-        let leaves: Vec<Hash32> = (0u8..5).map(|i| keccak256(&[i])).collect();
-        let root = merkle_root(&leaves);
-        for i in 0..leaves.len() {
-            let mut changed = leaves.clone();
-            changed[i][0] ^= 1;
-            assert_ne!(merkle_root(&changed), root);
+    fn batch_digest_depends_on_every_item_its_order_and_both_ends() {
+        let item = |i: u8| HubItem::Confirm { instance: InstanceId([i; 32]) };
+        let batch =
+            HubBatch { hub: Address([1; 20]), node: Address([2; 20]), items: (0..5).map(item).collect() };
+        let digest = batch.digest();
+        for i in 0..batch.items.len() {
+            let mut changed = batch.clone();
+            changed.items[i] = item(100 + i as u8);
+            assert_ne!(changed.digest(), digest);
         }
-        let mut swapped = leaves.clone();
-        swapped.swap(0, 1);
-        assert_ne!(merkle_root(&swapped), root);
+        let mut swapped = batch.clone();
+        swapped.items.swap(0, 1);
+        assert_ne!(swapped.digest(), digest);
+        let mut shorter = batch.clone();
+        shorter.items.pop();
+        assert_ne!(shorter.digest(), digest);
+        let mut readdressed = batch.clone();
+        readdressed.node = Address([3; 20]);
+        assert_ne!(readdressed.digest(), digest);
+        // An ack with the same ends and no items never collides with a batch: tags differ.
+        let empty_ack = NodeAck { node: Address([1; 20]), hub: Address([2; 20]), items: vec![] };
+        let empty_batch = HubBatch { hub: Address([1; 20]), node: Address([2; 20]), items: vec![] };
+        assert_ne!(empty_ack.digest(), empty_batch.digest());
     }
 
     #[test]
