@@ -407,7 +407,13 @@ impl<P: Platform> Coordinator<P> {
         if !self.state.nodes.contains(&node) {
             return Err(HubError::UnattestedNode(node));
         }
-        let digest = signed.ack.digest();
+        // Each answer's leaf hash is kept: a PREPARED's is what COMMIT binds.
+        let mut leaves = Vec::with_capacity(signed.ack.items.len());
+        let digest = signed.ack.digest_with(|item| {
+            let leaf = leaf_hash(item);
+            leaves.push(leaf);
+            leaf
+        });
         match signed.auth {
             Auth::Signature(signature) => {
                 let wants_session = self.state.config.round_auth == RoundAuth::SessionMacs
@@ -433,11 +439,18 @@ impl<P: Platform> Coordinator<P> {
                 }
             }
         }
-        let results = signed.ack.items.iter().map(|item| self.on_item(now, node, item)).collect();
+        let results = signed
+            .ack
+            .items
+            .iter()
+            .zip(leaves)
+            .map(|(item, leaf)| self.on_item(now, node, item, leaf))
+            .collect();
         Ok(AckResult { results })
     }
 
-    fn on_item(&mut self, now: u64, node: Address, item: &NodeItem) -> Result<(), HubError> {
+    /// One answer from an authenticated ack; `leaf` is `leaf_hash(item)`.
+    fn on_item(&mut self, now: u64, node: Address, item: &NodeItem, leaf: Hash32) -> Result<(), HubError> {
         let id = item.instance();
         let instance = self.state.instances.get_mut(&id).ok_or(HubError::UnknownInstance(id))?;
         if !instance.participants.contains(&node) {
@@ -447,7 +460,7 @@ impl<P: Platform> Coordinator<P> {
         match item {
             NodeItem::Prepared { .. } => match phase {
                 HubPhase::None => {
-                    if instance.prepared.insert(node, leaf_hash(item)).is_none() {
+                    if instance.prepared.insert(node, leaf).is_none() {
                         self.state.dirty = true;
                     }
                     if instance.prepared.len() == instance.participants.len() {

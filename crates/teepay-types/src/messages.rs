@@ -209,7 +209,12 @@ pub struct SignedNodeAck {
 
 impl NodeAck {
     pub fn digest(&self) -> Hash32 {
-        batch_digest(b"teepay/node-ack/v2", self.node, self.hub, self.items.iter().map(leaf_hash))
+        self.digest_with(leaf_hash)
+    }
+    /// The digest with each item's leaf hash from `leaf`, which must return
+    /// `leaf_hash(item)`: the hub keeps a PREPARED answer's hash for COMMIT.
+    pub fn digest_with(&self, leaf: impl FnMut(&NodeItem) -> Hash32) -> Hash32 {
+        batch_digest(b"teepay/node-ack/v2", self.node, self.hub, self.items.iter().map(leaf))
     }
     pub fn sign(self, key: &SigningKey) -> SignedNodeAck {
         let signature = key.sign_digest(&self.digest());
