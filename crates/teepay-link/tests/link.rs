@@ -72,17 +72,23 @@ async fn answer(
     .await
 }
 
-#[tokio::test]
-async fn authenticated_encrypted_round_trip() {
+/// A node enclave (from `seed`) linked to the hub over loopback: (node's end, hub's end).
+async fn linked_pair(seed: u8) -> (TcpLink, TcpLink) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let hub = hub();
     let hub_addr = hub.address();
-    let mut n = node(20);
+    let mut n = node(seed);
     let server = tokio::spawn(answer(listener, hub, n.address()));
-    let mut link = dial(addr, &mut n, hub_addr).await.unwrap();
-    let mut peer = server.await.unwrap().unwrap();
+    let link = dial(addr, &mut n, hub_addr).await.unwrap();
+    let peer = server.await.unwrap().unwrap();
     assert_eq!((link.peer, peer.peer), (hub_addr, n.address()));
+    (link, peer)
+}
+
+#[tokio::test]
+async fn authenticated_encrypted_round_trip() {
+    let (mut link, mut peer) = linked_pair(20).await;
     link.writer.send(b"hello").await.unwrap();
     let msg = peer.reader.recv().await.unwrap();
     peer.writer.send(&[msg.as_slice(), b" back"].concat()).await.unwrap();
@@ -93,14 +99,7 @@ async fn authenticated_encrypted_round_trip() {
 
 #[tokio::test]
 async fn a_burst_sent_in_one_write_arrives_as_separate_messages_in_order() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let hub = hub();
-    let hub_addr = hub.address();
-    let mut n = node(21);
-    let server = tokio::spawn(answer(listener, hub, n.address()));
-    let mut link = dial(addr, &mut n, hub_addr).await.unwrap();
-    let mut peer = server.await.unwrap().unwrap();
+    let (mut link, mut peer) = linked_pair(21).await;
     // Small frames around one larger than the read buffer, then an empty burst (sends
     // nothing, consumes no nonce) and a single send: sequence numbers stay in step.
     let burst: Vec<Vec<u8>> = vec![b"one".to_vec(), vec![9u8; 200_000], b"".to_vec(), b"three".to_vec()];
