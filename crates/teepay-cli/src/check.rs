@@ -10,7 +10,7 @@ use teepay_sim::{Budget, Counterexample, explore, random_schedule};
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {
-    /// Scenario to explore exhaustively: three-hop or swap-2chain-4party.
+    /// Scenario to explore exhaustively: three-hop, swap-2chain-4party or three-hop-peer-acks.
     #[arg(long, required_unless_present = "random")]
     scenario: Option<String>,
     /// Sample random schedules on random networks instead of exhaustive exploration.

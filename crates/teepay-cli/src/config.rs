@@ -37,6 +37,11 @@ pub struct HubConfig {
     /// Extra time to collect round messages before each flush (0: adaptive batching only).
     #[serde(default)]
     pub batch_window_us: u64,
+    /// Instances ask for peer acks: COMMIT forwards every participant's own signed
+    /// PREPARED ack, and nodes check them (one ECDSA signature and several recoveries per
+    /// participant: the cautious, slower mode).
+    #[serde(default)]
+    pub verify_peer_acks: bool,
     #[serde(default)]
     pub chains: Vec<ChainConfig>,
 }
@@ -52,6 +57,10 @@ pub struct NodeConfig {
     #[serde(default = "default_node_dir")]
     pub state_dir: PathBuf,
     pub attestation_key: Option<String>,
+    /// The node enclave NACKs every instance without peer acks (fixed when the enclave is
+    /// created: it is part of the enclave's sealed configuration).
+    #[serde(default)]
+    pub require_peer_acks: bool,
     #[serde(default)]
     pub chains: Vec<ChainConfig>,
 }

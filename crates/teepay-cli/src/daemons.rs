@@ -35,6 +35,10 @@ pub struct HubArgs {
     metrics: Option<std::net::SocketAddr>,
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Forward every participant's own signed PREPARED ack with COMMIT, so nodes need not
+    /// trust the hub enclave alone that everyone locked (slower: ECDSA per participant).
+    #[arg(long)]
+    verify_peer_acks: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -108,6 +112,7 @@ pub fn hub(args: &HubArgs) -> Result<ExitCode> {
     if let Some(d) = &args.state_dir {
         cfg.state_dir = d.clone();
     }
+    cfg.verify_peer_acks |= args.verify_peer_acks;
     if cfg.chains.is_empty() {
         bail!("no chains configured: add [[chains]] entries (rpc, contract, from_block) to the config");
     }
@@ -139,6 +144,7 @@ pub fn hub(args: &HubArgs) -> Result<ExitCode> {
             prepare_timeout: Duration::from_millis(cfg.prepare_timeout_ms),
             retransmit_after: Duration::from_millis(200),
             round_auth: Default::default(),
+            peer_acks: cfg.verify_peer_acks,
             tick: Duration::from_millis(20),
             batch_window: Duration::from_micros(cfg.batch_window_us),
             sync_poll: Duration::from_millis(100),
@@ -187,7 +193,17 @@ pub fn node(args: &NodeArgs) -> Result<ExitCode> {
         let restorable =
             platform.restorable(&sealed).with_context(|| format!("reading {}", sealed.display()))?;
         let mut enclave = match restorable {
-            Some(log) => NodeEnclave::restore(platform, &log).context("restoring the node enclave")?,
+            Some(log) => {
+                let e = NodeEnclave::restore(platform, &log).context("restoring the node enclave")?;
+                if e.inspect().config.require_peer_acks != cfg.require_peer_acks {
+                    eprintln!(
+                        "warning: require_peer_acks = {} in the config, but this node's enclave was created with {} and keeps it (it is sealed configuration)",
+                        cfg.require_peer_acks,
+                        e.inspect().config.require_peer_acks
+                    );
+                }
+                e
+            }
             None => {
                 let config = EnclaveConfig {
                     measurement: sim::NODE_MEASUREMENT,
@@ -195,6 +211,7 @@ pub fn node(args: &NodeArgs) -> Result<ExitCode> {
                     allowed_hub_measurements: vec![sim::HUB_MEASUREMENT],
                     contracts: links.iter().map(|l| (l.id, l.contract)).collect(),
                     max_tx_fee: Amount(10u128.pow(16)),
+                    require_peer_acks: cfg.require_peer_acks,
                 };
                 let (e, blob) = NodeEnclave::create(platform, config, teepay_link::os_entropy()?)?;
                 if !e.platform().persists_sealed() {

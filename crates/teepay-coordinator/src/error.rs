@@ -13,6 +13,10 @@ pub enum HubError {
     OrderNotFromSource,
     #[error("ack is not authenticated by node {0:?}")]
     BadSignature(Address),
+    #[error(
+        "PREPARED ack of node {0:?} lacks a valid signature of its own, or shows no lock of the instance (the instance forwards every PREPARED ack to the other participants)"
+    )]
+    BadPeerAck(Address),
     #[error("ack from node {0:?} carries a session MAC, but the hub has no session with it")]
     NoSession(Address),
     #[error("message is addressed to another hub")]

@@ -3,7 +3,7 @@
 
 use borsh::{BorshDeserialize, BorshSerialize};
 use std::collections::{BTreeMap, BTreeSet};
-use teepay_types::{Address, Hash32, HubItem, InstanceSpec, NackReason, Outcome};
+use teepay_types::{Address, Hash32, HubItem, InstanceSpec, NackReason, Outcome, PeerAck};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize)]
 pub enum HubPhase {
@@ -46,6 +46,9 @@ pub struct HubInstance {
     pub participants: Vec<Address>,
     /// Leaf hash of each participant's PREPARED ack (what COMMIT's digest covers).
     pub prepared: BTreeMap<Address, Hash32>,
+    /// Each participant's own signed PREPARED ack, when the spec asks for peer acks: what
+    /// COMMIT forwards.
+    pub peer_acks: BTreeMap<Address, PeerAck>,
     pub committed: BTreeSet<Address>,
     /// Participants that acknowledged the final outcome.
     pub finished: BTreeSet<Address>,
@@ -62,8 +65,7 @@ impl HubInstance {
 
     /// The digest COMMIT carries: all PREPARED acks in participant order.
     pub fn prepared_acks_digest(&self) -> Hash32 {
-        let parts: Vec<&[u8]> = self.participants.iter().map(|p| self.prepared[p].as_slice()).collect();
-        teepay_types::crypto::keccak256_parts(&parts)
+        teepay_types::prepared_acks_digest(self.participants.iter().map(|p| &self.prepared[p]))
     }
 
     /// The message of the current phase, and the participants that still owe its answer.
@@ -72,9 +74,11 @@ impl HubInstance {
         let (item, done): (HubItem, &dyn Fn(&Address) -> bool) = match self.phase {
             HubPhase::None => (HubItem::Prepare(self.spec.clone()), &|a| self.prepared.contains_key(a)),
             HubPhase::Prepared => {
-                (HubItem::Commit { instance: id, prepared_acks: self.prepared_acks_digest() }, &|a| {
-                    self.committed.contains(a)
-                })
+                let peer_acks =
+                    self.participants.iter().filter_map(|p| self.peer_acks.get(p).cloned()).collect();
+                let commit =
+                    HubItem::Commit { instance: id, prepared_acks: self.prepared_acks_digest(), peer_acks };
+                (commit, &|a| self.committed.contains(a))
             }
             HubPhase::Committed => (HubItem::Confirm { instance: id }, &|a| self.finished.contains(a)),
             HubPhase::RefundAuthorized => (HubItem::Refund { instance: id }, &|a| self.finished.contains(a)),

@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use teepay_types::crypto::keccak256_parts;
 use teepay_types::{
     Address, Auth, ChainId, Hash32, HubBatch, HubItem, InstanceId, InstanceKind, InstanceSpec, Leg, NodeItem,
-    Order, Outcome, Platform, Quote, Report, RoundAuth, SignedHubBatch, SignedNodeAck, SignedOrder,
+    Order, Outcome, PeerAck, Platform, Quote, Report, RoundAuth, SignedHubBatch, SignedNodeAck, SignedOrder,
     SignedRefundRequest, SigningKey, leaf_hash, macs_equal, seal_delta, seal_value, session_mac, unseal_log,
     verify_signer,
 };
@@ -44,6 +44,10 @@ pub struct HubConfig {
     pub retransmit_after: u64,
     /// Session MACs once a node has answered a signed batch, or a signature on every batch.
     pub round_auth: RoundAuth,
+    /// New instances ask for peer acks (`--verify-peer-acks`): each node signs its PREPARED
+    /// ack on its own and COMMIT forwards all of them, so nodes need not trust this enclave
+    /// alone that every participant locked.
+    pub peer_acks: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
@@ -138,6 +142,7 @@ enum HubInput {
     Tick(u64),
     Prune(u64),
     Flush,
+    PeerAcks(bool),
 }
 
 /// Variant indices of [`HubInput`], in declaration order.
@@ -151,6 +156,7 @@ mod tag {
     pub const TICK: u8 = 6;
     pub const PRUNE: u8 = 7;
     pub const FLUSH: u8 = 8;
+    pub const PEER_ACKS: u8 = 9;
 }
 
 impl<P: Platform> Coordinator<P> {
@@ -198,6 +204,7 @@ impl<P: Platform> Coordinator<P> {
     fn replay(&mut self, input: HubInput) -> Result<(), HubError> {
         match input {
             HubInput::RoundAuth(mode) => self.state.config.round_auth = mode,
+            HubInput::PeerAcks(on) => self.state.config.peer_acks = on,
             HubInput::RegisterNode(quote) => {
                 self.admit(&quote)?;
             }
@@ -272,6 +279,16 @@ impl<P: Platform> Coordinator<P> {
         }
     }
 
+    /// Whether instances created from now on ask for peer acks (a host choice like the
+    /// round authentication; instances already created keep theirs).
+    pub fn set_peer_acks(&mut self, on: bool) {
+        if self.state.config.peer_acks != on {
+            self.state.config.peer_acks = on;
+            self.state.dirty = true;
+            self.log(tag::PEER_ACKS, &on);
+        }
+    }
+
     /// Admits an attested node enclave; only those may take part in instances.
     pub fn register_node(&mut self, quote: &Quote) -> Result<(), HubError> {
         if self.admit(quote)? {
@@ -324,6 +341,7 @@ impl<P: Platform> Coordinator<P> {
             legs,
             orders,
             deadline: now.saturating_add(self.state.config.prepare_timeout),
+            peer_acks: self.state.config.peer_acks,
         };
         spec.validate_structure()?;
         let sessions = &self.state.sessions;
@@ -350,6 +368,7 @@ impl<P: Platform> Coordinator<P> {
                 phase: HubPhase::None,
                 participants,
                 prepared: BTreeMap::new(),
+                peer_acks: BTreeMap::new(),
                 committed: BTreeSet::new(),
                 finished: BTreeSet::new(),
                 refund_reason: None,
@@ -458,8 +477,20 @@ impl<P: Platform> Coordinator<P> {
         }
         let phase = instance.phase;
         match item {
-            NodeItem::Prepared { .. } => match phase {
+            NodeItem::Prepared { states, signature, .. } => match phase {
                 HubPhase::None => {
+                    // Checked here, not by the peers only: a COMMIT they refuse could not be
+                    // taken back (a multi-hop instance cannot refund after COMMIT).
+                    if instance.spec.peer_acks {
+                        let ack =
+                            signature.map(|signature| PeerAck { node, states: states.clone(), signature });
+                        match ack {
+                            Some(ack) if ack.is_valid(self.key.address(), id) => {
+                                instance.peer_acks.insert(node, ack);
+                            }
+                            _ => return Err(HubError::BadPeerAck(node)),
+                        }
+                    }
                     if instance.prepared.insert(node, leaf).is_none() {
                         self.state.dirty = true;
                     }
@@ -723,6 +754,7 @@ mod log_encoding_tests {
                 prepare_timeout: 1,
                 retransmit_after: 1,
                 round_auth: RoundAuth::SessionMacs,
+                peer_acks: false,
             },
             [2; 32],
         )
@@ -750,6 +782,7 @@ mod log_encoding_tests {
         hub.log(tag::TICK, &13u64);
         hub.log(tag::PRUNE, &14u64);
         hub.log(tag::FLUSH, &());
+        hub.log(tag::PEER_ACKS, &true);
         let inputs = decode(&hub.pending);
         assert!(matches!(inputs[0], HubInput::RoundAuth(RoundAuth::Signatures)));
         assert!(matches!(&inputs[1], HubInput::RegisterNode(q) if *q == quote));
@@ -762,6 +795,7 @@ mod log_encoding_tests {
         assert!(matches!(inputs[6], HubInput::Tick(13)));
         assert!(matches!(inputs[7], HubInput::Prune(14)));
         assert!(matches!(inputs[8], HubInput::Flush));
-        assert_eq!(inputs.len(), 9);
+        assert!(matches!(inputs[9], HubInput::PeerAcks(true)));
+        assert_eq!(inputs.len(), 10);
     }
 }

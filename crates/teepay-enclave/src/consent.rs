@@ -23,6 +23,9 @@ pub(crate) fn plan_prepare(
     now: u64,
 ) -> Result<PreparePlan, NackReason> {
     spec.validate_structure().map_err(|_| NackReason::MalformedInstance)?;
+    if state.config.require_peer_acks && !spec.peer_acks {
+        return Err(NackReason::PeerAcksRequired);
+    }
     if now > spec.deadline {
         return Err(NackReason::DeadlinePassed);
     }

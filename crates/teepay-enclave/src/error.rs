@@ -33,6 +33,14 @@ pub enum EnclaveError {
     InstanceFinished(InstanceId),
     #[error("instance {0:?} already ended with the other outcome")]
     ConflictingOutcome(InstanceId),
+    #[error("COMMIT of instance {0:?} lacks the signed PREPARED ack of participant {1:?}")]
+    MissingPeerAck(InstanceId, Address),
+    #[error(
+        "COMMIT of instance {0:?} forwards a PREPARED ack of participant {1:?} that it did not sign, or that shows no lock of the instance"
+    )]
+    ForgedPeerAck(InstanceId, Address),
+    #[error("COMMIT of instance {0:?} forwards acks that its digest of PREPARED acks does not cover")]
+    PeerAcksMismatch(InstanceId),
     #[error("CONFIRM for instance {0:?}, which this enclave never committed")]
     NotCommitted(InstanceId),
     #[error("REFUND of multi-hop instance {0:?} after COMMIT is forbidden (DESIGN §7)")]

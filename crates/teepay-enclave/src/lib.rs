@@ -18,6 +18,7 @@
 
 mod consent;
 mod error;
+mod peer_acks;
 mod rounds;
 mod state;
 
@@ -31,9 +32,10 @@ use borsh::{BorshDeserialize, BorshSerialize};
 use std::collections::BTreeMap;
 use teepay_types::{
     Address, Amount, Auth, ChainId, ChannelId, Eip1559Tx, GasParams, HubItem, InstanceId, InstanceKind,
-    NodeAck, NodeItem, Order, PaymentRequest, Platform, Quote, RefundRequest, Report, SignedChannelState,
-    SignedHubBatch, SignedNodeAck, SignedOrder, SignedRefundRequest, SignedTx, SigningKey, SwapIntent,
-    Transfer, leaf_hash, macs_equal, seal_delta, seal_value, session_mac, unseal_log, verify_signer,
+    InstanceSpec, NodeAck, NodeItem, Order, PaymentRequest, Platform, Quote, RefundRequest, Report,
+    SignedChannelState, SignedHubBatch, SignedNodeAck, SignedOrder, SignedRefundRequest, SignedTx,
+    SigningKey, SwapIntent, Transfer, leaf_hash, macs_equal, prepared_digest, seal_delta, seal_value,
+    session_mac, unseal_log, verify_signer,
 };
 pub use teepay_types::{LogBudget, SealLimits, SealedLog};
 
@@ -681,6 +683,18 @@ impl<P: Platform> NodeEnclave<P> {
         Ok(self.changed(Response::ChannelState(signed)))
     }
 
+    /// A PREPARED answer to an instance that asks for peer acks carries this enclave's own
+    /// signature over its states, for the hub to forward to the other participants.
+    fn sign_for_peers(&self, hub: Address, spec: &InstanceSpec, answer: NodeItem) -> NodeItem {
+        match answer {
+            NodeItem::Prepared { instance, states, .. } if spec.peer_acks => {
+                let digest = prepared_digest(hub, self.address(), instance, &states);
+                NodeItem::Prepared { instance, states, signature: Some(self.key.sign_digest(&digest)) }
+            }
+            other => other,
+        }
+    }
+
     fn handle_batch(&mut self, now: u64, signed: SignedHubBatch) -> Result<Output, EnclaveError> {
         let hub = self.state.hub.ok_or(EnclaveError::HubNotAttested)?;
         let me = self.address();
@@ -735,8 +749,14 @@ impl<P: Platform> NodeEnclave<P> {
         let mut results = Vec::with_capacity(signed.batch.items.len());
         for (item, leaf) in signed.batch.items.iter().zip(&leaves) {
             let result = match item {
-                HubItem::Prepare(spec) => self.state.on_prepare(me, spec, *leaf, now),
-                HubItem::Commit { instance, .. } => self.state.on_commit(*instance),
+                HubItem::Prepare(spec) => self
+                    .state
+                    .on_prepare(me, spec, *leaf, now)
+                    .map(|(answer, changed)| (self.sign_for_peers(hub, spec, answer), changed)),
+                HubItem::Commit { instance, prepared_acks, peer_acks } => self
+                    .state
+                    .check_peer_acks(me, hub, *instance, prepared_acks, peer_acks)
+                    .and_then(|()| self.state.on_commit(*instance)),
                 HubItem::Confirm { instance } => self.state.on_confirm(*instance),
                 HubItem::Refund { instance } => self.state.on_refund(*instance),
                 HubItem::Resolve { instance, outcome } => self.state.on_resolve(*instance, *outcome),

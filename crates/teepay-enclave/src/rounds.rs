@@ -53,6 +53,7 @@ impl NodeState {
             channels,
             order_nonce: plan.order_nonce,
             ejected: false,
+            peers: if spec.peer_acks { spec.participants().into_iter().collect() } else { Vec::new() },
         };
         let item = self.prepared_item(spec.id, &record.channels);
         self.instances.insert(spec.id, record);
@@ -61,7 +62,7 @@ impl NodeState {
 
     fn prepared_item(&self, instance: InstanceId, channels: &[ChannelId]) -> NodeItem {
         let states = channels.iter().map(|c| self.channels[c].state_for(instance)).collect();
-        NodeItem::Prepared { instance, states }
+        NodeItem::Prepared { instance, states, signature: None }
     }
 
     pub(crate) fn on_commit(&mut self, instance: InstanceId) -> ItemResult {
@@ -145,6 +146,7 @@ impl NodeState {
                 channels: Vec::new(),
                 order_nonce: None,
                 ejected: false,
+                peers: Vec::new(),
             },
         );
     }

@@ -132,6 +132,9 @@ pub struct InstanceRecord {
     /// A channel of this instance was closed on-chain with its lock: no further phase
     /// advances, only the outcome is followed on the remaining channels.
     pub ejected: bool,
+    /// The instance's participants, in the order COMMIT lists their acks, when it asks for
+    /// peer acks (empty otherwise): its COMMIT must carry each one's signed PREPARED ack.
+    pub peers: Vec<Address>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
@@ -162,6 +165,10 @@ pub struct NodeConfig {
     /// Most the enclave lets one transaction spend on gas (`gas_limit × max_fee_per_gas`),
     /// so a host cannot drain the enclave's account through fees.
     pub max_tx_fee: Amount,
+    /// NACK every PREPARE whose instance does not ask for peer acks: this node then commits
+    /// only on every other participant's own signed evidence that it locked, never on the
+    /// hub enclave's word alone (`--require-peer-acks`).
+    pub require_peer_acks: bool,
 }
 
 impl NodeConfig {

@@ -60,6 +60,8 @@ pub struct HubRuntimeConfig {
     pub retransmit_after: Duration,
     /// Session MACs (default) or a signature on every round message.
     pub round_auth: RoundAuth,
+    /// New instances ask for peer acks (`--verify-peer-acks`, see [`HubConfig::peer_acks`]).
+    pub peer_acks: bool,
     pub tick: Duration,
     /// See [`HubSettings::batch_window`].
     pub batch_window: Duration,
@@ -131,6 +133,7 @@ pub async fn start(cfg: HubRuntimeConfig) -> Result<RunningHub, RuntimeError> {
         Some(log) => {
             let mut c = Coordinator::restore(platform, &log)?;
             c.set_round_auth(cfg.round_auth);
+            c.set_peer_acks(cfg.peer_acks);
             tracing::info!(enclave = %c.address(), instances = c.inspect().instances.len(), "hub enclave restored");
             c
         }
@@ -142,6 +145,7 @@ pub async fn start(cfg: HubRuntimeConfig) -> Result<RunningHub, RuntimeError> {
                 prepare_timeout: cfg.prepare_timeout.as_millis() as u64,
                 retransmit_after: cfg.retransmit_after.as_millis() as u64,
                 round_auth: cfg.round_auth,
+                peer_acks: cfg.peer_acks,
             };
             let entropy = teepay_link::os_entropy().map_err(io("OS entropy"))?;
             let mut c = Coordinator::create(platform, config, entropy)?;

@@ -40,6 +40,7 @@ impl Net {
             prepare_timeout: TIMEOUT,
             retransmit_after: 10,
             round_auth: teepay_types::RoundAuth::default(),
+            peer_acks: false,
         };
         let mut hub = Coordinator::create(SimPlatform::new([1; 32]), config, [2; 32]).unwrap();
         let hub_quote = hub.report(ChainId(0)).attest(&authority);
@@ -51,6 +52,7 @@ impl Net {
                 allowed_hub_measurements: vec![HUB_M],
                 contracts: vec![(C1, CONTRACT), (C2, CONTRACT)],
                 max_tx_fee: Amount(1),
+                require_peer_acks: false,
             };
             let (mut node, _) =
                 NodeEnclave::create(SimPlatform::new([i as u8 + 10; 32]), config, [i as u8 + 50; 32])

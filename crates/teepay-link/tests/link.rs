@@ -22,6 +22,7 @@ fn hub() -> Coordinator<SimPlatform> {
         prepare_timeout: 100,
         retransmit_after: 10,
         round_auth: teepay_types::RoundAuth::default(),
+        peer_acks: false,
     };
     Coordinator::create(SimPlatform::new([3; 32]), config, [4; 32]).unwrap()
 }
@@ -33,6 +34,7 @@ fn node(seed: u8) -> NodeEnclave<SimPlatform> {
         allowed_hub_measurements: vec![[2; 32]],
         contracts: vec![(ChainId(1), Address([0xcc; 20]))],
         max_tx_fee: Amount(1),
+        require_peer_acks: false,
     };
     NodeEnclave::create(SimPlatform::new([seed; 32]), config, [seed + 1; 32]).unwrap().0
 }

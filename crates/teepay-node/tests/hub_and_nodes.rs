@@ -28,6 +28,7 @@ fn node_config() -> NodeConfig {
         allowed_hub_measurements: vec![[2; 32]],
         contracts: vec![(C1, CONTRACT)],
         max_tx_fee: Amount(1),
+        require_peer_acks: false,
     }
 }
 
@@ -68,6 +69,7 @@ async fn setup(name: &str, n: usize) -> Setup {
         prepare_timeout: 1_000,
         retransmit_after: 200,
         round_auth: teepay_types::RoundAuth::default(),
+        peer_acks: false,
     };
     let hub = Coordinator::create(SimPlatform::new([5; 32]), hub_config, [6; 32]).unwrap();
     let hub_quote = hub.report(ChainId(0)).attest(&authority());

@@ -23,7 +23,15 @@ fn fee(base: u128, ppm: u32) -> FeePolicy {
 
 /// payer → i1 → i2 → payee on one chain: one three-hop payment of 10 (fees 1 + 1).
 pub fn three_hop() -> World {
-    let mut w = World::new(3);
+    three_hop_in(World::new(3))
+}
+
+/// [`three_hop`] with peer acks: every COMMIT carries all four signed PREPARED acks.
+pub fn three_hop_with_peer_acks() -> World {
+    three_hop_in(World::with_peer_acks(3))
+}
+
+fn three_hop_in(mut w: World) -> World {
     let [p, i1, i2, r] = ["payer", "hop1", "hop2", "payee"].map(|n| w.add_node(n));
     w.open_channel(CHAIN_1, p, i1, 100, 100, fee(0, 0), fee(1, 0));
     w.open_channel(CHAIN_1, i1, i2, 100, 100, fee(1, 0), fee(1, 0));
@@ -57,11 +65,12 @@ pub fn by_name(name: &str) -> Option<World> {
     match name {
         "three-hop" => Some(three_hop()),
         "swap-2chain-4party" => Some(swap_2chain_4party()),
+        "three-hop-peer-acks" => Some(three_hop_with_peer_acks()),
         _ => None,
     }
 }
 
-pub const SCENARIOS: &[&str] = &["three-hop", "swap-2chain-4party"];
+pub const SCENARIOS: &[&str] = &["three-hop", "swap-2chain-4party", "three-hop-peer-acks"];
 
 /// Shortest path by hops over `chain`'s channels (the sim's stand-in for the router).
 pub fn bfs_path(w: &World, chain: ChainId, from: usize, to: usize) -> Option<Vec<usize>> {
@@ -92,7 +101,8 @@ pub fn bfs_path(w: &World, chain: ChainId, from: usize, to: usize) -> Option<Vec
 /// chain 2) with `payments` concurrent payments and `swaps` concurrent two-party swaps.
 pub fn random_network(seed: u64, nodes: usize, payments: usize, swaps: usize) -> World {
     let mut rng = SplitMix64::new(seed);
-    let mut w = World::new(seed);
+    // One network in three runs with peer acks, so random schedules cover both COMMIT forms.
+    let mut w = if seed % 3 == 2 { World::with_peer_acks(seed) } else { World::new(seed) };
     let ids: Vec<usize> = (0..nodes).map(|i| w.add_node(&format!("n{i}"))).collect();
     // Snapshots every 0–3 deltas (by seed), so crashes land on every mix of snapshot and
     // delta and each restart's replay is checked against the state it replaces.

@@ -115,6 +115,8 @@ pub struct World {
     pub deposits: BTreeMap<(ChainId, Address), Amount>,
     pub channels: BTreeMap<(ChainId, usize, usize), ChannelId>,
     pub instances: Vec<InstanceId>,
+    /// Nodes added from now on NACK every instance without peer acks (`--require-peer-acks`).
+    pub require_peer_acks: bool,
     entropy_counter: u64,
     seed: u64,
 }
@@ -138,6 +140,7 @@ impl World {
             prepare_timeout: PREPARE_TIMEOUT,
             retransmit_after: RETRANSMIT_AFTER,
             round_auth: teepay_types::RoundAuth::default(),
+            peer_acks: false,
         };
         let mut coordinator =
             Coordinator::create(SimPlatform::new(entropy()), config, entropy()).expect("valid hub entropy");
@@ -154,6 +157,7 @@ impl World {
             deposits: BTreeMap::new(),
             channels: BTreeMap::new(),
             instances: Vec::new(),
+            require_peer_acks: false,
             entropy_counter: counter,
             seed,
         }
@@ -162,6 +166,16 @@ impl World {
     fn entropy(&mut self) -> [u8; 32] {
         self.entropy_counter += 1;
         keccak256(&[&self.seed.to_le_bytes()[..], &self.entropy_counter.to_le_bytes()].concat())
+    }
+
+    /// A world whose hub asks every instance for peer acks and whose nodes require them
+    /// (`--verify-peer-acks`): nodes commit only on each other's signed PREPARED acks.
+    pub fn with_peer_acks(seed: u64) -> Self {
+        let mut w = World::new(seed);
+        w.require_peer_acks = true;
+        w.hub.coordinator.set_peer_acks(true);
+        w.flush_hub();
+        w
     }
 
     /// When every enclave in the world seals a snapshot rather than a delta.
@@ -188,6 +202,7 @@ impl World {
             allowed_hub_measurements: vec![HUB_MEASUREMENT],
             contracts: vec![(ChainId(1), CONTRACT), (ChainId(2), CONTRACT)],
             max_tx_fee: Amount(10u128.pow(16)),
+            require_peer_acks: self.require_peer_acks,
         };
         let platform = SimPlatform::new(self.entropy());
         let entropy = self.entropy();

@@ -1,12 +1,13 @@
 //! The exhaustive checker on the named scenarios (what `teepay check` runs), and mutation
 //! tests showing the checker finds violations when the protocol is broken.
 
-use teepay_sim::scenarios::{swap_2chain_4party, three_hop};
+use teepay_sim::scenarios::{swap_2chain_4party, three_hop, three_hop_with_peer_acks};
 use teepay_sim::{Action, Budget, explore};
 
 fn assert_clean(name: &str, budget: Budget, min_schedules: u128) {
     let mut world = match name {
         "three-hop" => three_hop(),
+        "three-hop-peer-acks" => three_hop_with_peer_acks(),
         _ => swap_2chain_4party(),
     };
     world.budget = budget;
@@ -25,6 +26,11 @@ fn three_hop_every_interleaving_without_faults() {
 #[test]
 fn three_hop_with_a_duplicate_and_a_crash() {
     assert_clean("three-hop", Budget { duplicates: 1, crashes: 1, ..Budget::default() }, 10_000);
+}
+
+#[test]
+fn three_hop_with_peer_acks_with_a_duplicate_and_a_crash() {
+    assert_clean("three-hop-peer-acks", Budget { duplicates: 1, crashes: 1, ..Budget::default() }, 10_000);
 }
 
 #[test]

@@ -159,6 +159,11 @@ pub struct InstanceSpec {
     pub orders: Vec<SignedOrder>,
     /// Hub-clock time after which nodes refuse to PREPARE and the hub may refund.
     pub deadline: u64,
+    /// Every participant signs its PREPARED ack on its own and COMMIT carries all of them,
+    /// so a node commits only on evidence that every other participant locked, not on the
+    /// hub enclave's word alone (`--verify-peer-acks`; one ECDSA signature per participant
+    /// and one recovery per participant per participant).
+    pub peer_acks: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

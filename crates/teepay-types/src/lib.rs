@@ -28,8 +28,9 @@ pub use instance::{
     Hop, InstanceSpec, Leg, Order, PaymentRequest, SignedOrder, SpecError, SwapIntent, Transfer,
 };
 pub use messages::{
-    Auth, HubBatch, HubItem, NackReason, NodeAck, NodeItem, Quote, QuoteError, RefundRequest, Report,
-    RoundAuth, SignedHubBatch, SignedNodeAck, SignedRefundRequest, leaf_hash,
+    Auth, HubBatch, HubItem, NackReason, NodeAck, NodeItem, PeerAck, Quote, QuoteError, RefundRequest,
+    Report, RoundAuth, SignedHubBatch, SignedNodeAck, SignedRefundRequest, leaf_hash, prepared_acks_digest,
+    prepared_digest,
 };
 pub use seal::{
     LogBudget, OpenedLog, Platform, SealError, SealKind, SealLimits, SealedLog, SimPlatform, blob_header,

@@ -15,7 +15,9 @@ pub enum HubItem {
     /// Round 1: lock funds. Carries the whole instance and its signed orders.
     Prepare(InstanceSpec),
     /// Round 2: every node is PREPARED; `prepared_acks` is the digest of all their acks.
-    Commit { instance: InstanceId, prepared_acks: Hash32 },
+    /// `peer_acks` carries those acks themselves, each signed by its node, when the
+    /// instance asks for them ([`InstanceSpec::peer_acks`]); empty otherwise.
+    Commit { instance: InstanceId, prepared_acks: Hash32, peer_acks: Vec<PeerAck> },
     /// Round 3: every node is COMMITTED; apply the transfer.
     Confirm { instance: InstanceId },
     /// The instance is cancelled before it could apply; release reservations.
@@ -52,6 +54,8 @@ pub enum NackReason {
     NotAParticipant,
     MalformedInstance,
     Overflow,
+    /// This node's policy asks every instance to carry peer acks, and this one does not.
+    PeerAcksRequired,
 }
 
 /// A node → hub answer for one instance.
@@ -62,6 +66,11 @@ pub enum NodeItem {
     Prepared {
         instance: InstanceId,
         states: Vec<ChannelState>,
+        /// The node's own ECDSA signature over [`prepared_digest`], present iff the
+        /// instance asks for peer acks: the hub forwards it with COMMIT, so every other
+        /// participant can check that this node really locked (the batch authenticator
+        /// cannot serve: a MAC convinces only the hub, a batch signature needs the batch).
+        signature: Option<Signature>,
     },
     Nack {
         instance: InstanceId,
@@ -85,6 +94,49 @@ impl NodeItem {
             | NodeItem::Committed { instance }
             | NodeItem::Finished { instance, .. } => *instance,
         }
+    }
+}
+
+/// What a node signs when it PREPAREs an instance that asks for peer acks: its state of
+/// every channel it holds in the instance, bound to the hub, the node and the instance.
+pub fn prepared_digest(hub: Address, node: Address, instance: InstanceId, states: &[ChannelState]) -> Hash32 {
+    keccak256_parts(&[b"teepay/prepared/v1", &hub.0, &node.0, &instance.0, &body_bytes(&states)])
+}
+
+/// The digest COMMIT carries: the leaf hash of every participant's PREPARED answer, in
+/// participant order (ascending address, as [`InstanceSpec::participants`] lists them).
+pub fn prepared_acks_digest<'a>(leaves: impl IntoIterator<Item = &'a Hash32>) -> Hash32 {
+    let mut hasher = alloy_primitives::Keccak256::new();
+    for leaf in leaves {
+        hasher.update(leaf);
+    }
+    hasher.finalize().0
+}
+
+/// One participant's PREPARED ack as forwarded with COMMIT (`--verify-peer-acks`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize)]
+pub struct PeerAck {
+    pub node: Address,
+    pub states: Vec<ChannelState>,
+    pub signature: Signature,
+}
+
+impl PeerAck {
+    /// The node's answer this ack was taken from (its leaf hash is what COMMIT's
+    /// `prepared_acks` digest covers).
+    pub fn item(&self, instance: InstanceId) -> NodeItem {
+        NodeItem::Prepared { instance, states: self.states.clone(), signature: Some(self.signature) }
+    }
+    /// True iff every state carries `instance`'s lock in PREPARED (what an honest enclave
+    /// reports after locking) and `node` signed them for `instance` under `hub`. The hub
+    /// checks this before it counts the ack, the other participants before they commit.
+    pub fn is_valid(&self, hub: Address, instance: InstanceId) -> bool {
+        let locked = !self.states.is_empty()
+            && self.states.iter().all(|s| {
+                s.locks.iter().any(|l| l.instance == instance && l.phase == crate::channel::Phase::Prepared)
+            });
+        let digest = prepared_digest(hub, self.node, instance, &self.states);
+        locked && matches!(recover_signer(&digest, &self.signature), Ok(a) if a == self.node)
     }
 }
 

@@ -161,6 +161,7 @@ impl Node {
             allowed_hub_measurements: vec![HUB_MEASUREMENT],
             contracts: vec![(chain, contract)],
             max_tx_fee: Amount(ETHER / 10),
+            require_peer_acks: false,
         };
         let (enclave, blob) =
             NodeEnclave::create(SimPlatform::new([seed; 32]), config, [seed.wrapping_add(100); 32])

@@ -16,13 +16,13 @@ pub fn run(scn: &Scenario, drive: &Drive, mode: &Mode, progress: &mut Progress) 
         .map(|i| {
             let mut seed = [0u8; 32];
             seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
-            let mut e = NodeEnclave::create(SimPlatform::new(seed), node_config(scn), seed)?.0;
+            let mut e = NodeEnclave::create(SimPlatform::new(seed), node_config(scn, mode), seed)?.0;
             e.set_seal_limits(mode.seal);
             Ok::<_, teepay_enclave::EnclaveError>(e)
         })
         .collect::<Result<_, _>>()?;
     let network = fund(&mut enclaves, scn)?;
-    let mut hub = Coordinator::create(SimPlatform::new([9; 32]), hub_config(mode.auth), [8; 32])?;
+    let mut hub = Coordinator::create(SimPlatform::new([9; 32]), hub_config(mode), [8; 32])?;
     hub.set_seal_limits(mode.seal);
     let hub_quote = hub.report(ChainId(0)).attest(&crate::sim::attestation_key());
     let index: HashMap<Address, usize> = enclaves.iter().enumerate().map(|(i, e)| (e.address(), i)).collect();

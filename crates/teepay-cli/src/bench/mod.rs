@@ -73,6 +73,10 @@ pub struct BenchArgs {
     /// `both` (side by side in one run).
     #[arg(long, default_value = "incremental")]
     seal: String,
+    /// Peer acks: every node signs its PREPARED ack on its own, the hub forwards all of them
+    /// with COMMIT and every node checks them before it commits (nodes require it).
+    #[arg(long)]
+    verify_peer_acks: bool,
     /// Skip the sockets run (profiling the protocol alone).
     #[arg(long)]
     in_memory_only: bool,
@@ -108,6 +112,8 @@ pub struct BenchArgs {
 pub struct Mode {
     pub auth: RoundAuth,
     pub seal: SealLimits,
+    /// Instances ask for peer acks and nodes require them (`--verify-peer-acks`).
+    pub peer_acks: bool,
     pub name: String,
 }
 
@@ -258,24 +264,26 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-fn node_config(scn: &Scenario) -> NodeConfig {
+fn node_config(scn: &Scenario, mode: &Mode) -> NodeConfig {
     NodeConfig {
         measurement: crate::sim::NODE_MEASUREMENT,
         attestation_authority: crate::sim::attestation_key().address(),
         allowed_hub_measurements: vec![crate::sim::HUB_MEASUREMENT],
         contracts: scn.chains.iter().map(|c| (*c, CONTRACT)).collect(),
         max_tx_fee: Amount(0),
+        require_peer_acks: mode.peer_acks,
     }
 }
 
-fn hub_config(round_auth: RoundAuth) -> HubConfig {
+fn hub_config(mode: &Mode) -> HubConfig {
     HubConfig {
         measurement: crate::sim::HUB_MEASUREMENT,
         attestation_authority: crate::sim::attestation_key().address(),
         allowed_node_measurements: vec![crate::sim::NODE_MEASUREMENT],
         prepare_timeout: 30_000,
         retransmit_after: 5_000,
-        round_auth,
+        round_auth: mode.auth,
+        peer_acks: mode.peer_acks,
     }
 }
 
@@ -405,16 +413,19 @@ pub fn run(args: &BenchArgs) -> Result<std::process::ExitCode> {
         s => vec![(seal_of(s)?, s)],
     };
     let hosting = if args.processes { "processes" } else { "sockets" };
+    let peer_acks = args.verify_peer_acks;
     let modes: Vec<(Mode, &str, &str)> = seals
         .iter()
         .flat_map(|&(seal, seal_name)| {
             auths.iter().map(move |&(auth, auth_name)| {
-                let name = if seal_name == "incremental" {
-                    auth_name.to_string()
-                } else {
-                    format!("{auth_name}, {seal_name} seals")
-                };
-                (Mode { auth, seal, name }, auth_name, seal_name)
+                let mut name = auth_name.to_string();
+                if seal_name != "incremental" {
+                    name += &format!(", {seal_name} seals");
+                }
+                if peer_acks {
+                    name += ", peer acks";
+                }
+                (Mode { auth, seal, peer_acks, name }, auth_name, seal_name)
             })
         })
         .collect();
@@ -453,7 +464,8 @@ pub fn run(args: &BenchArgs) -> Result<std::process::ExitCode> {
         let mut progress = Progress::new(format!("in-memory, {name}"), !args.json);
         let mut mem = memory::run(&scn, &drive, &mode, &mut progress)?;
         let mem = mem.summary();
-        let mut entry = json!({"auth": auth_name, "seal": seal_name, "in_memory": mem});
+        let mut entry =
+            json!({"auth": auth_name, "seal": seal_name, "peer_acks": mode.peer_acks, "in_memory": mem});
         if !args.in_memory_only {
             let mut progress = Progress::new(format!("{hosting}, {name}"), !args.json);
             // A runtime per mode: shutting it down stops that run's hub and node daemons.

@@ -47,7 +47,7 @@ pub async fn setup(
     let mut enclaves: Vec<NodeEnclave<FilePlatform>> = (0..scn.nodes)
         .map(|i| -> Result<_> {
             let platform = FilePlatform::open(&dir.join(format!("n{i}")))?;
-            let mut e = NodeEnclave::create(platform, node_config(scn), teepay_link::os_entropy()?)?.0;
+            let mut e = NodeEnclave::create(platform, node_config(scn, mode), teepay_link::os_entropy()?)?.0;
             e.set_seal_limits(mode.seal);
             Ok(e)
         })
@@ -55,7 +55,7 @@ pub async fn setup(
     let network = fund(&mut enclaves, scn)?;
     let mut hub = Coordinator::create(
         FilePlatform::open(&dir.join("hub"))?,
-        hub_config(mode.auth),
+        hub_config(mode),
         teepay_link::os_entropy()?,
     )?;
     hub.set_seal_limits(mode.seal);

@@ -73,6 +73,7 @@ fn node_config(chains: &[DemoChain]) -> NodeConfig {
         allowed_hub_measurements: vec![HUB_MEASUREMENT],
         contracts: chains.iter().map(|c| (c.id, c.contract)).collect(),
         max_tx_fee: Amount(ETHER / 100),
+        require_peer_acks: false,
     }
 }
 
@@ -116,6 +117,7 @@ pub async fn start_hub(dir: &Path, chains: &[DemoChain]) -> Result<RunningHub> {
         prepare_timeout: Duration::from_secs(2),
         retransmit_after: Duration::from_millis(200),
         round_auth: Default::default(),
+        peer_acks: false,
         tick: Duration::from_millis(20),
         batch_window: Duration::ZERO,
         sync_poll: Duration::from_millis(10),
