@@ -47,7 +47,7 @@ fn deposits(rt: &tokio::runtime::Runtime) -> (EmbeddedChain, Vec<Vec<u8>>) {
     let channel = rt.block_on(async {
         let d = contract::deploy(&chain, &dev_key(0), authority.address(), &[measurement]).await.unwrap();
         for k in [&a, &b] {
-            let q = Report { measurement, enclave: k.address(), chain: CHAIN }.attest(&authority);
+            let q = Report::of(k, measurement, CHAIN).attest(&authority);
             let call = teepay_types::register_enclave_call(&q);
             send_from_key(&chain, &dev_key(0), Some(d.address), Amount(0), call).await.unwrap();
         }

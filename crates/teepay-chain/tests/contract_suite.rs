@@ -39,8 +39,7 @@ async fn register<C: Chain>(
 async fn raw_party<C: Chain>(l: &mut Ledger<'_, C>, d: &Deployment, seed: u8) -> SigningKey {
     let key = SigningKey::from_entropy([seed; 32]).expect("key");
     fund(l, key.address(), ETHER / 10).await;
-    let quote = Report { measurement: NODE_MEASUREMENT, enclave: key.address(), chain: l.chain_id }
-        .attest(&authority());
+    let quote = Report::of(&key, NODE_MEASUREMENT, l.chain_id).attest(&authority());
     register(l, d, &quote).await.expect("register raw party");
     key
 }
@@ -111,18 +110,16 @@ async fn registration<C: Chain>(l: &mut Ledger<'_, C>) {
     assert_eq!(register(l, &d, &quote).await.unwrap_err(), "AlreadyRegistered");
 
     let impostor = SigningKey::from_entropy([0x66; 32]).unwrap();
-    let other = SigningKey::from_entropy([0x67; 32]).unwrap().address();
-    let forged =
-        Report { measurement: NODE_MEASUREMENT, enclave: other, chain: l.chain_id }.attest(&impostor);
+    let other_key = SigningKey::from_entropy([0x67; 32]).unwrap();
+    let other = other_key.address();
+    let forged = Report::of(&other_key, NODE_MEASUREMENT, l.chain_id).attest(&impostor);
     assert_eq!(register(l, &d, &forged).await.unwrap_err(), "BadQuote", "quote by a non-authority");
-    let wrong_chain =
-        Report { measurement: NODE_MEASUREMENT, enclave: other, chain: ChainId(999) }.attest(&authority());
+    let wrong_chain = Report::of(&other_key, NODE_MEASUREMENT, ChainId(999)).attest(&authority());
     assert_eq!(register(l, &d, &wrong_chain).await.unwrap_err(), "BadQuote", "quote for another chain");
-    let mut mismatched =
-        Report { measurement: NODE_MEASUREMENT, enclave: other, chain: l.chain_id }.attest(&authority());
+    let mut mismatched = Report::of(&other_key, NODE_MEASUREMENT, l.chain_id).attest(&authority());
     mismatched.report.enclave = impostor.address();
     assert_eq!(register(l, &d, &mismatched).await.unwrap_err(), "BadQuote", "quote for another key");
-    let unknown = Report { measurement: [0x33; 32], enclave: other, chain: l.chain_id }.attest(&authority());
+    let unknown = Report::of(&other_key, [0x33; 32], l.chain_id).attest(&authority());
     assert_eq!(register(l, &d, &unknown).await.unwrap_err(), "MeasurementNotAllowed");
     assert_eq!(view.enclave_measurement(other).await.unwrap(), None, "nothing registered by a refused quote");
 }

@@ -32,7 +32,7 @@ async fn run(seed: u64) -> (usize, usize) {
         send_from_key(&chain, &dev_key(1), Some(p.address()), Amount(10u128.pow(18)), Vec::new())
             .await
             .unwrap();
-        let q = Report { measurement: MEASUREMENT, enclave: p.address(), chain: CHAIN }.attest(&authority);
+        let q = Report::of(p, MEASUREMENT, CHAIN).attest(&authority);
         send_from_key(&chain, &dev_key(2), Some(d.address), Amount(0), register_enclave_call(&q))
             .await
             .unwrap();

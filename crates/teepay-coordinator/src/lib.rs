@@ -54,7 +54,7 @@ pub struct HubConfig {
 pub struct HubState {
     pub config: HubConfig,
     pub nodes: BTreeSet<Address>,
-    /// Session keys shared with nodes (ECDH), each derived from the node's first signed ack.
+    /// Session keys shared with nodes (ECDH), each derived when the node's quote is admitted.
     pub sessions: BTreeMap<Address, Hash32>,
     pub instances: BTreeMap<InstanceId, HubInstance>,
     pub next_instance: u64,
@@ -266,7 +266,7 @@ impl<P: Platform> Coordinator<P> {
     }
 
     pub fn report(&self, chain: ChainId) -> Report {
-        Report { measurement: self.state.config.measurement, enclave: self.address(), chain }
+        Report::of(&self.key, self.state.config.measurement, chain)
     }
 
     /// Switches how round messages are authenticated (a host performance choice: both
@@ -300,7 +300,14 @@ impl<P: Platform> Coordinator<P> {
     fn admit(&mut self, quote: &Quote) -> Result<bool, HubError> {
         quote
             .verify(self.state.config.attestation_authority, &self.state.config.allowed_node_measurements)?;
-        let added = self.state.nodes.insert(quote.report.enclave);
+        let node = quote.report.enclave;
+        // The session key is derived here, at attestation (ECDH with the key the quote
+        // carries): batches to the node can be MAC'd from the first one.
+        if !self.state.sessions.contains_key(&node) {
+            let (_, session) = self.key.session_with(&quote.report.public_key)?;
+            self.state.sessions.insert(node, session);
+        }
+        let added = self.state.nodes.insert(node);
         if added {
             self.state.dirty = true;
         }
@@ -411,7 +418,6 @@ impl<P: Platform> Coordinator<P> {
     }
 
     /// Verifies a node's batch ack (one signature or session MAC) and applies each answer.
-    /// In MAC mode, a node's first signed ack establishes the session.
     pub fn on_ack(&mut self, now: u64, signed: &SignedNodeAck) -> Result<AckResult, HubError> {
         let result = self.ack(now, signed)?;
         self.log(tag::ACK, &(now, signed));
@@ -435,19 +441,7 @@ impl<P: Platform> Coordinator<P> {
         });
         match signed.auth {
             Auth::Signature(signature) => {
-                let wants_session = self.state.config.round_auth == RoundAuth::SessionMacs
-                    && !self.state.sessions.contains_key(&node);
-                if wants_session {
-                    let (signer, session) = self
-                        .key
-                        .session_with(&digest, &signature)
-                        .map_err(|_| HubError::BadSignature(node))?;
-                    if signer != node {
-                        return Err(HubError::BadSignature(node));
-                    }
-                    self.state.sessions.insert(node, session);
-                    self.state.dirty = true;
-                } else if !verify_signer(&digest, &signature, node) {
+                if !verify_signer(&digest, &signature, node) {
                     return Err(HubError::BadSignature(node));
                 }
             }
@@ -761,7 +755,12 @@ mod log_encoding_tests {
         .unwrap();
         let node = Address([7; 20]);
         let quote = Quote {
-            report: Report { measurement: [3; 32], enclave: node, chain: ChainId(1) },
+            report: Report {
+                measurement: [3; 32],
+                enclave: node,
+                chain: ChainId(1),
+                public_key: teepay_types::PublicKeyBytes([2; 33]),
+            },
             signature: Signature([4; 65]),
         };
         let ack =

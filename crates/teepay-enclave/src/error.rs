@@ -9,7 +9,7 @@ pub enum EnclaveError {
     HubNotAttested,
     #[error("batch is not authenticated by the attested hub")]
     BadHubSignature,
-    #[error("batch carries a session MAC, but this enclave has no session with the hub yet")]
+    #[error("batch carries a session MAC, but this enclave has no session with the hub (no hub attested)")]
     NoHubSession,
     #[error("batch is addressed to another node")]
     WrongRecipient,

@@ -397,11 +397,7 @@ impl<P: Platform> NodeEnclave<P> {
     fn apply(&mut self, now: u64, request: Request) -> Result<Output, EnclaveError> {
         match request {
             Request::Report { chain } => Ok(Output {
-                response: Response::Report(Report {
-                    measurement: self.state.config.measurement,
-                    enclave: self.address(),
-                    chain,
-                }),
+                response: Response::Report(Report::of(&self.key, self.state.config.measurement, chain)),
                 sealed: None,
             }),
             Request::AttestHub { quote } => {
@@ -409,11 +405,14 @@ impl<P: Platform> NodeEnclave<P> {
                     self.state.config.attestation_authority,
                     &self.state.config.allowed_hub_measurements,
                 )?;
+                // The session key with the hub is derived here, at attestation (ECDH with the
+                // key the quote carries), so round messages can be MAC'd from the first one.
+                let (_, session) = self.key.session_with(&quote.report.public_key)?;
                 if self.state.hub != Some(quote.report.enclave) {
                     self.state.hub = Some(quote.report.enclave);
-                    self.state.hub_session = None;
                     self.state.hub_uses_session = false;
                 }
+                self.state.hub_session = Some(session);
                 Ok(self.changed(Response::Done))
             }
             Request::AddChannel(new) => self.add_channel(new),
@@ -701,8 +700,6 @@ impl<P: Platform> NodeEnclave<P> {
         if signed.batch.node != me {
             return Err(EnclaveError::WrongRecipient);
         }
-        // A signed batch from a hub this enclave has no session with yet establishes one
-        // (sealed with this batch's effects, before the ack leaves); a MAC'd batch needs it.
         // Each item's leaf hash is kept: a PREPARE's identifies the spec this node acks.
         let mut leaves = Vec::with_capacity(signed.batch.items.len());
         let digest = signed.batch.digest_with(|item| {
@@ -713,23 +710,8 @@ impl<P: Platform> NodeEnclave<P> {
         let mut dirty = false;
         let answer_with_mac = match signed.auth {
             Auth::Signature(signature) => {
-                if signed.batch.hub != hub {
+                if signed.batch.hub != hub || !verify_signer(&digest, &signature, hub) {
                     return Err(EnclaveError::BadHubSignature);
-                }
-                if self.state.hub_session.is_some() {
-                    if !verify_signer(&digest, &signature, hub) {
-                        return Err(EnclaveError::BadHubSignature);
-                    }
-                } else {
-                    let (signer, session) = self
-                        .key
-                        .session_with(&digest, &signature)
-                        .map_err(|_| EnclaveError::BadHubSignature)?;
-                    if signer != hub {
-                        return Err(EnclaveError::BadHubSignature);
-                    }
-                    self.state.hub_session = Some(session);
-                    dirty = true;
                 }
                 false
             }

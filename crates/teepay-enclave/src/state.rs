@@ -182,8 +182,8 @@ impl NodeConfig {
 pub struct NodeState {
     pub config: NodeConfig,
     pub hub: Option<Address>,
-    /// The session key shared with the hub (ECDH, derived from the first signed batch);
-    /// later batches may carry a MAC under it instead of a signature.
+    /// The session key shared with the hub (ECDH, derived when the hub's quote is attested);
+    /// batches may carry a MAC under it instead of a signature.
     pub hub_session: Option<Hash32>,
     /// The hub has sent a batch MAC'd under `hub_session`, so its durable state holds the
     /// session too (it seals before it sends): payment orders can then be MAC'd for it

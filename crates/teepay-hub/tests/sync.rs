@@ -32,9 +32,7 @@ async fn setup<C: Chain>(chain: &C, seed: u8) -> Setup {
         send_from_key(chain, &dev_key(1), Some(k.address()), Amount(10u128.pow(17)), Vec::new())
             .await
             .unwrap();
-        let q =
-            Report { measurement: MEASUREMENT, enclave: k.address(), chain: chain.chain_id().await.unwrap() }
-                .attest(&authority);
+        let q = Report::of(k, MEASUREMENT, chain.chain_id().await.unwrap()).attest(&authority);
         send_from_key(chain, &dev_key(2), Some(d.address), Amount(0), register_enclave_call(&q))
             .await
             .unwrap();

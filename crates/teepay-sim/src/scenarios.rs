@@ -31,7 +31,8 @@ pub fn three_hop_with_peer_acks() -> World {
     three_hop_in(World::with_peer_acks(3))
 }
 
-fn three_hop_in(mut w: World) -> World {
+/// [`three_hop`]'s nodes, channels and payment in `w` (a world configured beforehand).
+pub fn three_hop_in(mut w: World) -> World {
     let [p, i1, i2, r] = ["payer", "hop1", "hop2", "payee"].map(|n| w.add_node(n));
     w.open_channel(CHAIN_1, p, i1, 100, 100, fee(0, 0), fee(1, 0));
     w.open_channel(CHAIN_1, i1, i2, 100, 100, fee(1, 0), fee(1, 0));

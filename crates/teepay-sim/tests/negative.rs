@@ -47,12 +47,10 @@ fn unattested_hub_key_is_refused() {
         EnclaveError::BadHubSignature
     );
     // A quote not signed by the attestation authority, or for an unknown measurement.
-    let fake =
-        Report { measurement: HUB_MEASUREMENT, enclave: rogue.address(), chain: ChainId(0) }.attest(&rogue);
+    let fake = Report::of(&rogue, HUB_MEASUREMENT, ChainId(0)).attest(&rogue);
     let err = f.w.nodes[node].enclave.handle(0, Request::AttestHub { quote: fake }).unwrap_err();
     assert_eq!(err, EnclaveError::Quote(teepay_types::QuoteError::BadAuthoritySignature));
-    let wrong =
-        Report { measurement: [0; 32], enclave: rogue.address(), chain: ChainId(0) }.attest(&f.w.authority);
+    let wrong = Report::of(&rogue, [0; 32], ChainId(0)).attest(&f.w.authority);
     let err = f.w.nodes[node].enclave.handle(0, Request::AttestHub { quote: wrong }).unwrap_err();
     assert_eq!(err, EnclaveError::Quote(teepay_types::QuoteError::UnknownMeasurement));
     assert_eq!(f.state(node), before);
@@ -165,8 +163,7 @@ fn wrong_path_membership_is_refused() {
     let spec = f.spec(10, f.leg(10), order);
     // Sent to a node that is not on the route: a fifth node with no channel in it.
     let outsider = f.w.add_node("outsider");
-    let quote = Report { measurement: HUB_MEASUREMENT, enclave: f.hub.address(), chain: ChainId(0) }
-        .attest(&f.w.authority);
+    let quote = Report::of(&f.hub, HUB_MEASUREMENT, ChainId(0)).attest(&f.w.authority);
     f.w.node_request(outsider, Request::AttestHub { quote });
     f.refused(outsider, HubItem::Prepare(spec), EnclaveError::Refused(NackReason::NotAParticipant));
     // A hop naming a channel the node has, but with the wrong peer.
@@ -407,35 +404,23 @@ fn malformed_wire_bytes_are_refused() {
     assert!(matches!(decode::<SignedHubBatch>(&bad_tag), Err(DecodeError::Malformed(_))));
 }
 
-/// Session MACs (DESIGN §6 fast path): a MAC before any session, a MAC under another key,
-/// and a MAC'd ack the hub has no session for are all refused without a state change; a
-/// signed batch establishes the session and is answered with a signature, a MAC'd one with
-/// a MAC under the same key.
+/// Session MACs (DESIGN §6 fast path): the session key is derived at attestation, from the
+/// public key the hub's quote carries, and equals the hub's side; a MAC under another key is
+/// refused without a state change; a MAC'd batch (even the first) is answered with a MAC, a
+/// signed one with a signature; a quote whose key is not its address's is refused.
 #[test]
-fn session_macs_need_a_session_and_the_right_key() {
+fn sessions_are_derived_at_attestation_and_macs_need_the_right_key() {
     let mut f = fixture();
     let node = f.nodes[1];
     let me = f.w.address(node);
     let hub_addr = f.hub.address();
     let batch = |items| HubBatch { hub: hub_addr, node: me, items };
-    let before = f.state(node);
-    let no_session = batch(vec![]).mac(&[9; 32]);
-    let err = f.w.nodes[node].enclave.handle(0, Request::HubBatch(no_session)).unwrap_err();
-    assert_eq!(err, EnclaveError::NoHubSession);
-    assert_eq!(f.state(node), before);
-
-    // The first signed batch derives the session (ECDH with the hub key) and is signed back.
-    let out = f.w.nodes[node].enclave.handle(0, Request::HubBatch(batch(vec![]).sign(&f.hub))).unwrap();
-    assert!(out.sealed.is_some(), "the session is sealed before anything leaves");
-    let session = f.state(node).hub_session.expect("session established");
-    // The hub derives the same key from any signature of the node's (here a link handshake).
-    let transcript = teepay_types::keccak256(b"probe");
-    let role = teepay_types::LinkRole::Initiator;
-    let Response::Signature(sig) = f.w.node_request(node, Request::SignLink { transcript, role }) else {
+    let session = f.state(node).hub_session.expect("derived when the hub was attested");
+    let Response::Report(report) = f.w.node_request(node, Request::Report { chain: ChainId(0) }) else {
         panic!()
     };
-    let (_, hub_side) = f.hub.session_with(&teepay_types::link_digest(&transcript, role), &sig).unwrap();
-    assert_eq!(session, hub_side, "both ends derive the same key");
+    let (peer, hub_side) = f.hub.session_with(&report.public_key).unwrap();
+    assert_eq!((peer, hub_side), (me, session), "both ends derive the same key from the quotes");
 
     let before = f.state(node);
     let wrong_key = batch(vec![HubItem::Refund { instance: InstanceId([1; 32]) }]).mac(&[9; 32]);
@@ -443,7 +428,9 @@ fn session_macs_need_a_session_and_the_right_key() {
     assert_eq!(err, EnclaveError::BadHubSignature);
     assert_eq!(f.state(node), before);
 
-    // A MAC'd batch under the session is accepted and answered with a MAC.
+    // The very first batch may be MAC'd: it is accepted and answered with a MAC.
+    let out = f.w.nodes[node].enclave.handle(0, Request::HubBatch(batch(vec![]).mac(&session))).unwrap();
+    assert!(out.sealed.is_some(), "the hub's use of the session is sealed before anything leaves");
     let spec = f.run_to(3, false, false);
     let out = f.w.nodes[node]
         .enclave
@@ -452,24 +439,40 @@ fn session_macs_need_a_session_and_the_right_key() {
     let Response::Batch(result) = out.response else { panic!() };
     let ack = result.ack.expect("answered");
     assert_eq!(ack.auth, teepay_types::Auth::Mac(teepay_types::session_mac(&session, &ack.ack.digest())));
+    // A signed batch is answered with a signature.
+    let out = f.w.nodes[node]
+        .enclave
+        .handle(0, Request::HubBatch(batch(vec![HubItem::Refund { instance: spec.id }]).sign(&f.hub)))
+        .unwrap();
+    let Response::Batch(result) = out.response else { panic!() };
+    assert!(result.ack.expect("answered").is_signed_by(me));
+
+    // A quote whose public key belongs to another key than its address.
+    let other = SigningKey::from_entropy([0x55; 32]).unwrap();
+    let mut report = Report::of(&f.hub, HUB_MEASUREMENT, ChainId(0));
+    report.public_key = other.public_key();
+    let before = f.state(node);
+    let err = f.w.nodes[node].enclave.handle(0, Request::AttestHub { quote: report.attest(&f.w.authority) });
+    assert_eq!(err.unwrap_err(), EnclaveError::Quote(teepay_types::QuoteError::KeyMismatch));
+    assert_eq!(f.state(node), before);
 }
 
-/// The hub's side: a MAC'd ack without a session is refused unchanged; a node's first
-/// signed ack establishes the session and later batches to it are MAC'd; in signature mode
-/// every batch stays signed and no session is kept.
+/// The hub's side: every node's session exists from its registration, so even round one is
+/// MAC'd and answered with a MAC; a MAC under another key is refused unchanged; in signature
+/// mode every batch is signed.
 fn first_ack_then_refund_batch(
     mode: teepay_types::RoundAuth,
 ) -> (teepay_sim::World, teepay_types::SignedHubBatch) {
     let mut w = teepay_sim::scenarios::three_hop();
-    w.hub.coordinator.set_round_auth(mode);
     let teepay_sim::Envelope::ToNode { batch: first, .. } = w.network[0].clone() else { panic!() };
-    assert!(matches!(first.auth, teepay_types::Auth::Signature(_)), "round one is signed");
+    assert!(matches!(first.auth, teepay_types::Auth::Mac(_)), "round one is MAC'd");
+    w.hub.coordinator.set_round_auth(mode);
     w.apply(&teepay_sim::Action::Deliver(0)).unwrap();
     let teepay_sim::Envelope::ToHub(ack) = w.network.last().unwrap().clone() else { panic!() };
-    assert!(matches!(ack.auth, teepay_types::Auth::Signature(_)), "a signature answers a signature");
+    assert!(matches!(ack.auth, teepay_types::Auth::Mac(_)), "a MAC answers a MAC");
     let before = w.hub.coordinator.inspect().clone();
     let forged = ack.ack.clone().mac(&[5; 32]);
-    assert_eq!(w.hub.coordinator.on_ack(w.now, &forged).unwrap_err(), HubError::NoSession(ack.ack.node));
+    assert_eq!(w.hub.coordinator.on_ack(w.now, &forged).unwrap_err(), HubError::BadSignature(ack.ack.node));
     assert_eq!(*w.hub.coordinator.inspect(), before);
     w.hub.coordinator.on_ack(w.now, &ack).unwrap();
     // Past the PREPARE timeout: a REFUND goes to every participant.
@@ -482,12 +485,11 @@ fn first_ack_then_refund_batch(
 }
 
 #[test]
-fn hub_macs_only_after_a_signed_ack_and_never_in_signature_mode() {
+fn hub_macs_from_registration_and_never_in_signature_mode() {
     let (w, next) = first_ack_then_refund_batch(teepay_types::RoundAuth::SessionMacs);
     assert!(w.hub.coordinator.inspect().sessions.contains_key(&next.batch.node));
     assert!(matches!(next.auth, teepay_types::Auth::Mac(_)));
     let (w, next) = first_ack_then_refund_batch(teepay_types::RoundAuth::Signatures);
-    assert!(w.hub.coordinator.inspect().sessions.is_empty());
     assert!(next.is_signed_by(w.hub.coordinator.address()));
 }
 
@@ -543,8 +545,9 @@ fn payment_orders_are_macd_once_the_hub_uses_the_session() {
 /// A hub that signs every round never shows the session in use: orders stay signed.
 #[test]
 fn payment_orders_stay_signed_with_a_signing_hub() {
-    let mut w = teepay_sim::scenarios::three_hop();
+    let mut w = World::new(3);
     w.hub.coordinator.set_round_auth(teepay_types::RoundAuth::Signatures);
+    let mut w = teepay_sim::scenarios::three_hop_in(w);
     w.drain().unwrap();
     assert!(!w.nodes[0].enclave.inspect().hub_uses_session);
     assert!(next_order(&mut w).is_signed());

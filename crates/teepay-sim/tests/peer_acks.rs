@@ -117,8 +117,7 @@ fn without_peer_acks_nothing_is_signed_and_a_node_that_requires_them_nacks() {
 /// A node the test holds the key of, attested and registered with the world's hub.
 fn test_node(w: &mut World, seed: u8) -> SigningKey {
     let key = SigningKey::from_entropy([seed; 32]).unwrap();
-    let quote = Report { measurement: NODE_MEASUREMENT, enclave: key.address(), chain: ChainId(0) }
-        .attest(&w.authority);
+    let quote = Report::of(&key, NODE_MEASUREMENT, ChainId(0)).attest(&w.authority);
     w.hub.coordinator.register_node(&quote).unwrap();
     key
 }

@@ -41,6 +41,8 @@ pub enum CryptoError {
     MalformedSignature,
     #[error("signature does not recover to a public key")]
     Unrecoverable,
+    #[error("malformed public key (not a compressed secp256k1 point)")]
+    MalformedPublicKey,
 }
 
 /// A secp256k1 signing key. Only ever constructed inside an enclave; deliberately not
@@ -84,22 +86,44 @@ impl SigningKey {
 }
 
 impl SigningKey {
-    /// Checks `signature` over `digest` and derives the session key shared with its signer:
-    /// ECDH between this key and the signer's recovered public key (static-static, so both
-    /// enclaves derive the same key whenever they meet, and nothing about it needs sealing
-    /// beyond a cache). Returns the signer's address with the key; the caller checks that the
-    /// address is the peer it expects.
-    pub fn session_with(
-        &self,
-        digest: &Hash32,
-        signature: &Signature,
-    ) -> Result<(Address, Hash32), CryptoError> {
-        let public = recover_public(digest, signature)?;
+    /// This key's public half, compressed: what an attestation report carries.
+    pub fn public_key(&self) -> PublicKeyBytes {
+        PublicKeyBytes(PublicKey::from_secret_key(&self.secret).serialize())
+    }
+
+    /// The session key shared with the holder of `peer`: ECDH between the two static keys
+    /// (so both enclaves derive the same key whenever they meet, at attestation, and nothing
+    /// about it needs sealing beyond a cache). Returns the peer's address with the key; the
+    /// caller checks that the address is the enclave it attested.
+    pub fn session_with(&self, peer: &PublicKeyBytes) -> Result<(Address, Hash32), CryptoError> {
+        let public = peer.parse()?;
         let shared = secp256k1::ecdh::SharedSecret::new(&public, &self.secret);
         let mut ends = [self.address, address_of(&public)];
         ends.sort();
         let key = keccak256_parts(&[b"teepay/session/v1", shared.as_secret_bytes(), &ends[0].0, &ends[1].0]);
         Ok((address_of(&public), key))
+    }
+}
+
+/// A compressed secp256k1 public key (33 bytes). An attestation report carries its enclave's,
+/// so the two enclaves a pair of quotes introduces derive their session key at attestation.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize)]
+pub struct PublicKeyBytes(pub [u8; 33]);
+
+impl fmt::Debug for PublicKeyBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey:{}", &crate::ids::to_hex(&self.0)[..10])
+    }
+}
+
+impl PublicKeyBytes {
+    fn parse(&self) -> Result<PublicKey, CryptoError> {
+        PublicKey::from_slice(&self.0).map_err(|_| CryptoError::MalformedPublicKey)
+    }
+
+    /// The Ethereum address of this key.
+    pub fn address(&self) -> Result<Address, CryptoError> {
+        self.parse().map(|p| address_of(&p))
     }
 }
 
@@ -186,16 +210,20 @@ mod tests {
             SigningKey::from_entropy([3; 32]).unwrap(),
         );
         let d = keccak256(b"x");
-        let (from_b, at_a) = a.session_with(&d, &b.sign_digest(&d)).unwrap();
-        let (from_a, at_b) = b.session_with(&d, &a.sign_digest(&d)).unwrap();
+        let (from_b, at_a) = a.session_with(&b.public_key()).unwrap();
+        let (from_a, at_b) = b.session_with(&a.public_key()).unwrap();
         assert_eq!((from_b, from_a), (b.address(), a.address()));
+        assert_eq!(b.public_key().address(), Ok(b.address()));
         assert_eq!(at_a, at_b);
-        let (_, a_with_c) = a.session_with(&d, &c.sign_digest(&d)).unwrap();
+        let (_, a_with_c) = a.session_with(&c.public_key()).unwrap();
         assert_ne!(a_with_c, at_a);
         let tag = session_mac(&at_a, &d);
         assert!(macs_equal(&tag, &session_mac(&at_b, &d)));
         assert!(!macs_equal(&tag, &session_mac(&a_with_c, &d)));
         assert!(!macs_equal(&tag, &session_mac(&at_a, &keccak256(b"y"))));
+        let mut bad = b.public_key();
+        bad.0[0] = 5;
+        assert_eq!(a.session_with(&bad), Err(CryptoError::MalformedPublicKey));
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! the node answers with one batch of items under one authenticator (DESIGN §6 "Batching").
 
 use crate::channel::{ChannelState, Outcome};
-use crate::crypto::{Signature, SigningKey, keccak256, keccak256_parts, recover_signer, session_mac};
+use crate::crypto::{
+    PublicKeyBytes, Signature, SigningKey, keccak256, keccak256_parts, recover_signer, session_mac,
+};
 use crate::encoding::body_bytes;
 use crate::ids::{Address, ChainId, Hash32, InstanceId};
 use crate::instance::InstanceSpec;
@@ -156,8 +158,8 @@ pub struct HubBatch {
 
 /// How a batch (or a payment order) is authenticated: an ECDSA signature anyone can verify,
 /// or a MAC under the session key its two enclaves share (DESIGN §6 fast path: ~100x
-/// cheaper, but only the two ends can check it). The first exchange between two enclaves is
-/// always signed; it is what establishes the session.
+/// cheaper, but only the two ends can check it). The session key is derived at attestation
+/// (ECDH between the keys the two quotes carry), so even the first exchange can be MAC'd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize)]
 pub enum Auth {
     Signature(Signature),
@@ -321,6 +323,11 @@ pub struct Report {
     pub measurement: Hash32,
     pub enclave: Address,
     pub chain: ChainId,
+    /// The enclave's public key, whose address must be `enclave` (so the authority's
+    /// signature over the address covers it too): the enclaves a hub's and a node's quotes
+    /// introduce derive their session key from it at attestation, before any message. The
+    /// contract ignores it.
+    pub public_key: PublicKeyBytes,
 }
 
 /// A report signed by the attestation authority (a dev key in simulation mode).
@@ -336,9 +343,15 @@ pub enum QuoteError {
     BadAuthoritySignature,
     #[error("enclave measurement is not allowed")]
     UnknownMeasurement,
+    #[error("the report's public key is not the key of its enclave address")]
+    KeyMismatch,
 }
 
 impl Report {
+    /// The report of the enclave holding `key`.
+    pub fn of(key: &SigningKey, measurement: Hash32, chain: ChainId) -> Self {
+        Report { measurement, enclave: key.address(), chain, public_key: key.public_key() }
+    }
     /// `keccak256(abi.encode(keccak256("teepay/quote/v1"), measurement, enclave, chainId))`:
     /// the digest `PaymentChannels.registerEnclave` recovers the authority from.
     pub fn digest(&self) -> Hash32 {
@@ -364,6 +377,9 @@ impl Quote {
         }
         if !allowed_measurements.contains(&self.report.measurement) {
             return Err(QuoteError::UnknownMeasurement);
+        }
+        if self.report.public_key.address() != Ok(self.report.enclave) {
+            return Err(QuoteError::KeyMismatch);
         }
         Ok(())
     }

@@ -81,7 +81,7 @@ pub struct BenchArgs {
     #[arg(long)]
     in_memory_only: bool,
     /// Measure from each node's first contact with the hub: no untimed warm-up jobs (a
-    /// node's first exchange is signed, and its first orders too).
+    /// node's first payment orders are signed).
     #[arg(long)]
     cold: bool,
     /// Run every node daemon in its own OS process (driven through its gRPC API) instead

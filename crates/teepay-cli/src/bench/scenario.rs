@@ -64,10 +64,11 @@ pub struct Scenario {
 
 impl Scenario {
     /// Untimed jobs run before the measured ones: enough of the first `measured` jobs that
-    /// every node taking part in one of them has finished one. A node's first exchange with the
-    /// hub is signed and establishes their session; once the hub has MAC'd a batch to it,
-    /// its round messages and payment orders are MAC'd. A long-lived node pays that once per
-    /// hub, so the measured run is the steady state (the output says so).
+    /// every node taking part in one of them has finished one. Round messages are MAC'd from
+    /// the first (the session key is derived at attestation), but a node signs its payment
+    /// orders until the hub has MAC'd a batch to it (proof the hub holds the session); a
+    /// long-lived node pays that once per hub, so the measured run is the steady state (the
+    /// output says so).
     pub fn warm_up(&self, measured: usize) -> Vec<Job> {
         let mut seen = std::collections::HashSet::new();
         self.jobs

@@ -39,8 +39,7 @@ fn fixture_in(mut w: World) -> Fixture {
     w.open_channel(CHAIN_1, i1, i2, 100, 100, fee, fee);
     w.open_channel(CHAIN_1, i2, r, 100, 100, fee, FeePolicy::default());
     let hub = SigningKey::from_entropy([0x77; 32]).unwrap();
-    let quote = Report { measurement: HUB_MEASUREMENT, enclave: hub.address(), chain: ChainId(0) }
-        .attest(&w.authority);
+    let quote = Report::of(&hub, HUB_MEASUREMENT, ChainId(0)).attest(&w.authority);
     for n in nodes {
         w.node_request(n, Request::AttestHub { quote: quote.clone() });
     }
@@ -94,8 +93,8 @@ impl Fixture {
 
     /// Asserts one item is refused with `expected`, and the node's state is unchanged.
     pub fn refused(&mut self, node: usize, item: HubItem, expected: EnclaveError) {
-        // The first signed batch a node sees establishes its session with the hub (a state
-        // change of its own): do that first, so what is compared is the item's effect.
+        // The first batch a node sees from the hub may change its state on its own (the hub's
+        // use of the session): do that first, so what is compared is the item's effect.
         self.send(node, vec![]).expect("authentic empty batch");
         let before = self.state(node);
         let result = self.send(node, vec![item.clone()]).expect("batch itself is authentic");
