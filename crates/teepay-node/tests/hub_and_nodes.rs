@@ -21,14 +21,14 @@ fn authority() -> SigningKey {
     SigningKey::from_entropy([0xaa; 32]).unwrap()
 }
 
-fn node_config() -> NodeConfig {
+fn node_config(require_peer_acks: bool) -> NodeConfig {
     NodeConfig {
         measurement: [1; 32],
         attestation_authority: authority().address(),
         allowed_hub_measurements: vec![[2; 32]],
         contracts: vec![(C1, CONTRACT)],
         max_tx_fee: Amount(1),
-        require_peer_acks: false,
+        require_peer_acks,
     }
 }
 
@@ -58,6 +58,11 @@ fn settings(
 
 /// A line of `n` nodes with channels i → i+1 (100 each side, no fees).
 async fn setup(name: &str, n: usize) -> Setup {
+    setup_with(name, n, false).await
+}
+
+/// [`setup`], with peer acks asked for by the hub and required by every node if `peer_acks`.
+async fn setup_with(name: &str, n: usize, peer_acks: bool) -> Setup {
     let dir = std::env::temp_dir().join(format!("teepay-node-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -69,7 +74,7 @@ async fn setup(name: &str, n: usize) -> Setup {
         prepare_timeout: 1_000,
         retransmit_after: 200,
         round_auth: teepay_types::RoundAuth::default(),
-        peer_acks: false,
+        peer_acks,
     };
     let hub = Coordinator::create(SimPlatform::new([5; 32]), hub_config, [6; 32]).unwrap();
     let hub_quote = hub.report(ChainId(0)).attest(&authority());
@@ -77,7 +82,7 @@ async fn setup(name: &str, n: usize) -> Setup {
     let mut enclaves: Vec<NodeEnclave<FilePlatform>> = (0..n)
         .map(|i| {
             let platform = FilePlatform::open(&dir.join(format!("node{i}"))).unwrap();
-            NodeEnclave::create(platform, node_config(), [i as u8 + 60; 32]).unwrap().0
+            NodeEnclave::create(platform, node_config(peer_acks), [i as u8 + 60; 32]).unwrap().0
         })
         .collect();
     let mut network = Network::new();
@@ -184,6 +189,26 @@ async fn pay_when_connected(
     panic!("node never connected")
 }
 
+/// With peer acks the services carry every PREPARED ack to every participant in COMMIT
+/// (nodes that require them would NACK anything else), and payments still complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_with_peer_acks_run_over_real_sockets() {
+    let s = setup_with("peer-acks", 4, true).await;
+    let payee = s.nodes[3].address;
+    let id = pay_when_connected(&s.nodes[0], payee, 10).await.unwrap();
+    assert_eq!(wait_for(&s.nodes[0], id, |st| *st != WireStatus::InFlight).await, WireStatus::Succeeded);
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(s.nodes[0].pay(C1, payee, Amount(2), Amount(0)).await.unwrap());
+    }
+    for id in &ids {
+        assert_eq!(wait_for(&s.nodes[0], *id, |st| *st != WireStatus::InFlight).await, WireStatus::Succeeded);
+    }
+    assert_eq!(balance(&s.nodes[0], s.channels[0]).await, (80, 120));
+    assert_eq!(balance(&s.nodes[3], s.channels[2]).await, (120, 80));
+    cleanup(s);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payments_run_over_real_sockets() {
     let s = setup("pay", 4).await;
@@ -249,7 +274,7 @@ async fn a_silent_node_means_a_refund_and_a_restarted_node_resumes() {
 async fn a_node_without_a_valid_quote_is_not_admitted() {
     let s = setup("unadmitted", 2).await;
     let platform = FilePlatform::open(&s.dir.join("intruder")).unwrap();
-    let mut enclave = NodeEnclave::create(platform, node_config(), [99; 32]).unwrap().0;
+    let mut enclave = NodeEnclave::create(platform, node_config(false), [99; 32]).unwrap().0;
     let Response::Report(report) = enclave.handle(0, Request::Report { chain: ChainId(0) }).unwrap().response
     else {
         panic!()
