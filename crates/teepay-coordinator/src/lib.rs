@@ -42,7 +42,8 @@ pub struct HubConfig {
     pub prepare_timeout: u64,
     /// Resend the current round message to silent nodes after this long.
     pub retransmit_after: u64,
-    /// Session MACs once a node has answered a signed batch, or a signature on every batch.
+    /// Session MACs (the session is derived when a node is admitted), or a signature on
+    /// every batch.
     pub round_auth: RoundAuth,
     /// New instances ask for peer acks (`--verify-peer-acks`): each node signs its PREPARED
     /// ack on its own and COMMIT forwards all of them, so nodes need not trust this enclave

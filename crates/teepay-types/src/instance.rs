@@ -161,8 +161,9 @@ pub struct InstanceSpec {
     pub deadline: u64,
     /// Every participant signs its PREPARED ack on its own and COMMIT carries all of them,
     /// so a node commits only on evidence that every other participant locked, not on the
-    /// hub enclave's word alone (`--verify-peer-acks`; one ECDSA signature per participant
-    /// and one recovery per participant per participant).
+    /// hub enclave's word alone (`--verify-peer-acks`; costs one ECDSA signature per
+    /// participant, and one recovery per participant at the hub and per other participant at
+    /// each node).
     pub peer_acks: bool,
 }
 
