@@ -83,7 +83,10 @@ impl NodeState {
                 channel.version += 1;
             }
         }
-        self.instances.get_mut(&instance).expect("checked above").status = InstanceStatus::Committed;
+        let record = self.instances.get_mut(&instance).expect("checked above");
+        record.status = InstanceStatus::Committed;
+        // The peer list served only to check COMMIT's acks: not kept in the sealed state.
+        record.peers = Vec::new();
         Ok((NodeItem::Committed { instance }, true))
     }
 
