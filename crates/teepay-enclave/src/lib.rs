@@ -735,10 +735,11 @@ impl<P: Platform> NodeEnclave<P> {
                     .state
                     .on_prepare(me, spec, *leaf, now)
                     .map(|(answer, changed)| (self.sign_for_peers(hub, spec, answer), changed)),
-                HubItem::Commit { instance, prepared_acks, peer_acks } => self
-                    .state
-                    .check_peer_acks(me, hub, *instance, prepared_acks, peer_acks)
-                    .and_then(|()| self.state.on_commit(*instance)),
+                HubItem::Commit { instance, prepared_acks, peer_acks } => {
+                    self.state.on_commit(*instance, |r| {
+                        peer_acks::check(r, me, hub, *instance, prepared_acks, peer_acks)
+                    })
+                }
                 HubItem::Confirm { instance } => self.state.on_confirm(*instance),
                 HubItem::Refund { instance } => self.state.on_refund(*instance),
                 HubItem::Resolve { instance, outcome } => self.state.on_resolve(*instance, *outcome),

@@ -4,44 +4,38 @@
 //! enclave is compromised).
 
 use crate::error::EnclaveError;
-use crate::state::{InstanceStatus, NodeState};
+use crate::state::InstanceRecord;
 use teepay_types::{Address, Hash32, InstanceId, PeerAck, leaf_hash, prepared_acks_digest};
 
-impl NodeState {
-    /// Checks the acks a COMMIT forwards. Nothing to check for an instance that did not ask
-    /// for them, or one already committed (a retransmitted COMMIT gets the same answer);
-    /// an unknown instance is left for `on_commit` to report.
-    pub(crate) fn check_peer_acks(
-        &self,
-        me: Address,
-        hub: Address,
-        instance: InstanceId,
-        prepared_acks: &Hash32,
-        acks: &[PeerAck],
-    ) -> Result<(), EnclaveError> {
-        let Some(record) = self.instances.get(&instance) else { return Ok(()) };
-        if record.peers.is_empty() || record.status != InstanceStatus::Prepared {
-            return Ok(());
-        }
-        for (i, peer) in record.peers.iter().enumerate() {
-            let ack = acks
-                .get(i)
-                .filter(|a| a.node == *peer)
-                .ok_or(EnclaveError::MissingPeerAck(instance, *peer))?;
-            // Our own ack needs no check: only we could have signed it, and it proves
-            // nothing to us. Every other one must show this instance's lock, signed.
-            if *peer == me {
-                continue;
-            }
-            if !ack.is_valid(hub, instance) {
-                return Err(EnclaveError::ForgedPeerAck(instance, *peer));
-            }
-        }
-        // The acks must be the very ones COMMIT's digest covers (and no others).
-        let leaves: Vec<Hash32> = acks.iter().map(|a| leaf_hash(&a.item(instance))).collect();
-        if acks.len() != record.peers.len() || prepared_acks_digest(&leaves) != *prepared_acks {
-            return Err(EnclaveError::PeerAcksMismatch(instance));
-        }
-        Ok(())
+/// Checks the acks a COMMIT forwards for the PREPARED instance `record`. Nothing to check
+/// for an instance that did not ask for them.
+pub(crate) fn check(
+    record: &InstanceRecord,
+    me: Address,
+    hub: Address,
+    instance: InstanceId,
+    prepared_acks: &Hash32,
+    acks: &[PeerAck],
+) -> Result<(), EnclaveError> {
+    if record.peers.is_empty() {
+        return Ok(());
     }
+    for (i, peer) in record.peers.iter().enumerate() {
+        let ack =
+            acks.get(i).filter(|a| a.node == *peer).ok_or(EnclaveError::MissingPeerAck(instance, *peer))?;
+        // Our own ack needs no check: only we could have signed it, and it proves
+        // nothing to us. Every other one must show this instance's lock, signed.
+        if *peer == me {
+            continue;
+        }
+        if !ack.is_valid(hub, instance) {
+            return Err(EnclaveError::ForgedPeerAck(instance, *peer));
+        }
+    }
+    // The acks must be the very ones COMMIT's digest covers (and no others).
+    let leaves: Vec<Hash32> = acks.iter().map(|a| leaf_hash(&a.item(instance))).collect();
+    if acks.len() != record.peers.len() || prepared_acks_digest(&leaves) != *prepared_acks {
+        return Err(EnclaveError::PeerAcksMismatch(instance));
+    }
+    Ok(())
 }

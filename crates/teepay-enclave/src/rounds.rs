@@ -65,8 +65,14 @@ impl NodeState {
         NodeItem::Prepared { instance, states, signature: None }
     }
 
-    pub(crate) fn on_commit(&mut self, instance: InstanceId) -> ItemResult {
-        let record = self.instances.get(&instance).ok_or(EnclaveError::UnknownInstance(instance))?;
+    /// `check` vets the COMMIT against the record of a PREPARED instance before anything
+    /// changes (the peer acks it forwards); a retransmitted COMMIT gets the same answer.
+    pub(crate) fn on_commit(
+        &mut self,
+        instance: InstanceId,
+        check: impl FnOnce(&InstanceRecord) -> Result<(), EnclaveError>,
+    ) -> ItemResult {
+        let record = self.instances.get_mut(&instance).ok_or(EnclaveError::UnknownInstance(instance))?;
         if record.ejected {
             return Err(EnclaveError::InstanceEjected(instance));
         }
@@ -75,15 +81,14 @@ impl NodeState {
             InstanceStatus::Finished(_) => return Err(EnclaveError::InstanceFinished(instance)),
             InstanceStatus::Prepared => {}
         }
-        let channels = record.channels.clone();
-        for id in &channels {
+        check(record)?;
+        for id in &record.channels {
             let channel = self.channels.get_mut(id).expect("instance channels exist");
             if let Some(i) = channel.lock_index(instance) {
                 channel.locks[i].phase = Phase::Committed;
                 channel.version += 1;
             }
         }
-        let record = self.instances.get_mut(&instance).expect("checked above");
         record.status = InstanceStatus::Committed;
         // The peer list served only to check COMMIT's acks: not kept in the sealed state.
         record.peers = Vec::new();
