@@ -172,17 +172,25 @@ fn status(node: &Node, id: &str) -> Value {
 }
 
 fn wait_final(node: &Node, id: &str) -> String {
-    let mut last = String::new();
-    wait_until(&format!("instance {id} to finish"), Duration::from_secs(30), || {
-        match cli(&["status", id, "--node", &node.api]) {
-            Ok(v) => {
-                last = v["status"].as_str().unwrap_or("").to_string();
-                last == "succeeded" || last == "refunded"
-            }
-            Err(_) => false, // node (re)connecting
+    // What the node last answered, kept for the failure message (an instance stuck in
+    // flight and a node that stopped answering are different bugs).
+    let start = Instant::now();
+    loop {
+        let last = match cli(&["status", id, "--node", &node.api]) {
+            Ok(v) => Ok(v["status"].as_str().unwrap_or("").to_string()),
+            Err(e) => Err(e), // node (re)connecting
+        };
+        if let Ok(s) = &last
+            && (s == "succeeded" || s == "refunded")
+        {
+            return s.clone();
         }
-    });
-    last
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "instance {id} did not finish in 30 s; last answer: {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn scenario(db_for: impl FnOnce(&Path) -> String, tag: &str) {
