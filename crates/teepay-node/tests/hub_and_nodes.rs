@@ -189,21 +189,27 @@ async fn pay_when_connected(
     panic!("node never connected")
 }
 
+/// The first node pays the last `first` once connected, then `count` payments of `each` at
+/// once (they share batches); every one must succeed.
+async fn pay_first_then_many(s: &Setup, first: u128, count: usize, each: u128) {
+    let payee = s.nodes[s.nodes.len() - 1].address;
+    let id = pay_when_connected(&s.nodes[0], payee, first).await.unwrap();
+    assert_eq!(wait_for(&s.nodes[0], id, |st| *st != WireStatus::InFlight).await, WireStatus::Succeeded);
+    let mut ids = Vec::new();
+    for _ in 0..count {
+        ids.push(s.nodes[0].pay(C1, payee, Amount(each), Amount(0)).await.unwrap());
+    }
+    for id in &ids {
+        assert_eq!(wait_for(&s.nodes[0], *id, |st| *st != WireStatus::InFlight).await, WireStatus::Succeeded);
+    }
+}
+
 /// With peer acks the services carry every PREPARED ack to every participant in COMMIT
 /// (nodes that require them would NACK anything else), and payments still complete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payments_with_peer_acks_run_over_real_sockets() {
     let s = setup_with("peer-acks", 4, true).await;
-    let payee = s.nodes[3].address;
-    let id = pay_when_connected(&s.nodes[0], payee, 10).await.unwrap();
-    assert_eq!(wait_for(&s.nodes[0], id, |st| *st != WireStatus::InFlight).await, WireStatus::Succeeded);
-    let mut ids = Vec::new();
-    for _ in 0..5 {
-        ids.push(s.nodes[0].pay(C1, payee, Amount(2), Amount(0)).await.unwrap());
-    }
-    for id in &ids {
-        assert_eq!(wait_for(&s.nodes[0], *id, |st| *st != WireStatus::InFlight).await, WireStatus::Succeeded);
-    }
+    pay_first_then_many(&s, 10, 5, 2).await;
     assert_eq!(balance(&s.nodes[0], s.channels[0]).await, (80, 120));
     assert_eq!(balance(&s.nodes[3], s.channels[2]).await, (120, 80));
     cleanup(s);
@@ -213,16 +219,7 @@ async fn payments_with_peer_acks_run_over_real_sockets() {
 async fn payments_run_over_real_sockets() {
     let s = setup("pay", 4).await;
     let payee = s.nodes[3].address;
-    let id = pay_when_connected(&s.nodes[0], payee, 10).await.unwrap();
-    assert_eq!(wait_for(&s.nodes[0], id, |st| *st != WireStatus::InFlight).await, WireStatus::Succeeded);
-    // Many at once: they share batches.
-    let mut ids = Vec::new();
-    for _ in 0..20 {
-        ids.push(s.nodes[0].pay(C1, payee, Amount(1), Amount(0)).await.unwrap());
-    }
-    for id in &ids {
-        assert_eq!(wait_for(&s.nodes[0], *id, |st| *st != WireStatus::InFlight).await, WireStatus::Succeeded);
-    }
+    pay_first_then_many(&s, 10, 20, 1).await;
     // 100 - 10 - 20 = 70 left on the first channel: 71 cannot be routed.
     match s.nodes[0].pay(C1, payee, Amount(71), Amount(0)).await {
         Err(NodeError::Refused(reason)) => assert!(reason.contains("no route"), "{reason}"),
