@@ -18,9 +18,15 @@ contract PaymentChannels {
         uint8 kind; // KIND_MULTI_HOP or KIND_CROSS_CHAIN
     }
 
+    /// `depositA`/`depositB` are the deposits the signing enclave knows of: each may lag
+    /// the contract's (a deposit mined after the state was signed), never exceed it, so no
+    /// host report can move value between the parties, and a later deposit never makes a
+    /// signed close stale: it is paid back to whoever made it.
     struct ChannelState {
         bytes32 channelId;
         uint64 version;
+        uint256 depositA;
+        uint256 depositB;
         uint256 balanceA;
         uint256 balanceB;
         Lock[] locks;
@@ -42,12 +48,15 @@ contract PaymentChannels {
     uint8 internal constant KIND_MULTI_HOP = 0;
     uint8 internal constant OUTCOME_APPLY = 1;
     uint8 internal constant OUTCOME_REVERT = 2;
+    /// Most locks a closing state may carry (enclaves cap locks per channel at this): a
+    /// close at the cap, every lock resolved for the first time, stays far inside a block.
+    uint256 public constant MAX_LOCKS = 483;
 
     bytes32 internal constant QUOTE_TAG = keccak256("teepay/quote/v1");
     bytes32 internal constant LOCK_TYPEHASH =
         keccak256("Lock(bytes32 instanceId,uint256 amount,bool aToB,uint8 phase,uint8 kind)");
     bytes32 internal constant CHANNEL_STATE_TYPEHASH = keccak256(
-        "ChannelState(bytes32 channelId,uint64 version,uint256 balanceA,uint256 balanceB,Lock[] locks)"
+        "ChannelState(bytes32 channelId,uint64 version,uint256 depositA,uint256 depositB,uint256 balanceA,uint256 balanceB,Lock[] locks)"
         "Lock(bytes32 instanceId,uint256 amount,bool aToB,uint8 phase,uint8 kind)"
     );
     bytes32 internal constant DOMAIN_TYPEHASH =
@@ -70,7 +79,9 @@ contract PaymentChannels {
 
     event MeasurementAllowed(bytes32 indexed measurement, bool allowed);
     event EnclaveRegistered(address indexed enclave, bytes32 indexed measurement);
-    event ChannelOpened(bytes32 indexed channelId, address indexed a, address indexed b, uint256 deposit);
+    event ChannelOpened(
+        bytes32 indexed channelId, address indexed a, address indexed b, uint256 deposit, uint64 nonce
+    );
     event ChannelFunded(
         bytes32 indexed channelId, address indexed party, uint256 amount, uint256 depositA, uint256 depositB
     );
@@ -92,6 +103,8 @@ contract PaymentChannels {
     error NotAParty();
     error BadSignature();
     error BadTotal();
+    error BadDeposit();
+    error TooManyLocks();
     error SwapLocked();
     error BadLock();
     error PayoutFailed();
@@ -139,11 +152,13 @@ contract PaymentChannels {
         if (msg.value > type(uint128).max) revert AmountTooLarge();
         uint64 nonce = channelCount;
         channelCount = nonce + 1;
-        channelId = keccak256(abi.encode(msg.sender, peer, nonce));
+        // Bound to this chain and this deployment: the same parties and nonce elsewhere give
+        // another id, so no enclave can confuse two channels (DESIGN §9).
+        channelId = keccak256(abi.encode(block.chainid, address(this), msg.sender, peer, nonce));
         channels[channelId] = Channel({
             a: msg.sender, status: STATUS_OPEN, b: peer, depositA: uint128(msg.value), depositB: 0
         });
-        emit ChannelOpened(channelId, msg.sender, peer, msg.value);
+        emit ChannelOpened(channelId, msg.sender, peer, msg.value, nonce);
     }
 
     /// @notice Adds `msg.value` to the sender's side of an open channel.
@@ -172,11 +187,17 @@ contract PaymentChannels {
         address b = ch.b;
         address signer = _recover(_digest(state), sig);
         if (signer != a && signer != b) revert NotAParty();
-        if (state.balanceA + state.balanceB != uint256(ch.depositA) + uint256(ch.depositB)) revert BadTotal();
+        uint256 depositA = ch.depositA;
+        uint256 depositB = ch.depositB;
+        // The signer's enclave saw at most what was deposited on each side: a host that
+        // over-reports its own side (or moves its peer's deposit to it) is refused here.
+        if (state.depositA > depositA || state.depositB > depositB) revert BadDeposit();
+        if (state.balanceA + state.balanceB != state.depositA + state.depositB) revert BadTotal();
+        uint256 n = state.locks.length;
+        if (n > MAX_LOCKS) revert TooManyLocks();
 
         uint256 payA = state.balanceA;
         uint256 payB = state.balanceB;
-        uint256 n = state.locks.length;
         for (uint256 i = 0; i < n; i++) {
             Lock calldata lock = state.locks[i];
             if (lock.kind != KIND_MULTI_HOP) revert SwapLocked();
@@ -200,6 +221,10 @@ contract PaymentChannels {
                 }
             }
         }
+
+        // Deposits the signer had not seen go back to whoever made them.
+        payA += depositA - state.depositA;
+        payB += depositB - state.depositB;
 
         // Effects before interactions: a re-entrant call finds the channel closed.
         ch.status = STATUS_CLOSED;
@@ -261,6 +286,8 @@ contract PaymentChannels {
                 CHANNEL_STATE_TYPEHASH,
                 state.channelId,
                 state.version,
+                state.depositA,
+                state.depositB,
                 state.balanceA,
                 state.balanceB,
                 keccak256(abi.encodePacked(lockHashes))

@@ -89,16 +89,29 @@ pub fn intent_pb(order: &SignedOrder) -> Option<pb::Intent> {
 /// Decodes a hex-encoded signed swap intent and checks its enclave signature.
 pub fn parse_intent(field: &str, hex: &str) -> Result<SignedOrder, Status> {
     let bad = |why: &str| Status::invalid_argument(format!("{field}: {why}"));
+    // Far above any intent within the caps (~1 KiB encoded): checked before decoding.
+    if hex.len() > MAX_INTENT_HEX {
+        return Err(bad(&format!("longer than {MAX_INTENT_HEX} hex characters")));
+    }
     let bytes = hex_bytes(hex.trim()).ok_or_else(|| bad("not hex"))?;
     let order: SignedOrder = decode(&bytes).map_err(|e| bad(&format!("not a signed order: {e}")))?;
-    if !matches!(order.order, Order::Swap(_)) {
+    let Order::Swap(intent) = &order.order else {
         return Err(bad("not a swap intent"));
+    };
+    if !intent.within_caps() {
+        return Err(bad(&format!(
+            "an intent lists at most {} transfers",
+            teepay_types::MAX_TRANSFERS_PER_INTENT
+        )));
     }
     if !order.is_signed() {
         return Err(bad("not signed by its party's enclave"));
     }
     Ok(order)
 }
+
+/// Longest encoded intent the APIs accept (hex characters).
+pub const MAX_INTENT_HEX: usize = 8_192;
 
 fn hex_bytes(s: &str) -> Option<Vec<u8>> {
     let s = s.strip_prefix("0x").unwrap_or(s);

@@ -31,7 +31,7 @@ pub struct Deployment {
 pub enum ContractEvent {
     MeasurementAllowed { measurement: Hash32, allowed: bool },
     EnclaveRegistered { enclave: Address, measurement: Hash32 },
-    ChannelOpened { channel: ChannelId, a: Address, b: Address, deposit: Amount },
+    ChannelOpened { channel: ChannelId, a: Address, b: Address, deposit: Amount, nonce: u64 },
     ChannelFunded { channel: ChannelId, party: Address, amount: Amount, deposit_a: Amount, deposit_b: Amount },
     InstanceResolved { instance: InstanceId, applied: bool, channel: ChannelId },
     ChannelClosed { channel: ChannelId, version: u64, payout_a: Amount, payout_b: Amount, ejected: bool },
@@ -76,6 +76,7 @@ impl ContractEvent {
                 a: ours(e.a),
                 b: ours(e.b),
                 deposit: amount(e.deposit)?,
+                nonce: e.nonce,
             },
             E::ChannelFunded(e) => ContractEvent::ChannelFunded {
                 channel: ChannelId(e.channelId.0),

@@ -16,6 +16,7 @@ pub mod contract;
 pub mod dev;
 pub mod devnet;
 pub mod embedded;
+pub mod finality;
 pub mod rpc;
 
 pub use any::AnyChain;

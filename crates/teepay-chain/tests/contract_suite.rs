@@ -11,7 +11,7 @@ use support::*;
 use teepay_chain::contract::{ContractEvent, ContractView, Deployment, opened_channel, receipt_events};
 use teepay_chain::dev::dev_key;
 use teepay_chain::{CallRequest, Chain, EmbeddedChain, PaymentChannels, Receipt, RpcChain};
-use teepay_enclave::{EnclaveError, Request, Response};
+use teepay_enclave::{EnclaveError, FeePolicy, FundedChannel, Request, Response};
 use teepay_types::{
     Address, Amount, ChainId, ChannelId, ChannelState, InstanceId, InstanceKind, LockState, Phase, Report,
     SigningKey, close_channel_call, deposit_call, open_channel_call, register_enclave_call,
@@ -70,11 +70,14 @@ async fn close_with<C: Chain>(
     l.send(function, &dev_key(3), Some(d.address), 0, close_channel_call(signed)).await
 }
 
+/// A state of channel `id` as an enclave that has seen `deposits` (A, B) would sign it.
+#[allow(clippy::too_many_arguments)]
 fn state(
     l_chain: ChainId,
     d: &Deployment,
     id: ChannelId,
     version: u64,
+    deposits: (u128, u128),
     a: u128,
     b: u128,
     locks: Vec<LockState>,
@@ -84,6 +87,8 @@ fn state(
         contract: d.address,
         channel: id,
         version,
+        deposit_a: Amount(deposits.0),
+        deposit_b: Amount(deposits.1),
         balance_a: Amount(a),
         balance_b: Amount(b),
         locks,
@@ -154,8 +159,9 @@ async fn cooperative<C: Chain>(l: &mut Ledger<'_, C>) {
         .expect("open");
     let id = opened_channel(&r).expect("ChannelOpened event");
     assert_eq!(r.from, a.address(), "sent by the enclave's own address");
-    a.add_channel((chain, d.address), id, b.address(), true, (dep_a, 0));
-    b.add_channel((chain, d.address), id, a.address(), false, (0, dep_a));
+    for n in [&mut a, &mut b] {
+        n.observe((chain, d.address), &events_of(&r));
+    }
 
     let est = CallRequest {
         from: Some(b.address()),
@@ -181,8 +187,9 @@ async fn cooperative<C: Chain>(l: &mut Ledger<'_, C>) {
             deposit_b: Amount(dep_b)
         }]
     );
-    a.request(Request::Deposit { channel: id, by_local: false, amount: Amount(dep_b) }).unwrap();
-    b.request(Request::Deposit { channel: id, by_local: true, amount: Amount(dep_b) }).unwrap();
+    for n in [&mut a, &mut b] {
+        n.observe((chain, d.address), &events_of(&r));
+    }
 
     let (a_before, b_before) = (l.balance(a.address()).await, l.balance(b.address()).await);
     let r = l
@@ -251,7 +258,8 @@ async fn eject<C: Chain>(l: &mut Ledger<'_, C>, first_phase: Phase) {
     let expected = |locked: u128| if applies { (dep - locked, dep / 2 + locked) } else { (dep, dep / 2) };
 
     // First eject: channel 1, signed by its party B.
-    let s1 = state(l.chain_id, &d, ids[1], 5, dep, dep / 2, vec![lock(x, amt, first_phase)]).sign(&keys[2]);
+    let s1 = state(l.chain_id, &d, ids[1], 5, (dep, dep / 2), dep, dep / 2, vec![lock(x, amt, first_phase)])
+        .sign(&keys[2]);
     assert_eq!(
         view.state_digest(&s1.state).await.unwrap(),
         s1.state.eip712_digest(),
@@ -275,7 +283,8 @@ async fn eject<C: Chain>(l: &mut Ledger<'_, C>, first_phase: Phase) {
     assert_eq!(view.instance_outcome(x).await.unwrap(), Some(applies));
 
     // A later eject showing the other phase follows the recorded outcome.
-    let s0 = state(l.chain_id, &d, ids[0], 7, dep, dep / 2, vec![lock(x, amt, other_phase)]).sign(&keys[0]);
+    let s0 = state(l.chain_id, &d, ids[0], 7, (dep, dep / 2), dep, dep / 2, vec![lock(x, amt, other_phase)])
+        .sign(&keys[0]);
     let before = (l.balance(keys[0].address()).await, l.balance(keys[1].address()).await);
     let r = close_with(l, &d, &s0).await.expect("second eject follows the first");
     assert_eq!(
@@ -298,6 +307,7 @@ async fn eject<C: Chain>(l: &mut Ledger<'_, C>, first_phase: Phase) {
         &d,
         ids[2],
         9,
+        (dep, dep / 2),
         dep,
         dep / 2,
         vec![lock(x, amt, other_phase), lock(y, amt / 2, Phase::Committed)],
@@ -331,7 +341,7 @@ async fn rejections<C: Chain>(l: &mut Ledger<'_, C>) {
     fund(l, unregistered.address(), ETHER / 100).await;
     let dep = ETHER / 100;
     let id = open_raw(l, &d, &a, &b, dep, 0).await;
-    let good = state(l.chain_id, &d, id, 1, dep - 5, 5, Vec::new());
+    let good = state(l.chain_id, &d, id, 1, (dep, 0), dep - 5, 5, Vec::new());
 
     assert_eq!(
         l.send("openChannel", &a, Some(d.address), 1, open_channel_call(unregistered.address()))
@@ -358,7 +368,7 @@ async fn rejections<C: Chain>(l: &mut Ledger<'_, C>) {
 
     let swap =
         LockState { kind: InstanceKind::CrossChain, ..lock(InstanceId([44; 32]), 1, Phase::Committed) };
-    let swap_locked = state(l.chain_id, &d, id, 2, dep - 5, 5, vec![swap]).sign(&a);
+    let swap_locked = state(l.chain_id, &d, id, 2, (dep, 0), dep - 5, 5, vec![swap]).sign(&a);
     assert_eq!(close_with(l, &d, &swap_locked).await.unwrap_err(), "SwapLocked");
     assert_eq!(
         close_with(l, &d, &good.clone().sign(&c)).await.unwrap_err(),
@@ -370,7 +380,7 @@ async fn rejections<C: Chain>(l: &mut Ledger<'_, C>) {
         "NotAParty",
         "unregistered key"
     );
-    let bad_total = state(l.chain_id, &d, id, 1, dep, 5, Vec::new()).sign(&a);
+    let bad_total = state(l.chain_id, &d, id, 1, (dep, 0), dep, 5, Vec::new()).sign(&a);
     assert_eq!(close_with(l, &d, &bad_total).await.unwrap_err(), "BadTotal");
     let other_contract = ChannelState { contract: Address([0xcc; 20]), ..good.clone() }.sign(&a);
     assert_eq!(
@@ -380,9 +390,17 @@ async fn rejections<C: Chain>(l: &mut Ledger<'_, C>) {
     );
     let unknown = ChannelState { channel: ChannelId([7; 32]), ..good.clone() }.sign(&a);
     assert_eq!(close_with(l, &d, &unknown).await.unwrap_err(), "UnknownChannel");
-    let overdrawn =
-        state(l.chain_id, &d, id, 3, dep, 0, vec![lock(InstanceId([45; 32]), dep + 1, Phase::Committed)])
-            .sign(&a);
+    let overdrawn = state(
+        l.chain_id,
+        &d,
+        id,
+        3,
+        (dep, 0),
+        dep,
+        0,
+        vec![lock(InstanceId([45; 32]), dep + 1, Phase::Committed)],
+    )
+    .sign(&a);
     assert_eq!(
         close_with(l, &d, &overdrawn).await.unwrap_err(),
         "BadLock",
@@ -467,10 +485,21 @@ fn enclave_refusals(chain: ChainId) {
         node.request(Request::BuildOpenChannel { chain, peer, deposit: Amount(1), gas: greedy }),
         Err(EnclaveError::FeeTooHigh { .. })
     ));
-    node.add_channel((chain, contract), ChannelId([3; 32]), peer, true, (10, 0));
+    let opened = FundedChannel {
+        chain,
+        contract,
+        a: node.address(),
+        b: peer,
+        nonce: 0,
+        deposit_a: Amount(10),
+        deposit_b: Amount(0),
+    };
+    for request in opened.requests(true, FeePolicy::default()) {
+        node.request(request).unwrap();
+    }
     let after_add = node.enclave.inspect().clone();
     assert!(matches!(
-        node.request(Request::BuildClose { channel: ChannelId([3; 32]), gas: greedy }),
+        node.request(Request::BuildClose { channel: opened.id(), gas: greedy }),
         Err(EnclaveError::FeeTooHigh { .. })
     ));
     assert_eq!(node.enclave.inspect(), &after_add, "a refused close signs nothing");
@@ -481,9 +510,9 @@ fn enclave_refusals(chain: ChainId) {
         id: ChannelId([4; 32]),
         peer,
         local_is_a: true,
-        deposit_local: Amount(1),
-        deposit_peer: Amount(0),
-        fee: teepay_enclave::FeePolicy { base: Amount(0), ppm: 0 },
+        nonce: 1,
+        deposit: Amount(1),
+        fee: FeePolicy::default(),
     };
     assert!(matches!(node.request(Request::AddChannel(wrong)), Err(EnclaveError::WrongContract { .. })));
 }

@@ -14,9 +14,10 @@ pub struct ChainConfig {
     /// The contract's deployment block (sync starts there).
     #[serde(default)]
     pub from_block: u64,
-    /// Blocks an event must be buried under before it is used.
-    #[serde(default)]
-    pub confirmations: u64,
+    /// Blocks an event must be buried under before it is used (the hub's RESOLVE is
+    /// irreversible). Default: the chain's finality depth (`teepay_chain::finality`: 64 on
+    /// Ethereum and any chain not listed, 0 on a local development node).
+    pub confirmations: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -82,6 +82,19 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
+/// The configured confirmation depth, else the chain's finality depth (logged, since it
+/// decides how long every open, deposit and eject takes to be seen).
+fn confirmations(c: &ChainConfig, id: ChainId) -> u64 {
+    let depth = c.confirmations.unwrap_or_else(|| teepay_chain::finality::default_confirmations(id));
+    tracing::info!(
+        chain = id.0,
+        confirmations = depth,
+        configured = c.confirmations.is_some(),
+        "events used once this deep"
+    );
+    depth
+}
+
 async fn connect(c: &ChainConfig) -> Result<(AnyChain, ChainId, Address)> {
     let chain = AnyChain::from_spec(&c.rpc, ChainId(0))?;
     let id = chain.chain_id().await.with_context(|| format!("chain at {}", c.rpc))?;
@@ -123,7 +136,7 @@ pub fn hub(args: &HubArgs) -> Result<ExitCode> {
             chains.push(HubChain {
                 chain,
                 sync: SyncConfig {
-                    confirmations: c.confirmations,
+                    confirmations: confirmations(c, id),
                     ..SyncConfig::new(id, contract, c.from_block)
                 },
             });
@@ -184,7 +197,7 @@ pub fn node(args: &NodeArgs) -> Result<ExitCode> {
                 id,
                 contract,
                 from_block: c.from_block,
-                confirmations: c.confirmations,
+                confirmations: confirmations(c, id),
             });
         }
         std::fs::create_dir_all(&cfg.state_dir)?;

@@ -267,6 +267,16 @@ fn scenario(db_for: impl FnOnce(&Path) -> String, tag: &str) {
         let chans = map["channels"].as_array().unwrap();
         chans.len() == opened && chans.iter().all(|c| c["balance_b"] == deposit.as_str())
     });
+    // Each node learns of its peers' deposits from its own watcher, which may lag the hub's
+    // sync under load: until it has, it believes its peer holds less than the peer does.
+    wait_until("every node's watcher to see both deposits of its channels", Duration::from_secs(20), || {
+        nodes.iter().all(|n| {
+            ok(&["channel", "list", "--node", &n.api])["channels"].as_array().unwrap().iter().all(|c| {
+                let side = |k: &str| c[k].as_str().unwrap().parse::<u128>().unwrap();
+                side("local") + side("remote") == 2 * ETH
+            })
+        })
+    });
 
     // Multi-hop payment.
     let amount = (ETH / 10).to_string();

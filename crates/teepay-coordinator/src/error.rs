@@ -11,6 +11,8 @@ pub enum HubError {
     Spec(#[from] SpecError),
     #[error("the source of a multi-hop payment must be the payer of its request")]
     OrderNotFromSource,
+    #[error("order {0:02x?} was already carried by an instance: an order starts at most one")]
+    OrderReused(teepay_types::Hash32),
     #[error("ack is not authenticated by node {0:?}")]
     BadSignature(Address),
     #[error(

@@ -42,6 +42,8 @@ pub enum RefundReason {
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct HubInstance {
     pub spec: InstanceSpec,
+    /// Leaf hash of the PREPARE item (the spec's identity, which peer acks bind).
+    pub prepare_hash: Hash32,
     pub phase: HubPhase,
     pub participants: Vec<Address>,
     /// Leaf hash of each participant's PREPARED ack (what COMMIT's digest covers).

@@ -62,9 +62,19 @@ pub struct HubState {
     /// Items waiting for the next flush, per node, keyed by (instance, round) so a
     /// re-queued item is deduplicated in O(log n) and rounds of one instance stay in order.
     pub outbox: BTreeMap<Address, BTreeMap<(InstanceId, u8), HubItem>>,
+    /// Digest → expiry of every order an instance has carried, kept until
+    /// [`ORDER_EXPIRY_MARGIN`] after the order expires: an order starts at most one instance,
+    /// so neither a host nor a replayed request can have a refunded order paid later.
+    pub used_orders: BTreeMap<Hash32, u64>,
     /// Set when the state changed since the last seal.
     pub dirty: bool,
 }
+
+/// How long past its expiry the hub enclave remembers a used order (clock units of `now`:
+/// milliseconds in the services, 10 minutes). The payer's enclave refuses an expired order by
+/// its own clock, so a replay after the hub forgets it would need the payer's clock to run
+/// this far behind the hub's.
+pub const ORDER_EXPIRY_MARGIN: u64 = 600_000;
 
 /// What one node ack did, item by item.
 #[derive(Debug, Clone)]
@@ -108,16 +118,21 @@ pub struct Coordinator<P: Platform> {
     index: InstanceIndex,
 }
 
-/// Which instances are still open (not complete), and the complete ones by deadline.
+/// Which instances are still open (not complete), the complete ones by deadline, and the
+/// used orders by expiry.
 #[derive(Debug, Clone, Default)]
 struct InstanceIndex {
     open: BTreeSet<InstanceId>,
     complete: BTreeSet<(u64, InstanceId)>,
+    orders_by_expiry: BTreeSet<(u64, Hash32)>,
 }
 
 impl InstanceIndex {
-    fn of(instances: &BTreeMap<InstanceId, HubInstance>) -> Self {
-        let mut index = Self::default();
+    fn of(instances: &BTreeMap<InstanceId, HubInstance>, used_orders: &BTreeMap<Hash32, u64>) -> Self {
+        let mut index = Self {
+            orders_by_expiry: used_orders.iter().map(|(digest, expiry)| (*expiry, *digest)).collect(),
+            ..Self::default()
+        };
         for (id, instance) in instances {
             if instance.is_complete() {
                 index.complete.insert((instance.spec.deadline, *id));
@@ -168,6 +183,7 @@ impl<P: Platform> Coordinator<P> {
             nodes: BTreeSet::new(),
             sessions: BTreeMap::new(),
             instances: BTreeMap::new(),
+            used_orders: BTreeMap::new(),
             next_instance: 0,
             outbox: BTreeMap::new(),
             dirty: true,
@@ -187,7 +203,7 @@ impl<P: Platform> Coordinator<P> {
             borsh::from_slice(&opened.snapshot).map_err(|_| teepay_types::SealError::Undecodable)?;
         let key = SigningKey::from_entropy(contents.secret)?;
         let budget = LogBudget::after_restore(&opened);
-        let index = InstanceIndex::of(&contents.state.instances);
+        let index = InstanceIndex::of(&contents.state.instances, &contents.state.used_orders);
         let mut hub = Self { platform, key, state: contents.state, pending: Vec::new(), budget, index };
         for (index, delta) in opened.deltas.iter().enumerate() {
             let mut rest = delta.as_slice();
@@ -216,7 +232,9 @@ impl<P: Platform> Coordinator<P> {
                 self.ack(now, &ack)?;
             }
             HubInput::RefundRequest { now, request } => self.refund_requested(now, &request)?,
-            HubInput::ChainOutcome { now, id, outcome } => self.chain_outcome(now, id, outcome)?,
+            HubInput::ChainOutcome { now, id, outcome } => {
+                self.chain_outcome(now, id, outcome)?;
+            }
             HubInput::Tick(now) => {
                 self.advance(now);
             }
@@ -258,8 +276,10 @@ impl<P: Platform> Coordinator<P> {
     /// True iff the derived instance index matches the instances (checked by the sim after
     /// every step, restarts included).
     pub fn index_is_consistent(&self) -> bool {
-        let rebuilt = InstanceIndex::of(&self.state.instances);
-        rebuilt.open == self.index.open && rebuilt.complete == self.index.complete
+        let rebuilt = InstanceIndex::of(&self.state.instances, &self.state.used_orders);
+        rebuilt.open == self.index.open
+            && rebuilt.complete == self.index.complete
+            && rebuilt.orders_by_expiry == self.index.orders_by_expiry
     }
 
     pub fn platform(&self) -> &P {
@@ -364,15 +384,28 @@ impl<P: Platform> Coordinator<P> {
         if let Some(p) = participants.iter().find(|p| !self.state.nodes.contains(p)) {
             return Err(HubError::UnattestedNode(*p));
         }
-        for p in &participants {
-            self.queue(*p, HubItem::Prepare(spec.clone()));
+        let digests: Vec<(Hash32, u64)> =
+            spec.orders.iter().map(|o| (o.order.digest(), o.order.expires_at())).collect();
+        if let Some((digest, _)) = digests.iter().find(|(d, _)| self.state.used_orders.contains_key(d)) {
+            return Err(HubError::OrderReused(*digest));
         }
+        for (digest, expiry) in digests {
+            self.state.used_orders.insert(digest, expiry);
+            self.index.orders_by_expiry.insert((expiry, digest));
+        }
+        let prepare = HubItem::Prepare(spec);
+        let prepare_hash = leaf_hash(&prepare);
+        for p in &participants {
+            self.queue(*p, prepare.clone());
+        }
+        let HubItem::Prepare(spec) = prepare else { unreachable!("built above") };
         self.state.next_instance += 1;
         self.index.open.insert(id);
         self.state.instances.insert(
             id,
             HubInstance {
                 spec,
+                prepare_hash,
                 phase: HubPhase::None,
                 participants,
                 prepared: BTreeMap::new(),
@@ -480,7 +513,7 @@ impl<P: Platform> Coordinator<P> {
                         let ack =
                             signature.map(|signature| PeerAck { node, states: states.clone(), signature });
                         match ack {
-                            Some(ack) if ack.is_valid(self.key.address(), id) => {
+                            Some(ack) if ack.is_valid(self.key.address(), id, &instance.prepare_hash) => {
                                 instance.peer_acks.insert(node, ack);
                             }
                             _ => return Err(HubError::BadPeerAck(node)),
@@ -574,13 +607,17 @@ impl<P: Platform> Coordinator<P> {
     /// of the `InstanceResolved` event inside the enclave. Even so, an outcome the protocol
     /// makes impossible (APPLY before any COMMIT; REVERT after every node COMMITTED) is
     /// refused, so a lying host cannot split an instance.
+    /// Idempotent: an outcome the instance already has changes nothing and is not logged
+    /// (one event per ejected channel repeats it; a restarted hub replays what the DB holds).
     pub fn on_chain_outcome(&mut self, now: u64, id: InstanceId, outcome: Outcome) -> Result<(), HubError> {
-        self.chain_outcome(now, id, outcome)?;
-        self.log(tag::CHAIN_OUTCOME, &(now, id, outcome));
+        if self.chain_outcome(now, id, outcome)? {
+            self.log(tag::CHAIN_OUTCOME, &(now, id, outcome));
+        }
         Ok(())
     }
 
-    fn chain_outcome(&mut self, now: u64, id: InstanceId, outcome: Outcome) -> Result<(), HubError> {
+    /// True when it decided the instance (false: it already had this outcome).
+    fn chain_outcome(&mut self, now: u64, id: InstanceId, outcome: Outcome) -> Result<bool, HubError> {
         let instance = self.state.instances.get(&id).ok_or(HubError::UnknownInstance(id))?;
         if instance.spec.kind == InstanceKind::CrossChain {
             return Err(HubError::ResolveOnSwap(id));
@@ -588,9 +625,9 @@ impl<P: Platform> Coordinator<P> {
         match (instance.phase, outcome) {
             (HubPhase::None, Outcome::Revert) | (HubPhase::Prepared, _) => {
                 self.decide(id, HubPhase::Resolved(outcome), None, now);
-                Ok(())
+                Ok(true)
             }
-            (phase, o) if phase.outcome() == Some(o) => Ok(()),
+            (phase, o) if phase.outcome() == Some(o) => Ok(false),
             _ => Err(HubError::InconsistentOutcome(id)),
         }
     }
@@ -628,16 +665,18 @@ impl<P: Platform> Coordinator<P> {
     /// Forgets complete instances whose deadline has passed: nothing is left to send for
     /// them, and nodes refuse a replayed PREPARE after the deadline anyway. Keeps the
     /// sealed state proportional to the instances in flight rather than to history (the host
-    /// keeps statuses in its DB). Returns how many were dropped.
+    /// keeps statuses in its DB). Used orders are forgotten [`ORDER_EXPIRY_MARGIN`] after
+    /// they expire. Returns how many instances were dropped.
     pub fn prune_complete(&mut self, now: u64) -> usize {
-        let dropped = self.prune(now);
-        if dropped > 0 {
+        let (dropped, changed) = self.prune(now);
+        if changed {
             self.log(tag::PRUNE, &now);
         }
         dropped
     }
 
-    fn prune(&mut self, now: u64) -> usize {
+    /// Instances dropped, and whether anything (instances or used orders) was.
+    fn prune(&mut self, now: u64) -> (usize, bool) {
         let mut dropped = 0;
         while let Some(&(deadline, id)) = self.index.complete.first()
             && now > deadline
@@ -646,10 +685,19 @@ impl<P: Platform> Coordinator<P> {
             self.state.instances.remove(&id);
             dropped += 1;
         }
-        if dropped > 0 {
+        let mut forgotten = 0;
+        while let Some(&(expiry, digest)) = self.index.orders_by_expiry.first()
+            && now > expiry.saturating_add(ORDER_EXPIRY_MARGIN)
+        {
+            self.index.orders_by_expiry.pop_first();
+            self.state.used_orders.remove(&digest);
+            forgotten += 1;
+        }
+        let changed = dropped + forgotten > 0;
+        if changed {
             self.state.dirty = true;
         }
-        dropped
+        (dropped, changed)
     }
 
     /// Authenticates one batch per node with everything queued (a session MAC where a

@@ -6,7 +6,8 @@
 use crate::state::{Lock, NodeState, OrderStatus};
 use std::collections::BTreeMap;
 use teepay_types::{
-    Address, Amount, ChannelId, InstanceKind, InstanceSpec, Leg, NackReason, Order, Phase, SwapIntent,
+    Address, Amount, ChannelId, InstanceKind, InstanceSpec, Leg, MAX_LOCKS_PER_CHANNEL, NackReason, Order,
+    Phase, SwapIntent,
 };
 
 /// The locks a PREPARE will add, once every check has passed.
@@ -61,6 +62,11 @@ fn plan_locks(
             }
             if !channel.is_open() {
                 return Err(NackReason::ChannelClosed);
+            }
+            // Each channel appears once per instance (`validate_structure`), so this bounds
+            // the locks of every channel, and with them the gas of its close or eject.
+            if channel.locks.len() >= MAX_LOCKS_PER_CHANNEL {
+                return Err(NackReason::TooManyLocks);
             }
             let lock = Lock {
                 instance: spec.id,

@@ -19,6 +19,12 @@ pub enum EnclaveError {
     UnknownChannel(ChannelId),
     #[error("channel {0:?} already exists")]
     ChannelExists(ChannelId),
+    #[error(
+        "channel id {reported:?} is not the contract's derivation {derived:?} of the reported chain, contract, parties and nonce"
+    )]
+    ChannelIdMismatch { reported: ChannelId, derived: ChannelId },
+    #[error("reported deposits are below what this enclave has already seen (deposits never decrease)")]
+    DepositDecreased,
     #[error("channel {0:?} is closed: a closing or eject state was signed, or it settled on-chain")]
     ChannelClosed(ChannelId),
     #[error("channel {0:?} carries a cross-chain swap lock and cannot be closed until the swap ends")]
@@ -57,6 +63,8 @@ pub enum EnclaveError {
     WrongContract { expected: Address, got: Address },
     #[error("transaction may spend up to {requested:?} on gas, above the enclave's limit {limit:?}")]
     FeeTooHigh { requested: Amount, limit: Amount },
+    #[error("a close with this channel's locks needs a gas limit of at least {needed}, got {got}")]
+    GasTooLow { needed: u64, got: u64 },
     #[error("amount must be positive")]
     ZeroAmount,
     #[error("arithmetic overflow")]

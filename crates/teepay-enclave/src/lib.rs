@@ -41,7 +41,10 @@ pub use teepay_types::{LogBudget, SealLimits, SealedLog};
 
 const SEAL_DOMAIN: &[u8] = b"teepay/node-seal/v1";
 
-/// A channel the host reports as opened (and funded) on-chain.
+/// A channel the host reports as opened (and funded) on-chain: the `ChannelOpened` event.
+/// The enclave recomputes `id` from (chain, contract, opener, peer, nonce), so a host cannot
+/// swap the parties' sides or pass off one chain's channel as another's; the deposit is the
+/// opener's (A's) only, as `openChannel` records it.
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct NewChannel {
     pub chain: ChainId,
@@ -49,9 +52,74 @@ pub struct NewChannel {
     pub id: ChannelId,
     pub peer: Address,
     pub local_is_a: bool,
-    pub deposit_local: Amount,
-    pub deposit_peer: Amount,
+    /// The contract's channel counter at the open (part of the id).
+    pub nonce: u64,
+    /// What the opener (party A) deposited with the open.
+    pub deposit: Amount,
     pub fee: FeePolicy,
+}
+
+/// Refuses gas parameters that could spend more than `limit`.
+fn check_fee_within(gas: &GasParams, limit: Amount) -> Result<(), EnclaveError> {
+    let requested = Amount(u128::from(gas.gas_limit).saturating_mul(gas.max_fee_per_gas));
+    if requested > limit {
+        return Err(EnclaveError::FeeTooHigh { requested, limit });
+    }
+    Ok(())
+}
+
+/// Refuses a close transaction whose gas limit cannot cover its locks ([`teepay_types::close_gas`]).
+fn check_close_gas(gas: &GasParams, locks: usize) -> Result<(), EnclaveError> {
+    let needed = teepay_types::close_gas(locks);
+    if gas.gas_limit < needed {
+        return Err(EnclaveError::GasTooLow { needed, got: gas.gas_limit });
+    }
+    Ok(())
+}
+
+/// A channel as the contract records it: opened by `a` with `deposit_a`, then funded by `b`
+/// with `deposit_b`. What an honest host tells either party's enclave of it is
+/// [`FundedChannel::requests`]; tests, benchmarks and the simulation set channels up with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FundedChannel {
+    pub chain: ChainId,
+    pub contract: Address,
+    pub a: Address,
+    pub b: Address,
+    pub nonce: u64,
+    pub deposit_a: Amount,
+    pub deposit_b: Amount,
+}
+
+impl FundedChannel {
+    /// The id the contract gives this channel.
+    pub fn id(&self) -> ChannelId {
+        teepay_types::derive_channel_id(self.chain, self.contract, self.a, self.b, self.nonce)
+    }
+
+    /// `AddChannel` (the open), then `Deposit` when B funded its side, for the enclave of
+    /// `a` (`local_is_a`) or of `b`.
+    pub fn requests(&self, local_is_a: bool, fee: FeePolicy) -> Vec<Request> {
+        let new = NewChannel {
+            chain: self.chain,
+            contract: self.contract,
+            id: self.id(),
+            peer: if local_is_a { self.b } else { self.a },
+            local_is_a,
+            nonce: self.nonce,
+            deposit: self.deposit_a,
+            fee,
+        };
+        let mut requests = vec![Request::AddChannel(new)];
+        if !self.deposit_b.is_zero() {
+            requests.push(Request::Deposit {
+                channel: self.id(),
+                deposit_a: self.deposit_a,
+                deposit_b: self.deposit_b,
+            });
+        }
+        requests
+    }
 }
 
 /// Everything a host can ask of the node enclave. Encodable: a request that changed the
@@ -69,10 +137,13 @@ pub enum Request {
     /// Channel open/funding seen on-chain. Simulation trusts the host here; a real
     /// deployment feeds a light-client proof of the `ChannelOpened` event instead.
     AddChannel(NewChannel),
+    /// A `ChannelFunded` event: both sides' deposits after it. Deposits only grow; a report
+    /// below what the enclave has seen is refused, the same totals again change nothing. A
+    /// host that over-reports only makes its own closing state unacceptable to the contract.
     Deposit {
         channel: ChannelId,
-        by_local: bool,
-        amount: Amount,
+        deposit_a: Amount,
+        deposit_b: Amount,
     },
     SetFee {
         channel: ChannelId,
@@ -416,7 +487,7 @@ impl<P: Platform> NodeEnclave<P> {
                 Ok(self.changed(Response::Done))
             }
             Request::AddChannel(new) => self.add_channel(new),
-            Request::Deposit { channel, by_local, amount } => self.deposit(channel, by_local, amount),
+            Request::Deposit { channel, deposit_a, deposit_b } => self.deposit(channel, deposit_a, deposit_b),
             Request::SetFee { channel, fee } => {
                 self.open_channel_mut(channel)?.fee = fee;
                 Ok(self.changed(Response::Done))
@@ -443,6 +514,11 @@ impl<P: Platform> NodeEnclave<P> {
             Request::CreateSwapIntent { gives, receives, expires_at } => {
                 if gives.is_empty() || receives.is_empty() {
                     return Err(EnclaveError::InvalidOrder("a swap intent gives and receives something"));
+                }
+                if gives.len() + receives.len() > teepay_types::MAX_TRANSFERS_PER_INTENT {
+                    // The hub refuses it anyway: issuing it would only use up a nonce.
+                    const _: () = assert!(teepay_types::MAX_TRANSFERS_PER_INTENT == 8, "message below");
+                    return Err(EnclaveError::InvalidOrder("a swap intent lists at most 8 transfers"));
                 }
                 if gives.iter().chain(&receives).any(|t| t.amount.is_zero()) {
                     return Err(EnclaveError::ZeroAmount);
@@ -544,45 +620,34 @@ impl<P: Platform> NodeEnclave<P> {
 
     /// Refuses gas parameters that could spend more than the policy allows.
     fn check_fee(&self, gas: &GasParams) -> Result<(), EnclaveError> {
-        let limit = self.state.config.max_tx_fee;
-        let requested = Amount(u128::from(gas.gas_limit).saturating_mul(gas.max_fee_per_gas));
-        if requested > limit {
-            return Err(EnclaveError::FeeTooHigh { requested, limit });
-        }
-        Ok(())
+        check_fee_within(gas, self.state.config.max_tx_fee)
     }
 
     fn build_close(&mut self, channel: ChannelId, gas: GasParams) -> Result<Output, EnclaveError> {
         let ch = self.state.channels.get(&channel).ok_or(EnclaveError::UnknownChannel(channel))?;
+        let locks = match &ch.status {
+            ChannelStatus::Closing(signed) => signed.state.locks.len(),
+            ChannelStatus::Settled => return Err(EnclaveError::ChannelClosed(channel)),
+            ChannelStatus::Open => ch.locks.len(),
+        };
+        // Checked before the closing state is signed: a refused request changes no state, and
+        // a close signed into a transaction that runs out of gas would fail on-chain. A close
+        // happens once per channel and its gas grows with its locks, so its fee limit grows
+        // with them too (by whole multiples of the policy's limit for a lock-free close).
+        check_close_gas(&gas, locks)?;
+        let multiple = teepay_types::close_gas(locks).div_ceil(teepay_types::close_gas(0));
+        check_fee_within(&gas, Amount(self.state.config.max_tx_fee.0.saturating_mul(u128::from(multiple))))?;
         let signed = match &ch.status {
             ChannelStatus::Closing(signed) => (**signed).clone(),
-            ChannelStatus::Settled => return Err(EnclaveError::ChannelClosed(channel)),
-            ChannelStatus::Open => {
-                // Check the fee before signing the closing state: a refused request changes
-                // no state.
-                self.check_fee(&gas)?;
-                let out = self.sign_close(channel)?;
-                let Response::ChannelState(signed) = out.response else {
-                    unreachable!("sign_close answers a state")
-                };
-                let tx = self.build_tx(
-                    signed.state.chain,
-                    signed.state.contract,
-                    Amount(0),
-                    teepay_types::close_channel_call(&signed),
-                    gas,
-                )?;
-                debug_assert!(out.sealed.is_none(), "handle seals, not the steps");
-                return Ok(Output { response: tx.response, sealed: None });
-            }
+            _ => match self.sign_close(channel)?.response {
+                Response::ChannelState(signed) => signed,
+                _ => unreachable!("sign_close answers a state"),
+            },
         };
-        self.build_tx(
-            signed.state.chain,
-            signed.state.contract,
-            Amount(0),
-            teepay_types::close_channel_call(&signed),
-            gas,
-        )
+        let input = teepay_types::close_channel_call(&signed);
+        let (chain, contract) = (signed.state.chain, signed.state.contract);
+        let tx = Eip1559Tx { chain, gas, to: Some(contract), value: Amount(0), input }.sign(&self.key);
+        Ok(Output { response: Response::Transaction(tx), sealed: None })
     }
 
     fn issue_order(&mut self, order: Order) -> Output {
@@ -609,16 +674,24 @@ impl<P: Platform> NodeEnclave<P> {
         if new.contract != expected {
             return Err(EnclaveError::WrongContract { expected, got: new.contract });
         }
-        let capacity = new.deposit_local.checked_add(new.deposit_peer).ok_or(EnclaveError::Overflow)?;
+        let me = self.address();
+        let (a, b) = if new.local_is_a { (me, new.peer) } else { (new.peer, me) };
+        let derived = teepay_types::derive_channel_id(new.chain, new.contract, a, b, new.nonce);
+        if derived != new.id {
+            return Err(EnclaveError::ChannelIdMismatch { reported: new.id, derived });
+        }
+        let (deposit_local, deposit_peer) =
+            if new.local_is_a { (new.deposit, Amount::ZERO) } else { (Amount::ZERO, new.deposit) };
         let channel = Channel {
             chain: new.chain,
             contract: new.contract,
             id: new.id,
             peer: new.peer,
             local_is_a: new.local_is_a,
-            capacity,
-            balance_local: new.deposit_local,
-            balance_peer: new.deposit_peer,
+            deposit_local,
+            deposit_peer,
+            balance_local: deposit_local,
+            balance_peer: deposit_peer,
             version: 0,
             locks: Vec::new(),
             fee: new.fee,
@@ -631,22 +704,25 @@ impl<P: Platform> NodeEnclave<P> {
     fn deposit(
         &mut self,
         channel: ChannelId,
-        by_local: bool,
-        amount: Amount,
+        deposit_a: Amount,
+        deposit_b: Amount,
     ) -> Result<Output, EnclaveError> {
-        if amount.is_zero() {
-            return Err(EnclaveError::ZeroAmount);
-        }
         let ch = self.open_channel_mut(channel)?;
-        let capacity = ch.capacity.checked_add(amount).ok_or(EnclaveError::Overflow)?;
-        let side = if by_local { ch.balance_local } else { ch.balance_peer };
-        let side = side.checked_add(amount).ok_or(EnclaveError::Overflow)?;
-        ch.capacity = capacity;
-        if by_local {
-            ch.balance_local = side;
-        } else {
-            ch.balance_peer = side;
+        let (new_local, new_peer) =
+            if ch.local_is_a { (deposit_a, deposit_b) } else { (deposit_b, deposit_a) };
+        let added_local = new_local.checked_sub(ch.deposit_local).ok_or(EnclaveError::DepositDecreased)?;
+        let added_peer = new_peer.checked_sub(ch.deposit_peer).ok_or(EnclaveError::DepositDecreased)?;
+        if added_local.is_zero() && added_peer.is_zero() {
+            return Ok(Output { response: Response::Done, sealed: None });
         }
+        // The contract keeps both deposits within 128 bits together; so does the enclave.
+        new_local.checked_add(new_peer).ok_or(EnclaveError::Overflow)?;
+        let balance_local = ch.balance_local.checked_add(added_local).ok_or(EnclaveError::Overflow)?;
+        let balance_peer = ch.balance_peer.checked_add(added_peer).ok_or(EnclaveError::Overflow)?;
+        ch.deposit_local = new_local;
+        ch.deposit_peer = new_peer;
+        ch.balance_local = balance_local;
+        ch.balance_peer = balance_peer;
         ch.version += 1;
         Ok(self.changed(Response::Done))
     }
@@ -684,10 +760,17 @@ impl<P: Platform> NodeEnclave<P> {
 
     /// A PREPARED answer to an instance that asks for peer acks carries this enclave's own
     /// signature over its states, for the hub to forward to the other participants.
-    fn sign_for_peers(&self, hub: Address, spec: &InstanceSpec, answer: NodeItem) -> NodeItem {
+    /// `leaf` is the PREPARE item's leaf hash: the spec the signature binds.
+    fn sign_for_peers(
+        &self,
+        hub: Address,
+        spec: &InstanceSpec,
+        leaf: &teepay_types::Hash32,
+        answer: NodeItem,
+    ) -> NodeItem {
         match answer {
             NodeItem::Prepared { instance, states, .. } if spec.peer_acks => {
-                let digest = prepared_digest(hub, self.address(), instance, &states);
+                let digest = prepared_digest(hub, self.address(), instance, leaf, &states);
                 NodeItem::Prepared { instance, states, signature: Some(self.key.sign_digest(&digest)) }
             }
             other => other,
@@ -734,7 +817,7 @@ impl<P: Platform> NodeEnclave<P> {
                 HubItem::Prepare(spec) => self
                     .state
                     .on_prepare(me, spec, *leaf, now)
-                    .map(|(answer, changed)| (self.sign_for_peers(hub, spec, answer), changed)),
+                    .map(|(answer, changed)| (self.sign_for_peers(hub, spec, leaf, answer), changed)),
                 HubItem::Commit { instance, prepared_acks, peer_acks } => {
                     self.state.on_commit(*instance, |r| {
                         peer_acks::check(r, me, hub, *instance, prepared_acks, peer_acks)

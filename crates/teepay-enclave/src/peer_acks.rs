@@ -24,11 +24,12 @@ pub(crate) fn check(
         let ack =
             acks.get(i).filter(|a| a.node == *peer).ok_or(EnclaveError::MissingPeerAck(instance, *peer))?;
         // Our own ack needs no check: only we could have signed it, and it proves
-        // nothing to us. Every other one must show this instance's lock, signed.
+        // nothing to us. Every other one must show this instance's lock, signed for the
+        // very spec we locked for (another spec under the same id proves nothing).
         if *peer == me {
             continue;
         }
-        if !ack.is_valid(hub, instance) {
+        if !ack.is_valid(hub, instance, &record.prepare_hash) {
             return Err(EnclaveError::ForgedPeerAck(instance, *peer));
         }
     }

@@ -181,10 +181,12 @@ impl NodeState {
         }
         if let Some(nonce) = order_nonce {
             let order = self.orders.get_mut(&nonce).expect("recorded orders exist");
-            // A refunded order may be retried in a new instance (a reroute); a paid one never.
+            // An order is carried by one instance only: paid or refunded, it is never usable
+            // again (a refunded order made payable again could be replayed after the user,
+            // told "refunded", paid anew).
             order.status = match outcome {
                 Outcome::Apply => OrderStatus::Used(instance),
-                Outcome::Revert => OrderStatus::Open,
+                Outcome::Revert => OrderStatus::Refunded(instance),
             };
         }
         self.instances.get_mut(&instance).expect("checked by caller").status =

@@ -36,8 +36,11 @@ pub struct Channel {
     pub id: ChannelId,
     pub peer: Address,
     pub local_is_a: bool,
-    /// Sum of both parties' deposits: `balance_local + balance_peer` always equals it.
-    pub capacity: Amount,
+    /// The deposits this enclave has seen on each side (the signed state carries them, and
+    /// the contract refuses one above the real deposit): `balance_local + balance_peer`
+    /// always equals their sum.
+    pub deposit_local: Amount,
+    pub deposit_peer: Amount,
     pub balance_local: Amount,
     pub balance_peer: Amount,
     pub version: u64,
@@ -49,6 +52,11 @@ pub struct Channel {
 impl Channel {
     pub fn is_open(&self) -> bool {
         self.status == ChannelStatus::Open
+    }
+
+    /// Sum of both deposits seen (cannot overflow: every deposit was admitted checked).
+    pub fn capacity(&self) -> Amount {
+        Amount(self.deposit_local.0.saturating_add(self.deposit_peer.0))
     }
 
     fn reserved(&self, outgoing: bool) -> Amount {
@@ -87,11 +95,18 @@ impl Channel {
         } else {
             (self.balance_peer, self.balance_local)
         };
+        let (deposit_a, deposit_b) = if self.local_is_a {
+            (self.deposit_local, self.deposit_peer)
+        } else {
+            (self.deposit_peer, self.deposit_local)
+        };
         ChannelState {
             chain: self.chain,
             contract: self.contract,
             channel: self.id,
             version: self.version,
+            deposit_a,
+            deposit_b,
             balance_a,
             balance_b,
             locks: self
@@ -139,11 +154,14 @@ pub struct InstanceRecord {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub enum OrderStatus {
-    /// Not locked by any instance (new, or its last instance was refunded).
+    /// Issued, not yet carried by any instance.
     Open,
     InFlight(InstanceId),
     /// Paid: never usable again.
     Used(InstanceId),
+    /// Its instance was refunded: never usable again either, so a client told "refunded"
+    /// can issue a new order without risking paying twice (a replay of this one is refused).
+    Refunded(InstanceId),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]

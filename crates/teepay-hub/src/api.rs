@@ -15,6 +15,10 @@ use tonic::{Request, Response, Status};
 
 /// Most intents the board keeps at once (expired ones are dropped first).
 pub const BOARD_CAPACITY: usize = 10_000;
+/// Most intents one party may have on the board: no party can fill it alone.
+pub const BOARD_PER_PARTY: usize = 16;
+/// Latest expiry an intent may have, from now (ms): a board entry cannot outlive a day.
+pub const BOARD_MAX_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 
 #[derive(Debug, Clone)]
 pub struct HubApi {
@@ -94,13 +98,32 @@ impl Hub for HubApi {
     async fn post_intent(&self, req: Request<pb::Intent>) -> Result<Response<pb::PostedIntent>, Status> {
         let order = parse_intent("encoded", &req.into_inner().encoded)?;
         let now = now_ms();
-        if matches!(&order.order, Order::Swap(i) if i.expires_at <= now) {
+        let Order::Swap(intent) = &order.order else {
+            return Err(Status::invalid_argument("encoded: not a swap intent"));
+        };
+        if intent.expires_at <= now {
             return Err(Status::invalid_argument("encoded: the intent has expired"));
         }
+        if intent.expires_at > now.saturating_add(BOARD_MAX_TTL_MS) {
+            return Err(Status::invalid_argument("encoded: the intent expires more than a day from now"));
+        }
+        // `parse_intent` checked the size, the caps and the signature; only an enclave this hub
+        // admitted may post: the board is not a free store for any key.
+        if !self.control.is_admitted(intent.party).await {
+            return Err(Status::permission_denied(
+                "encoded: its party is not an enclave admitted by this hub",
+            ));
+        }
+        let party = intent.party;
         let mut board = self.board.lock().expect("board lock");
         board.prune(now);
         if board.entries.iter().any(|(_, o)| *o == order) {
             return Err(Status::already_exists("this intent is already on the board"));
+        }
+        if board.entries.iter().filter(|(_, o)| o.order.owner() == party).count() >= BOARD_PER_PARTY {
+            return Err(Status::resource_exhausted(format!(
+                "this party already has {BOARD_PER_PARTY} intents on the board"
+            )));
         }
         if board.entries.len() >= BOARD_CAPACITY {
             return Err(Status::resource_exhausted("the intent board is full"));

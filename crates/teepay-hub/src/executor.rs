@@ -10,13 +10,14 @@
 //!   transfers move balances in the map) and its status becomes final: succeeded, or
 //!   refunded with the reason.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 use teepay_chain::contract::ContractEvent;
 use teepay_coordinator::{Coordinator, HubError, HubPhase, RefundReason};
 use teepay_routing::{ChannelInfo, Network, RouteError, RouteQuery};
 use teepay_types::{
-    Amount, ChainId, FeePolicy, InstanceId, InstanceKind, Leg, NackReason, Order, Outcome, Platform,
-    SignedHubBatch, SignedNodeAck, SignedOrder, SignedRefundRequest, SpecError,
+    Address, Amount, ChainId, FeePolicy, InstanceId, InstanceKind, Leg, MAX_SWAP_PARTIES,
+    MAX_TRANSFERS_PER_INTENT, NackReason, Order, Outcome, Platform, SignedHubBatch, SignedNodeAck,
+    SignedOrder, SignedRefundRequest, SpecError,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,8 +34,66 @@ pub enum ExecError {
     NotASwap,
     #[error("a swap needs intents from at least two parties")]
     TooFewIntents,
+    #[error("a swap takes at most {max} intents, got {got}")]
+    TooManyIntents { got: usize, max: usize },
+    #[error("an intent lists at most {max} transfers (gives and receives)")]
+    TooManyTransfers { max: usize },
+    #[error("intent of {0} is not signed by that attested enclave")]
+    BadIntent(Address),
     #[error("intents do not match up: {0}")]
     IntentsDoNotMatch(String),
+}
+
+/// Every give must be exactly one counterparty's receive (same parties, chain and amount)
+/// and vice versa, as multisets: one pass over all transfers (hash counts), one route query
+/// per give. `intents` are swap orders with at most [`MAX_TRANSFERS_PER_INTENT`] each.
+fn match_intents(intents: &[SignedOrder]) -> Result<Vec<(ChainId, RouteQuery)>, ExecError> {
+    let mut parties = HashSet::new();
+    for o in intents {
+        let Order::Swap(intent) = &o.order else { return Err(ExecError::NotASwap) };
+        if !parties.insert(intent.party) {
+            return Err(ExecError::IntentsDoNotMatch(format!("two intents from {}", intent.party)));
+        }
+    }
+    if parties.len() < 2 {
+        return Err(ExecError::TooFewIntents);
+    }
+    // (from, to, chain, amount) → gives minus receives: every entry must come out zero.
+    let mut balance: HashMap<(Address, Address, ChainId, Amount), i64> = HashMap::new();
+    let mut queries = Vec::new();
+    for o in intents {
+        let Order::Swap(intent) = &o.order else { unreachable!("checked above") };
+        let party = intent.party;
+        for give in &intent.gives {
+            if !parties.contains(&give.counterparty) {
+                return Err(ExecError::IntentsDoNotMatch(format!(
+                    "{party} gives to {}, who sent no intent",
+                    give.counterparty
+                )));
+            }
+            *balance.entry((party, give.counterparty, give.chain, give.amount)).or_default() += 1;
+            let query = RouteQuery {
+                source: party,
+                destination: give.counterparty,
+                amount: give.amount,
+                max_fee: give.max_fee,
+            };
+            queries.push((give.chain, query));
+        }
+        for receive in &intent.receives {
+            *balance.entry((receive.counterparty, party, receive.chain, receive.amount)).or_default() -= 1;
+        }
+    }
+    // Deterministic report: the smallest unmatched transfer.
+    let unmatched = balance.into_iter().filter(|(_, n)| *n != 0).min_by_key(|(k, _)| *k);
+    if let Some(((from, to, chain, amount), n)) = unmatched {
+        return Err(ExecError::IntentsDoNotMatch(if n > 0 {
+            format!("{from} gives {} on chain {} to {to}, who does not expect it", amount.0, chain.0)
+        } else {
+            format!("{to} expects {} on chain {} from {from}, who does not give it", amount.0, chain.0)
+        }));
+    }
+    Ok(queries)
 }
 
 /// A payment's or swap's status, as the client API reports it.
@@ -181,7 +240,7 @@ impl<P: Platform> Executor<P> {
     ) -> Result<(), ExecError> {
         let graph = self.network.chain_mut(chain);
         match *event {
-            ContractEvent::ChannelOpened { channel, a, b, deposit } => {
+            ContractEvent::ChannelOpened { channel, a, b, deposit, .. } => {
                 if graph.channel(channel).is_none() {
                     graph.upsert_channel(&ChannelInfo {
                         id: channel,
@@ -249,66 +308,26 @@ impl<P: Platform> Executor<P> {
 
     /// Assembles a swap from every party's signed intent, routes one leg per give, starts it.
     pub fn submit_swap(&mut self, now: u64, intents: Vec<SignedOrder>) -> Result<InstanceId, ExecError> {
-        let legs = self.match_intents(&intents)?;
+        // Cheap checks first, then signatures, and only then matching and routing: whoever
+        // sends a swap request, its cost is bounded before any real work is done.
+        if intents.len() > MAX_SWAP_PARTIES {
+            return Err(ExecError::TooManyIntents { got: intents.len(), max: MAX_SWAP_PARTIES });
+        }
+        for o in &intents {
+            let Order::Swap(intent) = &o.order else { return Err(ExecError::NotASwap) };
+            if !intent.within_caps() {
+                return Err(ExecError::TooManyTransfers { max: MAX_TRANSFERS_PER_INTENT });
+            }
+        }
+        for o in &intents {
+            let owner = o.order.owner();
+            if !self.coordinator.is_registered(owner) || !o.is_signed() {
+                return Err(ExecError::BadIntent(owner));
+            }
+        }
+        let legs = match_intents(&intents)?;
         let routed = self.network.route_legs(&legs)?;
         self.start(now, InstanceKind::CrossChain, routed, intents)
-    }
-
-    /// Every give must be some counterparty's receive with the same chain and amount, and
-    /// every receive some counterparty's give; one route query per give.
-    fn match_intents(&self, intents: &[SignedOrder]) -> Result<Vec<(ChainId, RouteQuery)>, ExecError> {
-        let mut parties = BTreeMap::new();
-        for o in intents {
-            let Order::Swap(intent) = &o.order else { return Err(ExecError::NotASwap) };
-            if parties.insert(intent.party, intent).is_some() {
-                return Err(ExecError::IntentsDoNotMatch(format!("two intents from {}", intent.party)));
-            }
-        }
-        if parties.len() < 2 {
-            return Err(ExecError::TooFewIntents);
-        }
-        let mismatch = |s: String| Err(ExecError::IntentsDoNotMatch(s));
-        let mut queries = Vec::new();
-        for (party, intent) in &parties {
-            for give in &intent.gives {
-                let Some(other) = parties.get(&give.counterparty) else {
-                    return mismatch(format!("{party} gives to {}, who sent no intent", give.counterparty));
-                };
-                let expected = other
-                    .receives
-                    .iter()
-                    .any(|r| r.counterparty == *party && r.chain == give.chain && r.amount == give.amount);
-                if !expected {
-                    return mismatch(format!(
-                        "{party} gives {} on chain {} to {}, who does not expect it",
-                        give.amount.0, give.chain.0, give.counterparty
-                    ));
-                }
-                queries.push((
-                    give.chain,
-                    RouteQuery {
-                        source: *party,
-                        destination: give.counterparty,
-                        amount: give.amount,
-                        max_fee: give.max_fee,
-                    },
-                ));
-            }
-            for receive in &intent.receives {
-                let given = parties.get(&receive.counterparty).is_some_and(|o| {
-                    o.gives.iter().any(|g| {
-                        g.counterparty == *party && g.chain == receive.chain && g.amount == receive.amount
-                    })
-                });
-                if !given {
-                    return mismatch(format!(
-                        "{party} expects {} on chain {} from {}, who does not give it",
-                        receive.amount.0, receive.chain.0, receive.counterparty
-                    ));
-                }
-            }
-        }
-        Ok(queries)
     }
 
     fn start(

@@ -15,8 +15,10 @@ use teepay_chain::AnyChain;
 use teepay_coordinator::{Coordinator, HubConfig};
 use teepay_link::host::{FilePlatform, SealedLogFile};
 use teepay_store::{InstanceStatus, Store};
-use teepay_types::Platform as _;
-use teepay_types::{Address, ChainId, Hash32, Quote, RoundAuth, SigningKey};
+use teepay_types::Platform;
+use teepay_types::{
+    Address, ChainId, Hash32, InstanceId, InstanceKind, Outcome, Quote, RoundAuth, SigningKey,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -171,6 +173,10 @@ pub async fn start(cfg: HubRuntimeConfig) -> Result<RunningHub, RuntimeError> {
     for row in store.instances_with_status(InstanceStatus::InFlight).await.map_err(HubError::from)? {
         executor.resume(row.id);
     }
+    let replayed = replay_chain_outcomes(&mut executor, &store, teepay_link::host::now_ms()).await?;
+    if replayed > 0 {
+        tracing::info!(instances = replayed, "outcomes fixed on-chain while the hub was down resolved");
+    }
 
     let settings = HubSettings {
         listen: cfg.listen,
@@ -212,6 +218,38 @@ pub async fn start(cfg: HubRuntimeConfig) -> Result<RunningHub, RuntimeError> {
     }
     tracing::info!(listen = %handle.addr, ?metrics_addr, ?api_addr, "hub started");
     Ok(RunningHub { handle, store, metrics, metrics_addr, api_addr, enclave, quote, tasks })
+}
+
+/// Hands the hub enclave every on-chain outcome the DB holds for an instance it has not
+/// decided: outcomes fixed while the hub was down (the startup sync applies them to the DB
+/// only), or applied to the DB just before a crash and never handed over. Idempotent (the
+/// enclave ignores an outcome it already has). Returns how many instances it resolved.
+pub async fn replay_chain_outcomes<P: Platform>(
+    executor: &mut Executor<P>,
+    store: &Store,
+    now: u64,
+) -> Result<usize, HubError> {
+    let undecided: Vec<(InstanceId, ChainId)> = executor
+        .coordinator()
+        .inspect()
+        .instances
+        .iter()
+        .filter(|(_, i)| i.spec.kind == InstanceKind::MultiHop && i.phase.outcome().is_none())
+        .filter_map(|(id, i)| Some((*id, i.spec.legs.first()?.chain)))
+        .collect();
+    let mut resolved = 0;
+    for (id, chain) in undecided {
+        if let Some(applied) = store.instance_outcome(chain, id).await.map_err(HubError::from)? {
+            let outcome = if applied { Outcome::Apply } else { Outcome::Revert };
+            match executor.on_chain_outcome(now, id, outcome) {
+                Ok(()) => resolved += 1,
+                Err(e) => {
+                    tracing::error!(instance = %id, ?outcome, error = %e, "recorded on-chain outcome refused")
+                }
+            }
+        }
+    }
+    Ok(resolved)
 }
 
 /// Follows one chain: applied events go to the executor's map (and ejects to RESOLVE).

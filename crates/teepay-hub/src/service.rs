@@ -78,6 +78,10 @@ enum Event {
     Network {
         reply: oneshot::Sender<Vec<(ChainId, Vec<ChannelSnapshot>)>>,
     },
+    Admitted {
+        node: Address,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 /// A running hub: its bound address, control and queries, and a way to stop it.
@@ -115,6 +119,15 @@ impl HubControl {
         let (reply, answer) = oneshot::channel();
         self.events.send(Event::Status { instance, reply }).ok()?;
         answer.await.ok().flatten()
+    }
+
+    /// True iff the hub enclave admitted `node`'s attested enclave.
+    pub async fn is_admitted(&self, node: Address) -> bool {
+        let (reply, answer) = oneshot::channel();
+        if self.events.send(Event::Admitted { node, reply }).is_err() {
+            return false;
+        }
+        answer.await.unwrap_or(false)
     }
 
     /// The network map: every channel per chain with balances and reservations.
@@ -343,19 +356,21 @@ async fn run_executor<P: Platform>(
         // No DB: writes (and lookups) fail at once instead of queueing forever.
         drop(status_rx);
     }
+    // Replies that name an instance, held until the flush that seals its creation is durable.
+    let mut after_flush: Vec<AfterFlush> = Vec::new();
     while let Some(first) = rx.recv().await {
         let now = now_ms();
         let mut event = Some(first);
         // Drain everything already queued before flushing once: the adaptive batch window.
         while let Some(ev) = event {
-            handle(&mut exec, &mut peers, &status_tx, &settings.metrics, now, ev);
+            handle(&mut exec, &mut peers, &mut after_flush, &settings.metrics, now, ev);
             event = rx.try_recv().ok();
         }
         // An optional fixed window on top: trade latency for larger batches.
         if !settings.batch_window.is_zero() {
             let deadline = tokio::time::Instant::now() + settings.batch_window;
             while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, rx.recv()).await {
-                handle(&mut exec, &mut peers, &status_tx, &settings.metrics, now, ev);
+                handle(&mut exec, &mut peers, &mut after_flush, &settings.metrics, now, ev);
             }
         }
         // Flushing seals (and syncs) the hub enclave's state.
@@ -368,6 +383,22 @@ async fn run_executor<P: Platform>(
             // Sending without the state on disk could lose a decision nodes have seen.
             tracing::error!(path = %settings.state_path.display(), error = %e, "cannot persist the hub enclave's sealed state; stopping");
             return;
+        }
+        // The state that created every instance named below is durable now: a crash can no
+        // longer give its id to another instance.
+        for deferred in after_flush.drain(..) {
+            match deferred {
+                AfterFlush::Reply(node, msg) => peers.send(node, &msg),
+                AfterFlush::Status(write) => {
+                    // Without a DB the writer is gone: a lookup's status is unknown.
+                    if let Err(mpsc::error::SendError(StatusWrite::Lookup { instance, request, to })) =
+                        status_tx.send(write)
+                    {
+                        let status = WireStatus::Unknown;
+                        let _ = to.send(HubMessage::Status { request, instance, status }.to_bytes());
+                    }
+                }
+            }
         }
         let metrics = &settings.metrics;
         for batch in out.batches {
@@ -391,10 +422,17 @@ async fn run_executor<P: Platform>(
     }
 }
 
+/// What leaves the service task only once the flush after it is durable (issue 14 item 6:
+/// `Accepted{instance}` sent before the seal could name an id a crash then hands out again).
+enum AfterFlush {
+    Reply(Address, HubMessage),
+    Status(StatusWrite),
+}
+
 fn handle<P: Platform>(
     exec: &mut Executor<P>,
     peers: &mut Peers,
-    status_tx: &mpsc::UnboundedSender<StatusWrite>,
+    after_flush: &mut Vec<AfterFlush>,
     metrics: &Metrics,
     now: u64,
     ev: Event,
@@ -411,6 +449,7 @@ fn handle<P: Platform>(
             let map = exec.network().chains().map(|(c, g)| (*c, g.channels().collect())).collect();
             let _ = reply.send(map);
         }
+        Event::Admitted { node, reply } => drop(reply.send(exec.coordinator().is_registered(node))),
         Event::SignLink { transcript, reply } => {
             let _ = reply.send(exec.coordinator().sign_link(&transcript, LinkRole::Responder));
         }
@@ -464,25 +503,23 @@ fn handle<P: Platform>(
                 }
                 NodeMessage::Pay { request, order } => {
                     let started = exec.submit_payment(now, order);
-                    answer_start(exec, peers, status_tx, metrics, node, request, started, now);
+                    answer_start(exec, after_flush, metrics, node, request, started, now);
                 }
                 NodeMessage::Swap { request, intents } => {
                     let started = exec.submit_swap(now, intents);
-                    answer_start(exec, peers, status_tx, metrics, node, request, started, now);
+                    answer_start(exec, after_flush, metrics, node, request, started, now);
                 }
                 NodeMessage::Status { request, instance } => match exec.status(instance) {
                     Some(s) => {
+                        // The instance may have been created in this very round.
                         let status = wire_status(Some(s));
-                        peers.send(node, &HubMessage::Status { request, instance, status });
+                        after_flush
+                            .push(AfterFlush::Reply(node, HubMessage::Status { request, instance, status }));
                     }
                     None => {
-                        let unknown = HubMessage::Status { request, instance, status: WireStatus::Unknown };
                         if let Some((_, to)) = peers.links.get(&node) {
                             let lookup = StatusWrite::Lookup { instance, request, to: to.clone() };
-                            // Without a DB the writer is gone: the status is unknown.
-                            if status_tx.send(lookup).is_err() {
-                                peers.send(node, &unknown);
-                            }
+                            after_flush.push(AfterFlush::Status(lookup));
                         }
                     }
                 },
@@ -495,8 +532,7 @@ fn handle<P: Platform>(
 #[allow(clippy::too_many_arguments)]
 fn answer_start<P: Platform>(
     exec: &Executor<P>,
-    peers: &Peers,
-    status_tx: &mpsc::UnboundedSender<StatusWrite>,
+    after_flush: &mut Vec<AfterFlush>,
     metrics: &Metrics,
     node: Address,
     request: u64,
@@ -520,7 +556,7 @@ fn answer_start<P: Platform>(
                 outcome: None,
                 failure_reason: None,
             };
-            let _ = status_tx.send(StatusWrite::Started(row));
+            after_flush.push(AfterFlush::Status(StatusWrite::Started(row)));
             metrics.started.fetch_add(1, Relaxed);
             tracing::debug!(instance = %id, ?kind, "instance started");
             HubMessage::Accepted { request, instance: id }
@@ -531,7 +567,7 @@ fn answer_start<P: Platform>(
             HubMessage::Refused { request, reason: e.to_string() }
         }
     };
-    peers.send(node, &reply);
+    after_flush.push(AfterFlush::Reply(node, reply));
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! statuses, refunds on timeout and on NACK, swaps assembled from matching intents.
 
 use teepay_coordinator::{Coordinator, HubConfig};
-use teepay_enclave::{NewChannel, NodeConfig, NodeEnclave, Request, Response};
+use teepay_enclave::{FundedChannel, NodeConfig, NodeEnclave, Request, Response};
 use teepay_hub::executor::{ExecError, Executor, Status};
 use teepay_routing::{ChannelInfo, Network, RouteError};
 use teepay_types::{
@@ -83,23 +83,21 @@ impl Net {
         fees: (u128, u128),
         advertised: (u128, u128),
     ) -> ChannelId {
-        let id = ChannelId([self.next_channel; 32]);
+        let onchain = FundedChannel {
+            chain,
+            contract: CONTRACT,
+            a: self.addr(a),
+            b: self.addr(b),
+            nonce: u64::from(self.next_channel),
+            deposit_a: Amount(deposits.0),
+            deposit_b: Amount(deposits.1),
+        };
+        let id = onchain.id();
         self.next_channel += 1;
-        for (me, peer, is_a, mine, theirs, f) in
-            [(a, b, true, deposits.0, deposits.1, fees.0), (b, a, false, deposits.1, deposits.0, fees.1)]
-        {
-            let peer = self.addr(peer);
-            let new = NewChannel {
-                chain,
-                contract: CONTRACT,
-                id,
-                peer,
-                local_is_a: is_a,
-                deposit_local: Amount(mine),
-                deposit_peer: Amount(theirs),
-                fee: fee(f),
-            };
-            self.nodes[me].handle(0, Request::AddChannel(new)).unwrap();
+        for (me, is_a, f) in [(a, true, fees.0), (b, false, fees.1)] {
+            for request in onchain.requests(is_a, fee(f)) {
+                self.nodes[me].handle(0, request).unwrap();
+            }
         }
         let info = ChannelInfo {
             id,
@@ -294,4 +292,138 @@ fn swaps_need_matching_intents() {
     assert_eq!(net.run(), vec![(id, Status::Succeeded)]);
     assert_eq!((net.balance(0, c1), net.balance(1, c1)), (70, 30));
     assert_eq!((net.balance(1, c2), net.balance(0, c2)), (80, 20));
+}
+
+/// An `InstanceResolved` log as the contract emits it (`instanceId` and `channelId` indexed).
+fn resolved_log(
+    instance: InstanceId,
+    applied: bool,
+    channel: ChannelId,
+    block: u64,
+) -> teepay_chain::LogEntry {
+    let mut data = vec![0u8; 32];
+    data[31] = u8::from(applied);
+    teepay_chain::LogEntry {
+        address: CONTRACT,
+        topics: vec![
+            teepay_types::keccak256(b"InstanceResolved(bytes32,bool,bytes32)"),
+            instance.0,
+            channel.0,
+        ],
+        data,
+        block_number: block,
+        tx_hash: [block as u8; 32],
+        log_index: 0,
+    }
+}
+
+/// Issue 14 item 8: an eject mined while the hub was down is applied to the DB by the
+/// startup sync only; `replay_chain_outcomes` (run at every start) hands it to the hub
+/// enclave, which RESOLVEs the instance. Replaying again changes (and seals) nothing.
+#[tokio::test]
+async fn outcomes_fixed_on_chain_while_the_hub_was_down_reach_its_enclave() {
+    let mut net = Net::new(3);
+    let c01 = net.channel(C1, 0, 1, (100, 100), (0, 0), (0, 0));
+    net.channel(C1, 1, 2, (100, 100), (0, 0), (0, 0));
+    net.silent = vec![0, 1, 2]; // nobody answers: the instance stays undecided
+    let order = net.payment(0, 2, 10, 0);
+    let id = net.exec.submit_payment(net.now, order).unwrap();
+    net.run();
+    assert_eq!(net.exec.coordinator().instance(id).unwrap().phase, teepay_coordinator::HubPhase::None);
+
+    let dir = std::env::temp_dir().join(format!("teepay-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store =
+        teepay_store::Store::connect(&format!("sqlite://{}", dir.join("hub.db").display())).await.unwrap();
+    store.init_cursor(C1, CONTRACT, 1).await.unwrap();
+    store.apply_logs(C1, &[resolved_log(id, false, c01, 2)], 3, (2, [2; 32])).await.unwrap();
+
+    let resolved = teepay_hub::runtime::replay_chain_outcomes(&mut net.exec, &store, net.now).await.unwrap();
+    assert_eq!(resolved, 1);
+    assert_eq!(
+        net.exec.coordinator().instance(id).unwrap().phase,
+        teepay_coordinator::HubPhase::Resolved(teepay_types::Outcome::Revert)
+    );
+    let out = net.exec.flush(net.now);
+    assert!(out.sealed.is_some(), "the resolution is sealed before RESOLVE leaves");
+    assert!(
+        out.batches.iter().all(|b| b
+            .batch
+            .items
+            .iter()
+            .all(|i| matches!(i, teepay_types::HubItem::Resolve { .. })))
+    );
+    assert_eq!(out.batches.len(), 3, "RESOLVE goes to every participant");
+
+    // A second start replays the same outcome: nothing changes, nothing is sealed.
+    let again = teepay_hub::runtime::replay_chain_outcomes(&mut net.exec, &store, net.now).await.unwrap();
+    assert_eq!(again, 0, "a decided instance is not replayed");
+    net.exec.on_chain_outcome(net.now, id, teepay_types::Outcome::Revert).unwrap();
+    assert!(net.exec.flush(net.now).sealed.is_none(), "a repeated outcome is not sealed");
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 14 item 11: a swap request's cost is bounded before any work: too many intents or
+/// transfers are refused on their count, then every intent's signature and its party's
+/// admission are checked before matching and routing; matching compares transfers as
+/// multisets (one give cannot satisfy two receives).
+#[test]
+fn swap_requests_are_capped_and_checked_before_matching_or_routing() {
+    let mut net = Net::new(2);
+    net.channel(C1, 0, 1, (100, 0), (0, 0), (0, 0));
+    net.channel(C2, 1, 0, (100, 0), (0, 0), (0, 0));
+    let (a, b) = (net.addr(0), net.addr(1));
+    let t = |chain, counterparty, amount| Transfer {
+        chain,
+        counterparty,
+        amount: Amount(amount),
+        max_fee: Amount(0),
+    };
+    let outsider = SigningKey::from_entropy([0x5e; 32]).unwrap();
+    let forged_intent = |key: &SigningKey, gives: Vec<Transfer>, receives: Vec<Transfer>| {
+        teepay_types::Order::Swap(teepay_types::SwapIntent {
+            party: key.address(),
+            gives,
+            receives,
+            nonce: 0,
+            expires_at: 10_000,
+        })
+        .sign(key)
+    };
+    // 17 intents: refused on the count alone.
+    let junk: Vec<SignedOrder> = (0..=teepay_types::MAX_SWAP_PARTIES)
+        .map(|_| forged_intent(&outsider, vec![t(C1, a, 1)], vec![t(C2, a, 1)]))
+        .collect();
+    assert_eq!(
+        net.exec.submit_swap(net.now, junk),
+        Err(ExecError::TooManyIntents { got: 17, max: teepay_types::MAX_SWAP_PARTIES })
+    );
+    // Nine transfers in one intent.
+    let wide = forged_intent(&outsider, vec![t(C1, a, 1); 5], vec![t(C2, a, 1); 4]);
+    let ia = net.intent(0, vec![t(C1, b, 30)], vec![t(C2, b, 20)]);
+    assert_eq!(
+        net.exec.submit_swap(net.now, vec![ia.clone(), wide]),
+        Err(ExecError::TooManyTransfers { max: teepay_types::MAX_TRANSFERS_PER_INTENT })
+    );
+    // A key the hub never admitted, and an admitted party's intent with a broken signature.
+    let stranger = forged_intent(&outsider, vec![t(C2, a, 20)], vec![t(C1, a, 30)]);
+    assert_eq!(
+        net.exec.submit_swap(net.now, vec![ia.clone(), stranger]),
+        Err(ExecError::BadIntent(outsider.address()))
+    );
+    let mut ib = net.intent(1, vec![t(C2, a, 20)], vec![t(C1, a, 30)]);
+    let genuine = ib.clone();
+    let teepay_types::Auth::Signature(sig) = &mut ib.auth else { panic!("intents are signed") };
+    sig.0[7] ^= 1;
+    assert_eq!(net.exec.submit_swap(net.now, vec![ia.clone(), ib]), Err(ExecError::BadIntent(b)));
+    // One give cannot stand for two receives.
+    let doubled = net.intent(1, vec![t(C2, a, 20)], vec![t(C1, a, 30), t(C1, a, 30)]);
+    assert!(matches!(
+        net.exec.submit_swap(net.now, vec![ia.clone(), doubled]),
+        Err(ExecError::IntentsDoNotMatch(why)) if why.contains("does not give it")
+    ));
+    assert!(net.exec.coordinator().inspect().instances.is_empty(), "nothing refused was started");
+    let id = net.exec.submit_swap(net.now, vec![ia, genuine]).unwrap();
+    assert_eq!(net.run(), vec![(id, Status::Succeeded)]);
 }

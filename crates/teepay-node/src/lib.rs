@@ -172,7 +172,7 @@ impl<P: Platform> Node<P> {
                 peer: c.peer,
                 local: c.balance_local,
                 remote: c.balance_peer,
-                capacity: c.capacity,
+                capacity: c.capacity(),
                 locks: c.locks.len(),
                 open: c.status == teepay_enclave::ChannelStatus::Open,
             })

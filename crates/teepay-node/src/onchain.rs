@@ -43,23 +43,30 @@ pub struct ChainLink<C> {
     pub confirmations: u64,
 }
 
-/// Gas for a close: the state (and each lock's instance) is checked on-chain; an estimate
-/// cannot be made before the enclave signs, and signing is final.
-const CLOSE_GAS: u64 = 400_000;
+/// How a transaction's gas limit is set: estimated by the chain from the call, or fixed
+/// (a close, which cannot be estimated before the enclave signs, and signing is final).
+enum GasLimit {
+    Estimate(CallRequest),
+    Fixed(u64),
+}
 
 async fn send<C: Chain>(
     node: &NodeHandle,
     link: &ChainLink<C>,
     what: &'static str,
-    estimate: Option<CallRequest>,
+    limit: GasLimit,
     build: impl FnOnce(GasParams) -> Request,
 ) -> Result<Receipt, OnchainError> {
-    let mut gas = gas_params(&link.chain, node.address, estimate.as_ref()).await.map_err(|e| match e {
+    let estimate = match &limit {
+        GasLimit::Estimate(call) => Some(call),
+        GasLimit::Fixed(_) => None,
+    };
+    let mut gas = gas_params(&link.chain, node.address, estimate).await.map_err(|e| match e {
         ChainError::Reverted { data } => OnchainError::Reverted { what, reason: revert_reason(&data) },
         other => other.into(),
     })?;
-    if estimate.is_none() {
-        gas.gas_limit = CLOSE_GAS;
+    if let GasLimit::Fixed(fixed) = limit {
+        gas.gas_limit = fixed;
     }
     let Response::Transaction(tx) = node.enclave(build(gas)).await? else {
         return Err(OnchainError::Unexpected);
@@ -89,9 +96,13 @@ pub async fn register<C: Chain>(
         data: teepay_types::register_enclave_call(quote),
     };
     let (chain, quote) = (link.id, quote.clone());
-    send(node, link, "registerEnclave", Some(est), |gas| Request::BuildRegister { chain, quote, gas })
-        .await
-        .map(Some)
+    send(node, link, "registerEnclave", GasLimit::Estimate(est), |gas| Request::BuildRegister {
+        chain,
+        quote,
+        gas,
+    })
+    .await
+    .map(Some)
 }
 
 /// Opens a channel to `peer` funded with `deposit` from this enclave's account.
@@ -108,7 +119,7 @@ pub async fn open_channel<C: Chain>(
         data: teepay_types::open_channel_call(peer),
     };
     let chain = link.id;
-    let r = send(node, link, "openChannel", Some(est), |gas| Request::BuildOpenChannel {
+    let r = send(node, link, "openChannel", GasLimit::Estimate(est), |gas| Request::BuildOpenChannel {
         chain,
         peer,
         deposit,
@@ -132,7 +143,8 @@ pub async fn fund<C: Chain>(
         value: amount,
         data: teepay_types::deposit_call(channel),
     };
-    send(node, link, "deposit", Some(est), |gas| Request::BuildDeposit { channel, amount, gas }).await
+    send(node, link, "deposit", GasLimit::Estimate(est), |gas| Request::BuildDeposit { channel, amount, gas })
+        .await
 }
 
 /// Closes `channel` with the enclave's closing state: a cooperative close without locks, an
@@ -142,7 +154,11 @@ pub async fn close<C: Chain>(
     link: &ChainLink<C>,
     channel: ChannelId,
 ) -> Result<Receipt, OnchainError> {
-    send(node, link, "closeChannel", None, |gas| Request::BuildClose { channel, gas }).await
+    // Sized to the channel's locks (the enclave refuses less); a lock added between this
+    // read and the signature makes the enclave refuse, and the caller retries.
+    let locks = node.channels().await?.iter().find(|c| c.id == channel).map_or(0, |c| c.locks);
+    let limit = GasLimit::Fixed(teepay_types::close_gas(locks));
+    send(node, link, "closeChannel", limit, |gas| Request::BuildClose { channel, gas }).await
 }
 
 /// Moves `amount` out of the enclave's account (e.g. payouts after a close).
@@ -154,7 +170,13 @@ pub async fn withdraw<C: Chain>(
 ) -> Result<Receipt, OnchainError> {
     let chain = link.id;
     let est = CallRequest { from: Some(node.address), to: Some(to), value: amount, data: Vec::new() };
-    send(node, link, "transfer", Some(est), |gas| Request::BuildTransfer { chain, to, amount, gas }).await
+    send(node, link, "transfer", GasLimit::Estimate(est), |gas| Request::BuildTransfer {
+        chain,
+        to,
+        amount,
+        gas,
+    })
+    .await
 }
 
 /// Applies this node's confirmed channel events in `from..` to the enclave; returns the
@@ -172,15 +194,15 @@ pub async fn watch_once<C: Chain>(
     let me = node.address;
     for logged in events(&link.chain, link.contract, from, safe).await? {
         match logged.event {
-            ContractEvent::ChannelOpened { channel, a, b, deposit } if a == me || b == me => {
+            ContractEvent::ChannelOpened { channel, a, b, deposit, nonce } if a == me || b == me => {
                 let new = NewChannel {
                     chain: link.id,
                     contract: link.contract,
                     id: channel,
                     peer: if a == me { b } else { a },
                     local_is_a: a == me,
-                    deposit_local: if a == me { deposit } else { Amount::ZERO },
-                    deposit_peer: if a == me { Amount::ZERO } else { deposit },
+                    nonce,
+                    deposit,
                     fee: FeePolicy::default(),
                 };
                 match node.enclave(Request::AddChannel(new)).await {
@@ -188,13 +210,17 @@ pub async fn watch_once<C: Chain>(
                     Err(e) => return Err(e.into()),
                 }
             }
-            ContractEvent::ChannelFunded { channel, party, amount, deposit_a, deposit_b } => {
+            ContractEvent::ChannelFunded { channel, deposit_a, deposit_b, .. } => {
                 let Some(view) = node.channels().await?.into_iter().find(|c| c.id == channel) else {
                     continue;
                 };
-                let total = deposit_a.0.saturating_add(deposit_b.0);
-                if view.open && view.capacity.0.checked_add(amount.0) == Some(total) {
-                    node.enclave(Request::Deposit { channel, by_local: party == me, amount }).await?;
+                // The event carries both totals after it: the enclave takes what it has not
+                // seen yet, so a replay from the deployment block changes nothing.
+                if view.open {
+                    match node.enclave(Request::Deposit { channel, deposit_a, deposit_b }).await {
+                        Ok(_) | Err(NodeError::Enclave(EnclaveError::DepositDecreased)) => {}
+                        Err(e) => return Err(e.into()),
+                    }
                 }
             }
             ContractEvent::ChannelClosed { channel, .. }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 use teepay_coordinator::{Coordinator, HubConfig};
-use teepay_enclave::{NewChannel, NodeConfig, NodeEnclave, Request, Response};
+use teepay_enclave::{FundedChannel, NodeConfig, NodeEnclave, Request, Response};
 use teepay_hub::executor::Executor;
 use teepay_hub::service::{HubSettings, serve};
 use teepay_link::host::FilePlatform;
@@ -39,6 +39,7 @@ struct Setup {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     store: Store,
     channels: Vec<ChannelId>,
+    hub: teepay_hub::service::HubControl,
 }
 
 fn settings(
@@ -88,20 +89,21 @@ async fn setup_with(name: &str, n: usize, peer_acks: bool) -> Setup {
     let mut network = Network::new();
     let mut channels = Vec::new();
     for i in 0..n - 1 {
-        let id = ChannelId([i as u8 + 1; 32]);
         let (a, b) = (enclaves[i].address(), enclaves[i + 1].address());
-        for (k, peer, is_a) in [(i, b, true), (i + 1, a, false)] {
-            let new = NewChannel {
-                chain: C1,
-                contract: CONTRACT,
-                id,
-                peer,
-                local_is_a: is_a,
-                deposit_local: Amount(100),
-                deposit_peer: Amount(100),
-                fee: FeePolicy::default(),
-            };
-            enclaves[k].handle(0, Request::AddChannel(new)).unwrap();
+        let onchain = FundedChannel {
+            chain: C1,
+            contract: CONTRACT,
+            a,
+            b,
+            nonce: i as u64,
+            deposit_a: Amount(100),
+            deposit_b: Amount(100),
+        };
+        let id = onchain.id();
+        for (k, is_a) in [(i, true), (i + 1, false)] {
+            for request in onchain.requests(is_a, FeePolicy::default()) {
+                enclaves[k].handle(0, request).unwrap();
+            }
         }
         let info = ChannelInfo {
             id,
@@ -126,6 +128,7 @@ async fn setup_with(name: &str, n: usize, peer_acks: bool) -> Setup {
     };
     let handle = serve(Executor::new(hub, network), Some(store.clone()), settings_hub).await.unwrap();
     let hub_addr = handle.addr;
+    let hub = handle.control();
     std::mem::forget(handle); // runs for the rest of the test process
 
     let mut nodes = Vec::new();
@@ -140,7 +143,7 @@ async fn setup_with(name: &str, n: usize, peer_acks: bool) -> Setup {
         nodes.push(h);
         tasks.push(t);
     }
-    Setup { dir, hub_addr, nodes, tasks, store, channels }
+    Setup { dir, hub_addr, nodes, tasks, store, channels, hub }
 }
 
 /// Stops the daemons before removing their files (a still-running daemon may be writing).
@@ -292,5 +295,105 @@ async fn a_node_without_a_valid_quote_is_not_admitted() {
         other => panic!("{other:?}"),
     }
     task.abort();
+    cleanup(s);
+}
+
+/// Issue 14 item 6: when a node learns an instance id (`Accepted`), the hub's durable sealed
+/// state already holds that instance, so a hub crash right then can never hand the id to
+/// another instance. Checked for many payments at once (they share flushes): at each
+/// `Accepted`, the hub enclave restored from a copy of its state file knows the instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_id_leaves_the_hub_only_once_its_creation_is_durable() {
+    let s = setup("durable-ids", 3).await;
+    let payee = s.nodes[2].address;
+    let first = pay_when_connected(&s.nodes[0], payee, 1).await.unwrap();
+    let mut ids = vec![first];
+    let payer = s.nodes[0].clone();
+    let many: Vec<_> = (0..10)
+        .map(|_| {
+            tokio::spawn({
+                let n = payer.clone();
+                async move { n.pay(C1, payee, Amount(1), Amount(0)).await }
+            })
+        })
+        .collect();
+    for p in many {
+        let id = p.await.unwrap().unwrap();
+        ids.push(id);
+        // The hub's state file as it is now (copied: the running hub keeps appending).
+        let copy = s.dir.join("hub.sealed.copy");
+        std::fs::copy(s.dir.join("hub.sealed"), &copy).unwrap();
+        let (_, log) = teepay_link::host::SealedLogFile::open(&copy).unwrap();
+        let counter = teepay_types::blob_header(log.blobs().last().unwrap()).unwrap().0;
+        let platform = SimPlatform { sealing_key: [5; 32], counter };
+        let durable = Coordinator::restore(platform, &log).unwrap();
+        // (Complete instances are pruned once past their deadline, a second later: the
+        // one just announced cannot be.)
+        assert!(durable.instance(id).is_some(), "{id:?} was announced before it was sealed");
+    }
+    for id in ids {
+        assert_eq!(wait_for(&s.nodes[0], id, |st| *st != WireStatus::InFlight).await, WireStatus::Succeeded);
+    }
+    cleanup(s);
+}
+
+/// Issue 14 item 13: the hub's intent board takes only intents of enclaves the hub admitted,
+/// within the transfer caps, expiring within a day, at most `BOARD_PER_PARTY` per party.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_intent_board_admits_only_attested_parties_within_caps() {
+    use teepay_api::pb;
+    use teepay_hub::api::{BOARD_MAX_TTL_MS, BOARD_PER_PARTY, HubApi};
+    use teepay_types::{Order, SwapIntent, Transfer};
+    let s = setup("board", 2).await;
+    pay_when_connected(&s.nodes[0], s.nodes[1].address, 1).await.unwrap(); // both admitted
+    let (addr, _task) = HubApi::new(s.hub.clone()).serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mut client = pb::hub_client::HubClient::connect(format!("http://{addr}")).await.unwrap();
+    let peer = s.nodes[1].address;
+    let t = |amount| Transfer { chain: C1, counterparty: peer, amount: Amount(amount), max_fee: Amount(0) };
+    let now = teepay_link::host::now_ms();
+    let encoded = |o: &teepay_types::SignedOrder| pb::Intent {
+        encoded: teepay_types::ids::to_hex(&teepay_types::encoding::encode(o)),
+        ..Default::default()
+    };
+    let intent = |n: &NodeHandle, amount: u128, expires_at: u64| {
+        let n = n.clone();
+        async move {
+            let request =
+                Request::CreateSwapIntent { gives: vec![t(amount)], receives: vec![t(amount)], expires_at };
+            match n.enclave(request).await.unwrap() {
+                Response::Order(o) => o,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    // A key the hub never admitted, even correctly signed.
+    let stranger = SigningKey::from_entropy([0x51; 32]).unwrap();
+    let theirs = Order::Swap(SwapIntent {
+        party: stranger.address(),
+        gives: vec![t(1)],
+        receives: vec![t(1)],
+        nonce: 0,
+        expires_at: now + 60_000,
+    })
+    .sign(&stranger);
+    let err = client.post_intent(encoded(&theirs)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    // Too far in the future.
+    let late = intent(&s.nodes[0], 1, now + BOARD_MAX_TTL_MS + 60_000).await;
+    let err = client.post_intent(encoded(&late)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    // Oversized before decoding.
+    let huge = pb::Intent { encoded: "00".repeat(teepay_api::MAX_INTENT_HEX), ..Default::default() };
+    assert_eq!(client.post_intent(huge).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+    // An admitted party fills its share, then is refused; the board holds exactly its share.
+    for i in 0..BOARD_PER_PARTY {
+        let o = intent(&s.nodes[0], 10 + i as u128, now + 60_000).await;
+        client.post_intent(encoded(&o)).await.unwrap();
+    }
+    let one_more = intent(&s.nodes[0], 99, now + 60_000).await;
+    let err = client.post_intent(encoded(&one_more)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+    let listed = client.list_intents(pb::ListIntentsRequest {}).await.unwrap().into_inner();
+    assert_eq!(listed.entries.len(), BOARD_PER_PARTY);
     cleanup(s);
 }

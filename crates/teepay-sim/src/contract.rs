@@ -1,12 +1,14 @@
 //! A model of the `PaymentChannels` contract's settlement rule (DESIGN §3), per chain:
 //! close/eject with a state signed by a party's enclave; the first eject of an instance
 //! fixes its outcome (PREPARED → REVERT, COMMITTED → APPLY) and every later settlement of
-//! a channel locked by the same instance follows it. Swap-locked states are rejected.
+//! a channel locked by the same instance follows it. Swap-locked states are rejected. A state
+//! may lag the deposits (never exceed them): what it has not seen is paid to its depositor.
 
 use borsh::{BorshDeserialize, BorshSerialize};
 use std::collections::BTreeMap;
 use teepay_types::{
-    Address, Amount, ChainId, ChannelId, InstanceId, InstanceKind, Outcome, SignedChannelState,
+    Address, Amount, ChainId, ChannelId, InstanceId, InstanceKind, MAX_LOCKS_PER_CHANNEL, Outcome,
+    SignedChannelState,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -17,8 +19,12 @@ pub enum ContractError {
     Closed,
     #[error("state not signed by a party of the channel")]
     NotAParty,
-    #[error("state balances do not add up to the channel's deposits")]
+    #[error("state balances do not add up to the deposits it carries")]
     BadTotal,
+    #[error("state carries a deposit above the channel's real deposit on that side")]
+    BadDeposit,
+    #[error("state carries more locks than a channel may hold")]
+    TooManyLocks,
     #[error("state carries a cross-chain swap lock")]
     SwapLocked,
     #[error("arithmetic overflow")]
@@ -69,9 +75,15 @@ impl ContractModel {
         if signer != ch.a && signer != ch.b {
             return Err(ContractError::NotAParty);
         }
-        let deposits = ch.deposit_a.checked_add(ch.deposit_b).ok_or(ContractError::Overflow)?;
+        if state.deposit_a > ch.deposit_a || state.deposit_b > ch.deposit_b {
+            return Err(ContractError::BadDeposit);
+        }
+        let deposits = state.deposit_a.checked_add(state.deposit_b).ok_or(ContractError::Overflow)?;
         if state.total() != Some(deposits) {
             return Err(ContractError::BadTotal);
+        }
+        if state.locks.len() > MAX_LOCKS_PER_CHANNEL {
+            return Err(ContractError::TooManyLocks);
         }
         if state.locks.iter().any(|l| l.kind == InstanceKind::CrossChain) {
             return Err(ContractError::SwapLocked);
@@ -94,6 +106,11 @@ impl ContractModel {
                 *to = to.checked_add(lock.amount).ok_or(ContractError::Overflow)?;
             }
         }
+        // Deposits the signer had not seen go back to whoever made them.
+        let unseen_a = ch.deposit_a.checked_sub(state.deposit_a).ok_or(ContractError::Overflow)?;
+        let unseen_b = ch.deposit_b.checked_sub(state.deposit_b).ok_or(ContractError::Overflow)?;
+        let bal_a = bal_a.checked_add(unseen_a).ok_or(ContractError::Overflow)?;
+        let bal_b = bal_b.checked_add(unseen_b).ok_or(ContractError::Overflow)?;
         let (chain, a, b) = (ch.chain, ch.a, ch.b);
         self.outcomes = outcomes;
         self.channels.get_mut(&state.channel).expect("checked").open = false;

@@ -246,7 +246,7 @@ fn check_consent(
 /// than a side holds.
 fn check_node_views(name: &str, state: &NodeState) -> Result<(), Violation> {
     for (id, ch) in &state.channels {
-        if ch.balance_local.checked_add(ch.balance_peer) != Some(ch.capacity) {
+        if ch.balance_local.checked_add(ch.balance_peer) != Some(ch.capacity()) {
             return fail(format!("conservation: {name}'s view of {id:?} does not add up to its capacity"));
         }
         let out: u128 = ch.locks.iter().filter(|l| l.outgoing).map(|l| l.amount.0).sum();

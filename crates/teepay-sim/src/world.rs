@@ -7,12 +7,11 @@ use crate::contract::{ContractModel, OnchainChannel};
 use std::collections::BTreeMap;
 use teepay_coordinator::{Coordinator, HubConfig, HubError};
 use teepay_enclave::{
-    EnclaveError, FeePolicy, NewChannel, NodeConfig, NodeEnclave, Request, Response, SealLimits, SealedLog,
+    EnclaveError, FeePolicy, FundedChannel, NodeConfig, NodeEnclave, Request, Response, SealLimits, SealedLog,
 };
 use teepay_types::{
     Address, Amount, ChainId, ChannelId, Hop, InstanceId, InstanceKind, Leg, Outcome, SignedHubBatch,
-    SignedNodeAck, SignedOrder, SignedRefundRequest, SigningKey, SimPlatform, Transfer, derive_channel_id,
-    keccak256,
+    SignedNodeAck, SignedOrder, SignedRefundRequest, SigningKey, SimPlatform, Transfer, keccak256,
 };
 
 pub const NODE_MEASUREMENT: [u8; 32] = [0x11; 32];
@@ -247,24 +246,23 @@ impl World {
         fee_b: FeePolicy,
     ) -> ChannelId {
         let (addr_a, addr_b) = (self.address(a), self.address(b));
-        let id = derive_channel_id(addr_a, addr_b, self.channels.len() as u64);
         let (deposit_a, deposit_b) = (Amount(deposit_a), Amount(deposit_b));
+        let onchain = FundedChannel {
+            chain,
+            contract: CONTRACT,
+            a: addr_a,
+            b: addr_b,
+            nonce: self.channels.len() as u64,
+            deposit_a,
+            deposit_b,
+        };
+        let id = onchain.id();
         self.contract
             .open(id, OnchainChannel { chain, a: addr_a, b: addr_b, deposit_a, deposit_b, open: true });
-        for (me, peer, local_is_a, mine, theirs, fee) in
-            [(a, addr_b, true, deposit_a, deposit_b, fee_a), (b, addr_a, false, deposit_b, deposit_a, fee_b)]
-        {
-            let new = NewChannel {
-                chain,
-                contract: CONTRACT,
-                id,
-                peer,
-                local_is_a,
-                deposit_local: mine,
-                deposit_peer: theirs,
-                fee,
-            };
-            self.node_request(me, Request::AddChannel(new));
+        for (me, local_is_a, mine, fee) in [(a, true, deposit_a, fee_a), (b, false, deposit_b, fee_b)] {
+            for request in onchain.requests(local_is_a, fee) {
+                self.node_request(me, request);
+            }
             let entry = self.deposits.entry((chain, self.address(me))).or_default();
             *entry = entry.checked_add(mine).expect("test deposits fit in u128");
         }

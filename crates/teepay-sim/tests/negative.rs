@@ -597,3 +597,118 @@ fn an_order_lost_in_a_crash_is_refused_never_paid() {
     assert_eq!(w.hub.coordinator.instance(again).unwrap().phase.outcome(), Some(Outcome::Apply));
     assert!(w.nodes[0].enclave.deferred().is_empty(), "sealed with the PREPARE that used it");
 }
+
+/// Issue 14 item 3: locks per channel are capped (a close carries every lock, and its gas
+/// grows with them). A crafted hub fills a channel of the payee with PREPAREs it never
+/// commits; the PREPARE one past the cap is NACKed with `TooManyLocks`, changing nothing.
+#[test]
+fn locks_per_channel_are_capped() {
+    let mut f = fixture();
+    let (payer, payee) = (f.nodes[0], f.nodes[1]);
+    let channel = f.w.open_channel(
+        CHAIN_1,
+        payer,
+        payee,
+        10_000,
+        0,
+        teepay_enclave::FeePolicy::default(),
+        teepay_enclave::FeePolicy::default(),
+    );
+    let order = f.order(1, 0);
+    let spec = |i: usize| {
+        let mut id = [0xc0; 32];
+        id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        let hop = teepay_types::Hop {
+            channel,
+            from: f.w.address(payer),
+            to: f.w.address(payee),
+            amount: Amount(1),
+        };
+        teepay_types::InstanceSpec {
+            id: InstanceId(id),
+            kind: InstanceKind::MultiHop,
+            legs: vec![teepay_types::Leg { chain: CHAIN_1, hops: vec![hop] }],
+            orders: vec![order.clone()],
+            deadline: 100,
+            peer_acks: false,
+        }
+    };
+    let specs: Vec<_> = (0..=teepay_types::MAX_LOCKS_PER_CHANNEL).map(spec).collect();
+    for chunk in specs[..teepay_types::MAX_LOCKS_PER_CHANNEL].chunks(100) {
+        let items = chunk.iter().cloned().map(HubItem::Prepare).collect();
+        let result = f.send(payee, items).unwrap();
+        assert!(result.results.iter().all(|r| matches!(r, Ok(NodeItem::Prepared { .. }))));
+    }
+    let held = &f.state(payee).channels[&channel];
+    assert_eq!(held.locks.len(), teepay_types::MAX_LOCKS_PER_CHANNEL);
+    let last = specs[teepay_types::MAX_LOCKS_PER_CHANNEL].clone();
+    f.refused(payee, HubItem::Prepare(last), EnclaveError::Refused(NackReason::TooManyLocks));
+}
+
+/// A close's gas limit must cover its locks (`close_gas`): a host that asks for less is
+/// refused before anything is signed, so the channel stays open and usable.
+#[test]
+fn a_close_with_too_little_gas_for_its_locks_is_refused_unsigned() {
+    let mut f = fixture();
+    let spec = f.run_to(40, false, false); // hop1 holds a PREPARED lock on two channels
+    let node = f.nodes[1];
+    let channel = spec.legs[0].hops[0].channel;
+    let before = f.state(node);
+    let gas = teepay_types::GasParams {
+        nonce: 0,
+        gas_limit: teepay_types::close_gas(0),
+        max_fee_per_gas: 1,
+        max_priority_fee_per_gas: 1,
+    };
+    let err = f.w.nodes[node].enclave.handle(0, Request::BuildClose { channel, gas }).unwrap_err();
+    assert_eq!(
+        err,
+        EnclaveError::GasTooLow { needed: teepay_types::close_gas(1), got: teepay_types::close_gas(0) }
+    );
+    assert_eq!(f.state(node), before);
+    let enough = teepay_types::GasParams { gas_limit: teepay_types::close_gas(1), ..gas };
+    assert!(f.w.nodes[node].enclave.handle(0, Request::BuildClose { channel, gas: enough }).is_ok());
+}
+
+/// Issue 14 item 5: a refunded order is never payable again. The payer's enclave marks it
+/// refunded for good (a replayed PREPARE carrying it is NACKed), and the hub enclave refuses
+/// to start a second instance with any order an instance already carried.
+#[test]
+fn a_refunded_order_is_never_paid_later() {
+    let mut f = fixture();
+    let spec = f.run_to(41, false, false);
+    for n in f.nodes {
+        f.accepted(n, HubItem::Refund { instance: spec.id });
+    }
+    let order_nonce = spec.orders[0].order.nonce();
+    assert!(matches!(
+        f.state(f.nodes[0]).orders[&order_nonce].status,
+        teepay_enclave::OrderStatus::Refunded(id) if id == spec.id
+    ));
+    let mut replay = spec.clone();
+    replay.id = InstanceId([42; 32]);
+    f.refused(f.nodes[0], HubItem::Prepare(replay), EnclaveError::Refused(NackReason::OrderAlreadyUsed));
+
+    // The hub enclave: the same signed order again, after its instance was refunded.
+    let mut w = teepay_sim::scenarios::three_hop();
+    let first = w.instances[0];
+    let spec = w.hub.coordinator.instance(first).unwrap().spec.clone();
+    w.hub.coordinator.tick(spec.deadline + 1); // nobody PREPAREd in time: refunded
+    assert_eq!(
+        w.hub.coordinator.instance(first).unwrap().phase,
+        teepay_coordinator::HubPhase::RefundAuthorized
+    );
+    w.flush_hub();
+    let before = w.hub.coordinator.inspect().clone();
+    let again =
+        w.hub.coordinator.create_instance(w.now, InstanceKind::MultiHop, spec.legs, spec.orders.clone());
+    assert_eq!(again, Err(HubError::OrderReused(spec.orders[0].order.digest())));
+    assert_eq!(*w.hub.coordinator.inspect(), before, "a refused instance changes nothing");
+    // Remembered until well after the order expired, then forgotten (bounded state).
+    let expiry = spec.orders[0].order.expires_at();
+    w.hub.coordinator.prune_complete(expiry + teepay_coordinator::ORDER_EXPIRY_MARGIN);
+    assert_eq!(w.hub.coordinator.inspect().used_orders.len(), 1);
+    w.hub.coordinator.prune_complete(expiry + teepay_coordinator::ORDER_EXPIRY_MARGIN + 1);
+    assert!(w.hub.coordinator.inspect().used_orders.is_empty());
+    assert!(w.hub.coordinator.index_is_consistent());
+}

@@ -45,8 +45,9 @@ fn commit_needs_every_participants_own_signed_prepared_ack() {
     let mut spec = f.spec(1, f.leg(10), order);
     spec.peer_acks = true;
     let acks = collect_acks(&mut f, &spec);
+    let spec_hash = leaf_hash(&HubItem::Prepare(spec.clone()));
     for ack in &acks {
-        assert!(ack.is_valid(f.hub.address(), spec.id), "each node signs its own PREPARED ack");
+        assert!(ack.is_valid(f.hub.address(), spec.id, &spec_hash), "each node signs its own PREPARED ack");
     }
     let digest = digest_of(&acks, &spec);
     let hop1 = f.nodes[1];
@@ -82,6 +83,18 @@ fn commit_needs_every_participants_own_signed_prepared_ack() {
     let third = acks.iter().position(|a| a.node != me && a.node != acks[other].node).unwrap();
     impostor[other] = PeerAck { node: acks[other].node, ..acks[third].clone() };
     f.refused(hop1, commit(impostor, digest), EnclaveError::ForgedPeerAck(spec.id, acks[other].node));
+    // Genuine acks of the same nodes, id and states, signed for another spec under this id
+    // (a twin world where the same enclaves PREPAREd a spec with another deadline).
+    let mut twin = fixture();
+    let order = twin.order(10, 5);
+    let mut other_spec = twin.spec(1, twin.leg(10), order);
+    other_spec.peer_acks = true;
+    other_spec.deadline += 1;
+    let other_acks = collect_acks(&mut twin, &other_spec);
+    assert_eq!(other_acks[other].states, acks[other].states, "only the spec differs");
+    let mut respecced = acks.clone();
+    respecced[other] = other_acks[other].clone();
+    f.refused(hop1, commit(respecced, digest), EnclaveError::ForgedPeerAck(spec.id, acks[other].node));
     // Genuine acks the COMMIT's digest does not cover, or one ack too many.
     f.refused(hop1, commit(acks.clone(), [7; 32]), EnclaveError::PeerAcksMismatch(spec.id));
     let mut extra = acks.clone();
@@ -128,6 +141,8 @@ fn locked_state(instance: teepay_types::InstanceId, phase: Phase) -> ChannelStat
         contract: CONTRACT,
         channel: ChannelId([3; 32]),
         version: 1,
+        deposit_a: Amount(100),
+        deposit_b: Amount(100),
         balance_a: Amount(100),
         balance_b: Amount(100),
         locks: vec![LockState {
@@ -166,8 +181,12 @@ fn hub_counts_and_forwards_only_valid_peer_acks() {
         let item = NodeItem::Prepared { instance: id, states, signature };
         NodeAck { node: key.address(), hub, items: vec![item] }.sign(key)
     };
+    let spec_hash = w.hub.coordinator.instance(id).unwrap().prepare_hash;
+    let sign_for = |key: &SigningKey, hub: Address, instance, spec: &[u8; 32], states: &[ChannelState]| {
+        Some(key.sign_digest(&prepared_digest(hub, key.address(), instance, spec, states)))
+    };
     let sign = |key: &SigningKey, hub: Address, instance, states: &[ChannelState]| {
-        Some(key.sign_digest(&prepared_digest(hub, key.address(), instance, states)))
+        sign_for(key, hub, instance, &spec_hash, states)
     };
     let good = vec![locked_state(id, Phase::Prepared)];
     let refused = |w: &mut World, ack| {
@@ -182,6 +201,8 @@ fn hub_counts_and_forwards_only_valid_peer_acks() {
     let unlocked = vec![locked_state(id, Phase::Committed)];
     refused(&mut w, prepared(&a, unlocked.clone(), sign(&a, hub, id, &unlocked)));
     refused(&mut w, prepared(&a, vec![], sign(&a, hub, id, &[])));
+    // Signed by the right node for the right id and states, but for another spec.
+    refused(&mut w, prepared(&a, good.clone(), sign_for(&a, hub, id, &[0xab; 32], &good)));
 
     for key in [&a, &b] {
         let result =
@@ -203,7 +224,7 @@ fn hub_counts_and_forwards_only_valid_peer_acks() {
         let HubItem::Commit { prepared_acks, peer_acks, .. } = item else { panic!("{item:?}") };
         let nodes: Vec<Address> = peer_acks.iter().map(|p| p.node).collect();
         assert_eq!(nodes, instance.participants, "every participant's ack, in participant order");
-        assert!(peer_acks.iter().all(|p| p.is_valid(hub, id)));
+        assert!(peer_acks.iter().all(|p| p.is_valid(hub, id, &spec_hash)));
         let leaves: Vec<[u8; 32]> = peer_acks.iter().map(|p| leaf_hash(&p.item(id))).collect();
         assert_eq!(*prepared_acks, prepared_acks_digest(&leaves));
     }

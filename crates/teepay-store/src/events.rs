@@ -29,7 +29,7 @@ pub(crate) async fn apply(conn: &mut AnyConnection, chain: ChainId, log: &LogEnt
             .execute(&mut *conn)
             .await?;
         }
-        ContractEvent::ChannelOpened { channel, a, b, deposit } => {
+        ContractEvent::ChannelOpened { channel, a, b, deposit, .. } => {
             sqlx::query(
                 "INSERT INTO channels (chain_id, channel_id, party_a, party_b, deposit_a, deposit_b, balance_a, balance_b, \
                  status, opened_block) VALUES ($1, $2, $3, $4, $5, '0', $5, '0', 'open', $6) ON CONFLICT DO NOTHING",

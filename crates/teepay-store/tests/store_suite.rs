@@ -53,7 +53,13 @@ async fn suite(url: &str, backend: Backend) {
         registered(A, 1, 0),
         registered(B, 1, 1),
         log(
-            PC::ChannelOpened { channelId: B256::from(CH.0), a: evm(A), b: evm(B), deposit: U256::from(100) },
+            PC::ChannelOpened {
+                channelId: B256::from(CH.0),
+                a: evm(A),
+                b: evm(B),
+                deposit: U256::from(100),
+                nonce: 0,
+            },
             2,
             0,
         ),

@@ -85,15 +85,26 @@ pub struct LockState {
     pub kind: InstanceKind,
 }
 
+/// Most locks one channel may carry at once (every enclave refuses a PREPARE beyond it; the
+/// contract refuses a closing state beyond it). Sized so that a close at the cap, every lock
+/// resolved for the first time, fits well inside a 30M-gas block (the contract suite
+/// measures it); Lightning caps HTLCs at 483 per direction for the same reason.
+pub const MAX_LOCKS_PER_CHANNEL: usize = 483;
+
 /// The state of one channel: what a party's enclave signs to close or eject it.
 /// Balances exclude nothing: a reserved (locked) amount is still in its sender's balance
-/// until the instance applies.
+/// until the instance applies. `deposit_a`/`deposit_b` are the deposits the signing enclave
+/// has seen on each side (balances add up to their sum); the contract refuses a state whose
+/// deposit on either side exceeds the real one and pays back deposits the state lags behind,
+/// so no host report moves value and a late deposit never makes a close stale.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize)]
 pub struct ChannelState {
     pub chain: ChainId,
     pub contract: Address,
     pub channel: ChannelId,
     pub version: u64,
+    pub deposit_a: Amount,
+    pub deposit_b: Amount,
     pub balance_a: Amount,
     pub balance_b: Amount,
     pub locks: Vec<LockState>,
@@ -112,6 +123,8 @@ mod typed {
         struct ChannelState {
             bytes32 channelId;
             uint64 version;
+            uint256 depositA;
+            uint256 depositB;
             uint256 balanceA;
             uint256 balanceB;
             Lock[] locks;
@@ -136,6 +149,8 @@ impl ChannelState {
         let typed = typed::ChannelState {
             channelId: B256::from(self.channel.0),
             version: self.version,
+            depositA: U256::from(self.deposit_a.0),
+            depositB: U256::from(self.deposit_b.0),
             balanceA: U256::from(self.balance_a.0),
             balanceB: U256::from(self.balance_b.0),
             locks: self
@@ -176,12 +191,22 @@ impl SignedChannelState {
     }
 }
 
-/// The channel id the contract derives: `keccak256(abi.encode(opener, peer, nonce))`.
-pub fn derive_channel_id(opener: Address, peer: Address, nonce: u64) -> ChannelId {
-    let mut buf = [0u8; 96];
-    buf[12..32].copy_from_slice(&opener.0);
-    buf[44..64].copy_from_slice(&peer.0);
-    buf[88..96].copy_from_slice(&nonce.to_be_bytes());
+/// The channel id the contract derives:
+/// `keccak256(abi.encode(chainId, contract, opener, peer, nonce))`. Binding the chain and the
+/// deployment makes an id name one channel everywhere (enclave tables, hub DB, watchers).
+pub fn derive_channel_id(
+    chain: ChainId,
+    contract: Address,
+    opener: Address,
+    peer: Address,
+    nonce: u64,
+) -> ChannelId {
+    let mut buf = [0u8; 160];
+    buf[24..32].copy_from_slice(&chain.0.to_be_bytes());
+    buf[44..64].copy_from_slice(&contract.0);
+    buf[76..96].copy_from_slice(&opener.0);
+    buf[108..128].copy_from_slice(&peer.0);
+    buf[152..160].copy_from_slice(&nonce.to_be_bytes());
     ChannelId(crate::crypto::keccak256(&buf))
 }
 
@@ -195,6 +220,8 @@ mod tests {
             contract: Address([9; 20]),
             channel: ChannelId([1; 32]),
             version: 3,
+            deposit_a: Amount(12),
+            deposit_b: Amount(3),
             balance_a: Amount(10),
             balance_b: Amount(5),
             locks: vec![LockState {
@@ -212,6 +239,12 @@ mod tests {
         let base = state().eip712_digest();
         let mut s = state();
         s.version += 1;
+        assert_ne!(s.eip712_digest(), base);
+        let mut s = state();
+        s.deposit_a = Amount(13);
+        assert_ne!(s.eip712_digest(), base, "the digest must bind the deposits");
+        let mut s = state();
+        s.deposit_b = Amount(2);
         assert_ne!(s.eip712_digest(), base);
         let mut s = state();
         s.locks[0].phase = Phase::Prepared;

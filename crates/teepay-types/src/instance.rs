@@ -69,6 +69,12 @@ pub struct Transfer {
     pub max_fee: Amount,
 }
 
+/// Most parties (intents) one swap may have: the hub checks each intent's signature and
+/// routes each give, so a request's cost must be bounded whoever sends it.
+pub const MAX_SWAP_PARTIES: usize = 16;
+/// Most transfers (gives plus receives) one intent may list.
+pub const MAX_TRANSFERS_PER_INTENT: usize = 8;
+
 /// A swap party's intent: it gives these transfers only if it receives those, atomically.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize)]
 pub struct SwapIntent {
@@ -77,6 +83,13 @@ pub struct SwapIntent {
     pub receives: Vec<Transfer>,
     pub nonce: u64,
     pub expires_at: u64,
+}
+
+impl SwapIntent {
+    /// True when the intent lists no more transfers than [`MAX_TRANSFERS_PER_INTENT`].
+    pub fn within_caps(&self) -> bool {
+        self.gives.len().saturating_add(self.receives.len()) <= MAX_TRANSFERS_PER_INTENT
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize)]

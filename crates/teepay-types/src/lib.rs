@@ -15,8 +15,8 @@ pub mod seal;
 pub mod tx;
 
 pub use channel::{
-    ChannelState, FeePolicy, InstanceKind, LockState, Outcome, Phase, SignedChannelState, derive_channel_id,
-    eip712_domain,
+    ChannelState, FeePolicy, InstanceKind, LockState, MAX_LOCKS_PER_CHANNEL, Outcome, Phase,
+    SignedChannelState, derive_channel_id, eip712_domain,
 };
 pub use crypto::{
     CryptoError, LinkRole, PublicKeyBytes, Signature, SigningKey, keccak256, link_digest, macs_equal,
@@ -25,7 +25,8 @@ pub use crypto::{
 pub use encoding::{DecodeError, WIRE_VERSION, decode, encode};
 pub use ids::{Address, Amount, ChainId, ChannelId, Hash32, InstanceId};
 pub use instance::{
-    Hop, InstanceSpec, Leg, Order, PaymentRequest, SignedOrder, SpecError, SwapIntent, Transfer,
+    Hop, InstanceSpec, Leg, MAX_SWAP_PARTIES, MAX_TRANSFERS_PER_INTENT, Order, PaymentRequest, SignedOrder,
+    SpecError, SwapIntent, Transfer,
 };
 pub use messages::{
     Auth, HubBatch, HubItem, NackReason, NodeAck, NodeItem, PeerAck, Quote, QuoteError, RefundRequest,
@@ -37,6 +38,6 @@ pub use seal::{
     seal, seal_delta, seal_value, unseal, unseal_log, unseal_value,
 };
 pub use tx::{
-    Eip1559Tx, GasParams, SignedTx, abi_channel_state, bindings, close_channel_call, deposit_call,
-    open_channel_call, register_enclave_call,
+    CLOSE_BASE_GAS, CLOSE_GAS_PER_LOCK, Eip1559Tx, GasParams, SignedTx, abi_channel_state, bindings,
+    close_channel_call, close_gas, deposit_call, open_channel_call, register_enclave_call,
 };

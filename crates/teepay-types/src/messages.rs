@@ -58,6 +58,9 @@ pub enum NackReason {
     Overflow,
     /// This node's policy asks every instance to carry peer acks, and this one does not.
     PeerAcksRequired,
+    /// A channel of this node already carries [`crate::MAX_LOCKS_PER_CHANNEL`] locks: one
+    /// more would make its close too large for a block.
+    TooManyLocks,
 }
 
 /// A node → hub answer for one instance.
@@ -100,9 +103,16 @@ impl NodeItem {
 }
 
 /// What a node signs when it PREPAREs an instance that asks for peer acks: its state of
-/// every channel it holds in the instance, bound to the hub, the node and the instance.
-pub fn prepared_digest(hub: Address, node: Address, instance: InstanceId, states: &[ChannelState]) -> Hash32 {
-    keccak256_parts(&[b"teepay/prepared/v1", &hub.0, &node.0, &instance.0, &body_bytes(&states)])
+/// every channel it holds in the instance, bound to the hub, the node, the instance and the
+/// instance's spec (the leaf hash of its PREPARE item, which every participant computes).
+pub fn prepared_digest(
+    hub: Address,
+    node: Address,
+    instance: InstanceId,
+    spec: &Hash32,
+    states: &[ChannelState],
+) -> Hash32 {
+    keccak256_parts(&[b"teepay/prepared/v2", &hub.0, &node.0, &instance.0, spec, &body_bytes(&states)])
 }
 
 /// The digest COMMIT carries: the leaf hash of every participant's PREPARED answer, in
@@ -132,12 +142,14 @@ impl PeerAck {
     /// True iff every state carries `instance`'s lock in PREPARED (what an honest enclave
     /// reports after locking) and `node` signed them for `instance` under `hub`. The hub
     /// checks this before it counts the ack, the other participants before they commit.
-    pub fn is_valid(&self, hub: Address, instance: InstanceId) -> bool {
+    /// `spec` is the leaf hash of the instance's PREPARE item: an ack binds the very spec
+    /// its signer locked for, so an ack for another spec under the same id counts for nothing.
+    pub fn is_valid(&self, hub: Address, instance: InstanceId, spec: &Hash32) -> bool {
         let locked = !self.states.is_empty()
             && self.states.iter().all(|s| {
                 s.locks.iter().any(|l| l.instance == instance && l.phase == crate::channel::Phase::Prepared)
             });
-        let digest = prepared_digest(hub, self.node, instance, &self.states);
+        let digest = prepared_digest(hub, self.node, instance, spec, &self.states);
         locked && matches!(recover_signer(&digest, &self.signature), Ok(a) if a == self.node)
     }
 }

@@ -122,6 +122,8 @@ pub fn abi_channel_state(state: &crate::channel::ChannelState) -> bindings::Paym
     bindings::PaymentChannels::ChannelState {
         channelId: B256::from(state.channel.0),
         version: state.version,
+        depositA: U256::from(state.deposit_a.0),
+        depositB: U256::from(state.deposit_b.0),
         balanceA: U256::from(state.balance_a.0),
         balanceB: U256::from(state.balance_b.0),
         locks: state
@@ -142,6 +144,19 @@ pub fn abi_channel_state(state: &crate::channel::ChannelState) -> bindings::Paym
             })
             .collect(),
     }
+}
+
+/// Gas of `closeChannel` without locks, with margin (measured ~60k by the contract suite).
+pub const CLOSE_BASE_GAS: u64 = 150_000;
+/// Gas per lock of a close, with margin: each lock resolved for the first time costs a
+/// storage write and an event (measured ~30k by the contract suite at the lock cap).
+pub const CLOSE_GAS_PER_LOCK: u64 = 40_000;
+
+/// The gas limit a close carrying `locks` locks needs. An estimate cannot be made before the
+/// enclave signs (and signing is final), so the limit follows the locks: at
+/// [`crate::MAX_LOCKS_PER_CHANNEL`] it is ~19M, inside a 30M block.
+pub fn close_gas(locks: usize) -> u64 {
+    CLOSE_BASE_GAS.saturating_add(CLOSE_GAS_PER_LOCK.saturating_mul(locks as u64))
 }
 
 /// Calldata of `closeChannel(state, sig)`.

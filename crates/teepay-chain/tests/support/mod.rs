@@ -5,11 +5,11 @@
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
-use teepay_chain::contract::{self, Deployment, RECEIPT_TIMEOUT, revert_reason};
+use teepay_chain::contract::{self, ContractEvent, Deployment, RECEIPT_TIMEOUT, revert_reason};
 use teepay_chain::dev::dev_key;
 use teepay_chain::{CallRequest, Chain, ChainError, Receipt};
 use teepay_enclave::{NewChannel, NodeConfig, NodeEnclave, Request, Response};
-use teepay_types::{Address, Amount, ChainId, ChannelId, GasParams, Hash32, SigningKey, SimPlatform};
+use teepay_types::{Address, Amount, ChainId, GasParams, Hash32, SigningKey, SimPlatform};
 
 pub const NODE_MEASUREMENT: Hash32 = [0x11; 32];
 pub const HUB_MEASUREMENT: Hash32 = [0x22; 32];
@@ -188,27 +188,31 @@ impl Node {
         }
     }
 
-    /// Tells the enclave about a channel opened on `(chain, contract)`; `deposits` are
-    /// (local, peer).
-    pub fn add_channel(
-        &mut self,
-        (chain, contract): (ChainId, Address),
-        id: ChannelId,
-        peer: Address,
-        local_is_a: bool,
-        (deposit_local, deposit_peer): (u128, u128),
-    ) {
-        self.request(Request::AddChannel(NewChannel {
-            chain,
-            contract,
-            id,
-            peer,
-            local_is_a,
-            deposit_local: Amount(deposit_local),
-            deposit_peer: Amount(deposit_peer),
-            fee: teepay_enclave::FeePolicy { base: Amount(0), ppm: 0 },
-        }))
-        .expect("add channel");
+    /// Feeds the enclave this receipt's channel events as the node's watcher does:
+    /// `ChannelOpened` of its own channels, `ChannelFunded` totals.
+    pub fn observe(&mut self, (chain, contract): (ChainId, Address), events: &[ContractEvent]) {
+        let me = self.address();
+        for event in events {
+            match *event {
+                ContractEvent::ChannelOpened { channel, a, b, deposit, nonce } if a == me || b == me => {
+                    let new = NewChannel {
+                        chain,
+                        contract,
+                        id: channel,
+                        peer: if a == me { b } else { a },
+                        local_is_a: a == me,
+                        nonce,
+                        deposit,
+                        fee: teepay_enclave::FeePolicy { base: Amount(0), ppm: 0 },
+                    };
+                    self.request(Request::AddChannel(new)).expect("add channel");
+                }
+                ContractEvent::ChannelFunded { channel, deposit_a, deposit_b, .. } => {
+                    self.request(Request::Deposit { channel, deposit_a, deposit_b }).expect("deposit");
+                }
+                _ => {}
+            }
+        }
     }
 }
 

@@ -21,7 +21,7 @@ pub fn run(scn: &Scenario, drive: &Drive, mode: &Mode, progress: &mut Progress) 
             Ok::<_, teepay_enclave::EnclaveError>(e)
         })
         .collect::<Result<_, _>>()?;
-    let network = fund(&mut enclaves, scn)?;
+    let (network, ids) = fund(&mut enclaves, scn)?;
     let mut hub = Coordinator::create(SimPlatform::new([9; 32]), hub_config(mode), [8; 32])?;
     hub.set_seal_limits(mode.seal);
     let hub_quote = hub.report(ChainId(0)).attest(&crate::sim::attestation_key());
@@ -37,7 +37,7 @@ pub fn run(scn: &Scenario, drive: &Drive, mode: &Mode, progress: &mut Progress) 
     let (warm, untimed) = drive.warm_up(scn);
     net.drive(&warm, &untimed, &mut Progress::new(String::new(), false))?;
     let mut run = net.drive(&scn.jobs, drive, progress)?;
-    run.conservation = Some(conserved(scn, &net.enclaves));
+    run.conservation = Some(conserved(scn, &ids, &net.enclaves));
     Ok(run)
 }
 
@@ -136,16 +136,17 @@ impl Net {
     }
 }
 
-/// Every channel's two enclaves agree, hold no locks, and hold exactly what was funded.
-fn conserved(scn: &Scenario, enclaves: &[NodeEnclave<SimPlatform>]) -> bool {
+/// Every channel's two enclaves agree, hold no locks, and hold exactly what was funded
+/// (`ids`: each scenario channel's id, in order).
+fn conserved(scn: &Scenario, ids: &[ChannelId], enclaves: &[NodeEnclave<SimPlatform>]) -> bool {
     let mut views: HashMap<ChannelId, Vec<(u128, u128, usize)>> = HashMap::new();
     for e in enclaves {
         for (id, c) in &e.inspect().channels {
             views.entry(*id).or_default().push((c.balance_local.0, c.balance_peer.0, c.locks.len()));
         }
     }
-    scn.channels.iter().all(|c| {
-        views.get(&c.id).is_some_and(|v| {
+    scn.channels.iter().zip(ids).all(|(c, id)| {
+        views.get(id).is_some_and(|v| {
             v.len() == 2
                 && v.iter().all(|x| x.2 == 0)
                 && v[0].0 == v[1].1

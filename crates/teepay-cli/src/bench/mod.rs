@@ -26,11 +26,11 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use teepay_coordinator::HubConfig;
-use teepay_enclave::{NewChannel, NodeConfig, NodeEnclave, Request};
+use teepay_enclave::{FundedChannel, NodeConfig, NodeEnclave, Request};
 use teepay_hub::executor::Status;
 use teepay_hub::metrics::BATCH_BOUNDS;
 use teepay_routing::{ChannelInfo, Network};
-use teepay_types::{Address, Amount, Platform, RoundAuth, SealLimits, Transfer};
+use teepay_types::{Address, Amount, ChannelId, Platform, RoundAuth, SealLimits, Transfer};
 
 const CONTRACT: Address = Address([0xcc; 20]);
 
@@ -287,29 +287,32 @@ fn hub_config(mode: &Mode) -> HubConfig {
     }
 }
 
-/// Pre-funded channels in every enclave and in the hub's map (no chain).
-fn fund<P: Platform>(enclaves: &mut [NodeEnclave<P>], scn: &Scenario) -> Result<Network> {
+/// Pre-funded channels in every enclave and in the hub's map (no chain). Returns the map and
+/// each scenario channel's id (the contract's derivation, which the enclaves check).
+fn fund<P: Platform>(enclaves: &mut [NodeEnclave<P>], scn: &Scenario) -> Result<(Network, Vec<ChannelId>)> {
     let mut network = Network::new();
-    for c in &scn.channels {
+    let mut ids = Vec::with_capacity(scn.channels.len());
+    for (nonce, c) in scn.channels.iter().enumerate() {
         let (a, b) = (enclaves[c.x].address(), enclaves[c.y].address());
         let (bal_x, bal_y) = (Amount(c.balance_x), Amount(c.balance_y));
-        for (k, peer, is_a, local, remote, fee) in
-            [(c.x, b, true, bal_x, bal_y, c.fee_x), (c.y, a, false, bal_y, bal_x, c.fee_y)]
-        {
-            let new = NewChannel {
-                chain: c.chain,
-                contract: CONTRACT,
-                id: c.id,
-                peer,
-                local_is_a: is_a,
-                deposit_local: local,
-                deposit_peer: remote,
-                fee,
-            };
-            enclaves[k].handle(0, Request::AddChannel(new))?;
+        let onchain = FundedChannel {
+            chain: c.chain,
+            contract: CONTRACT,
+            a,
+            b,
+            nonce: nonce as u64,
+            deposit_a: bal_x,
+            deposit_b: bal_y,
+        };
+        let id = onchain.id();
+        ids.push(id);
+        for (k, is_a, fee) in [(c.x, true, c.fee_x), (c.y, false, c.fee_y)] {
+            for request in onchain.requests(is_a, fee) {
+                enclaves[k].handle(0, request)?;
+            }
         }
         network.chain_mut(c.chain).upsert_channel(&ChannelInfo {
-            id: c.id,
+            id,
             a,
             b,
             balance_a: bal_x,
@@ -318,7 +321,7 @@ fn fund<P: Platform>(enclaves: &mut [NodeEnclave<P>], scn: &Scenario) -> Result<
             fee_b: c.fee_y,
         })?;
     }
-    Ok(network)
+    Ok((network, ids))
 }
 
 /// Each swap party's intent request: what it gives and what it receives.

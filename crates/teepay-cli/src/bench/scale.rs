@@ -90,6 +90,7 @@ pub fn run(channels: usize, json: bool) -> Result<ExitCode> {
                         a: evm(a),
                         b: evm(bb),
                         deposit: U256::from(c.balance_a),
+                        nonce: (b * PER_BLOCK + j) as u64,
                     },
                     block,
                     idx,

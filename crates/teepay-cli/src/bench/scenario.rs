@@ -5,7 +5,7 @@ use anyhow::{Context, Result, bail};
 use std::collections::VecDeque;
 use std::path::Path;
 use teepay_routing::topology::{SplitMix64, Topology};
-use teepay_types::{ChainId, ChannelId, FeePolicy};
+use teepay_types::{ChainId, FeePolicy};
 
 pub const CHAIN_A: ChainId = ChainId(1);
 pub const CHAIN_B: ChainId = ChainId(2);
@@ -15,7 +15,6 @@ pub const DEPOSIT: u128 = 1 << 100;
 #[derive(Debug, Clone)]
 pub struct BenchChannel {
     pub chain: ChainId,
-    pub id: ChannelId,
     pub x: usize,
     pub y: usize,
     pub balance_x: u128,
@@ -83,13 +82,6 @@ impl Scenario {
     }
 }
 
-fn channel_id(chain: ChainId, i: usize) -> ChannelId {
-    let mut id = [0u8; 32];
-    id[..8].copy_from_slice(&chain.0.to_be_bytes());
-    id[8..16].copy_from_slice(&(i as u64).to_be_bytes());
-    ChannelId(id)
-}
-
 /// Which payments a graph scenario drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Routes {
@@ -101,12 +93,12 @@ pub enum Routes {
 
 /// `two-hubs`: intermediaries 0 and 1 with a channel between them, `leaves` leaves on each.
 pub fn two_hubs(leaves: usize) -> Scenario {
-    let mut channels = vec![synthetic(CHAIN_A, 0, 0, 1, FeePolicy::default())];
+    let mut channels = vec![synthetic(CHAIN_A, 0, 1, FeePolicy::default())];
     let (mut left, mut right) = (Vec::new(), Vec::new());
     for i in 0..leaves * 2 {
         let node = 2 + i;
         let side = i % 2;
-        channels.push(synthetic(CHAIN_A, channels.len(), side, node, FeePolicy::default()));
+        channels.push(synthetic(CHAIN_A, side, node, FeePolicy::default()));
         if side == 0 { left.push(node) } else { right.push(node) }
     }
     // Alternate directions and cover every (left, right) pair so balances stay level.
@@ -133,17 +125,8 @@ pub fn two_hubs(leaves: usize) -> Scenario {
     }
 }
 
-fn synthetic(chain: ChainId, i: usize, x: usize, y: usize, fee: FeePolicy) -> BenchChannel {
-    BenchChannel {
-        chain,
-        id: channel_id(chain, i),
-        x,
-        y,
-        balance_x: DEPOSIT,
-        balance_y: DEPOSIT,
-        fee_x: fee,
-        fee_y: fee,
-    }
+fn synthetic(chain: ChainId, x: usize, y: usize, fee: FeePolicy) -> BenchChannel {
+    BenchChannel { chain, x, y, balance_x: DEPOSIT, balance_y: DEPOSIT, fee_x: fee, fee_y: fee }
 }
 
 fn pay(chain: ChainId, payer: usize, payee: usize, amount: u128, max_fee: u128) -> Job {
@@ -184,10 +167,8 @@ fn from_topology(
     let channels: Vec<BenchChannel> = topo
         .channels
         .iter()
-        .enumerate()
-        .map(|(i, c)| BenchChannel {
+        .map(|c| BenchChannel {
             chain: CHAIN_A,
-            id: channel_id(CHAIN_A, i),
             x: c.a as usize,
             y: c.b as usize,
             balance_x: c.balance_a,
@@ -285,8 +266,8 @@ pub fn swap(leaves: usize, parties: usize) -> Result<Scenario> {
     }
     let mut channels = Vec::new();
     for leaf in 0..leaves {
-        channels.push(synthetic(CHAIN_A, channels.len(), 0, 2 + leaf, FeePolicy::default()));
-        channels.push(synthetic(CHAIN_B, channels.len(), 1, 2 + leaf, FeePolicy::default()));
+        channels.push(synthetic(CHAIN_A, 0, 2 + leaf, FeePolicy::default()));
+        channels.push(synthetic(CHAIN_B, 1, 2 + leaf, FeePolicy::default()));
     }
     let mut jobs = Vec::new();
     for start in 0..leaves {

@@ -33,6 +33,8 @@ pub struct Hub {
     pub addr: std::net::SocketAddr,
     finished: mpsc::UnboundedReceiver<Finished>,
     metrics: Arc<Metrics>,
+    /// Each scenario channel's id, in order.
+    channels: Vec<ChannelId>,
 }
 
 /// Node enclaves for every scenario node (durable platform files under `dir/n{i}`), with
@@ -52,7 +54,7 @@ pub async fn setup(
             Ok(e)
         })
         .collect::<Result<_>>()?;
-    let network = fund(&mut enclaves, scn)?;
+    let (network, channels) = fund(&mut enclaves, scn)?;
     let mut hub = Coordinator::create(
         FilePlatform::open(&dir.join("hub"))?,
         hub_config(mode),
@@ -72,7 +74,7 @@ pub async fn setup(
         finished: Some(fin_tx),
     };
     let handle = serve(Executor::new(hub, network), None, settings).await?;
-    Ok((enclaves, Hub { addr: handle.addr, finished, metrics }))
+    Ok((enclaves, Hub { addr: handle.addr, finished, metrics, channels }))
 }
 
 /// Refuses up front a run that would hit the open-file limit halfway through: every node
@@ -169,7 +171,7 @@ pub async fn drive_jobs<N: Nodes>(
     nodes: Arc<N>,
     progress: &mut Progress,
 ) -> Result<Run> {
-    let Hub { mut finished, metrics, .. } = hub;
+    let Hub { mut finished, metrics, channels, .. } = hub;
     let shared = Arc::new(Mutex::new(Shared::default()));
     let permits = Arc::new(Semaphore::new(drive.concurrency));
     let collector = {
@@ -216,7 +218,7 @@ pub async fn drive_jobs<N: Nodes>(
         .collect();
     // The histogram's sum is kept in millionths; items are whole numbers.
     r.batch_items = (metrics.batch_size.sum() - batches0.1).round() as u64;
-    r.conservation = Some(conserved(scn, &*nodes).await?);
+    r.conservation = Some(conserved(scn, &channels, &*nodes).await?);
     Ok(r)
 }
 
@@ -297,7 +299,7 @@ async fn start_job(nodes: &[NodeHandle], job: &Job) -> Result<InstanceId> {
 /// Once the last CONFIRMs are applied (no locks anywhere; the hub reports a job final when
 /// it is decided, a round earlier): every channel's two parties agree and hold exactly what
 /// was funded.
-async fn conserved<N: Nodes>(scn: &Scenario, nodes: &N) -> Result<bool> {
+async fn conserved<N: Nodes>(scn: &Scenario, ids: &[ChannelId], nodes: &N) -> Result<bool> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut views: HashMap<ChannelId, Vec<(u128, u128, usize)>> = HashMap::new();
@@ -307,8 +309,8 @@ async fn conserved<N: Nodes>(scn: &Scenario, nodes: &N) -> Result<bool> {
         let settled = views.values().all(|v| v.iter().all(|x| x.2 == 0));
         if settled || Instant::now() > deadline {
             return Ok(settled
-                && scn.channels.iter().all(|c| {
-                    views.get(&c.id).is_some_and(|v| {
+                && scn.channels.iter().zip(ids).all(|(c, id)| {
+                    views.get(id).is_some_and(|v| {
                         v.len() == 2
                             && v[0].0 == v[1].1
                             && v[0].1 == v[1].0
