@@ -22,7 +22,6 @@ pub use instance::{HubInstance, HubPhase, RefundReason};
 
 use borsh::{BorshDeserialize, BorshSerialize};
 use std::collections::{BTreeMap, BTreeSet};
-use teepay_types::crypto::keccak256_parts;
 use teepay_types::{
     Address, Auth, ChainId, Hash32, HubBatch, HubItem, InstanceId, InstanceKind, InstanceSpec, Leg, NodeItem,
     Order, Outcome, PeerAck, Platform, Quote, Report, RoundAuth, SignedHubBatch, SignedNodeAck, SignedOrder,
@@ -361,10 +360,10 @@ impl<P: Platform> Coordinator<P> {
         orders: Vec<SignedOrder>,
     ) -> Result<InstanceId, HubError> {
         let n = self.state.next_instance;
-        let id =
-            InstanceId(keccak256_parts(&[b"teepay/instance-id/v1", &self.address().0, &n.to_le_bytes()]));
+        let id = teepay_types::instance_id(self.address(), n);
         let spec = InstanceSpec {
             id,
+            seq: n,
             kind,
             legs,
             orders,
@@ -452,10 +451,23 @@ impl<P: Platform> Coordinator<P> {
     }
 
     /// Verifies a node's batch ack (one signature or session MAC) and applies each answer.
+    /// An ack that changes nothing (a duplicate, a late or repeated answer) is not logged,
+    /// so it costs no durable write: a peer cannot make the hub seal at will.
     pub fn on_ack(&mut self, now: u64, signed: &SignedNodeAck) -> Result<AckResult, HubError> {
-        let result = self.ack(now, signed)?;
-        self.log(tag::ACK, &(now, signed));
-        Ok(result)
+        let (result, changed) = self.tracking_changes(|hub| hub.ack(now, signed));
+        if changed {
+            self.log(tag::ACK, &(now, signed));
+        }
+        result
+    }
+
+    /// Runs `f` and reports whether it changed the sealed state (`HubState::dirty`).
+    fn tracking_changes<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> (T, bool) {
+        let was_dirty = std::mem::take(&mut self.state.dirty);
+        let result = f(self);
+        let changed = self.state.dirty;
+        self.state.dirty |= was_dirty;
+        (result, changed)
     }
 
     fn ack(&mut self, now: u64, signed: &SignedNodeAck) -> Result<AckResult, HubError> {
@@ -509,7 +521,7 @@ impl<P: Platform> Coordinator<P> {
                 HubPhase::None => {
                     // Checked here, not by the peers only: a COMMIT they refuse could not be
                     // taken back (a multi-hop instance cannot refund after COMMIT).
-                    if instance.spec.peer_acks {
+                    if instance.spec.peer_acks && !instance.prepared.contains_key(&node) {
                         let ack =
                             signature.map(|signature| PeerAck { node, states: states.clone(), signature });
                         match ack {
@@ -566,10 +578,13 @@ impl<P: Platform> Coordinator<P> {
 
     /// A participant asks for a refund (DESIGN §5): swaps before COMMITTED, multi-hop
     /// payments only before any COMMIT left the enclave.
+    /// A request for an instance already refunded changes nothing and is not logged.
     pub fn on_refund_request(&mut self, now: u64, signed: &SignedRefundRequest) -> Result<(), HubError> {
-        self.refund_requested(now, signed)?;
-        self.log(tag::REFUND_REQUEST, &(now, signed));
-        Ok(())
+        let (result, changed) = self.tracking_changes(|hub| hub.refund_requested(now, signed));
+        if changed {
+            self.log(tag::REFUND_REQUEST, &(now, signed));
+        }
+        result
     }
 
     fn refund_requested(&mut self, now: u64, signed: &SignedRefundRequest) -> Result<(), HubError> {

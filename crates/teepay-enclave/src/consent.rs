@@ -20,10 +20,15 @@ pub(crate) struct PreparePlan {
 pub(crate) fn plan_prepare(
     state: &NodeState,
     me: Address,
+    hub: Address,
     spec: &InstanceSpec,
     now: u64,
 ) -> Result<PreparePlan, NackReason> {
     spec.validate_structure().map_err(|_| NackReason::MalformedInstance)?;
+    // The id must be the hub's `seq`-th: the replay floor relies on it.
+    if spec.id != teepay_types::instance_id(hub, spec.seq) {
+        return Err(NackReason::MalformedInstance);
+    }
     if state.config.require_peer_acks && !spec.peer_acks {
         return Err(NackReason::PeerAcksRequired);
     }
@@ -114,7 +119,16 @@ fn check_own_order(
     let Some(own) = own else {
         return if sourced.is_empty() { Ok(None) } else { Err(NackReason::MissingOrder) };
     };
-    let record = state.orders.get(&own.order.nonce()).ok_or(NackReason::MissingOrder)?;
+    let nonce = own.order.nonce();
+    let Some(record) = state.orders.get(&nonce) else {
+        // Issued (the nonce is below the next one) but no longer recorded: paid, refunded or
+        // expired. Otherwise never issued by this enclave (or lost in a crash before sealing).
+        return Err(if nonce < state.next_nonce {
+            NackReason::OrderAlreadyUsed
+        } else {
+            NackReason::MissingOrder
+        });
+    };
     if record.digest != own.order.digest() {
         // Signed by this key but not an order this enclave issued under this nonce.
         return Err(NackReason::OrderTermsMismatch);

@@ -24,8 +24,8 @@ mod state;
 
 pub use error::EnclaveError;
 pub use state::{
-    Channel, ChannelStatus, FeePolicy, InstanceRecord, InstanceStatus, Lock, NodeConfig, NodeState,
-    OrderRecord, OrderStatus,
+    Channel, ChannelStatus, FINISHED_RETENTION, FeePolicy, InstanceRecord, InstanceStatus, Lock, NodeConfig,
+    NodeState, OrderRecord, OrderStatus, PRUNE_BATCH,
 };
 
 use borsh::{BorshDeserialize, BorshSerialize};
@@ -327,6 +327,8 @@ impl<P: Platform> NodeEnclave<P> {
             hub_uses_session: false,
             channels: BTreeMap::new(),
             instances: BTreeMap::new(),
+            finished: std::collections::BTreeSet::new(),
+            replay_floor: 0,
             orders: BTreeMap::new(),
             next_nonce: 0,
         };
@@ -653,7 +655,9 @@ impl<P: Platform> NodeEnclave<P> {
     fn issue_order(&mut self, order: Order) -> Output {
         let nonce = order.nonce();
         self.state.next_nonce += 1;
-        self.state.orders.insert(nonce, OrderRecord { digest: order.digest(), status: OrderStatus::Open });
+        let record =
+            OrderRecord { digest: order.digest(), status: OrderStatus::Open, expires_at: order.expires_at() };
+        self.state.orders.insert(nonce, record);
         // A payment order only the hub checks: MAC'd once the hub has shown it holds the
         // session (one keccak instead of an ECDSA signature here and a recovery at the hub).
         let signed = match (&order, self.state.hub_session) {
@@ -816,16 +820,16 @@ impl<P: Platform> NodeEnclave<P> {
             let result = match item {
                 HubItem::Prepare(spec) => self
                     .state
-                    .on_prepare(me, spec, *leaf, now)
+                    .on_prepare(me, hub, spec, *leaf, now)
                     .map(|(answer, changed)| (self.sign_for_peers(hub, spec, leaf, answer), changed)),
                 HubItem::Commit { instance, prepared_acks, peer_acks } => {
                     self.state.on_commit(*instance, |r| {
                         peer_acks::check(r, me, hub, *instance, prepared_acks, peer_acks)
                     })
                 }
-                HubItem::Confirm { instance } => self.state.on_confirm(*instance),
-                HubItem::Refund { instance } => self.state.on_refund(*instance),
-                HubItem::Resolve { instance, outcome } => self.state.on_resolve(*instance, *outcome),
+                HubItem::Confirm { instance } => self.state.on_confirm(*instance, now),
+                HubItem::Refund { instance } => self.state.on_refund(*instance, now),
+                HubItem::Resolve { instance, outcome } => self.state.on_resolve(*instance, *outcome, now),
             };
             match result {
                 Ok((answer, changed)) => {
@@ -850,6 +854,11 @@ impl<P: Platform> NodeEnclave<P> {
                 _ => ack.sign(&self.key),
             }
         });
+        // Pruning rides on a batch that changed the state anyway (so it costs no extra seal
+        // and replays identically from the logged batch and time).
+        if dirty {
+            self.state.prune(now);
+        }
         let response = Response::Batch(BatchResult { ack, results });
         Ok(if dirty { self.changed(response) } else { Output { response, sealed: None } })
     }

@@ -18,6 +18,7 @@ impl NodeState {
     pub(crate) fn on_prepare(
         &mut self,
         me: Address,
+        hub: Address,
         spec: &InstanceSpec,
         prepare_hash: Hash32,
         now: u64,
@@ -33,7 +34,12 @@ impl NodeState {
             }
             return Err(EnclaveError::InstanceReplayed(spec.id));
         }
-        let plan = plan_prepare(self, me, spec, now).map_err(EnclaveError::Refused)?;
+        // No record: new, or finished and pruned. Ids follow the hub's sequence, so anything
+        // below the replay floor is refused whatever the host says the time is.
+        if spec.seq < self.replay_floor && spec.id == teepay_types::instance_id(hub, spec.seq) {
+            return Err(EnclaveError::InstanceReplayed(spec.id));
+        }
+        let plan = plan_prepare(self, me, hub, spec, now).map_err(EnclaveError::Refused)?;
         let mut channels: Vec<ChannelId> = Vec::with_capacity(plan.locks.len());
         for (channel_id, lock) in plan.locks {
             let channel =
@@ -47,6 +53,8 @@ impl NodeState {
                 OrderStatus::InFlight(spec.id);
         }
         let record = InstanceRecord {
+            seq: spec.seq,
+            finished_at: 0,
             prepare_hash,
             kind: spec.kind,
             status: InstanceStatus::Prepared,
@@ -95,21 +103,23 @@ impl NodeState {
         Ok((NodeItem::Committed { instance }, true))
     }
 
-    pub(crate) fn on_confirm(&mut self, instance: InstanceId) -> ItemResult {
+    pub(crate) fn on_confirm(&mut self, instance: InstanceId, now: u64) -> ItemResult {
         let record = self.instances.get(&instance).ok_or(EnclaveError::UnknownInstance(instance))?;
         match record.status {
-            InstanceStatus::Committed => self.finish(instance, Outcome::Apply),
+            InstanceStatus::Committed => self.finish(instance, Outcome::Apply, now),
             InstanceStatus::Prepared => Err(EnclaveError::NotCommitted(instance)),
             InstanceStatus::Finished(outcome) => self.repeat_finished(instance, outcome, Outcome::Apply),
         }
     }
 
-    pub(crate) fn on_refund(&mut self, instance: InstanceId) -> ItemResult {
+    pub(crate) fn on_refund(&mut self, instance: InstanceId, now: u64) -> ItemResult {
         let Some(record) = self.instances.get(&instance) else {
-            // Refunded before its PREPARE reached us (reordering, or we NACKed it): remember
-            // the outcome so that a late PREPARE can never lock funds.
-            self.record_unseen(instance, Outcome::Revert);
-            return Ok((NodeItem::Finished { instance, outcome: Outcome::Revert }, true));
+            // Never locked here (we NACKed it, or its PREPARE never reached us — the hub
+            // then retransmits only the REFUND), or finished and pruned: nothing to undo,
+            // nothing to remember (no record, no durable write). Only a replay by this node's
+            // own host could still deliver the PREPARE, and a refunded instance has no
+            // COMMIT: such a lock can only revert.
+            return Ok((NodeItem::Finished { instance, outcome: Outcome::Revert }, false));
         };
         match (record.status, record.kind) {
             (InstanceStatus::Finished(outcome), _) => {
@@ -118,21 +128,21 @@ impl NodeState {
             (InstanceStatus::Committed, InstanceKind::MultiHop) => {
                 Err(EnclaveError::RefundAfterCommit(instance))
             }
-            _ => self.finish(instance, Outcome::Revert),
+            _ => self.finish(instance, Outcome::Revert, now),
         }
     }
 
-    pub(crate) fn on_resolve(&mut self, instance: InstanceId, outcome: Outcome) -> ItemResult {
+    pub(crate) fn on_resolve(&mut self, instance: InstanceId, outcome: Outcome, now: u64) -> ItemResult {
         let Some(record) = self.instances.get(&instance) else {
-            self.record_unseen(instance, outcome);
-            return Ok((NodeItem::Finished { instance, outcome }, true));
+            // As for REFUND: nothing locked here, nothing to remember.
+            return Ok((NodeItem::Finished { instance, outcome }, false));
         };
         if record.kind == InstanceKind::CrossChain {
             return Err(EnclaveError::ResolveOnSwap(instance));
         }
         match record.status {
             InstanceStatus::Finished(done) => self.repeat_finished(instance, done, outcome),
-            InstanceStatus::Prepared | InstanceStatus::Committed => self.finish(instance, outcome),
+            InstanceStatus::Prepared | InstanceStatus::Committed => self.finish(instance, outcome, now),
         }
     }
 
@@ -144,24 +154,9 @@ impl NodeState {
         }
     }
 
-    fn record_unseen(&mut self, instance: InstanceId, outcome: Outcome) {
-        self.instances.insert(
-            instance,
-            InstanceRecord {
-                prepare_hash: [0; 32],
-                kind: InstanceKind::MultiHop,
-                status: InstanceStatus::Finished(outcome),
-                channels: Vec::new(),
-                order_nonce: None,
-                ejected: false,
-                peers: Vec::new(),
-            },
-        );
-    }
-
     /// Ends an instance here: every lock it holds on a still-open channel applies or
     /// reverts (locks on channels settled on-chain were resolved by the contract).
-    fn finish(&mut self, instance: InstanceId, outcome: Outcome) -> ItemResult {
+    fn finish(&mut self, instance: InstanceId, outcome: Outcome, now: u64) -> ItemResult {
         let record = &self.instances[&instance];
         // Compute every new channel first, so an (impossible) arithmetic failure leaves
         // nothing half-applied.
@@ -180,17 +175,17 @@ impl NodeState {
             self.channels.insert(channel.id, channel);
         }
         if let Some(nonce) = order_nonce {
-            let order = self.orders.get_mut(&nonce).expect("recorded orders exist");
             // An order is carried by one instance only: paid or refunded, it is never usable
             // again (a refunded order made payable again could be replayed after the user,
-            // told "refunded", paid anew).
-            order.status = match outcome {
-                Outcome::Apply => OrderStatus::Used(instance),
-                Outcome::Revert => OrderStatus::Refunded(instance),
-            };
+            // told "refunded", paid anew). Its record goes: with none, a nonce below
+            // `next_nonce` counts as used.
+            self.orders.remove(&nonce);
         }
-        self.instances.get_mut(&instance).expect("checked by caller").status =
-            InstanceStatus::Finished(outcome);
+        let record = self.instances.get_mut(&instance).expect("checked by caller");
+        record.status = InstanceStatus::Finished(outcome);
+        record.finished_at = now;
+        let seq = record.seq;
+        self.finished.insert((now, seq, instance));
         Ok((NodeItem::Finished { instance, outcome }, true))
     }
 }

@@ -136,6 +136,11 @@ pub enum InstanceStatus {
 /// late PREPARE is refused forever (replay protection).
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct InstanceRecord {
+    /// The instance's place in the hub's sequence (`InstanceSpec::seq`).
+    pub seq: u64,
+    /// When it finished here (host time; 0 while it runs): finished records are pruned
+    /// [`FINISHED_RETENTION`] later, the replay floor rising past them.
+    pub finished_at: u64,
     /// Leaf hash of the PREPARE item acked (identifies the spec: a retransmission of the
     /// same PREPARE gets the same ack, any other spec under this id is a replay).
     pub prepare_hash: Hash32,
@@ -156,19 +161,26 @@ pub struct InstanceRecord {
 pub enum OrderStatus {
     /// Issued, not yet carried by any instance.
     Open,
+    /// Carried by this instance. When it ends, paid or refunded, the record is dropped and
+    /// the order is never usable again (see `NodeState::orders`).
     InFlight(InstanceId),
-    /// Paid: never usable again.
-    Used(InstanceId),
-    /// Its instance was refunded: never usable again either, so a client told "refunded"
-    /// can issue a new order without risking paying twice (a replay of this one is refused).
-    Refunded(InstanceId),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct OrderRecord {
     pub digest: Hash32,
     pub status: OrderStatus,
+    /// The order's own expiry: an open order past it is pruned (refused either way).
+    pub expires_at: u64,
 }
+
+/// How long a finished instance's record is kept (host clock, ms): long enough to answer a
+/// retransmitted CONFIRM/REFUND the same way, after which the replay floor alone refuses a
+/// replayed PREPARE. A host that fakes its clock only loses those idempotent answers.
+pub const FINISHED_RETENTION: u64 = 60_000;
+
+/// Most records pruned per request: pruning work stays bounded whatever the backlog.
+pub const PRUNE_BATCH: usize = 256;
 
 /// Static configuration fixed when the enclave is created (in a real TEE: part of the
 /// measured code or its signed config).
@@ -209,6 +221,41 @@ pub struct NodeState {
     pub hub_uses_session: bool,
     pub channels: BTreeMap<ChannelId, Channel>,
     pub instances: BTreeMap<InstanceId, InstanceRecord>,
+    /// Finished instances by (finish time, seq): what pruning walks, oldest first.
+    pub finished: std::collections::BTreeSet<(u64, u64, InstanceId)>,
+    /// Every PREPARE with a `seq` below this and no record is a replay of a pruned instance
+    /// (or arrives far too late): refused. Pruning raises it past what it drops.
+    pub replay_floor: u64,
+    /// Orders issued and not yet paid, refunded or expired (a finished order's record is
+    /// dropped: with no record and a nonce below `next_nonce` it counts as used).
     pub orders: BTreeMap<u64, OrderRecord>,
     pub next_nonce: u64,
+}
+
+impl NodeState {
+    /// Drops finished instance records older than [`FINISHED_RETENTION`] and open orders
+    /// past their expiry, at most [`PRUNE_BATCH`] of each. True if anything was dropped.
+    pub(crate) fn prune(&mut self, now: u64) -> bool {
+        let mut pruned = false;
+        for _ in 0..PRUNE_BATCH {
+            let Some(&(at, seq, id)) = self.finished.first() else { break };
+            if now < at.saturating_add(FINISHED_RETENTION) {
+                break;
+            }
+            self.finished.pop_first();
+            self.instances.remove(&id);
+            self.replay_floor = self.replay_floor.max(seq.saturating_add(1));
+            pruned = true;
+        }
+        // Orders are issued with increasing nonces and similar lifetimes: the oldest first.
+        for _ in 0..PRUNE_BATCH {
+            let Some((&nonce, record)) = self.orders.first_key_value() else { break };
+            if record.status != OrderStatus::Open || now <= record.expires_at {
+                break;
+            }
+            self.orders.remove(&nonce);
+            pruned = true;
+        }
+        pruned
+    }
 }

@@ -140,7 +140,14 @@ pub struct Executor<P: Platform> {
     network: Network,
     tracked: HashMap<InstanceId, Tracked>,
     in_flight: Vec<InstanceId>,
+    /// Final statuses by the time they became final: dropped from `tracked` after
+    /// [`STATUS_RETENTION_MS`] (the DB keeps them), so memory follows the recent load.
+    done: std::collections::VecDeque<(u64, InstanceId)>,
 }
+
+/// How long a final status stays in memory (ms of the executor's clock); status queries for
+/// older instances are answered from the channel DB.
+pub const STATUS_RETENTION_MS: u64 = 10 * 60 * 1000;
 
 /// Ends the reservations `legs` made: applied transfers move balances in the map.
 fn release(network: &mut Network, legs: &[Leg], applied: bool) {
@@ -179,7 +186,13 @@ impl<P: Platform> Executor<P> {
     /// restart) hold their reservations again and are driven on; decided ones keep a
     /// queryable final status.
     pub fn new(coordinator: Coordinator<P>, network: Network) -> Self {
-        let mut exec = Executor { coordinator, network, tracked: HashMap::new(), in_flight: Vec::new() };
+        let mut exec = Executor {
+            coordinator,
+            network,
+            tracked: HashMap::new(),
+            in_flight: Vec::new(),
+            done: std::collections::VecDeque::new(),
+        };
         let instances: Vec<_> = exec
             .coordinator
             .inspect()
@@ -281,6 +294,11 @@ impl<P: Platform> Executor<P> {
 
     pub fn network_mut(&mut self) -> &mut Network {
         &mut self.network
+    }
+
+    /// How many statuses are held in memory (in flight, or final and recent).
+    pub fn tracked_len(&self) -> usize {
+        self.tracked.len()
     }
 
     pub fn status(&self, id: InstanceId) -> Option<&Status> {
@@ -394,6 +412,12 @@ impl<P: Platform> Executor<P> {
     pub fn tick(&mut self, now: u64) {
         self.coordinator.tick(now);
         self.coordinator.prune_complete(now);
+        while let Some(&(at, id)) = self.done.front()
+            && now > at.saturating_add(STATUS_RETENTION_MS)
+        {
+            self.done.pop_front();
+            self.tracked.remove(&id);
+        }
     }
 
     /// Signs the queued round messages (one batch per node) and reports instances that
@@ -425,6 +449,7 @@ impl<P: Platform> Executor<P> {
                     }
                 }
             }
+            self.done.push_back((now, id));
             finished.push(Finished {
                 id,
                 kind: tracked.kind,

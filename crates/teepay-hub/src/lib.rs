@@ -2,6 +2,7 @@
 //! channel DB and the payment network map built from it. (The protocol executor, node link
 //! and client API build on these.)
 
+pub mod admission;
 pub mod api;
 pub mod executor;
 pub mod metrics;

@@ -8,6 +8,10 @@
 //! decision that a node has already seen. The flush runs via `block_in_place`, so its
 //! `fdatasync` does not hold up the runtime's other tasks.
 
+use crate::admission::{
+    ACCEPT_BACKOFF, HANDSHAKE_DEADLINE, HANDSHAKES_PER_SECOND, INBOUND_PER_CONNECTION, Limits,
+    OUTBOUND_PER_CONNECTION, QuotePolicy, RateLimit,
+};
 use crate::executor::{ExecError, Executor, Finished, Status};
 use crate::metrics::Metrics;
 use std::collections::HashMap;
@@ -26,7 +30,7 @@ use teepay_types::{
     Address, ChainId, Hash32, InstanceId, InstanceKind, LinkRole, Platform, Quote, Signature, encode,
 };
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 #[derive(Debug, Clone)]
 pub struct HubSettings {
@@ -53,11 +57,13 @@ enum Event {
     Connected {
         node: Address,
         conn: u64,
-        tx: mpsc::UnboundedSender<Vec<u8>>,
+        tx: mpsc::Sender<Vec<u8>>,
     },
     Message {
         node: Address,
         msg: NodeMessage,
+        /// Held until the executor has handled the message (bounds each link's backlog).
+        _permit: OwnedSemaphorePermit,
     },
     Disconnected {
         node: Address,
@@ -160,6 +166,11 @@ pub async fn serve<P: Platform + Send + 'static>(
 ) -> std::io::Result<HubHandle> {
     let listener = TcpListener::bind(settings.listen).await?;
     let addr = listener.local_addr()?;
+    let config = &executor.coordinator().inspect().config;
+    let policy = QuotePolicy {
+        authority: config.attestation_authority,
+        measurements: config.allowed_node_measurements.clone(),
+    };
     let (events, rx) = mpsc::unbounded_channel();
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(run_executor(executor, store, settings.clone(), rx)));
@@ -174,17 +185,40 @@ pub async fn serve<P: Platform + Send + 'static>(
         }
     }));
     let control = HubControl { events: events.clone() };
-    tasks.push(tokio::spawn(accept_loop(listener, events, settings.quote)));
+    tasks.push(tokio::spawn(accept_loop(listener, events, settings.quote, policy)));
     Ok(HubHandle { addr, control, tasks })
 }
 
-async fn accept_loop(listener: TcpListener, events: mpsc::UnboundedSender<Event>, quote: Quote) {
+async fn accept_loop(
+    listener: TcpListener,
+    events: mpsc::UnboundedSender<Event>,
+    quote: Quote,
+    policy: QuotePolicy,
+) {
     let mut next_conn = 0u64;
+    let limits = Limits::default();
+    let mut rate = RateLimit::per_second(HANDSHAKES_PER_SECOND);
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: back off instead of spinning on the error.
+                tracing::warn!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let permits = match limits.admit(&mut rate, std::time::Instant::now()) {
+            Ok(permits) => permits,
+            Err(why) => {
+                tracing::debug!(?why, "connection refused at accept");
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         next_conn += 1;
-        tokio::spawn(connection(stream, next_conn, events.clone(), quote.clone()));
+        let (events, quote, policy) = (events.clone(), quote.clone(), policy.clone());
+        tokio::spawn(connection(stream, next_conn, events, quote, policy, permits));
     }
 }
 
@@ -196,6 +230,8 @@ async fn connection(
     conn: u64,
     events: mpsc::UnboundedSender<Event>,
     quote: Quote,
+    policy: QuotePolicy,
+    (_connection, handshake_slot): (OwnedSemaphorePermit, OwnedSemaphorePermit),
 ) {
     let (r, w) = stream.into_split();
     let Ok(entropy) = os_entropy() else { return };
@@ -207,19 +243,24 @@ async fn connection(
             .map_err(|_| LinkError::Signer("hub stopped".into()))?;
         answer.await.map_err(|_| LinkError::Signer("hub stopped".into()))
     };
-    // Any attested peer may complete the handshake; until its quote is admitted by the
-    // hub enclave (Register), everything it sends except Register is refused.
-    let Ok(Link { mut reader, mut writer, peer: node }) =
-        handshake(r, w, LinkRole::Responder, entropy, sign, |_| true).await
+    // Only a peer whose attestation quote verifies gets the hub enclave to sign the link;
+    // until the hub enclave admits that quote (Register), everything it sends except
+    // Register is refused.
+    let accept = |peer, credentials: &[u8]| policy.admits(peer, credentials);
+    let shake = handshake(r, w, LinkRole::Responder, entropy, &[], sign, accept);
+    let Ok(Ok(Link { mut reader, mut writer, peer: node })) =
+        tokio::time::timeout(HANDSHAKE_DEADLINE, shake).await
     else {
         return;
     };
-    let (tx, mut outgoing) = mpsc::unbounded_channel::<Vec<u8>>();
+    drop(handshake_slot);
+    let (tx, mut outgoing) = mpsc::channel::<Vec<u8>>(OUTBOUND_PER_CONNECTION);
     if events.send(Event::Connected { node, conn, tx: tx.clone() }).is_err() {
         return;
     }
-    let _ = tx.send(HubMessage::Welcome(quote).to_bytes());
-    let writer = tokio::spawn(async move {
+    let _ = tx.try_send(HubMessage::Welcome(quote).to_bytes());
+    drop(tx);
+    let mut writer = tokio::spawn(async move {
         // Whatever else is already queued for this node goes out in the same write.
         let mut burst = Vec::new();
         while outgoing.recv_many(&mut burst, MAX_BURST).await > 0 {
@@ -229,24 +270,35 @@ async fn connection(
             burst.clear();
         }
     });
-    loop {
-        let Ok(bytes) = reader.recv().await else { break };
-        match NodeMessage::from_bytes(&bytes) {
-            Ok(msg) => {
-                if events.send(Event::Message { node, msg }).is_err() {
-                    break;
+    // Messages waiting for the executor: a permit each, returned when it is handled.
+    let inbound = Arc::new(Semaphore::new(INBOUND_PER_CONNECTION));
+    let reading = async {
+        loop {
+            let Ok(permit) = inbound.clone().acquire_owned().await else { break };
+            let Ok(bytes) = reader.recv().await else { break };
+            match NodeMessage::from_bytes(&bytes) {
+                Ok(msg) => {
+                    if events.send(Event::Message { node, msg, _permit: permit }).is_err() {
+                        break;
+                    }
                 }
+                // A malformed message ends the connection: the peer is broken or hostile.
+                Err(_) => break,
             }
-            // A malformed message ends the connection: the peer is broken or hostile.
-            Err(_) => break,
         }
+    };
+    // The writer ends when the hub drops this node (its queue overflowed, or a newer link
+    // replaced it): then the connection ends too.
+    tokio::select! {
+        _ = reading => {}
+        _ = &mut writer => {}
     }
     writer.abort();
     let _ = events.send(Event::Disconnected { node, conn });
 }
 
 struct Peers {
-    links: HashMap<Address, (u64, mpsc::UnboundedSender<Vec<u8>>)>,
+    links: HashMap<Address, (u64, mpsc::Sender<Vec<u8>>)>,
     /// When the oldest unanswered batch went to each node: its ack gives the node's
     /// response time, which the router minimizes (DESIGN §8).
     awaiting: HashMap<Address, std::time::Instant>,
@@ -268,9 +320,15 @@ impl Peers {
 }
 
 impl Peers {
-    fn send(&self, node: Address, msg: &HubMessage) {
-        if let Some((_, tx)) = self.links.get(&node) {
-            let _ = tx.send(msg.to_bytes());
+    /// Queues `msg` for `node`; a node whose queue is full (it does not read) is dropped:
+    /// its link closes, and it reconnects and gets the current round retransmitted.
+    fn send(&mut self, node: Address, msg: &HubMessage) {
+        if let Some((_, tx)) = self.links.get(&node)
+            && let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(msg.to_bytes())
+        {
+            tracing::warn!(%node, queued = OUTBOUND_PER_CONNECTION, "node does not read its link: dropped");
+            self.links.remove(&node);
+            self.awaiting.remove(&node);
         }
     }
 }
@@ -292,7 +350,7 @@ enum StatusWrite {
     Lookup {
         instance: InstanceId,
         request: u64,
-        to: mpsc::UnboundedSender<Vec<u8>>,
+        to: mpsc::Sender<Vec<u8>>,
     },
 }
 
@@ -323,7 +381,7 @@ async fn run_executor<P: Platform>(
                             },
                             _ => WireStatus::Unknown,
                         };
-                        let _ = to.send(HubMessage::Status { request, instance, status }.to_bytes());
+                        let _ = to.try_send(HubMessage::Status { request, instance, status }.to_bytes());
                         Ok(())
                     }
                     StatusWrite::Started(row) => store.insert_instance(&row).await,
@@ -395,7 +453,7 @@ async fn run_executor<P: Platform>(
                         status_tx.send(write)
                     {
                         let status = WireStatus::Unknown;
-                        let _ = to.send(HubMessage::Status { request, instance, status }.to_bytes());
+                        let _ = to.try_send(HubMessage::Status { request, instance, status }.to_bytes());
                     }
                 }
             }
@@ -467,7 +525,7 @@ fn handle<P: Platform>(
             }
         }
         Event::Tick => exec.tick(now),
-        Event::Message { node, msg } => {
+        Event::Message { node, msg, _permit } => {
             let registered = exec.coordinator().is_registered(node);
             match msg {
                 NodeMessage::Register(quote) => {

@@ -4,9 +4,14 @@
 //! Handshake (both sides, in this order):
 //! 1. each sends a fresh ephemeral secp256k1 public key (33 bytes, plaintext frame);
 //! 2. transcript = keccak("teepay/link-transcript/v1" ‖ initiator key ‖ responder key);
-//! 3. each sends its *enclave's* signature over `link_digest(transcript, its role)` — the
-//!    enclave signs only under that tag — and checks the peer's signature recovers to an
-//!    address its policy accepts (a node: its attested hub; the hub: a registered node);
+//! 3. the initiator sends its *enclave's* signature over `link_digest(transcript, initiator)`
+//!    — the enclave signs only under that tag — with its credentials (a node: its attestation
+//!    quote); the responder checks that the signature recovers to an address its policy
+//!    accepts with those credentials (the hub: an attested node enclave) *before* it asks its
+//!    own enclave to sign, so an unauthenticated peer never gets the hub enclave to work;
+//!    then the responder answers with its signature, which the initiator checks likewise (a
+//!    node: its attested hub). Before this point frames are capped at
+//!    [`MAX_HANDSHAKE_FRAME`];
 //! 4. directional ChaCha20-Poly1305 keys = keccak(tag ‖ ECDH(ephemerals) ‖ transcript); each
 //!    frame's nonce is its sequence number, so a dropped, replayed, reordered or modified
 //!    frame fails to decrypt and ends the link.
@@ -28,6 +33,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 /// Largest frame accepted: a batch for thousands of instances fits with room to spare; a
 /// peer announcing more is cut off before anything is allocated.
 pub const MAX_FRAME: usize = 64 << 20;
+
+/// Poly1305 tag appended to every frame.
+const TAG_LEN: usize = 16;
+
+/// Largest frame before the peer is authenticated (an ephemeral key, a signature with a
+/// quote): nobody can make a responder allocate more than this before it knows who talks.
+pub const MAX_HANDSHAKE_FRAME: usize = 4096;
 
 /// Read buffer per link: holds a burst of round messages; larger frames bypass it.
 const READ_BUFFER: usize = 64 << 10;
@@ -78,10 +90,14 @@ async fn write_bytes<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> Result<(
 }
 
 async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, LinkError> {
+    read_frame_within(r, MAX_FRAME).await
+}
+
+async fn read_frame_within<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Vec<u8>, LinkError> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
+    if len > max {
         return Err(LinkError::FrameTooLarge(len));
     }
     let mut buf = vec![0u8; len];
@@ -122,6 +138,11 @@ impl<W: AsyncWrite + Unpin> LinkWriter<W> {
     ) -> Result<(), LinkError> {
         let mut buf = Vec::new();
         for plaintext in plaintexts {
+            // Checked before encrypting: a refused message must not use up a nonce (the
+            // peer would then fail every later frame).
+            if plaintext.len() + TAG_LEN > MAX_FRAME {
+                return Err(LinkError::FrameTooLarge(plaintext.len() + TAG_LEN));
+            }
             let ciphertext =
                 self.cipher.encrypt(&nonce(self.counter), plaintext).map_err(|_| LinkError::Decrypt)?;
             self.counter += 1;
@@ -178,15 +199,18 @@ fn key(tag: &[u8], shared: &[u8], transcript: &Hash32) -> ChaCha20Poly1305 {
 
 /// Runs the handshake on `reader`/`writer` (the two halves of one connection).
 /// `entropy` seeds the ephemeral key (fresh per connection); `sign` hands the transcript to
-/// this side's enclave, which signs `link_digest(transcript, role)` itself; `accept` decides
-/// whether the authenticated peer may talk.
+/// this side's enclave, which signs `link_digest(transcript, role)` itself; `credentials`
+/// go with the initiator's signature (ignored for a responder); `accept` decides whether the
+/// authenticated peer, with the credentials it sent (empty from a responder), may talk. A
+/// responder calls `accept` before `sign`.
 pub async fn handshake<R, W, S, F>(
     mut reader: R,
     mut writer: W,
     role: LinkRole,
     entropy: [u8; 32],
+    credentials: &[u8],
     sign: S,
-    accept: impl FnOnce(Address) -> bool,
+    accept: impl FnOnce(Address, &[u8]) -> bool,
 ) -> Result<Link<R, W>, LinkError>
 where
     R: AsyncRead + Unpin,
@@ -197,7 +221,7 @@ where
     let secret = SecretKey::from_secret_bytes(entropy).map_err(|_| LinkError::BadEntropy)?;
     let mine = PublicKey::from_secret_key(&secret).serialize();
     write_frame(&mut writer, &mine).await?;
-    let theirs = read_frame(&mut reader).await?;
+    let theirs = read_frame_within(&mut reader, MAX_HANDSHAKE_FRAME).await?;
     let their_key =
         PublicKey::from_slice(&theirs).map_err(|_| LinkError::Handshake("invalid ephemeral key"))?;
     let (init, resp) = match role {
@@ -205,22 +229,42 @@ where
         LinkRole::Responder => (theirs.as_slice(), mine.as_slice()),
     };
     let transcript = keccak256_parts(&[b"teepay/link-transcript/v1", init, resp]);
-
-    let signature = sign(transcript).await?;
-    write_frame(&mut writer, &signature.0).await?;
-    let their_sig: [u8; 65] = read_frame(&mut reader)
-        .await?
-        .try_into()
-        .map_err(|_| LinkError::Handshake("signature must be 65 bytes"))?;
     let peer_role = match role {
         LinkRole::Initiator => LinkRole::Responder,
         LinkRole::Responder => LinkRole::Initiator,
     };
-    let peer = recover_signer(&link_digest(&transcript, peer_role), &Signature(their_sig))
-        .map_err(|_| LinkError::Handshake("unrecoverable signature"))?;
-    if !accept(peer) {
-        return Err(LinkError::Rejected(peer));
-    }
+    // The peer's signature frame: 65 bytes, then (from an initiator) its credentials.
+    let authenticate = |frame: &[u8]| -> Result<(Address, Vec<u8>), LinkError> {
+        if frame.len() < 65 {
+            return Err(LinkError::Handshake("signature must be 65 bytes"));
+        }
+        let (sig, creds) = frame.split_at(65);
+        let sig: [u8; 65] = sig.try_into().expect("split at 65");
+        let peer = recover_signer(&link_digest(&transcript, peer_role), &Signature(sig))
+            .map_err(|_| LinkError::Handshake("unrecoverable signature"))?;
+        Ok((peer, creds.to_vec()))
+    };
+
+    let peer = match role {
+        LinkRole::Initiator => {
+            let signature = sign(transcript).await?;
+            write_frame(&mut writer, &[signature.0.as_slice(), credentials].concat()).await?;
+            let (peer, _) = authenticate(&read_frame_within(&mut reader, MAX_HANDSHAKE_FRAME).await?)?;
+            if !accept(peer, &[]) {
+                return Err(LinkError::Rejected(peer));
+            }
+            peer
+        }
+        LinkRole::Responder => {
+            let (peer, creds) = authenticate(&read_frame_within(&mut reader, MAX_HANDSHAKE_FRAME).await?)?;
+            if !accept(peer, &creds) {
+                return Err(LinkError::Rejected(peer));
+            }
+            let signature = sign(transcript).await?;
+            write_frame(&mut writer, &signature.0).await?;
+            peer
+        }
+    };
 
     let shared = SharedSecret::new(&their_key, &secret).to_secret_bytes();
     let i2r = key(b"teepay/link-key/i2r", &shared, &transcript);

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use teepay_coordinator::{Coordinator, HubConfig};
 use teepay_enclave::{NodeConfig, NodeEnclave, Request, Response};
-use teepay_link::{Link, LinkError, MAX_FRAME, handshake};
+use teepay_link::{Link, LinkError, MAX_FRAME, MAX_HANDSHAKE_FRAME, handshake};
 use teepay_types::{Address, Amount, ChainId, LinkRole, SigningKey, SimPlatform};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -52,8 +52,11 @@ async fn dial(
         let Response::Signature(signature) = response else { panic!("{response:?}") };
         std::future::ready(Ok(signature))
     };
-    handshake(r, w, LinkRole::Initiator, [7; 32], sign, |peer| peer == expected_hub).await
+    handshake(r, w, LinkRole::Initiator, [7; 32], CREDENTIALS, sign, |peer, _| peer == expected_hub).await
 }
+
+/// What the dialing node presents with its signature (the services send its quote).
+const CREDENTIALS: &[u8] = b"quote of the node";
 
 /// Hub side: accepts one connection; admits only `node`.
 async fn answer(
@@ -68,8 +71,9 @@ async fn answer(
         w,
         LinkRole::Responder,
         [8; 32],
+        &[],
         |t| std::future::ready(Ok(hub.sign_link(&t, LinkRole::Responder))),
-        |p| p == node,
+        |p, credentials| p == node && credentials == CREDENTIALS,
     )
     .await
 }
@@ -120,15 +124,24 @@ async fn a_burst_sent_in_one_write_arrives_as_separate_messages_in_order() {
 
 #[tokio::test]
 async fn refuses_unexpected_peers() {
+    // The hub admits only another node: it refuses this one before signing anything, and
+    // the node sees the connection close.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut n = node(30);
-    // The hub admits only another node; the node expects another hub: both refuse.
     let server = tokio::spawn(answer(listener, hub(), Address([5; 20])));
-    let err = dial(addr, &mut n, Address([1; 20])).await.unwrap_err();
-    assert!(matches!(err, LinkError::Rejected(_)), "{err}");
+    let hub_addr = hub().address();
+    let err = dial(addr, &mut n, hub_addr).await.unwrap_err();
+    assert!(matches!(err, LinkError::Io(_)), "{err}");
     let err = server.await.unwrap().unwrap_err();
     assert!(matches!(err, LinkError::Rejected(a) if a == n.address()), "{err}");
+    // The hub admits the node, but the node expects another hub.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(answer(listener, hub(), n.address()));
+    let err = dial(addr, &mut n, Address([1; 20])).await.unwrap_err();
+    assert!(matches!(err, LinkError::Rejected(a) if a == hub_addr), "{err}");
+    drop(server);
 }
 
 #[derive(Clone, Copy)]
@@ -196,11 +209,55 @@ async fn tampered_and_replayed_frames_fail_authentication() {
 
 #[tokio::test]
 async fn oversized_frames_are_refused_before_allocation() {
+    // Before authentication: anything above the handshake cap, first frame or second.
+    for valid_first in [false, true] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(answer(listener, hub(), Address([5; 20])));
+        let mut raw = TcpStream::connect(addr).await.unwrap();
+        if valid_first {
+            let key = secp256k1::PublicKey::from_secret_key(
+                &secp256k1::SecretKey::from_secret_bytes([3; 32]).unwrap(),
+            );
+            raw.write_all(&33u32.to_be_bytes()).await.unwrap();
+            raw.write_all(&key.serialize()).await.unwrap();
+        }
+        raw.write_all(&((MAX_HANDSHAKE_FRAME as u32) + 1).to_be_bytes()).await.unwrap();
+        let err = server.await.unwrap().unwrap_err();
+        assert!(matches!(err, LinkError::FrameTooLarge(n) if n == MAX_HANDSHAKE_FRAME + 1), "{err}");
+    }
+    // After it: the link's own cap.
+    let (mut link, mut peer) = linked_pair(22).await;
+    assert!(matches!(link.writer.send(&vec![0u8; MAX_FRAME + 1]).await, Err(LinkError::FrameTooLarge(_))));
+    link.writer.send(b"still fine").await.unwrap();
+    assert_eq!(peer.reader.recv().await.unwrap(), b"still fine");
+}
+
+/// Issue 14 item 10: a responder checks who the initiator is, with its credentials, before
+/// its enclave signs anything: an unaccepted key never makes the hub enclave work.
+#[tokio::test]
+async fn an_unaccepted_initiator_never_gets_the_responder_enclave_to_sign() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(answer(listener, hub(), Address([5; 20])));
-    let mut raw = TcpStream::connect(addr).await.unwrap();
-    raw.write_all(&((MAX_FRAME as u32) + 1).to_be_bytes()).await.unwrap();
+    let signed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = signed.clone();
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (r, w) = stream.into_split();
+        let hub = hub();
+        let sign = |t| {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            std::future::ready(Ok(hub.sign_link(&t, LinkRole::Responder)))
+        };
+        handshake(r, w, LinkRole::Responder, [8; 32], &[], sign, |_, credentials| {
+            credentials == b"a valid quote"
+        })
+        .await
+    });
+    let mut n = node(31);
+    let err = dial(addr, &mut n, Address([1; 20])).await.unwrap_err();
+    assert!(matches!(err, LinkError::Io(_)), "the hub hangs up without answering: {err}");
     let err = server.await.unwrap().unwrap_err();
-    assert!(matches!(err, LinkError::FrameTooLarge(_)), "{err}");
+    assert!(matches!(err, LinkError::Rejected(a) if a == n.address()), "{err}");
+    assert!(!signed.load(std::sync::atomic::Ordering::SeqCst), "the hub enclave signed for a refused peer");
 }

@@ -245,6 +245,8 @@ async fn session<P: Platform>(
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
     let known_hub = node.enclave.inspect().hub;
+    // The quote goes with the handshake: the hub admits only attested enclaves to a link.
+    let credentials = teepay_types::encoding::encode(&node.settings.quote);
     let sign = |transcript| {
         let signed = match node.call(Request::SignLink { transcript, role: LinkRole::Initiator }) {
             Ok(Response::Signature(s)) => Ok(s),
@@ -255,18 +257,22 @@ async fn session<P: Platform>(
     };
     // Before the enclave has attested a hub, any peer may answer; the Welcome quote is then
     // checked by the enclave and must name the same key the link authenticated.
+    let accept = |peer, _: &[u8]| known_hub.is_none_or(|h| h == peer);
+    let handshake = handshake(r, w, LinkRole::Initiator, os_entropy()?, &credentials, sign, accept);
     let Link { mut reader, mut writer, peer } =
-        handshake(r, w, LinkRole::Initiator, os_entropy()?, sign, |peer| known_hub.is_none_or(|h| h == peer))
-            .await?;
+        tokio::time::timeout(HANDSHAKE_DEADLINE, handshake)
+            .await
+            .map_err(|_| LinkError::Handshake("the hub did not complete the handshake in time"))??;
     writer.send(&NodeMessage::Register(node.settings.quote.clone()).to_bytes()).await?;
 
-    // A dedicated reader task: frame reads are not cancel-safe inside `select!`.
-    let (frames_tx, mut frames) = mpsc::unbounded_channel();
+    // A dedicated reader task: frame reads are not cancel-safe inside `select!`. Bounded:
+    // a hub that sends faster than this node handles is read no faster (TCP backpressure).
+    let (frames_tx, mut frames) = mpsc::channel(FRAME_QUEUE);
     let reader_task = tokio::spawn(async move {
         loop {
             let r = reader.recv().await;
             let stop = r.is_err();
-            if frames_tx.send(r).is_err() || stop {
+            if frames_tx.send(r).await.is_err() || stop {
                 return;
             }
         }
@@ -303,6 +309,10 @@ async fn session<P: Platform>(
 
 /// Most received messages handled before what they produced is sent.
 const MAX_BURST: usize = 256;
+/// Frames read from the hub and not yet handled, at most.
+const FRAME_QUEUE: usize = 1024;
+/// A hub that has not completed the handshake by then is dropped (and redialed).
+const HANDSHAKE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn on_frame<P: Platform>(
     node: &mut Node<P>,

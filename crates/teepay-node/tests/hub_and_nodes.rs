@@ -284,16 +284,17 @@ async fn a_node_without_a_valid_quote_is_not_admitted() {
     settings.state_path = s.dir.join("intruder/sealed");
     let (intruder, task) = spawn(enclave, settings);
     let payee = s.nodes[1].address;
-    let refused = loop {
+    // The hub checks the quote inside the handshake, before its enclave signs the link: the
+    // intruder never gets a link, however often it redials.
+    for _ in 0..50 {
         match intruder.pay(C1, payee, Amount(1), Amount(0)).await {
-            Err(NodeError::Disconnected) => tokio::time::sleep(Duration::from_millis(10)).await,
-            other => break other,
+            Err(NodeError::Disconnected) => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => panic!("a node with a forged quote got a link: {other:?}"),
         }
-    };
-    match refused {
-        Err(NodeError::Refused(reason)) => assert!(reason.contains("not admitted"), "{reason}"),
-        other => panic!("{other:?}"),
     }
+    // The admitted nodes are unaffected.
+    let id = pay_when_connected(&s.nodes[0], payee, 1).await.unwrap();
+    assert_eq!(wait_for(&s.nodes[0], id, |st| *st != WireStatus::InFlight).await, WireStatus::Succeeded);
     task.abort();
     cleanup(s);
 }
@@ -395,5 +396,31 @@ async fn the_intent_board_admits_only_attested_parties_within_caps() {
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
     let listed = client.list_intents(pb::ListIntentsRequest {}).await.unwrap().into_inner();
     assert_eq!(listed.entries.len(), BOARD_PER_PARTY);
+    cleanup(s);
+}
+
+/// Issue 14 item 10: connections that never complete a handshake hold at most
+/// `MAX_PENDING_HANDSHAKES` slots; one more is closed at once (nothing is read from it, nothing
+/// allocated for it); once the stalled ones go, admitted nodes link and pay as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_are_bounded_and_do_not_lock_out_nodes() {
+    use teepay_hub::admission::MAX_PENDING_HANDSHAKES;
+    use tokio::io::AsyncReadExt;
+    let s = setup("stalled", 2).await;
+    let payee = s.nodes[1].address;
+    pay_when_connected(&s.nodes[0], payee, 1).await.unwrap();
+    let mut stalled = Vec::new();
+    for _ in 0..MAX_PENDING_HANDSHAKES {
+        stalled.push(tokio::net::TcpStream::connect(s.hub_addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await; // every one accepted and waiting
+    let mut extra = tokio::net::TcpStream::connect(s.hub_addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "one handshake too many is closed at once: {read:?}");
+    drop(stalled);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let id = s.nodes[0].pay(C1, payee, Amount(1), Amount(0)).await.unwrap();
+    assert_eq!(wait_for(&s.nodes[0], id, |st| *st != WireStatus::InFlight).await, WireStatus::Succeeded);
     cleanup(s);
 }

@@ -203,7 +203,7 @@ fn a_paid_request_is_never_paid_again() {
     let mut f = fixture();
     let spec = f.run_to(15, true, true);
     let mut again = spec.clone();
-    again.id = InstanceId([16; 32]);
+    f.respec(&mut again, 16);
     f.refused(f.nodes[0], HubItem::Prepare(again), EnclaveError::Refused(NackReason::OrderAlreadyUsed));
 }
 
@@ -615,9 +615,9 @@ fn locks_per_channel_are_capped() {
         teepay_enclave::FeePolicy::default(),
     );
     let order = f.order(1, 0);
+    let hub = f.hub.address();
     let spec = |i: usize| {
-        let mut id = [0xc0; 32];
-        id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        let seq = 1_000 + i as u64;
         let hop = teepay_types::Hop {
             channel,
             from: f.w.address(payer),
@@ -625,7 +625,8 @@ fn locks_per_channel_are_capped() {
             amount: Amount(1),
         };
         teepay_types::InstanceSpec {
-            id: InstanceId(id),
+            id: teepay_types::instance_id(hub, seq),
+            seq,
             kind: InstanceKind::MultiHop,
             legs: vec![teepay_types::Leg { chain: CHAIN_1, hops: vec![hop] }],
             orders: vec![order.clone()],
@@ -681,12 +682,9 @@ fn a_refunded_order_is_never_paid_later() {
         f.accepted(n, HubItem::Refund { instance: spec.id });
     }
     let order_nonce = spec.orders[0].order.nonce();
-    assert!(matches!(
-        f.state(f.nodes[0]).orders[&order_nonce].status,
-        teepay_enclave::OrderStatus::Refunded(id) if id == spec.id
-    ));
+    assert!(!f.state(f.nodes[0]).orders.contains_key(&order_nonce), "a refunded order's record is dropped");
     let mut replay = spec.clone();
-    replay.id = InstanceId([42; 32]);
+    f.respec(&mut replay, 42);
     f.refused(f.nodes[0], HubItem::Prepare(replay), EnclaveError::Refused(NackReason::OrderAlreadyUsed));
 
     // The hub enclave: the same signed order again, after its instance was refunded.
@@ -711,4 +709,42 @@ fn a_refunded_order_is_never_paid_later() {
     w.hub.coordinator.prune_complete(expiry + teepay_coordinator::ORDER_EXPIRY_MARGIN + 1);
     assert!(w.hub.coordinator.inspect().used_orders.is_empty());
     assert!(w.hub.coordinator.index_is_consistent());
+}
+
+/// Issue 14 item 12: a finished instance's record is pruned once past its retention (on a
+/// batch that changes the state anyway), the replay floor rises past it, and its replayed
+/// PREPARE is still refused whatever time the host claims; a REFUND for an instance this
+/// node never saw records nothing and seals nothing; an id that is not the hub's `seq`-th
+/// is malformed.
+#[test]
+fn finished_records_are_pruned_and_replays_of_them_still_refused() {
+    let mut f = fixture();
+    let hop1 = f.nodes[1];
+    let spec = f.run_to(50, true, true);
+    assert!(f.state(hop1).instances.contains_key(&spec.id));
+
+    f.send(hop1, vec![]).unwrap();
+    let (before, blobs) = (f.state(hop1), f.w.nodes[hop1].sealed.blobs().count());
+    let unseen = teepay_types::instance_id(f.hub.address(), 77);
+    let r = f.send(hop1, vec![HubItem::Refund { instance: unseen }]).unwrap();
+    assert_eq!(r.results, vec![Ok(NodeItem::Finished { instance: unseen, outcome: Outcome::Revert })]);
+    assert_eq!(f.state(hop1), before, "nothing recorded");
+    assert_eq!(f.w.nodes[hop1].sealed.blobs().count(), blobs, "nothing sealed");
+
+    // Past the retention, the next PREPARE this node takes prunes the old record.
+    f.w.now += teepay_enclave::FINISHED_RETENTION + 1;
+    let order = f.order(10, 5);
+    let mut next = f.spec(51, f.leg(10), order);
+    next.deadline = f.w.now + 100;
+    assert!(matches!(f.accepted(hop1, HubItem::Prepare(next)), NodeItem::Prepared { .. }));
+    let state = f.state(hop1);
+    assert!(!state.instances.contains_key(&spec.id), "pruned");
+    assert_eq!(state.replay_floor, 51);
+    // Its PREPARE replayed, at a time the host makes up: refused, nothing changes.
+    f.w.now = 10;
+    f.refused(hop1, HubItem::Prepare(spec.clone()), EnclaveError::InstanceReplayed(spec.id));
+    // The same spec under an id the hub could not have given it.
+    let mut forged = spec;
+    forged.seq = 60;
+    f.refused(hop1, HubItem::Prepare(forged), EnclaveError::Refused(NackReason::MalformedInstance));
 }

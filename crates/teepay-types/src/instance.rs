@@ -162,11 +162,20 @@ impl SignedOrder {
     }
 }
 
+/// The id of the hub's `seq`-th instance: unique per hub, and checkable by every node.
+pub fn instance_id(hub: Address, seq: u64) -> InstanceId {
+    InstanceId(crate::crypto::keccak256_parts(&[b"teepay/instance-id/v1", &hub.0, &seq.to_le_bytes()]))
+}
+
 /// Everything the hub enclave sends in PREPARE: the instance's routes and the signed orders
 /// that authorize them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize)]
 pub struct InstanceSpec {
+    /// `instance_id(hub, seq)`: nodes recompute it, so the id's place in the hub's sequence
+    /// is known and finished records can be pruned below a replay floor.
     pub id: InstanceId,
+    /// The hub enclave's instance counter when it created the instance.
+    pub seq: u64,
     pub kind: InstanceKind,
     pub legs: Vec<Leg>,
     pub orders: Vec<SignedOrder>,

@@ -26,7 +26,7 @@ pub use encoding::{DecodeError, WIRE_VERSION, decode, encode};
 pub use ids::{Address, Amount, ChainId, ChannelId, Hash32, InstanceId};
 pub use instance::{
     Hop, InstanceSpec, Leg, MAX_SWAP_PARTIES, MAX_TRANSFERS_PER_INTENT, Order, PaymentRequest, SignedOrder,
-    SpecError, SwapIntent, Transfer,
+    SpecError, SwapIntent, Transfer, instance_id,
 };
 pub use messages::{
     Auth, HubBatch, HubItem, NackReason, NodeAck, NodeItem, PeerAck, Quote, QuoteError, RefundRequest,

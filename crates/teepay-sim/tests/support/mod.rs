@@ -6,8 +6,8 @@ use teepay_enclave::{BatchResult, EnclaveError, FeePolicy, NodeState, Request, R
 use teepay_sim::World;
 use teepay_sim::scenarios::CHAIN_1;
 use teepay_types::{
-    Amount, ChainId, HubBatch, HubItem, InstanceId, InstanceKind, InstanceSpec, Leg, NodeItem, Report,
-    SignedOrder, SigningKey,
+    Amount, ChainId, HubBatch, HubItem, InstanceKind, InstanceSpec, Leg, NodeItem, Report, SignedOrder,
+    SigningKey,
 };
 
 pub const HUB_MEASUREMENT: [u8; 32] = teepay_sim::world::HUB_MEASUREMENT;
@@ -61,15 +61,23 @@ impl Fixture {
         o
     }
 
-    pub fn spec(&self, id: u8, leg: Leg, order: SignedOrder) -> InstanceSpec {
+    /// The crafted hub's instance number `seq` (its id derived as the hub enclave does).
+    pub fn spec(&self, seq: u8, leg: Leg, order: SignedOrder) -> InstanceSpec {
         InstanceSpec {
-            id: InstanceId([id; 32]),
+            id: teepay_types::instance_id(self.hub.address(), u64::from(seq)),
+            seq: u64::from(seq),
             kind: InstanceKind::MultiHop,
             legs: vec![leg],
             orders: vec![order],
             deadline: 100,
             peer_acks: false,
         }
+    }
+
+    /// Gives `spec` the crafted hub's instance number `seq` (id included).
+    pub fn respec(&self, spec: &mut InstanceSpec, seq: u64) {
+        spec.seq = seq;
+        spec.id = teepay_types::instance_id(self.hub.address(), seq);
     }
 
     pub fn leg(&self, amount: u128) -> Leg {
