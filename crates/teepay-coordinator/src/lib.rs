@@ -531,7 +531,11 @@ impl<P: Platform> Coordinator<P> {
                             _ => return Err(HubError::BadPeerAck(node)),
                         }
                     }
-                    if instance.prepared.insert(node, leaf).is_none() {
+                    // The first PREPARED answer counts: a repeat (a retransmitted PREPARE answered
+                    // again, maybe with states changed by a deposit since) must not replace the
+                    // leaf COMMIT binds, nor differ from the peer ack forwarded with it.
+                    if let std::collections::btree_map::Entry::Vacant(e) = instance.prepared.entry(node) {
+                        e.insert(leaf);
                         self.state.dirty = true;
                     }
                     if instance.prepared.len() == instance.participants.len() {

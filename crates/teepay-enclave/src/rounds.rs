@@ -4,7 +4,7 @@
 
 use crate::consent::plan_prepare;
 use crate::error::EnclaveError;
-use crate::state::{Channel, InstanceRecord, InstanceStatus, NodeState, OrderStatus};
+use crate::state::{Channel, InstanceRecord, InstanceStatus, NodeState, OrderStatus, UNSEEN_SEQ};
 use teepay_types::{
     Address, ChannelId, Hash32, InstanceId, InstanceKind, InstanceSpec, NodeItem, Outcome, Phase,
 };
@@ -114,12 +114,12 @@ impl NodeState {
 
     pub(crate) fn on_refund(&mut self, instance: InstanceId, now: u64) -> ItemResult {
         let Some(record) = self.instances.get(&instance) else {
-            // Never locked here (we NACKed it, or its PREPARE never reached us — the hub
-            // then retransmits only the REFUND), or finished and pruned: nothing to undo,
-            // nothing to remember (no record, no durable write). Only a replay by this node's
-            // own host could still deliver the PREPARE, and a refunded instance has no
-            // COMMIT: such a lock can only revert.
-            return Ok((NodeItem::Finished { instance, outcome: Outcome::Revert }, false));
+            // Refunded before its PREPARE reached us (reordering, or we NACKed it): remember
+            // the outcome, so that a late PREPARE can never lock funds for an instance the hub
+            // may already have completed. Pruned like any finished record; by then the
+            // PREPARE is long past its deadline.
+            self.record_unseen(instance, Outcome::Revert, now);
+            return Ok((NodeItem::Finished { instance, outcome: Outcome::Revert }, true));
         };
         match (record.status, record.kind) {
             (InstanceStatus::Finished(outcome), _) => {
@@ -134,8 +134,8 @@ impl NodeState {
 
     pub(crate) fn on_resolve(&mut self, instance: InstanceId, outcome: Outcome, now: u64) -> ItemResult {
         let Some(record) = self.instances.get(&instance) else {
-            // As for REFUND: nothing locked here, nothing to remember.
-            return Ok((NodeItem::Finished { instance, outcome }, false));
+            self.record_unseen(instance, outcome, now);
+            return Ok((NodeItem::Finished { instance, outcome }, true));
         };
         if record.kind == InstanceKind::CrossChain {
             return Err(EnclaveError::ResolveOnSwap(instance));
@@ -152,6 +152,26 @@ impl NodeState {
         } else {
             Err(EnclaveError::ConflictingOutcome(instance))
         }
+    }
+
+    /// A finished record for an instance whose PREPARE this node never took (its `seq` is not
+    /// known: [`UNSEEN_SEQ`], which pruning does not count towards the replay floor).
+    fn record_unseen(&mut self, instance: InstanceId, outcome: Outcome, now: u64) {
+        self.instances.insert(
+            instance,
+            InstanceRecord {
+                seq: UNSEEN_SEQ,
+                finished_at: now,
+                prepare_hash: [0; 32],
+                kind: InstanceKind::MultiHop,
+                status: InstanceStatus::Finished(outcome),
+                channels: Vec::new(),
+                order_nonce: None,
+                ejected: false,
+                peers: Vec::new(),
+            },
+        );
+        self.finished.insert((now, UNSEEN_SEQ, instance));
     }
 
     /// Ends an instance here: every lock it holds on a still-open channel applies or

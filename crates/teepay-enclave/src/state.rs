@@ -179,6 +179,10 @@ pub struct OrderRecord {
 /// replayed PREPARE. A host that fakes its clock only loses those idempotent answers.
 pub const FINISHED_RETENTION: u64 = 60_000;
 
+/// The `seq` of a record made for an instance this node never PREPAREd (a REFUND or RESOLVE
+/// that came first): unknown, so pruning it does not raise the replay floor.
+pub const UNSEEN_SEQ: u64 = u64::MAX;
+
 /// Most records pruned per request: pruning work stays bounded whatever the backlog.
 pub const PRUNE_BATCH: usize = 256;
 
@@ -244,7 +248,9 @@ impl NodeState {
             }
             self.finished.pop_first();
             self.instances.remove(&id);
-            self.replay_floor = self.replay_floor.max(seq.saturating_add(1));
+            if seq != UNSEEN_SEQ {
+                self.replay_floor = self.replay_floor.max(seq.saturating_add(1));
+            }
             pruned = true;
         }
         // Orders are issued with increasing nonces and similar lifetimes: the oldest first.

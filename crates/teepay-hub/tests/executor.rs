@@ -476,8 +476,16 @@ fn sealed_state_and_memory_stay_flat_over_many_payments() {
         let (h, n, t) = footprint(&net);
         *q = (q.0.max(h), q.1.max(n), q.2.max(t));
         if total >= 100_000 && round % (rounds / 10).max(1) == 0 {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+            let rss = status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .unwrap_or("VmRSS: ?")
+                .trim_start_matches("VmRSS:")
+                .trim()
+                .to_string();
             println!(
-                "round {round}/{rounds}: hub sealed {h} B, largest node sealed {n} B, statuses in memory {t}"
+                "round {round}/{rounds}: hub sealed {h} B, largest node sealed {n} B, statuses in memory {t}, resident {rss}"
             );
         }
     }

@@ -34,7 +34,9 @@ impl World {
         for (n, node) in self.nodes.iter().enumerate() {
             for (id, channel) in &node.enclave.inspect().channels {
                 if channel.is_open() && !channel.locks.is_empty() {
-                    if b.ejects > 0 {
+                    // A lying host's closing state may carry its lie (the contract refuses
+                    // it); its node is not judged, and its honest peers can still eject.
+                    if b.ejects > 0 && !self.liars.contains(&n) {
                         actions.push(Action::Eject { node: n, channel: *id });
                     }
                     if b.refunds > 0 {
@@ -51,6 +53,7 @@ impl World {
         if b.ticks > 0 {
             actions.push(Action::Tick);
         }
+        actions.extend(self.hostile_actions());
         actions.extend((0..self.network.len()).map(Action::Deliver));
         actions
     }
@@ -107,6 +110,14 @@ impl World {
                 self.tick();
                 Ok(())
             }
+            Action::HostLie { node, lie } => {
+                self.budget.lies -= 1;
+                self.host_lie(*node, lie)
+            }
+            Action::ReplayOrder(instance) => {
+                self.budget.lies -= 1;
+                self.replay_order(*instance)
+            }
         }
     }
 
@@ -119,6 +130,7 @@ impl World {
     fn deliver(&mut self, envelope: Envelope) -> Result<(), Violation> {
         match envelope {
             Envelope::ToNode { node, batch } => {
+                self.remember_delivered(node, &batch);
                 let out = self.nodes[node]
                     .enclave
                     .handle(self.now, Request::HubBatch(batch))

@@ -71,7 +71,13 @@ impl World {
             h.write(&e);
         }
         let b = self.budget;
-        h.write(&[b.duplicates, b.drops, b.tampers, b.crashes, b.ejects, b.refunds, b.ticks]);
+        h.write(&[b.duplicates, b.drops, b.tampers, b.crashes, b.ejects, b.refunds, b.ticks, b.lies]);
+        for liar in &self.liars {
+            h.write_usize(*liar);
+        }
+        for (node, batch) in &self.delivered {
+            h.write(&envelope_bytes(&Envelope::ToNode { node: *node, batch: batch.clone() }));
+        }
         h.write_u64(self.now);
         h.finish()
     }
@@ -106,6 +112,8 @@ impl World {
                 format!("{} requests refund of {instance:?}", name(*node))
             }
             Action::Tick => "clock passes every deadline".into(),
+            Action::HostLie { node, lie } => format!("{}'s host lies: {lie:?}", name(*node)),
+            Action::ReplayOrder(id) => format!("hub host replays the orders of {id:?}"),
         }
     }
 }

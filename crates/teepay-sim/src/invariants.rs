@@ -74,7 +74,10 @@ impl World {
             }
             outcomes.insert(*id, outcome);
         }
-        for node in &self.nodes {
+        for (n, node) in self.nodes.iter().enumerate() {
+            if self.liars.contains(&n) {
+                continue; // a lying host may strand its own node's locks
+            }
             for (id, channel) in &node.enclave.inspect().channels {
                 if channel.is_open() && !channel.locks.is_empty() {
                     return fail(format!("liveness: {} still holds locks on {id:?}", node.name));
@@ -98,6 +101,10 @@ impl World {
                     (ch.balance_peer, ch.balance_local)
                 }
             };
+            let liar = |addr: Address| self.node_index(addr).is_some_and(|n| self.liars.contains(&n));
+            if liar(onchain.a) || liar(onchain.b) {
+                continue; // a lying host's view is its own; its honest peer's is checked below
+            }
             let (a, b) = (view(onchain.a), view(onchain.b));
             if a != b {
                 return fail(format!("channel {id:?}: party A sees {a:?}, party B sees {b:?}"));
@@ -118,9 +125,17 @@ impl World {
         }
         for (id, onchain) in &self.contract.channels {
             if onchain.open {
-                let n = self.node_index(onchain.a).expect("parties are nodes");
-                let ch = &self.nodes[n].enclave.inspect().channels[id];
-                *held.entry(onchain.chain).or_default() += ch.balance_local.0 + ch.balance_peer.0;
+                // An honest party's view (a lying host may have inflated its own).
+                let a = self.node_index(onchain.a).expect("parties are nodes");
+                let b = self.node_index(onchain.b).expect("parties are nodes");
+                let n = if self.liars.contains(&a) { b } else { a };
+                let total = if self.liars.contains(&n) {
+                    onchain.deposit_a.0 + onchain.deposit_b.0 // both lied: what the contract holds
+                } else {
+                    let ch = &self.nodes[n].enclave.inspect().channels[id];
+                    ch.balance_local.0 + ch.balance_peer.0
+                };
+                *held.entry(onchain.chain).or_default() += total;
             }
         }
         if held != deposited {
@@ -165,7 +180,14 @@ impl World {
                 *expected.entry(key).or_default() += flow;
             }
         }
-        let keys: BTreeSet<(ChainId, Address)> = self.deposits.keys().copied().collect();
+        // The honest-party invariant: every node whose host did not lie holds exactly what it
+        // deposited plus its flows in the instances that applied — never less.
+        let keys: BTreeSet<(ChainId, Address)> = self
+            .deposits
+            .keys()
+            .copied()
+            .filter(|(_, addr)| self.node_index(*addr).is_none_or(|n| !self.liars.contains(&n)))
+            .collect();
         for (chain, addr) in keys {
             let start = self.deposits[&(chain, addr)].0 as i128;
             let delta = self.holdings(chain, addr) - start;

@@ -7,10 +7,11 @@
 mod actions;
 pub mod contract;
 pub mod explore;
+mod hostile;
 pub mod invariants;
 pub mod rng;
 pub mod scenarios;
 pub mod world;
 
 pub use explore::{Counterexample, ExploreReport, explore, random_schedule};
-pub use world::{Action, Budget, Envelope, Target, Violation, World};
+pub use world::{Action, Budget, Envelope, Lie, Target, Violation, World};

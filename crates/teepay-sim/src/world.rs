@@ -77,6 +77,25 @@ pub enum Action {
     },
     /// Advance the clock past every deadline and retransmission interval.
     Tick,
+    /// A node's host lies to its own enclave (`crate::hostile`); the node is then no longer
+    /// honest, and the final invariants hold for the honest nodes.
+    HostLie {
+        node: usize,
+        lie: Lie,
+    },
+    /// The hub's host re-submits an instance's orders in a new instance: must be refused.
+    ReplayOrder(InstanceId),
+}
+
+/// What a hostile node host can tell its enclave.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Lie {
+    /// A deposit of its own that the contract never saw.
+    InflateDeposit(ChannelId),
+    /// Restore from its sealed log without the last blob (a rollback): must be refused.
+    RollBack,
+    /// Re-deliver an authentic batch it received before (`World::delivered`).
+    ReplayBatch(usize),
 }
 
 /// How many of each fault a schedule may still inject.
@@ -89,6 +108,8 @@ pub struct Budget {
     pub ejects: u8,
     pub refunds: u8,
     pub ticks: u8,
+    /// Host lies (`Action::HostLie`, `Action::ReplayOrder`).
+    pub lies: u8,
 }
 
 /// A broken invariant or a protocol misbehaviour observed while applying an action.
@@ -116,6 +137,10 @@ pub struct World {
     pub instances: Vec<InstanceId>,
     /// Nodes added from now on NACK every instance without peer acks (`--require-peer-acks`).
     pub require_peer_acks: bool,
+    /// Nodes whose host lied to its enclave: the final invariants hold for every other.
+    pub liars: std::collections::BTreeSet<usize>,
+    /// The last authentic batches delivered (for `Lie::ReplayBatch`), most recent last.
+    pub delivered: Vec<(usize, SignedHubBatch)>,
     entropy_counter: u64,
     seed: u64,
 }
@@ -157,6 +182,8 @@ impl World {
             channels: BTreeMap::new(),
             instances: Vec::new(),
             require_peer_acks: false,
+            liars: std::collections::BTreeSet::new(),
+            delivered: Vec::new(),
             entropy_counter: counter,
             seed,
         }

@@ -713,9 +713,8 @@ fn a_refunded_order_is_never_paid_later() {
 
 /// Issue 14 item 12: a finished instance's record is pruned once past its retention (on a
 /// batch that changes the state anyway), the replay floor rises past it, and its replayed
-/// PREPARE is still refused whatever time the host claims; a REFUND for an instance this
-/// node never saw records nothing and seals nothing; an id that is not the hub's `seq`-th
-/// is malformed.
+/// PREPARE is still refused whatever time the host claims; a REFUND that overtook its
+/// PREPARE is remembered only as long; an id that is not the hub's `seq`-th is malformed.
 #[test]
 fn finished_records_are_pruned_and_replays_of_them_still_refused() {
     let mut f = fixture();
@@ -723,13 +722,15 @@ fn finished_records_are_pruned_and_replays_of_them_still_refused() {
     let spec = f.run_to(50, true, true);
     assert!(f.state(hop1).instances.contains_key(&spec.id));
 
-    f.send(hop1, vec![]).unwrap();
-    let (before, blobs) = (f.state(hop1), f.w.nodes[hop1].sealed.blobs().count());
+    // A REFUND that overtook its PREPARE: recorded (so the PREPARE cannot lock later) and
+    // pruned like any finished record; a replay of it changes nothing and seals nothing.
     let unseen = teepay_types::instance_id(f.hub.address(), 77);
     let r = f.send(hop1, vec![HubItem::Refund { instance: unseen }]).unwrap();
     assert_eq!(r.results, vec![Ok(NodeItem::Finished { instance: unseen, outcome: Outcome::Revert })]);
-    assert_eq!(f.state(hop1), before, "nothing recorded");
-    assert_eq!(f.w.nodes[hop1].sealed.blobs().count(), blobs, "nothing sealed");
+    let (before, blobs) = (f.state(hop1), f.w.nodes[hop1].sealed.blobs().count());
+    f.send(hop1, vec![HubItem::Refund { instance: unseen }]).unwrap();
+    assert_eq!(f.state(hop1), before, "a replayed REFUND changes nothing");
+    assert_eq!(f.w.nodes[hop1].sealed.blobs().count(), blobs, "and seals nothing");
 
     // Past the retention, the next PREPARE this node takes prunes the old record.
     f.w.now += teepay_enclave::FINISHED_RETENTION + 1;
@@ -739,7 +740,8 @@ fn finished_records_are_pruned_and_replays_of_them_still_refused() {
     assert!(matches!(f.accepted(hop1, HubItem::Prepare(next)), NodeItem::Prepared { .. }));
     let state = f.state(hop1);
     assert!(!state.instances.contains_key(&spec.id), "pruned");
-    assert_eq!(state.replay_floor, 51);
+    assert!(!state.instances.contains_key(&unseen), "pruned too");
+    assert_eq!(state.replay_floor, 51, "an unseen instance's unknown seq does not raise the floor");
     // Its PREPARE replayed, at a time the host makes up: refused, nothing changes.
     f.w.now = 10;
     f.refused(hop1, HubItem::Prepare(spec.clone()), EnclaveError::InstanceReplayed(spec.id));

@@ -1,0 +1,137 @@
+//! Hostile hosts (issue 14): a node's host lying to its own enclave, and the hub's host
+//! replaying orders. A lie the enclaves cannot detect makes its node dishonest — the final
+//! invariants then hold for every *honest* node: none ends worse off than the instances that
+//! applied explain. A lie they can detect must be refused and change nothing.
+
+use crate::world::{Action, Envelope, Lie, Violation, World};
+use teepay_enclave::{EnclaveError, NodeEnclave, Request, Response};
+use teepay_types::{Amount, SealedLog};
+
+/// How many authentic batches are kept for replays.
+const REPLAYABLE: usize = 4;
+
+/// A deposit a lying host invents.
+const INVENTED_DEPOSIT: u128 = 1_000;
+
+impl World {
+    /// The host lies (and hub replays) the budget and the state allow.
+    pub(crate) fn hostile_actions(&self) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.budget.lies == 0 {
+            return actions;
+        }
+        for (n, node) in self.nodes.iter().enumerate() {
+            for (id, channel) in &node.enclave.inspect().channels {
+                if channel.is_open() {
+                    actions.push(Action::HostLie { node: n, lie: Lie::InflateDeposit(*id) });
+                }
+            }
+            if node.sealed.blobs().count() > 1 {
+                actions.push(Action::HostLie { node: n, lie: Lie::RollBack });
+            }
+        }
+        for (i, (node, _)) in self.delivered.iter().enumerate() {
+            actions.push(Action::HostLie { node: *node, lie: Lie::ReplayBatch(i) });
+        }
+        actions.extend(self.instances.iter().take(2).map(|id| Action::ReplayOrder(*id)));
+        actions
+    }
+
+    /// Remembers an authentic batch a node received (its host could replay it later).
+    pub(crate) fn remember_delivered(&mut self, node: usize, batch: &teepay_types::SignedHubBatch) {
+        if self.budget.lies == 0 {
+            return;
+        }
+        if self.delivered.len() == REPLAYABLE {
+            self.delivered.remove(0);
+        }
+        self.delivered.push((node, batch.clone()));
+    }
+
+    pub(crate) fn host_lie(&mut self, node: usize, lie: &Lie) -> Result<(), Violation> {
+        match lie {
+            Lie::InflateDeposit(channel) => {
+                let ch = &self.nodes[node].enclave.inspect().channels[channel];
+                let (mine, theirs) = (ch.deposit_local.0 + INVENTED_DEPOSIT, ch.deposit_peer.0);
+                let (deposit_a, deposit_b) = if ch.local_is_a { (mine, theirs) } else { (theirs, mine) };
+                let request = Request::Deposit {
+                    channel: *channel,
+                    deposit_a: Amount(deposit_a),
+                    deposit_b: Amount(deposit_b),
+                };
+                let out = self.nodes[node]
+                    .enclave
+                    .handle(self.now, request)
+                    .map_err(|e| Violation(format!("a deposit report was refused: {e}")))?;
+                if let Some(blob) = out.sealed {
+                    self.nodes[node].sealed.record(blob).expect("the enclave seals well-formed blobs");
+                }
+                self.liars.insert(node);
+            }
+            Lie::RollBack => {
+                let log = &self.nodes[node].sealed;
+                let blobs: Vec<Vec<u8>> = log.blobs().map(<[u8]>::to_vec).collect();
+                let Some(older) = SealedLog::from_blobs(blobs[..blobs.len() - 1].iter().cloned()).ok() else {
+                    return Ok(()); // the log starts with the last snapshot: nothing older to offer
+                };
+                let platform = self.nodes[node].enclave.platform().clone();
+                if NodeEnclave::restore(platform, &older).is_ok() {
+                    return Err(Violation(format!("node {node} restored from a rolled-back sealed log")));
+                }
+            }
+            Lie::ReplayBatch(i) => {
+                let (target, batch) = self.delivered[*i].clone();
+                debug_assert_eq!(target, node);
+                let out = match self.nodes[node].enclave.handle(self.now, Request::HubBatch(batch)) {
+                    Ok(out) => out,
+                    Err(e) => {
+                        return Err(Violation(format!("a replayed authentic batch failed as a whole: {e}")));
+                    }
+                };
+                if let Some(blob) = out.sealed {
+                    self.nodes[node].sealed.record(blob).expect("the enclave seals well-formed blobs");
+                }
+                let Response::Batch(result) = out.response else { unreachable!("batches answer Batch") };
+                for r in &result.results {
+                    match r {
+                        Ok(_)
+                        | Err(EnclaveError::InstanceReplayed(_))
+                        | Err(EnclaveError::InstanceEjected(_))
+                        | Err(EnclaveError::InstanceFinished(_))
+                        | Err(EnclaveError::ConflictingOutcome(_))
+                        | Err(EnclaveError::NotCommitted(_))
+                        | Err(EnclaveError::RefundAfterCommit(_))
+                        | Err(EnclaveError::UnknownInstance(_))
+                        | Err(EnclaveError::Refused(_)) => {}
+                        Err(e) => return Err(Violation(format!("replayed item: unexpected refusal {e}"))),
+                    }
+                }
+                if let Some(ack) = result.ack {
+                    self.network.push(Envelope::ToHub(ack));
+                }
+                // Whatever the replay did, it was this node's host acting: honest nodes must
+                // not be affected, and this one is judged no more.
+                self.liars.insert(node);
+            }
+        }
+        Ok(())
+    }
+
+    /// The hub's host re-submits an existing instance's legs and orders: refused, unchanged.
+    pub(crate) fn replay_order(&mut self, instance: teepay_types::InstanceId) -> Result<(), Violation> {
+        let Some(existing) = self.hub.coordinator.instance(instance) else { return Ok(()) };
+        let spec = existing.spec.clone();
+        if spec.orders.is_empty() {
+            return Ok(());
+        }
+        let before = self.hub.coordinator.inspect().clone();
+        match self.hub.coordinator.create_instance(self.now, spec.kind, spec.legs, spec.orders) {
+            Err(teepay_coordinator::HubError::OrderReused(_)) => {}
+            other => return Err(Violation(format!("a replayed order started an instance: {other:?}"))),
+        }
+        if *self.hub.coordinator.inspect() != before {
+            return Err(Violation("a refused replayed order changed the hub".into()));
+        }
+        Ok(())
+    }
+}
