@@ -22,23 +22,20 @@ pub use targets::{TARGETS, Target};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 
-/// SplitMix64: deterministic, so a run is reproduced by its seed.
+/// The workspace's SplitMix64 with a `usize` range: deterministic, so a run is reproduced by
+/// its seed.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(teepay_types::rng::SplitMix64);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
+        Rng(teepay_types::rng::SplitMix64::new(seed))
     }
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     pub fn below(&mut self, n: usize) -> usize {
-        if n == 0 { 0 } else { (self.next_u64() % n as u64) as usize }
+        if n == 0 { 0 } else { self.0.below(n as u64) as usize }
     }
 }
 

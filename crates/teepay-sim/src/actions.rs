@@ -277,7 +277,7 @@ impl World {
 
     /// A node signs its channel's closing state and submits it to the contract. Enclaves
     /// refuse swap-locked channels, which is fine; a signed state the contract rejects is not.
-    fn eject(&mut self, node: usize, channel: teepay_types::ChannelId) -> Result<(), Violation> {
+    pub(crate) fn eject(&mut self, node: usize, channel: teepay_types::ChannelId) -> Result<(), Violation> {
         let out = match self.nodes[node].enclave.handle(self.now, Request::SignClose { channel }) {
             Ok(out) => out,
             Err(EnclaveError::SwapLocked(_)) => return Ok(()),

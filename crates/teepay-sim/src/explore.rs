@@ -42,6 +42,24 @@ impl World {
             }
             self.tick();
         }
+        // A lying host can leave instances that never end by themselves; the honest nodes
+        // holding their locks then eject (their recourse in DESIGN §3), one channel at a time.
+        if !self.liars.is_empty() {
+            for _ in 0..64 {
+                if !self.honest_eject()? {
+                    break;
+                }
+                while !self.network.is_empty() {
+                    self.apply(&Action::Deliver(0))?;
+                    self.check_step()?;
+                }
+                self.tick();
+                while !self.network.is_empty() {
+                    self.apply(&Action::Deliver(0))?;
+                    self.check_step()?;
+                }
+            }
+        }
         Ok(())
     }
 

@@ -24,6 +24,7 @@ impl World {
             for (id, channel) in &node.enclave.inspect().channels {
                 if channel.is_open() {
                     actions.push(Action::HostLie { node: n, lie: Lie::InflateDeposit(*id) });
+                    actions.push(Action::HostLie { node: n, lie: Lie::FalseSettled(*id) });
                 }
             }
             if node.sealed.blobs().count() > 1 {
@@ -63,6 +64,16 @@ impl World {
                     .enclave
                     .handle(self.now, request)
                     .map_err(|e| Violation(format!("a deposit report was refused: {e}")))?;
+                if let Some(blob) = out.sealed {
+                    self.nodes[node].sealed.record(blob).expect("the enclave seals well-formed blobs");
+                }
+                self.liars.insert(node);
+            }
+            Lie::FalseSettled(channel) => {
+                let out = self.nodes[node]
+                    .enclave
+                    .handle(self.now, Request::ChannelSettled { channel: *channel })
+                    .map_err(|e| Violation(format!("a settlement report was refused: {e}")))?;
                 if let Some(blob) = out.sealed {
                     self.nodes[node].sealed.record(blob).expect("the enclave seals well-formed blobs");
                 }
@@ -115,6 +126,21 @@ impl World {
             }
         }
         Ok(())
+    }
+
+    /// An honest node's recourse when an instance it holds locks of cannot end (a lying peer
+    /// stopped answering): it ejects the channel. Returns whether one did.
+    pub(crate) fn honest_eject(&mut self) -> Result<bool, Violation> {
+        let stuck =
+            self.nodes.iter().enumerate().filter(|(n, _)| !self.liars.contains(n)).find_map(|(n, node)| {
+                node.enclave.inspect().channels.iter().find_map(|(id, ch)| {
+                    let multi_hop = ch.locks.iter().any(|l| l.kind == teepay_types::InstanceKind::MultiHop);
+                    (ch.is_open() && multi_hop).then_some((n, *id))
+                })
+            });
+        let Some((node, channel)) = stuck else { return Ok(false) };
+        self.eject(node, channel)?;
+        Ok(true)
     }
 
     /// The hub's host re-submits an existing instance's legs and orders: refused, unchanged.

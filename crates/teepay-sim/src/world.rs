@@ -96,6 +96,9 @@ pub enum Lie {
     RollBack,
     /// Re-deliver an authentic batch it received before (`World::delivered`).
     ReplayBatch(usize),
+    /// Report a channel settled on-chain that is still open: its enclave stops using it and
+    /// refuses further rounds of the instances locked on it.
+    FalseSettled(ChannelId),
 }
 
 /// How many of each fault a schedule may still inject.

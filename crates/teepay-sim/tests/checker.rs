@@ -56,3 +56,34 @@ fn checker_finds_split_outcomes_under_a_broken_settlement_rule() {
     assert!(c.violation.0.contains("atomicity") || c.violation.0.contains("no-loss"), "{}", c.violation);
     assert!(!c.trace.is_empty());
 }
+
+/// Hostile hosts, one schedule spelled out: hop1's host tells its enclave that the channel to
+/// hop2 was settled on-chain (it was not) once COMMIT is out. hop1's enclave then refuses the
+/// instance's COMMIT, so it cannot end by itself; the honest nodes holding its locks eject,
+/// the contract fixes the outcome, and every honest node ends with exactly what the applied
+/// instances explain (the final invariants, checked for honest nodes).
+#[test]
+fn a_host_that_falsely_settles_a_channel_leaves_the_honest_nodes_whole() {
+    use teepay_sim::scenarios::CHAIN_1;
+    let mut w = three_hop();
+    w.budget = Budget { lies: 1, ..Budget::default() };
+    let id = w.instances[0];
+    while w.hub.coordinator.instance(id).unwrap().phase == teepay_coordinator::HubPhase::None {
+        w.apply(&Action::Deliver(0)).unwrap();
+    }
+    let channel = w.channel_between(CHAIN_1, 1, 2).unwrap();
+    w.apply(&Action::HostLie { node: 1, lie: teepay_sim::Lie::FalseSettled(channel) }).unwrap();
+    assert!(w.liars.contains(&1));
+    w.drain().unwrap();
+    w.check_final().unwrap();
+    assert!(w.contract.channels.values().any(|c| !c.open), "an honest node ejected");
+}
+
+/// The exhaustive hostile-host scenario: one host lie per schedule, everything explored.
+#[test]
+fn three_hop_with_a_host_lie_in_every_schedule() {
+    let w = teepay_sim::scenarios::three_hop_hostile_hosts();
+    let report = explore(&w, Some(20_000));
+    assert!(report.violation.is_none(), "{:?}", report.violation);
+    assert!(report.states >= 20_000, "explored {} states", report.states);
+}
