@@ -44,11 +44,16 @@ pub(crate) struct Edge {
     /// Charged by `from` when it forwards over this edge as an intermediary.
     pub fee: FeePolicy,
     pub enabled: bool,
+    /// In-flight instances locking the channel, both directions (kept equal on its two
+    /// edges): at `MAX_LOCKS_PER_CHANNEL` its parties' enclaves NACK one more, so the router
+    /// treats it as full rather than route a payment into a certain refund.
+    pub channel_locks: u32,
 }
 
 impl Edge {
     pub fn available(&self) -> u128 {
-        if self.enabled { self.balance.saturating_sub(self.reserved) } else { 0 }
+        let full = self.channel_locks as usize >= teepay_types::MAX_LOCKS_PER_CHANNEL;
+        if self.enabled && !full { self.balance.saturating_sub(self.reserved) } else { 0 }
     }
 }
 
@@ -171,6 +176,7 @@ impl Graph {
                 reserved: 0,
                 fee,
                 enabled: true,
+                channel_locks: 0,
             });
             self.spendable.push(balance.0);
         }
@@ -250,8 +256,18 @@ impl Graph {
             });
         }
         edge.reserved += amount.0;
-        self.refresh(e);
+        self.count_lock(channel, 1);
         Ok(())
+    }
+
+    /// Adds `delta` (±1) to both edges' lock count and refreshes their capacity.
+    fn count_lock(&mut self, channel: ChannelId, delta: i32) {
+        let [ab, ba] = self.channel_index[&channel];
+        for e in [ab, ba] {
+            let edge = &mut self.edges[e as usize];
+            edge.channel_locks = edge.channel_locks.saturating_add_signed(delta);
+            self.refresh(e);
+        }
     }
 
     /// Ends a reservation: the instance refunded (`applied` false) or its transfer applied.
@@ -274,8 +290,7 @@ impl Graph {
             edge.balance = edge.balance.saturating_sub(amount.0);
             self.edges[back as usize].balance += amount.0;
         }
-        self.refresh(e);
-        self.refresh(back);
+        self.count_lock(channel, -1);
         Ok(())
     }
 }

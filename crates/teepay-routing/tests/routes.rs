@@ -366,3 +366,34 @@ fn keeps_a_longer_cheaper_partial_route_when_capacity_is_tight() {
     assert_eq!(nodes(&r), vec![5, 4, 7, 3]);
     assert_eq!(r.fee, Amount(0));
 }
+
+/// A channel carrying `MAX_LOCKS_PER_CHANNEL` in-flight instances (both directions together)
+/// is full: its enclaves would NACK one more, so the router goes around it (or reports no
+/// route) instead of sending a payment into a certain refund; a released lock reopens it.
+#[test]
+fn a_channel_at_the_lock_cap_is_routed_around() {
+    let cap = teepay_types::MAX_LOCKS_PER_CHANNEL;
+    let mut g = Graph::new();
+    for c in [
+        channel(1, 1, 2, 1_000_000, 1_000_000, fee(0, 0), fee(0, 0)),
+        channel(2, 1, 3, 1_000_000, 0, fee(0, 0), fee(5, 0)),
+        channel(3, 3, 2, 1_000_000, 0, fee(5, 0), fee(0, 0)),
+    ] {
+        g.upsert_channel(&c).unwrap();
+    }
+    let direct = ChannelId([1; 32]);
+    for i in 0..cap {
+        // Both directions count towards the one cap.
+        let from = if i % 2 == 0 { addr(1) } else { addr(2) };
+        g.reserve(direct, from, Amount(1)).unwrap();
+    }
+    assert_eq!(g.available(direct, addr(1)).unwrap(), Amount(0));
+    assert!(matches!(g.reserve(direct, addr(1), Amount(1)), Err(RouteError::InsufficientCapacity { .. })));
+    assert_eq!(nodes(&g.find_route(&query(1, 2, 10, 10)).unwrap()), vec![1, 3, 2], "around the full channel");
+    g.release(direct, addr(1), Amount(1), false).unwrap();
+    assert_eq!(
+        nodes(&g.find_route(&query(1, 2, 10, 10)).unwrap()),
+        vec![1, 2],
+        "one lock freed: direct again"
+    );
+}

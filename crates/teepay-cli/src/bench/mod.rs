@@ -52,8 +52,10 @@ pub struct BenchArgs {
     /// Payments (or swaps) per mode.
     #[arg(long, default_value_t = 20_000)]
     payments: usize,
-    /// Jobs in flight at once (closed loop: a new one starts when one finishes).
-    #[arg(long, default_value_t = 2_000)]
+    /// Jobs in flight at once (closed loop: a new one starts when one finishes). A channel
+    /// carries at most 483 instances in flight (`MAX_LOCKS_PER_CHANNEL`); jobs beyond that on
+    /// one channel are refused by the router ("no route"), so the default stays below it.
+    #[arg(long, default_value_t = 400)]
     concurrency: usize,
     /// Offer jobs at this rate per second instead of as fast as they finish (still capped
     /// by --concurrency).
