@@ -11,6 +11,10 @@ pub enum HubError {
     Spec(#[from] SpecError),
     #[error("the source of a multi-hop payment must be the payer of its request")]
     OrderNotFromSource,
+    #[error(
+        "order {0:02x?} expires more than a day from now (the hub remembers used orders until they expire)"
+    )]
+    OrderLivesTooLong(teepay_types::Hash32),
     #[error("order {0:02x?} was already carried by an instance: an order starts at most one")]
     OrderReused(teepay_types::Hash32),
     #[error("ack is not authenticated by node {0:?}")]

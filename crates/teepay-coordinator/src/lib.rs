@@ -75,6 +75,10 @@ pub struct HubState {
 /// this far behind the hub's.
 pub const ORDER_EXPIRY_MARGIN: u64 = 600_000;
 
+/// Latest expiry an order may carry, from the hub's `now` (a day in the services' ms): what
+/// bounds `used_orders`, since the order's owner picks its expiry.
+pub const MAX_ORDER_LIFETIME: u64 = 24 * 60 * 60 * 1000;
+
 /// What one node ack did, item by item.
 #[derive(Debug, Clone)]
 pub struct AckResult {
@@ -385,6 +389,9 @@ impl<P: Platform> Coordinator<P> {
         }
         let digests: Vec<(Hash32, u64)> =
             spec.orders.iter().map(|o| (o.order.digest(), o.order.expires_at())).collect();
+        if let Some((digest, _)) = digests.iter().find(|(_, e)| *e > now.saturating_add(MAX_ORDER_LIFETIME)) {
+            return Err(HubError::OrderLivesTooLong(*digest));
+        }
         if let Some((digest, _)) = digests.iter().find(|(d, _)| self.state.used_orders.contains_key(d)) {
             return Err(HubError::OrderReused(*digest));
         }

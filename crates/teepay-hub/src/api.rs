@@ -17,8 +17,8 @@ use tonic::{Request, Response, Status};
 pub const BOARD_CAPACITY: usize = 10_000;
 /// Most intents one party may have on the board: no party can fill it alone.
 pub const BOARD_PER_PARTY: usize = 16;
-/// Latest expiry an intent may have, from now (ms): a board entry cannot outlive a day.
-pub const BOARD_MAX_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+/// Latest expiry an intent may have, from now (ms): the hub enclave's limit for any order.
+pub const BOARD_MAX_TTL_MS: u64 = teepay_coordinator::MAX_ORDER_LIFETIME;
 
 #[derive(Debug, Clone)]
 pub struct HubApi {

@@ -698,10 +698,32 @@ fn a_refunded_order_is_never_paid_later() {
     );
     w.flush_hub();
     let before = w.hub.coordinator.inspect().clone();
-    let again =
-        w.hub.coordinator.create_instance(w.now, InstanceKind::MultiHop, spec.legs, spec.orders.clone());
+    let again = w.hub.coordinator.create_instance(
+        w.now,
+        InstanceKind::MultiHop,
+        spec.legs.clone(),
+        spec.orders.clone(),
+    );
     assert_eq!(again, Err(HubError::OrderReused(spec.orders[0].order.digest())));
     assert_eq!(*w.hub.coordinator.inspect(), before, "a refused instance changes nothing");
+    // An order whose owner set its expiry far away is refused: used orders stay bounded.
+    let far = Request::CreatePayment {
+        chain: CHAIN_1,
+        payee: w.address(3),
+        amount: Amount(1),
+        max_fee: Amount(5),
+        expires_at: w.now + teepay_coordinator::MAX_ORDER_LIFETIME + 1,
+    };
+    let Response::Order(far) = w.node_request(0, far) else { panic!() };
+    let before = w.hub.coordinator.inspect().clone();
+    let refused = w.hub.coordinator.create_instance(
+        w.now,
+        InstanceKind::MultiHop,
+        spec.legs.clone(),
+        vec![far.clone()],
+    );
+    assert_eq!(refused, Err(HubError::OrderLivesTooLong(far.order.digest())));
+    assert_eq!(*w.hub.coordinator.inspect(), before);
     // Remembered until well after the order expired, then forgotten (bounded state).
     let expiry = spec.orders[0].order.expires_at();
     w.hub.coordinator.prune_complete(expiry + teepay_coordinator::ORDER_EXPIRY_MARGIN);
