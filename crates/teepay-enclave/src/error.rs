@@ -37,6 +37,10 @@ pub enum EnclaveError {
     InstanceEjected(InstanceId),
     #[error("instance {0:?} has already ended")]
     InstanceFinished(InstanceId),
+    #[error(
+        "RESOLVE of instance {0:?} before this node's host reported the contract's outcome for it (retransmitted until it has)"
+    )]
+    OutcomeNotOnChain(InstanceId),
     #[error("instance {0:?} already ended with the other outcome")]
     ConflictingOutcome(InstanceId),
     #[error("COMMIT of instance {0:?} lacks the signed PREPARED ack of participant {1:?}")]

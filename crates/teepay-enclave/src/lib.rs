@@ -32,7 +32,7 @@ use borsh::{BorshDeserialize, BorshSerialize};
 use std::collections::BTreeMap;
 use teepay_types::{
     Address, Amount, Auth, ChainId, ChannelId, Eip1559Tx, GasParams, HubItem, InstanceId, InstanceKind,
-    InstanceSpec, NodeAck, NodeItem, Order, PaymentRequest, Platform, Quote, RefundRequest, Report,
+    InstanceSpec, NodeAck, NodeItem, Order, Outcome, PaymentRequest, Platform, Quote, RefundRequest, Report,
     SignedChannelState, SignedHubBatch, SignedNodeAck, SignedOrder, SignedRefundRequest, SignedTx,
     SigningKey, SwapIntent, Transfer, leaf_hash, macs_equal, prepared_digest, seal_delta, seal_value,
     session_mac, unseal_log, verify_signer,
@@ -181,6 +181,13 @@ pub enum Request {
     /// The channel was settled on-chain (e.g. by the peer); stop using it.
     ChannelSettled {
         channel: ChannelId,
+    },
+    /// The contract fixed an instance's outcome (`InstanceResolved`, confirmed): every lock
+    /// of the instance this node holds ends with it. The only way a multi-hop lock ends
+    /// by the chain's word (RESOLVE from the hub is accepted only once this arrived).
+    OutcomeOnChain {
+        instance: InstanceId,
+        outcome: Outcome,
     },
     /// Build and sign `openChannel(peer)` on `chain`'s configured contract, funded with
     /// `deposit`, sent from this enclave's address. The host supplies nonce and fees only.
@@ -565,6 +572,13 @@ impl<P: Platform> NodeEnclave<P> {
                 let instances: Vec<InstanceId> = ch.locks.drain(..).map(|l| l.instance).collect();
                 self.mark_ejected(&instances);
                 Ok(self.changed(Response::Done))
+            }
+            Request::OutcomeOnChain { instance, outcome } => {
+                if self.state.on_chain_outcome(instance, outcome, now)? {
+                    Ok(self.changed(Response::Done))
+                } else {
+                    Ok(Output { response: Response::Done, sealed: None })
+                }
             }
             Request::BuildOpenChannel { chain, peer, deposit, gas } => {
                 if peer == self.address() {

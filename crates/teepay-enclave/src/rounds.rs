@@ -132,6 +132,14 @@ impl NodeState {
         }
     }
 
+    /// RESOLVE: the hub enclave follows an outcome its host reported from the chain. The hub
+    /// host is not trusted with that report (it could invent an outcome the protocol allows,
+    /// e.g. REVERT of a PREPARED instance, while the contract fixed the other one), so a lock
+    /// this node holds ends only with the outcome its *own* host reported from the contract
+    /// ([`NodeState::on_chain_outcome`]); until then RESOLVE is refused and the hub retransmits
+    /// it. An honest node thus never settles a channel against the chain, whatever the hub
+    /// host says. With no record (the PREPARE never arrived) nothing is locked: the outcome
+    /// is kept as a marker so that a late PREPARE cannot lock funds.
     pub(crate) fn on_resolve(&mut self, instance: InstanceId, outcome: Outcome, now: u64) -> ItemResult {
         let Some(record) = self.instances.get(&instance) else {
             self.record_unseen(instance, outcome, now);
@@ -142,7 +150,42 @@ impl NodeState {
         }
         match record.status {
             InstanceStatus::Finished(done) => self.repeat_finished(instance, done, outcome),
-            InstanceStatus::Prepared | InstanceStatus::Committed => self.finish(instance, outcome, now),
+            InstanceStatus::Prepared | InstanceStatus::Committed => {
+                Err(EnclaveError::OutcomeNotOnChain(instance))
+            }
+        }
+    }
+
+    /// This node's host saw the contract fix `outcome` for `instance` (`InstanceResolved`, at
+    /// confirmation depth): every lock of the instance this node holds ends with it. A lying
+    /// host only hurts its own node, as with every chain report. Returns whether the state
+    /// changed (a repeat changes nothing).
+    pub(crate) fn on_chain_outcome(
+        &mut self,
+        instance: InstanceId,
+        outcome: Outcome,
+        now: u64,
+    ) -> Result<bool, EnclaveError> {
+        let Some(record) = self.instances.get_mut(&instance) else {
+            self.record_unseen(instance, outcome, now);
+            return Ok(true);
+        };
+        if record.kind == InstanceKind::CrossChain {
+            return Err(EnclaveError::ResolveOnSwap(instance));
+        }
+        match record.status {
+            InstanceStatus::Finished(done) if done == outcome => Ok(false),
+            // A marker left by a RESOLVE for an instance this node never took holds no value:
+            // the contract's outcome replaces what a misinformed hub said.
+            InstanceStatus::Finished(_) if record.seq == UNSEEN_SEQ => {
+                record.status = InstanceStatus::Finished(outcome);
+                Ok(true)
+            }
+            InstanceStatus::Finished(_) => Err(EnclaveError::ConflictingOutcome(instance)),
+            InstanceStatus::Prepared | InstanceStatus::Committed => {
+                self.finish(instance, outcome, now)?;
+                Ok(true)
+            }
         }
     }
 

@@ -15,7 +15,7 @@ use teepay_chain::contract::{
 };
 use teepay_chain::{CallRequest, Chain, ChainError, Receipt};
 use teepay_enclave::{EnclaveError, NewChannel, Request, Response};
-use teepay_types::{Address, Amount, ChainId, ChannelId, FeePolicy, GasParams, Quote};
+use teepay_types::{Address, Amount, ChainId, ChannelId, FeePolicy, GasParams, Outcome, Quote};
 use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +221,18 @@ pub async fn watch_once<C: Chain>(
                         Ok(_) | Err(NodeError::Enclave(EnclaveError::DepositDecreased)) => {}
                         Err(e) => return Err(e.into()),
                     }
+                }
+            }
+            // Every node reads every instance outcome: its enclave ends a lock only with the
+            // contract's word, never with the hub's alone (the hub host could invent one).
+            // Refusals are logged, not retried: the next block must still be read.
+            ContractEvent::InstanceResolved { instance, applied, .. } => {
+                let outcome = if applied { Outcome::Apply } else { Outcome::Revert };
+                if let Err(e) = node.enclave(Request::OutcomeOnChain { instance, outcome }).await {
+                    if matches!(e, NodeError::Stopped) {
+                        return Err(e.into());
+                    }
+                    tracing::warn!(?instance, ?outcome, error = %e, "on-chain outcome refused by the enclave");
                 }
             }
             ContractEvent::ChannelClosed { channel, .. }

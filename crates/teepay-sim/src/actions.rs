@@ -118,6 +118,10 @@ impl World {
                 self.budget.lies -= 1;
                 self.replay_order(*instance)
             }
+            Action::FalseOutcome { instance, outcome } => {
+                self.budget.lies -= 1;
+                self.false_outcome(*instance, *outcome)
+            }
         }
     }
 
@@ -141,7 +145,8 @@ impl World {
                 let Response::Batch(result) = out.response else { unreachable!("batches answer Batch") };
                 for r in &result.results {
                     if let Err(e) = r {
-                        expected_item_refusal(e).map_err(|v| Violation(format!("node {node}: {v}")))?;
+                        expected_item_refusal(e, self.hub_lied)
+                            .map_err(|v| Violation(format!("node {node}: {v}")))?;
                     }
                 }
                 if let Some(ack) = result.ack {
@@ -172,11 +177,20 @@ impl World {
                 self.flush_hub();
             }
             Envelope::OutcomeOnChain(instance, outcome) => {
-                self.hub.coordinator.on_chain_outcome(self.now, instance, outcome).map_err(|e| {
-                    Violation(format!("atomicity: on-chain outcome {outcome:?} rejected by hub: {e}"))
-                })?;
+                match self.hub.coordinator.on_chain_outcome(self.now, instance, outcome) {
+                    Ok(()) => {}
+                    // Misinformed by its host, the hub may have resolved the other way; the
+                    // honest nodes followed the contract, not the hub.
+                    Err(HubError::InconsistentOutcome(_)) if self.hub_lied => {}
+                    Err(e) => {
+                        return Err(Violation(format!(
+                            "atomicity: on-chain outcome {outcome:?} rejected by hub: {e}"
+                        )));
+                    }
+                }
                 self.flush_hub();
             }
+            Envelope::OutcomeToNodes(instance, outcome) => self.outcome_seen_by_nodes(instance, outcome)?,
             Envelope::SettledOnChain { node, channel } => {
                 let out = self.nodes[node]
                     .enclave
@@ -299,6 +313,7 @@ impl World {
         };
         for (instance, outcome) in settlement.fixed {
             self.network.push(Envelope::OutcomeOnChain(instance, outcome));
+            self.network.push(Envelope::OutcomeToNodes(instance, outcome));
         }
         let peer = self.nodes[node].enclave.inspect().channels[&channel].peer;
         let peer = self.node_index(peer).expect("peer is a node");
@@ -312,13 +327,16 @@ fn teepay_coordinator_timeout_step() -> u64 {
     crate::world::PREPARE_TIMEOUT + 1
 }
 
-/// Item-level refusals that honest retransmission, duplication and reordering can cause.
-fn expected_item_refusal(e: &EnclaveError) -> Result<(), String> {
+/// Item-level refusals that honest retransmission, duplication and reordering can cause
+/// (and, once the hub's host lied about the chain, a RESOLVE against the contract's outcome).
+fn expected_item_refusal(e: &EnclaveError, hub_lied: bool) -> Result<(), String> {
     match e {
         EnclaveError::InstanceReplayed(_)
         | EnclaveError::InstanceEjected(_)
         | EnclaveError::InstanceFinished(_)
+        | EnclaveError::OutcomeNotOnChain(_)
         | EnclaveError::Refused(_) => Ok(()),
+        EnclaveError::ConflictingOutcome(_) if hub_lied => Ok(()),
         other => Err(format!("unexpected refusal of an authentic item: {other}")),
     }
 }

@@ -44,7 +44,7 @@ impl World {
         }
         // A lying host can leave instances that never end by themselves; the honest nodes
         // holding their locks then eject (their recourse in DESIGN §3), one channel at a time.
-        if !self.liars.is_empty() {
+        if !self.liars.is_empty() || self.hub_lied {
             for _ in 0..64 {
                 if !self.honest_eject()? {
                     break;
@@ -93,6 +93,7 @@ impl World {
         for liar in &self.liars {
             h.write_usize(*liar);
         }
+        h.write_u8(self.hub_lied as u8);
         for (node, batch) in &self.delivered {
             h.write(&envelope_bytes(&Envelope::ToNode { node: *node, batch: batch.clone() }));
         }
@@ -114,6 +115,7 @@ impl World {
             }
             Envelope::RefundRequest(r) => format!("refund request {:?}", r.request.instance),
             Envelope::OutcomeOnChain(i, o) => format!("chain→hub outcome {i:?}={o:?}"),
+            Envelope::OutcomeToNodes(i, o) => format!("chain→nodes outcome {i:?}={o:?}"),
             Envelope::SettledOnChain { node, channel } => {
                 format!("chain→{} settled {channel:?}", name(*node))
             }
@@ -132,6 +134,9 @@ impl World {
             Action::Tick => "clock passes every deadline".into(),
             Action::HostLie { node, lie } => format!("{}'s host lies: {lie:?}", name(*node)),
             Action::ReplayOrder(id) => format!("hub host replays the orders of {id:?}"),
+            Action::FalseOutcome { instance, outcome } => {
+                format!("hub host reports a false on-chain outcome {instance:?}={outcome:?}")
+            }
         }
     }
 }
@@ -165,6 +170,7 @@ fn envelope_bytes(e: &Envelope) -> Vec<u8> {
         Envelope::RefundRequest(r) => (2u8, r).serialize(&mut out),
         Envelope::OutcomeOnChain(i, o) => (3u8, i, o).serialize(&mut out),
         Envelope::SettledOnChain { node, channel } => (4u8, *node as u64, channel).serialize(&mut out),
+        Envelope::OutcomeToNodes(i, o) => (5u8, i, o).serialize(&mut out),
     }
     .expect("vec write");
     out

@@ -4,8 +4,9 @@
 //! applied explain. A lie they can detect must be refused and change nothing.
 
 use crate::world::{Action, Envelope, Lie, Violation, World};
+use teepay_coordinator::HubPhase;
 use teepay_enclave::{EnclaveError, NodeEnclave, Request, Response};
-use teepay_types::{Amount, SealedLog};
+use teepay_types::{Amount, InstanceId, InstanceKind, Outcome, SealedLog};
 
 /// How many authentic batches are kept for replays.
 const REPLAYABLE: usize = 4;
@@ -35,7 +36,54 @@ impl World {
             actions.push(Action::HostLie { node: *node, lie: Lie::ReplayBatch(i) });
         }
         actions.extend(self.instances.iter().take(2).map(|id| Action::ReplayOrder(*id)));
+        for id in self.instances.iter().take(2) {
+            let Some(instance) = self.hub.coordinator.instance(*id) else { continue };
+            if instance.spec.kind != InstanceKind::MultiHop || instance.phase.outcome().is_some() {
+                continue;
+            }
+            for outcome in [Outcome::Apply, Outcome::Revert] {
+                // What the hub enclave accepts from its host (it refuses APPLY before PREPARED);
+                // a report of what the contract did record is no lie.
+                let allowed = outcome == Outcome::Revert || instance.phase == HubPhase::Prepared;
+                if allowed && self.contract.outcomes.get(id) != Some(&outcome) {
+                    actions.push(Action::FalseOutcome { instance: *id, outcome });
+                }
+            }
+        }
         actions
+    }
+
+    /// Every node's host sees the contract fix an instance's outcome (its watcher reads
+    /// `InstanceResolved` from the block the eject is in) and tells its enclave.
+    pub(crate) fn outcome_seen_by_nodes(
+        &mut self,
+        instance: InstanceId,
+        outcome: Outcome,
+    ) -> Result<(), Violation> {
+        for n in 0..self.nodes.len() {
+            let out = self.nodes[n]
+                .enclave
+                .handle(self.now, Request::OutcomeOnChain { instance, outcome })
+                .map_err(|e| {
+                Violation(format!("{}: the contract's outcome was refused: {e}", self.nodes[n].name))
+            })?;
+            if let Some(blob) = out.sealed {
+                self.nodes[n].sealed.record(blob).expect("the enclave seals well-formed blobs");
+            }
+        }
+        Ok(())
+    }
+
+    /// The hub's host reports an outcome the contract never fixed. The hub enclave cannot
+    /// tell (no light client in simulation mode); the honest nodes must not follow it.
+    pub(crate) fn false_outcome(&mut self, instance: InstanceId, outcome: Outcome) -> Result<(), Violation> {
+        self.hub_lied = true;
+        match self.hub.coordinator.on_chain_outcome(self.now, instance, outcome) {
+            Ok(()) | Err(teepay_coordinator::HubError::InconsistentOutcome(_)) => {}
+            Err(e) => return Err(Violation(format!("a chain report was refused unexpectedly: {e}"))),
+        }
+        self.flush_hub();
+        Ok(())
     }
 
     /// Remembers an authentic batch a node received (its host could replay it later).
@@ -113,6 +161,7 @@ impl World {
                         | Err(EnclaveError::NotCommitted(_))
                         | Err(EnclaveError::RefundAfterCommit(_))
                         | Err(EnclaveError::UnknownInstance(_))
+                        | Err(EnclaveError::OutcomeNotOnChain(_))
                         | Err(EnclaveError::Refused(_)) => {}
                         Err(e) => return Err(Violation(format!("replayed item: unexpected refusal {e}"))),
                     }

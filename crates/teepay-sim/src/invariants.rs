@@ -31,7 +31,11 @@ impl World {
             if let Some(o) = self.contract.outcomes.get(id) {
                 seen.push(("contract".into(), *o));
             }
-            if let Some(o) = self.hub.coordinator.instance(*id).and_then(|i| i.phase.outcome()) {
+            // A hub misinformed by its host may decide against the contract; what must agree
+            // is the contract and every node.
+            if !self.hub_lied
+                && let Some(o) = self.hub.coordinator.instance(*id).and_then(|i| i.phase.outcome())
+            {
                 seen.push(("hub".into(), o));
             }
             for node in &self.nodes {
@@ -64,7 +68,25 @@ impl World {
 
     fn final_outcomes(&self) -> Result<BTreeMap<InstanceId, Outcome>, Violation> {
         let mut outcomes = BTreeMap::new();
-        for id in &self.instances {
+        if self.hub_lied {
+            // The hub may be stuck on a decision the nodes refused: the outcome of record is
+            // the contract's, or else the one every node that ended the instance agrees on
+            // (`check_atomicity`). Liveness is judged on the honest nodes' locks below.
+            for id in &self.instances {
+                let by_node = self.nodes.iter().find_map(|n| match n.enclave.inspect().instances.get(id) {
+                    Some(r) => match r.status {
+                        InstanceStatus::Finished(o) => Some(o),
+                        _ => None,
+                    },
+                    None => None,
+                });
+                let hub = self.hub.coordinator.instance(*id).and_then(|i| i.phase.outcome());
+                if let Some(o) = self.contract.outcomes.get(id).copied().or(by_node).or(hub) {
+                    outcomes.insert(*id, o);
+                }
+            }
+        }
+        for id in self.instances.iter().filter(|_| !self.hub_lied) {
             let instance = self.hub.coordinator.instance(*id).expect("created instances exist");
             let Some(outcome) = instance.phase.outcome() else {
                 return fail(format!("liveness: instance {id:?} still undecided ({:?})", instance.phase));

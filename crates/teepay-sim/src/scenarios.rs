@@ -64,8 +64,9 @@ pub fn swap_2chain_4party() -> World {
 
 /// [`three_hop`] where hosts lie: per schedule one lie of a node's host to its enclave (an
 /// invented deposit, an open channel reported settled, a rolled-back sealed log, a replayed
-/// batch) or the hub host's replay of an order; the final invariants hold for every honest
-/// node (1.9M states, ~100 s of CPU in release).
+/// batch), the hub host's replay of an order or its report of an outcome the contract never
+/// recorded; the final invariants hold for every honest node (3.2M states, ~160 s of CPU in
+/// release).
 pub fn three_hop_hostile_hosts() -> World {
     let mut w = three_hop();
     w.budget = Budget { lies: 1, ..Budget::default() };

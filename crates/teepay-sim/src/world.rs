@@ -46,6 +46,11 @@ pub enum Envelope {
     RefundRequest(SignedRefundRequest),
     /// The hub's chain sync saw an instance's outcome fixed by an eject.
     OutcomeOnChain(InstanceId, Outcome),
+    /// Nodes' chain watchers saw the contract fix an instance's outcome (`InstanceResolved`).
+    /// One envelope for all nodes: the block reaches every watcher in some order relative to
+    /// the hub's messages, which is what matters (a RESOLVE before the watcher saw the block
+    /// is refused and retransmitted).
+    OutcomeToNodes(InstanceId, Outcome),
     /// A node's chain watcher saw one of its channels settled.
     SettledOnChain {
         node: usize,
@@ -85,6 +90,13 @@ pub enum Action {
     },
     /// The hub's host re-submits an instance's orders in a new instance: must be refused.
     ReplayOrder(InstanceId),
+    /// The hub's host reports an on-chain outcome the contract never recorded (undetectable
+    /// without a light client: the hub is then misinformed, and honest nodes must still end
+    /// whole, `World::hub_lied`).
+    FalseOutcome {
+        instance: InstanceId,
+        outcome: teepay_types::Outcome,
+    },
 }
 
 /// What a hostile node host can tell its enclave.
@@ -142,6 +154,9 @@ pub struct World {
     pub require_peer_acks: bool,
     /// Nodes whose host lied to its enclave: the final invariants hold for every other.
     pub liars: std::collections::BTreeSet<usize>,
+    /// The hub's host reported an invented chain outcome: the hub's own view of an instance
+    /// is no longer judged, the honest nodes' still is.
+    pub hub_lied: bool,
     /// The last authentic batches delivered (for `Lie::ReplayBatch`), most recent last.
     pub delivered: Vec<(usize, SignedHubBatch)>,
     entropy_counter: u64,
@@ -186,6 +201,7 @@ impl World {
             instances: Vec::new(),
             require_peer_acks: false,
             liars: std::collections::BTreeSet::new(),
+            hub_lied: false,
             delivered: Vec::new(),
             entropy_counter: counter,
             seed,

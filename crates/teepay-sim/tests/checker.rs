@@ -2,7 +2,7 @@
 //! tests showing the checker finds violations when the protocol is broken.
 
 use teepay_sim::scenarios::{swap_2chain_4party, three_hop, three_hop_with_peer_acks};
-use teepay_sim::{Action, Budget, explore};
+use teepay_sim::{Action, Budget, Envelope, explore};
 
 fn assert_clean(name: &str, budget: Budget, min_schedules: u128) {
     let mut world = match name {
@@ -86,4 +86,43 @@ fn three_hop_with_a_host_lie_in_every_schedule() {
     let report = explore(&w, Some(20_000));
     assert!(report.violation.is_none(), "{:?}", report.violation);
     assert!(report.states >= 20_000, "explored {} states", report.states);
+}
+
+/// Hostile hub host, one schedule spelled out: hop1 ejects its channel to hop2 while the
+/// instance is PREPARED, the contract fixes an outcome, and before the hub's chain sync
+/// reports it the hub's host reports the other one. The hub enclave cannot tell (no light
+/// client) and RESOLVEs the lie; every honest node refuses that RESOLVE (each ends only with
+/// the outcome its own host read from the contract), so all of them end with the contract's
+/// outcome and whole.
+#[test]
+fn a_hub_host_that_invents_an_outcome_moves_no_honest_node_against_the_chain() {
+    use teepay_sim::scenarios::CHAIN_1;
+    use teepay_types::Outcome;
+    let mut w = three_hop();
+    w.budget = Budget { lies: 1, ejects: 1, ..Budget::default() };
+    let id = w.instances[0];
+    while w.hub.coordinator.instance(id).unwrap().phase == teepay_coordinator::HubPhase::None {
+        w.apply(&Action::Deliver(0)).unwrap();
+    }
+    let channel = w.channel_between(CHAIN_1, 1, 2).unwrap();
+    w.apply(&Action::Eject { node: 1, channel }).unwrap();
+    let fixed = *w.contract.outcomes.get(&id).expect("the eject fixed the outcome");
+    let lie = match fixed {
+        Outcome::Apply => Outcome::Revert,
+        Outcome::Revert => Outcome::Apply,
+    };
+    w.apply(&Action::FalseOutcome { instance: id, outcome: lie }).unwrap();
+    assert_eq!(w.hub.coordinator.instance(id).unwrap().phase.outcome(), Some(lie), "the hub believed it");
+    // The lie's RESOLVEs reach the nodes before their watchers see the eject's block.
+    while let Some(i) = w.network.iter().position(|e| matches!(e, Envelope::ToNode { .. })) {
+        w.apply(&Action::Deliver(i)).unwrap();
+    }
+    w.drain().unwrap();
+    w.check_final().unwrap();
+    for node in &w.nodes {
+        let record = node.enclave.inspect().instances.get(&id);
+        if let Some(r) = record {
+            assert_eq!(r.status, teepay_enclave::InstanceStatus::Finished(fixed), "{}", node.name);
+        }
+    }
 }

@@ -238,6 +238,51 @@ fn confirm_after_refund_and_refund_after_confirm_are_refused() {
     }
 }
 
+/// A RESOLVE ends a lock only with the outcome the node's own host read from the contract:
+/// the hub enclave follows its host's chain report, which an honest node does not take on
+/// trust. Before that report, RESOLVE is refused and changes nothing; after it, the
+/// contract's outcome is answered and the other one refused.
+#[test]
+fn resolve_waits_for_the_nodes_own_view_of_the_chain() {
+    let mut f = fixture();
+    let prepared = f.run_to(21, false, false);
+    let committed = f.run_to(22, true, false);
+    for spec in [&prepared, &committed] {
+        for n in f.nodes {
+            for outcome in [Outcome::Apply, Outcome::Revert] {
+                f.refused(
+                    n,
+                    HubItem::Resolve { instance: spec.id, outcome },
+                    EnclaveError::OutcomeNotOnChain(spec.id),
+                );
+            }
+        }
+        for n in f.nodes {
+            let before = f.state(n);
+            f.w.node_request(n, Request::OutcomeOnChain { instance: spec.id, outcome: Outcome::Revert });
+            assert_ne!(f.state(n), before, "the contract's outcome ended the instance");
+            let again = f.state(n);
+            f.w.node_request(n, Request::OutcomeOnChain { instance: spec.id, outcome: Outcome::Revert });
+            assert_eq!(f.state(n), again, "a repeated report changes nothing");
+            let err = f.w.nodes[n]
+                .enclave
+                .handle(f.w.now, Request::OutcomeOnChain { instance: spec.id, outcome: Outcome::Apply })
+                .unwrap_err();
+            assert_eq!(err, EnclaveError::ConflictingOutcome(spec.id));
+            assert_eq!(f.state(n), again);
+            assert_eq!(
+                f.accepted(n, HubItem::Resolve { instance: spec.id, outcome: Outcome::Revert }),
+                NodeItem::Finished { instance: spec.id, outcome: Outcome::Revert }
+            );
+            f.refused(
+                n,
+                HubItem::Resolve { instance: spec.id, outcome: Outcome::Apply },
+                EnclaveError::ConflictingOutcome(spec.id),
+            );
+        }
+    }
+}
+
 #[test]
 fn multi_hop_refund_after_commit_is_refused_by_node_and_hub() {
     let mut f = fixture();
