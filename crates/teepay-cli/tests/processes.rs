@@ -31,7 +31,21 @@ impl Drop for Proc {
 
 /// Spawns and returns the first stdout line starting with `prefix` (the rest is drained).
 fn spawn_until(cmd: &mut Command, prefix: &str) -> (Proc, String) {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn");
+    spawn_logged(cmd, prefix, None)
+}
+
+/// [`spawn_until`] with the daemon's logs (at debug level) appended to `log`, for the
+/// failure message of a test that waited in vain.
+fn spawn_logged(cmd: &mut Command, prefix: &str, log: Option<&Path>) -> (Proc, String) {
+    let stderr = match log {
+        Some(path) => {
+            cmd.env("RUST_LOG", "info,teepay_hub=debug,teepay_node=debug,teepay_link=debug");
+            let file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("log file");
+            Stdio::from(file)
+        }
+        None => Stdio::inherit(),
+    };
+    let mut child = cmd.stdout(Stdio::piped()).stderr(stderr).spawn().expect("spawn");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let mut found = None;
@@ -110,7 +124,12 @@ impl Net {
             ),
         )
         .unwrap();
-        spawn_until(Command::new(BIN).args(["hub", "--config"]).arg(&cfg), "hub ").0
+        spawn_logged(
+            Command::new(BIN).args(["hub", "--config"]).arg(&cfg),
+            "hub ",
+            Some(&self.dir.join("hub.log")),
+        )
+        .0
     }
 
     /// Starts (or restarts) node `name`; returns the process, its API URL and address.
@@ -126,7 +145,9 @@ impl Net {
             ),
         )
         .unwrap();
-        let (p, line) = spawn_until(Command::new(BIN).args(["node", "--config"]).arg(&cfg), "node ");
+        let log = self.dir.join(format!("{name}.log"));
+        let (p, line) =
+            spawn_logged(Command::new(BIN).args(["node", "--config"]).arg(&cfg), "node ", Some(&log));
         let address = line.split_whitespace().nth(1).unwrap().to_string();
         (p, format!("http://127.0.0.1:{api_port}"), address)
     }
@@ -171,7 +192,30 @@ fn status(node: &Node, id: &str) -> Value {
     ok(&["status", id, "--node", &node.api])
 }
 
-fn wait_final(node: &Node, id: &str) -> String {
+/// The last lines of every daemon log in `dir` (what a failure message shows).
+fn log_tails(dir: &Path) -> String {
+    let mut out = String::new();
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                .collect()
+        })
+        .unwrap_or_default();
+    logs.sort();
+    for path in logs {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        out.push_str(&format!("\n--- {} (last 80 of {} lines)\n", path.display(), lines.len()));
+        for line in &lines[lines.len().saturating_sub(80)..] {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn wait_final(dir: &Path, node: &Node, id: &str) -> String {
     // What the node last answered, kept for the failure message (an instance stuck in
     // flight and a node that stopped answering are different bugs).
     let start = Instant::now();
@@ -187,7 +231,8 @@ fn wait_final(node: &Node, id: &str) -> String {
         }
         assert!(
             start.elapsed() < Duration::from_secs(30),
-            "instance {id} did not finish in 30 s; last answer: {last:?}"
+            "instance {id} did not finish in 30 s; last answer: {last:?}{}",
+            log_tails(dir)
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -387,7 +432,7 @@ fn scenario(db_for: impl FnOnce(&Path) -> String, tag: &str) {
     std::thread::sleep(Duration::from_millis(100));
     let (p, api, _) = net.start_node("u2", nodes[2].port);
     (nodes[2].proc, nodes[2].api) = (Some(p), api);
-    let final1 = wait_final(&nodes[0], &id);
+    let final1 = wait_final(&net.dir, &nodes[0], &id);
     wait_until("locks to clear after the node restart", Duration::from_secs(20), || {
         std::panic::catch_unwind(|| assert_consistent(&nodes)).is_ok()
     });
@@ -399,7 +444,7 @@ fn scenario(db_for: impl FnOnce(&Path) -> String, tag: &str) {
     drop(hub); // SIGKILL
     std::thread::sleep(Duration::from_millis(200));
     let _hub = net.start_hub();
-    let final2 = wait_final(&nodes[0], &id2);
+    let final2 = wait_final(&net.dir, &nodes[0], &id2);
     wait_until("locks to clear after the hub restart", Duration::from_secs(20), || {
         std::panic::catch_unwind(|| assert_consistent(&nodes)).is_ok()
     });

@@ -87,6 +87,14 @@ impl Corpus {
             Request::Report { chain: ChainId(1) },
             Request::AttestHub { quote: corpus.quote.clone() },
         ]);
+        // The instance the intermediary holds a lock of, ended by the chain's word.
+        if let Some(lock) = corpus.node.inspect().channels[&channel].locks.first() {
+            let instance = lock.instance;
+            corpus.requests.extend([
+                Request::OutcomeOnChain { instance, outcome: teepay_types::Outcome::Apply },
+                Request::OutcomeOnChain { instance, outcome: teepay_types::Outcome::Revert },
+            ]);
+        }
         corpus
     }
 }
