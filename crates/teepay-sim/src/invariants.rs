@@ -68,26 +68,43 @@ impl World {
 
     fn final_outcomes(&self) -> Result<BTreeMap<InstanceId, Outcome>, Violation> {
         let mut outcomes = BTreeMap::new();
+        let outcome_of_record = |id: &InstanceId| {
+            let by_node = self.nodes.iter().find_map(|n| match n.enclave.inspect().instances.get(id) {
+                Some(r) => match r.status {
+                    InstanceStatus::Finished(o) => Some(o),
+                    _ => None,
+                },
+                None => None,
+            });
+            let hub = self.hub.coordinator.instance(*id).and_then(|i| i.phase.outcome());
+            self.contract.outcomes.get(id).copied().or(by_node).or(hub)
+        };
         if self.hub_lied {
             // The hub may be stuck on a decision the nodes refused: the outcome of record is
             // the contract's, or else the one every node that ended the instance agrees on
             // (`check_atomicity`). Liveness is judged on the honest nodes' locks below.
             for id in &self.instances {
-                let by_node = self.nodes.iter().find_map(|n| match n.enclave.inspect().instances.get(id) {
-                    Some(r) => match r.status {
-                        InstanceStatus::Finished(o) => Some(o),
-                        _ => None,
-                    },
-                    None => None,
-                });
-                let hub = self.hub.coordinator.instance(*id).and_then(|i| i.phase.outcome());
-                if let Some(o) = self.contract.outcomes.get(id).copied().or(by_node).or(hub) {
+                if let Some(o) = outcome_of_record(id) {
                     outcomes.insert(*id, o);
                 }
             }
         }
         for id in self.instances.iter().filter(|_| !self.hub_lied) {
             let instance = self.hub.coordinator.instance(*id).expect("created instances exist");
+            // A participant whose host lied may never answer again: if only liars still hold
+            // its locks, nobody honest has a reason to eject, and the instance may stay open
+            // at the hub for good. Liveness is then judged on the honest nodes' locks (below).
+            let has_liar = instance
+                .spec
+                .participants()
+                .iter()
+                .any(|a| self.node_index(*a).is_some_and(|n| self.liars.contains(&n)));
+            if has_liar && !instance.is_complete() {
+                if let Some(o) = outcome_of_record(id) {
+                    outcomes.insert(*id, o);
+                }
+                continue;
+            }
             let Some(outcome) = instance.phase.outcome() else {
                 return fail(format!("liveness: instance {id:?} still undecided ({:?})", instance.phase));
             };
