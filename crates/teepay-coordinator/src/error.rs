@@ -47,6 +47,20 @@ pub enum HubError {
     Seal(#[from] SealError),
     #[error("sealed log delta {index} does not replay on the state before it (not this enclave's history)")]
     ReplayDiverged { index: usize },
+    #[error("replicated-log data does not decode")]
+    MalformedReplicaData,
+    #[error(
+        "replicated-log data is not from a replica of this group (fails the group key) or does not match what it claims"
+    )]
+    ForgedReplicaData,
+    #[error("replicated-log entry {got} out of order: the next one here is {expected}")]
+    EntryOutOfOrder { expected: u64, got: u64 },
+    #[error("replicated-log entry {0} does not follow the entry this state ends with")]
+    EntryNotChained(u64),
+    #[error("a follower's enclave took inputs of its own; it cannot apply the leader's entries")]
+    FollowerHasOwnInputs,
+    #[error("the state has inputs not yet flushed into an entry: no group snapshot now")]
+    NotAtEntryBoundary,
     #[error("key: {0}")]
     Crypto(#[from] teepay_types::CryptoError),
 }

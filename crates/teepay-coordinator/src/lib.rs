@@ -30,6 +30,9 @@ use teepay_types::{
 };
 pub use teepay_types::{LogBudget, SealLimits, SealedLog};
 
+mod replica;
+pub use replica::{Candidate, GroupSnapshot, ProvisionGift, ReplicaChain, ReplicaEntry};
+
 const SEAL_DOMAIN: &[u8] = b"teepay/hub-seal/v1";
 
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
@@ -67,6 +70,9 @@ pub struct HubState {
     pub used_orders: BTreeMap<Hash32, u64>,
     /// Set when the state changed since the last seal.
     pub dirty: bool,
+    /// The last replicated-log entry this state includes (`replica.rs`; zero for a hub that
+    /// never replicated).
+    pub replica: ReplicaChain,
 }
 
 /// How long past its expiry the hub enclave remembers a used order (clock units of `now`:
@@ -90,6 +96,9 @@ pub struct AckResult {
 pub struct Flush {
     pub batches: Vec<SignedHubBatch>,
     pub sealed: Option<Vec<u8>>,
+    /// With replication on: this flush's entry of the replicated log, to be committed on a
+    /// majority of the group before any batch leaves.
+    pub replicated: Option<Vec<u8>>,
 }
 
 #[derive(BorshSerialize, BorshDeserialize)]
@@ -119,6 +128,8 @@ pub struct Coordinator<P: Platform> {
     /// Indexes over `state.instances` (derived, rebuilt on restore), so that a tick costs
     /// the instances in flight, not the complete ones kept until their deadline.
     index: InstanceIndex,
+    /// Whether flushes also yield replicated-log entries (a host setting, `replica.rs`).
+    replicating: bool,
 }
 
 /// Which instances are still open (not complete), the complete ones by deadline, and the
@@ -162,6 +173,7 @@ enum HubInput {
     Prune(u64),
     Flush,
     PeerAcks(bool),
+    Replicated(ReplicaChain),
 }
 
 /// Variant indices of [`HubInput`], in declaration order.
@@ -176,6 +188,7 @@ mod tag {
     pub const PRUNE: u8 = 7;
     pub const FLUSH: u8 = 8;
     pub const PEER_ACKS: u8 = 9;
+    pub const REPLICATED: u8 = 10;
 }
 
 impl<P: Platform> Coordinator<P> {
@@ -190,11 +203,20 @@ impl<P: Platform> Coordinator<P> {
             next_instance: 0,
             outbox: BTreeMap::new(),
             dirty: true,
+            replica: ReplicaChain::default(),
         };
         let mut budget = LogBudget::default();
         // The first seal must be a snapshot: there is nothing for a delta to apply to.
         budget.set_snapshot_due();
-        Ok(Self { platform, key, state, pending: Vec::new(), budget, index: InstanceIndex::default() })
+        Ok(Self {
+            platform,
+            key,
+            state,
+            pending: Vec::new(),
+            budget,
+            index: InstanceIndex::default(),
+            replicating: false,
+        })
     }
 
     /// Restarts from the sealed log (the last snapshot and the deltas after it), replaying
@@ -207,7 +229,15 @@ impl<P: Platform> Coordinator<P> {
         let key = SigningKey::from_entropy(contents.secret)?;
         let budget = LogBudget::after_restore(&opened);
         let index = InstanceIndex::of(&contents.state.instances, &contents.state.used_orders);
-        let mut hub = Self { platform, key, state: contents.state, pending: Vec::new(), budget, index };
+        let mut hub = Self {
+            platform,
+            key,
+            state: contents.state,
+            pending: Vec::new(),
+            budget,
+            index,
+            replicating: false,
+        };
         for (index, delta) in opened.deltas.iter().enumerate() {
             let mut rest = delta.as_slice();
             while !rest.is_empty() {
@@ -221,7 +251,7 @@ impl<P: Platform> Coordinator<P> {
         Ok(hub)
     }
 
-    fn replay(&mut self, input: HubInput) -> Result<(), HubError> {
+    pub(crate) fn replay(&mut self, input: HubInput) -> Result<(), HubError> {
         match input {
             HubInput::RoundAuth(mode) => self.state.config.round_auth = mode,
             HubInput::PeerAcks(on) => self.state.config.peer_acks = on,
@@ -245,15 +275,18 @@ impl<P: Platform> Coordinator<P> {
                 self.prune(now);
             }
             HubInput::Flush => {
-                self.take_batches();
+                // What a flush does to the state: the outbox empties (authenticating the
+                // batches, which are not state, would only cost a follower signatures).
+                self.state.outbox.clear();
                 self.state.dirty = false;
             }
+            HubInput::Replicated(chain) => self.state.replica = chain,
         }
         Ok(())
     }
 
     /// Appends one input to the pending delta: its variant `tag`, then its fields.
-    fn log<T: BorshSerialize>(&mut self, tag: u8, fields: &T) {
+    pub(crate) fn log<T: BorshSerialize>(&mut self, tag: u8, fields: &T) {
         self.pending.push(tag);
         fields.serialize(&mut self.pending).expect("writing to a Vec never fails");
     }
@@ -731,11 +764,15 @@ impl<P: Platform> Coordinator<P> {
     /// must persist `sealed` before sending any batch.
     pub fn flush(&mut self) -> Flush {
         let batches = self.take_batches();
+        let mut replicated = None;
         let sealed = (self.state.dirty || !batches.is_empty()).then(|| {
             self.log(tag::FLUSH, &());
+            if self.replicating {
+                replicated = Some(self.next_entry());
+            }
             self.seal()
         });
-        Flush { batches, sealed }
+        Flush { batches, sealed, replicated }
     }
 
     /// Authenticates one batch per node with everything queued.
@@ -765,7 +802,7 @@ impl<P: Platform> Coordinator<P> {
 
     /// Seals the inputs since the last seal as a delta, or the whole state when the budget
     /// says the log has outgrown it.
-    fn seal(&mut self) -> Vec<u8> {
+    pub(crate) fn seal(&mut self) -> Vec<u8> {
         self.state.dirty = false;
         let blob = if self.budget.snapshot_due() {
             let contents = SealedContentsRef { secret: self.key.secret_bytes(), state: &self.state };

@@ -157,6 +157,8 @@ pub struct World {
     /// The hub's host reported an invented chain outcome: the hub's own view of an instance
     /// is no longer judged, the honest nodes' still is.
     pub hub_lied: bool,
+    /// Replicated-log entries the hub produced, oldest first (only with replication on).
+    pub replicated: Vec<Vec<u8>>,
     /// The last authentic batches delivered (for `Lie::ReplayBatch`), most recent last.
     pub delivered: Vec<(usize, SignedHubBatch)>,
     entropy_counter: u64,
@@ -202,6 +204,7 @@ impl World {
             require_peer_acks: false,
             liars: std::collections::BTreeSet::new(),
             hub_lied: false,
+            replicated: Vec::new(),
             delivered: Vec::new(),
             entropy_counter: counter,
             seed,
@@ -424,6 +427,8 @@ impl World {
         if let Some(blob) = flush.sealed {
             self.hub.sealed.record(blob).expect("the enclave seals well-formed blobs");
         }
+        // With replication on (tests of the hub group), the entries for followers to apply.
+        self.replicated.extend(flush.replicated);
         for batch in flush.batches {
             let node = self.node_index(batch.batch.node).expect("hub only addresses known nodes");
             self.network.push(Envelope::ToNode { node, batch });

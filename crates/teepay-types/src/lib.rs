@@ -19,8 +19,8 @@ pub use channel::{
     SignedChannelState, derive_channel_id, eip712_domain,
 };
 pub use crypto::{
-    CryptoError, LinkRole, PublicKeyBytes, Signature, SigningKey, keccak256, link_digest, macs_equal,
-    recover_signer, session_mac, verify_signer,
+    CryptoError, LinkRole, PublicKeyBytes, Signature, SigningKey, keccak256, keccak256_parts, link_digest,
+    macs_equal, recover_signer, session_mac, verify_signer,
 };
 pub use encoding::{DecodeError, WIRE_VERSION, decode, encode};
 pub use ids::{Address, Amount, ChainId, ChannelId, Hash32, InstanceId};
