@@ -211,6 +211,31 @@ impl<P: Platform> Coordinator<P> {
         Ok(self.seal())
     }
 
+    /// A second coordinator with this one's identity and state, on another platform: the
+    /// leader's live coordinator, forked from its committed state (the follower's) when it
+    /// takes office. The live one runs ahead (its flushes are replicated, then committed);
+    /// this one keeps following only what is committed. Refused with inputs not yet flushed.
+    /// Returns the fork and its first seal (a snapshot).
+    pub fn fork<Q: Platform>(&self, platform: Q) -> Result<(Coordinator<Q>, Vec<u8>), HubError> {
+        if !self.pending.is_empty() {
+            return Err(HubError::NotAtEntryBoundary);
+        }
+        let mut budget = LogBudget::default();
+        budget.set_snapshot_due();
+        let mut fork = Coordinator {
+            platform,
+            key: self.key.clone(),
+            state: self.state.clone(),
+            pending: Vec::new(),
+            budget,
+            index: InstanceIndex::of(&self.state.instances, &self.state.used_orders),
+            replicating: true,
+        };
+        fork.state.dirty = true;
+        let sealed = fork.seal();
+        Ok((fork, sealed))
+    }
+
     /// Gives the hub identity secret to a joining replica's enclave: only for a quote that
     /// the attestation authority signed for the hub's own measurement, and encrypted so that
     /// only the enclave holding the quoted key can open it.
