@@ -45,6 +45,27 @@ pub struct HubConfig {
     pub verify_peer_acks: bool,
     #[serde(default)]
     pub chains: Vec<ChainConfig>,
+    /// A hub group (DESIGN §10): every replica's config lists every replica; `replica` says
+    /// which one this process is. With one replica (or none) this is a single hub.
+    #[serde(default)]
+    pub replicas: Vec<ReplicaConfig>,
+    pub replica: Option<u64>,
+    /// Create the hub identity and the group if this replica has no state (the group's
+    /// first start, on one replica only; the others are provisioned by a running replica).
+    #[serde(default)]
+    pub bootstrap: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaConfig {
+    pub id: u64,
+    /// Where nodes connect while this replica leads.
+    pub link: SocketAddr,
+    /// Where the other replicas reach it (Raft and provisioning).
+    pub raft: SocketAddr,
+    /// The client API while it leads.
+    pub api: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -62,6 +83,10 @@ pub struct NodeConfig {
     /// created: it is part of the enclave's sealed configuration).
     #[serde(default)]
     pub require_peer_acks: bool,
+    /// The other replicas' node ports of a hub group (`link` of each `[[replicas]]`): tried
+    /// in turn when the hub in use cannot be reached.
+    #[serde(default)]
+    pub standby_hubs: Vec<SocketAddr>,
     #[serde(default)]
     pub chains: Vec<ChainConfig>,
 }

@@ -39,6 +39,12 @@ pub struct HubArgs {
     /// trust the hub enclave alone that everyone locked (slower: ECDSA per participant).
     #[arg(long)]
     verify_peer_acks: bool,
+    /// This process's id among the config's [[replicas]] (a hub group).
+    #[arg(long)]
+    replica: Option<u64>,
+    /// Create the hub identity and the group if this replica has no state yet.
+    #[arg(long)]
+    bootstrap: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -126,6 +132,16 @@ pub fn hub(args: &HubArgs) -> Result<ExitCode> {
         cfg.state_dir = d.clone();
     }
     cfg.verify_peer_acks |= args.verify_peer_acks;
+    cfg.replica = args.replica.or(cfg.replica);
+    cfg.bootstrap |= args.bootstrap;
+    if let [only] = cfg.replicas.as_slice() {
+        // A one-replica group is exactly a single hub.
+        cfg.listen = only.link;
+        cfg.api = only.api.unwrap_or(cfg.api);
+    }
+    if cfg.replicas.len() > 1 && cfg.replica.is_none_or(|id| !cfg.replicas.iter().any(|r| r.id == id)) {
+        bail!("a hub group config needs `replica = <id>` (or --replica) naming one of its [[replicas]]");
+    }
     if cfg.chains.is_empty() {
         bail!("no chains configured: add [[chains]] entries (rpc, contract, from_block) to the config");
     }
@@ -146,7 +162,7 @@ pub fn hub(args: &HubArgs) -> Result<ExitCode> {
         )?;
         let db =
             cfg.db.clone().unwrap_or_else(|| format!("sqlite://{}", cfg.state_dir.join("hub.db").display()));
-        let running = teepay_hub::runtime::start(HubRuntimeConfig {
+        let runtime_config = HubRuntimeConfig {
             listen: cfg.listen,
             state_dir: cfg.state_dir.clone(),
             db_url: db,
@@ -163,8 +179,11 @@ pub fn hub(args: &HubArgs) -> Result<ExitCode> {
             sync_poll: Duration::from_millis(100),
             metrics_listen: cfg.metrics,
             api_listen: Some(cfg.api),
-        })
-        .await?;
+        };
+        if cfg.replicas.len() > 1 {
+            return hub_replica(&cfg, runtime_config).await;
+        }
+        let running = teepay_hub::runtime::start(runtime_config).await?;
         println!(
             "hub {} listening for nodes on {}, API on {}{}",
             running.enclave,
@@ -177,6 +196,29 @@ pub fn hub(args: &HubArgs) -> Result<ExitCode> {
         running.stop();
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// One replica of a hub group: follows the group, and drives nodes while it leads.
+async fn hub_replica(cfg: &config::HubConfig, hub: HubRuntimeConfig) -> Result<ExitCode> {
+    use teepay_hub::replicated::{ReplicaSpec, ReplicatedConfig, start};
+    let replicas = cfg
+        .replicas
+        .iter()
+        .map(|r| ReplicaSpec { id: r.id, link: r.link, raft: r.raft, api: r.api })
+        .collect();
+    let me = cfg.replica.expect("checked above");
+    let running = start(ReplicatedConfig { hub, me, replicas, bootstrap: cfg.bootstrap }).await?;
+    println!(
+        "hub {} replica {} of {}{}",
+        running.enclave,
+        me,
+        cfg.replicas.len(),
+        running.metrics_addr.map(|a| format!(", metrics on http://{a}/metrics")).unwrap_or_default()
+    );
+    shutdown_signal().await;
+    println!("hub replica stopping");
+    running.stop().await;
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn node(args: &NodeArgs) -> Result<ExitCode> {
@@ -244,6 +286,7 @@ pub fn node(args: &NodeArgs) -> Result<ExitCode> {
         let quotes = links.iter().map(|l| Ok((l.id, report(l.id)?))).collect::<Result<Vec<_>>>()?;
         let settings = NodeSettings {
             hub: cfg.hub,
+            standby_hubs: cfg.standby_hubs.clone(),
             state_path: sealed,
             quote: hub_quote,
             reconnect_after: Duration::from_millis(500),

@@ -131,6 +131,8 @@ struct Tracked {
 pub struct Outgoing {
     pub batches: Vec<SignedHubBatch>,
     pub sealed: Option<Vec<u8>>,
+    /// A replicated hub's entry for this flush (commit it before sending anything).
+    pub replicated: Option<Vec<u8>>,
     pub finished: Vec<Finished>,
 }
 
@@ -460,6 +462,6 @@ impl<P: Platform> Executor<P> {
             });
         }
         self.in_flight = still;
-        Outgoing { batches: flush.batches, sealed: flush.sealed, finished }
+        Outgoing { batches: flush.batches, sealed: flush.sealed, replicated: flush.replicated, finished }
     }
 }

@@ -6,6 +6,7 @@ pub mod admission;
 pub mod api;
 pub mod executor;
 pub mod metrics;
+pub mod replicated;
 pub mod replication;
 pub mod runtime;
 pub mod service;

@@ -55,3 +55,32 @@ impl Apply for HubApply {
         self.shadow.install_group_snapshot(snapshot).map(drop).map_err(|e| e.to_string())
     }
 }
+
+/// Commits the leader's flushes through the group's Raft log.
+#[derive(Clone)]
+pub struct RaftGate {
+    raft: teepay_replica::Raft,
+}
+
+impl RaftGate {
+    pub fn new(raft: teepay_replica::Raft) -> Self {
+        Self { raft }
+    }
+}
+
+impl std::fmt::Debug for RaftGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RaftGate")
+    }
+}
+
+impl crate::service::ReleaseGate for RaftGate {
+    fn committed(
+        &self,
+        entry: Vec<u8>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            self.raft.client_write(teepay_replica::Delta(entry)).await.map(drop).map_err(|e| e.to_string())
+        })
+    }
+}

@@ -32,7 +32,7 @@ pub enum RuntimeError {
     Io { what: String, error: std::io::Error },
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
     let what = what.into();
     move |error| RuntimeError::Io { what, error }
 }
@@ -117,14 +117,7 @@ impl RunningHub {
 
 /// Starts everything; returns once the hub accepts nodes (chains synced to their head).
 pub async fn start(cfg: HubRuntimeConfig) -> Result<RunningHub, RuntimeError> {
-    std::fs::create_dir_all(&cfg.state_dir).map_err(io(format!("creating {}", cfg.state_dir.display())))?;
-    let store = Store::connect(&cfg.db_url).await.map_err(HubError::from)?;
-    let metrics = Arc::new(Metrics::new(&cfg.chains.iter().map(|c| c.sync.chain.0).collect::<Vec<_>>()));
-    for c in &cfg.chains {
-        let r = sync_to_head(&c.chain, &store, &c.sync).await?;
-        metrics.set_sync(c.sync.chain.0, r.next_block, r.head);
-        tracing::info!(chain = c.sync.chain.0, at = %c.chain.describe(), head = r.head, events = r.events, "chain synced");
-    }
+    let (store, metrics) = open_store(&cfg).await?;
 
     let platform = FilePlatform::open(&cfg.state_dir).map_err(io("hub platform files"))?;
     let sealed_path = cfg.state_dir.join("hub.sealed");
@@ -140,15 +133,7 @@ pub async fn start(cfg: HubRuntimeConfig) -> Result<RunningHub, RuntimeError> {
             c
         }
         None => {
-            let config = HubConfig {
-                measurement: cfg.measurement,
-                attestation_authority: cfg.attestation_key.address(),
-                allowed_node_measurements: cfg.allowed_node_measurements.clone(),
-                prepare_timeout: cfg.prepare_timeout.as_millis() as u64,
-                retransmit_after: cfg.retransmit_after.as_millis() as u64,
-                round_auth: cfg.round_auth,
-                peer_acks: cfg.peer_acks,
-            };
+            let config = hub_config(&cfg);
             let entropy = teepay_link::os_entropy().map_err(io("OS entropy"))?;
             let mut c = Coordinator::create(platform, config, entropy)?;
             // Sealed before any node sees the key: a restart must come back as the same hub.
@@ -166,17 +151,7 @@ pub async fn start(cfg: HubRuntimeConfig) -> Result<RunningHub, RuntimeError> {
     let quote = coordinator.report(ChainId(0)).attest(&cfg.attestation_key);
     let enclave = coordinator.address();
 
-    let network = load_network(&store).await?;
-    let mut executor = Executor::new(coordinator, network);
-    // Instances the enclave decided while the DB still lists them in flight (a crash fell in
-    // between): finish them again so their rows and balances are written.
-    for row in store.instances_with_status(InstanceStatus::InFlight).await.map_err(HubError::from)? {
-        executor.resume(row.id);
-    }
-    let replayed = replay_chain_outcomes(&mut executor, &store, teepay_link::host::now_ms()).await?;
-    if replayed > 0 {
-        tracing::info!(instances = replayed, "outcomes fixed on-chain while the hub was down resolved");
-    }
+    let executor = executor_for(coordinator, &store).await?;
 
     let settings = HubSettings {
         listen: cfg.listen,
@@ -186,19 +161,16 @@ pub async fn start(cfg: HubRuntimeConfig) -> Result<RunningHub, RuntimeError> {
         batch_window: cfg.batch_window,
         metrics: metrics.clone(),
         finished: None,
+        gate: None,
     };
     let handle = serve(executor, Some(store.clone()), settings)
         .await
         .map_err(io(format!("listening on {}", cfg.listen)))?;
     let mut tasks = Vec::new();
     for c in cfg.chains.clone() {
-        tasks.push(tokio::spawn(sync_loop(
-            c,
-            store.clone(),
-            handle.control(),
-            metrics.clone(),
-            cfg.sync_poll,
-        )));
+        let slot = ControlSlot::default();
+        slot.set(Some(handle.control()));
+        tasks.push(tokio::spawn(sync_loop(c, store.clone(), slot, metrics.clone(), cfg.sync_poll)));
     }
     let mut metrics_addr = None;
     if let Some(addr) = cfg.metrics_listen {
@@ -218,6 +190,51 @@ pub async fn start(cfg: HubRuntimeConfig) -> Result<RunningHub, RuntimeError> {
     }
     tracing::info!(listen = %handle.addr, ?metrics_addr, ?api_addr, "hub started");
     Ok(RunningHub { handle, store, metrics, metrics_addr, api_addr, enclave, quote, tasks })
+}
+
+/// The state directory, the channel DB synced to every chain's head, and the metrics.
+pub(crate) async fn open_store(cfg: &HubRuntimeConfig) -> Result<(Store, Arc<Metrics>), RuntimeError> {
+    std::fs::create_dir_all(&cfg.state_dir).map_err(io(format!("creating {}", cfg.state_dir.display())))?;
+    let store = Store::connect(&cfg.db_url).await.map_err(HubError::from)?;
+    let metrics = Arc::new(Metrics::new(&cfg.chains.iter().map(|c| c.sync.chain.0).collect::<Vec<_>>()));
+    for c in &cfg.chains {
+        let r = sync_to_head(&c.chain, &store, &c.sync).await?;
+        metrics.set_sync(c.sync.chain.0, r.next_block, r.head);
+        tracing::info!(chain = c.sync.chain.0, at = %c.chain.describe(), head = r.head, events = r.events, "chain synced");
+    }
+    Ok((store, metrics))
+}
+
+/// The hub enclave's configuration from the runtime's.
+pub(crate) fn hub_config(cfg: &HubRuntimeConfig) -> HubConfig {
+    HubConfig {
+        measurement: cfg.measurement,
+        attestation_authority: cfg.attestation_key.address(),
+        allowed_node_measurements: cfg.allowed_node_measurements.clone(),
+        prepare_timeout: cfg.prepare_timeout.as_millis() as u64,
+        retransmit_after: cfg.retransmit_after.as_millis() as u64,
+        round_auth: cfg.round_auth,
+        peer_acks: cfg.peer_acks,
+    }
+}
+
+/// The executor over a restored (or forked) hub enclave, caught up with the DB: instances
+/// the enclave decided while the DB still lists them in flight are finished again, and
+/// outcomes fixed on-chain while no executor ran reach the enclave.
+pub(crate) async fn executor_for<P: Platform>(
+    coordinator: Coordinator<P>,
+    store: &Store,
+) -> Result<Executor<P>, RuntimeError> {
+    let network = load_network(store).await?;
+    let mut executor = Executor::new(coordinator, network);
+    for row in store.instances_with_status(InstanceStatus::InFlight).await.map_err(HubError::from)? {
+        executor.resume(row.id);
+    }
+    let replayed = replay_chain_outcomes(&mut executor, store, teepay_link::host::now_ms()).await?;
+    if replayed > 0 {
+        tracing::info!(instances = replayed, "outcomes fixed on-chain while the hub was down resolved");
+    }
+    Ok(executor)
 }
 
 /// Hands the hub enclave every on-chain outcome the DB holds for an instance it has not
@@ -252,22 +269,46 @@ pub async fn replay_chain_outcomes<P: Platform>(
     Ok(resolved)
 }
 
+/// The executor that chain events go to: always there for a single hub; only while it
+/// leads for a replica of a hub group (whose DB follows the chains either way).
+#[derive(Debug, Clone, Default)]
+pub struct ControlSlot(Arc<std::sync::Mutex<Option<HubControl>>>);
+
+impl ControlSlot {
+    pub fn set(&self, control: Option<HubControl>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = control;
+    }
+    pub fn get(&self) -> Option<HubControl> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// Follows one chain: applied events go to the executor's map (and ejects to RESOLVE).
-async fn sync_loop(c: HubChain, store: Store, control: HubControl, metrics: Arc<Metrics>, poll: Duration) {
+pub(crate) async fn sync_loop(
+    c: HubChain,
+    store: Store,
+    slot: ControlSlot,
+    metrics: Arc<Metrics>,
+    poll: Duration,
+) {
     loop {
         match sync_once(&c.chain, &store, &c.sync).await {
             Ok(r) => {
                 metrics.set_sync(c.sync.chain.0, r.next_block, r.head);
+                let control = slot.get();
                 if let Some(to) = r.rolled_back_to {
                     tracing::warn!(chain = c.sync.chain.0, to, "reorganization: channel DB rolled back");
-                    match load_network(&store).await {
-                        Ok(net) => control.reload_network(net),
-                        Err(e) => tracing::error!(error = %e, "rebuilding the network map"),
+                    match (load_network(&store).await, &control) {
+                        (Ok(net), Some(control)) => control.reload_network(net),
+                        (Ok(_), None) => {}
+                        (Err(e), _) => tracing::error!(error = %e, "rebuilding the network map"),
                     }
                 }
                 for event in r.applied {
                     tracing::debug!(chain = c.sync.chain.0, ?event, "contract event");
-                    control.chain_event(c.sync.chain, event);
+                    if let Some(control) = &control {
+                        control.chain_event(c.sync.chain, event);
+                    }
                 }
                 if r.next_block + c.sync.confirmations <= r.head {
                     continue; // more backlog: no pause
@@ -279,7 +320,7 @@ async fn sync_loop(c: HubChain, store: Store, control: HubControl, metrics: Arc<
     }
 }
 
-async fn serve_metrics(
+pub(crate) async fn serve_metrics(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {

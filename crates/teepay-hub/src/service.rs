@@ -47,6 +47,21 @@ pub struct HubSettings {
     pub metrics: Arc<Metrics>,
     /// Receives every instance that reached its final status (benchmarks, embedders).
     pub finished: Option<mpsc::UnboundedSender<Finished>>,
+    /// A replicated hub's leader: each flush's replicated-log entry must be committed here
+    /// before anything of that flush leaves (None: a single hub, durable once sealed).
+    pub gate: Option<Arc<dyn ReleaseGate>>,
+}
+
+/// Where a replicated hub commits each flush before releasing it (the Raft group, in
+/// `replication.rs`); the executor itself knows nothing of replication.
+pub trait ReleaseGate: Send + Sync + std::fmt::Debug {
+    /// Resolves once `entry` is committed on a majority; an error means this hub can no
+    /// longer commit (it lost the lead): nothing of the flush may leave, and the executor
+    /// stops.
+    fn committed(
+        &self,
+        entry: Vec<u8>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>;
 }
 
 enum Event {
@@ -155,6 +170,11 @@ impl HubHandle {
         for t in self.tasks {
             t.abort();
         }
+    }
+
+    /// True once the executor task has ended (e.g. a flush could not be committed).
+    pub fn executor_stopped(&self) -> bool {
+        self.tasks.first().is_some_and(|t| t.is_finished())
     }
 }
 
@@ -440,6 +460,13 @@ async fn run_executor<P: Platform>(
         {
             // Sending without the state on disk could lose a decision nodes have seen.
             tracing::error!(path = %settings.state_path.display(), error = %e, "cannot persist the hub enclave's sealed state; stopping");
+            return;
+        }
+        // A replicated hub's flush is durable once a majority of the group holds it.
+        if let (Some(gate), Some(entry)) = (&settings.gate, out.replicated)
+            && let Err(e) = gate.committed(entry).await
+        {
+            tracing::warn!(error = %e, "flush not committed (no longer the leader?): the executor stops");
             return;
         }
         // The state that created every instance named below is durable now: a crash can no

@@ -37,6 +37,10 @@ pub enum NodeError {
 #[derive(Debug, Clone)]
 pub struct NodeSettings {
     pub hub: SocketAddr,
+    /// The other replicas of a hub group: tried in turn when the one in use cannot be
+    /// reached (only the leader accepts nodes; all share the hub identity, so the link's
+    /// authentication is the same whichever answers).
+    pub standby_hubs: Vec<SocketAddr>,
     /// Where the enclave's sealed state is kept (replayed at start by the caller).
     pub state_path: PathBuf,
     /// This enclave's quote from the attestation authority (sent to the hub to be admitted).
@@ -141,6 +145,8 @@ struct Node<P: Platform> {
     host_copy: SealedLogFile,
     pending: HashMap<u64, Pending>,
     next_request: u64,
+    /// Which of `hub` (0) and `standby_hubs` (1..) the next connection tries.
+    hub_index: usize,
 }
 
 enum Pending {
@@ -197,7 +203,7 @@ pub fn spawn<P: Platform + Send + 'static>(
     let (commands, rx) = mpsc::unbounded_channel();
     let address = enclave.address();
     let host_copy = SealedLogFile::at(&settings.state_path);
-    let node = Node { enclave, settings, host_copy, pending: HashMap::new(), next_request: 1 };
+    let node = Node { enclave, settings, host_copy, pending: HashMap::new(), next_request: 1, hub_index: 0 };
     let task = tokio::spawn(run(node, rx));
     (NodeHandle { commands, address }, task)
 }
@@ -241,7 +247,17 @@ async fn session<P: Platform>(
     node: &mut Node<P>,
     commands: &mut mpsc::UnboundedReceiver<Command>,
 ) -> Result<(), LinkError> {
-    let stream = tokio::net::TcpStream::connect(node.settings.hub).await?;
+    let hubs = 1 + node.settings.standby_hubs.len();
+    let addr = match node.hub_index % hubs {
+        0 => node.settings.hub,
+        i => node.settings.standby_hubs[i - 1],
+    };
+    // The next attempt after a failure tries the next replica.
+    node.hub_index = (node.hub_index + 1) % hubs;
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    // Connected: stay with this one when the link later breaks... unless it breaks at once,
+    // which the rotation above already covers.
+    node.hub_index = (node.hub_index + hubs - 1) % hubs;
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
     let known_hub = node.enclave.inspect().hub;

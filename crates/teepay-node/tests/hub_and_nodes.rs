@@ -50,6 +50,7 @@ fn settings(
 ) -> NodeSettings {
     NodeSettings {
         hub,
+        standby_hubs: Vec::new(),
         state_path: dir.join(format!("node{i}/sealed")),
         quote,
         reconnect_after: Duration::from_millis(50),
@@ -125,6 +126,7 @@ async fn setup_with(name: &str, n: usize, peer_acks: bool) -> Setup {
         batch_window: Duration::ZERO,
         metrics: std::sync::Arc::new(teepay_hub::metrics::Metrics::new(&[C1.0])),
         finished: None,
+        gate: None,
     };
     let handle = serve(Executor::new(hub, network), Some(store.clone()), settings_hub).await.unwrap();
     let hub_addr = handle.addr;

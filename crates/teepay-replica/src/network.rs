@@ -27,6 +27,8 @@ enum Call {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<ReplicaId>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A joining replica's quote, asking for what it needs to join ([`Provisioner`]).
+    Provision(#[serde(with = "hex::serde")] Vec<u8>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -34,7 +36,16 @@ enum Answer {
     Append(Result<AppendEntriesResponse<ReplicaId>, RaftError<ReplicaId>>),
     Vote(Result<VoteResponse<ReplicaId>, RaftError<ReplicaId>>),
     Snapshot(Result<InstallSnapshotResponse<ReplicaId>, RaftError<ReplicaId, InstallSnapshotError>>),
+    Provision(Result<Hex, String>),
 }
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Hex(#[serde(with = "hex::serde")] Vec<u8>);
+
+/// Answers a joining replica's request (its quote) with what it needs to join, or why not.
+/// The application decides (the hub: its enclave checks the quote and encrypts the identity
+/// for that enclave only); this crate only carries the bytes.
+pub type Provisioner = std::sync::Arc<dyn Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync>;
 
 async fn write_frame<T: Serialize>(stream: &mut TcpStream, value: &T) -> Result<(), ReplicaError> {
     let bytes = serde_json::to_vec(value).map_err(|e| ReplicaError::Malformed(e.to_string()))?;
@@ -62,6 +73,11 @@ async fn read_frame<T: DeserializeOwned>(stream: &mut TcpStream) -> Result<T, Re
 /// Serves this replica's Raft RPCs on `listener` until the future is dropped, which also
 /// ends every connection it accepted (they belong to this replica's Raft).
 pub async fn serve(listener: TcpListener, raft: Raft) {
+    serve_with(listener, raft, None).await
+}
+
+/// [`serve`], also answering provisioning requests with `provisioner`.
+pub async fn serve_with(listener: TcpListener, raft: Raft, provisioner: Option<Provisioner>) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         // Reap finished connections so the set stays as large as the open ones.
@@ -76,11 +92,11 @@ pub async fn serve(listener: TcpListener, raft: Raft) {
             }
         };
         let _ = stream.set_nodelay(true);
-        connections.spawn(serve_connection(stream, raft.clone()));
+        connections.spawn(serve_connection(stream, raft.clone(), provisioner.clone()));
     }
 }
 
-async fn serve_connection(mut stream: TcpStream, raft: Raft) {
+async fn serve_connection(mut stream: TcpStream, raft: Raft, provisioner: Option<Provisioner>) {
     loop {
         let call: Call = match read_frame(&mut stream).await {
             Ok(c) => c,
@@ -90,6 +106,10 @@ async fn serve_connection(mut stream: TcpStream, raft: Raft) {
             Call::Append(rpc) => Answer::Append(raft.append_entries(rpc).await),
             Call::Vote(rpc) => Answer::Vote(raft.vote(rpc).await),
             Call::Snapshot(rpc) => Answer::Snapshot(raft.install_snapshot(rpc).await),
+            Call::Provision(quote) => Answer::Provision(match &provisioner {
+                Some(p) => p(&quote).map(Hex),
+                None => Err("this replica does not provision".into()),
+            }),
         };
         if write_frame(&mut stream, &answer).await.is_err() {
             return;
@@ -194,5 +214,20 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             Answer::Vote(r) => self.remote(r),
             _ => Err(mismatch()),
         }
+    }
+}
+
+/// Asks the replica at `addr` to provision a joining replica with `quote`: its answer, or
+/// why it refused. Connection and framing errors are [`ReplicaError`]s (try another peer).
+pub async fn request_provision(addr: &str, quote: &[u8]) -> Result<Result<Vec<u8>, String>, ReplicaError> {
+    let io = |e| ReplicaError::Io { path: format!("replica {addr}"), source: e };
+    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| io(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(io)?;
+    write_frame(&mut stream, &Call::Provision(quote.to_vec())).await?;
+    match read_frame::<Answer>(&mut stream).await? {
+        Answer::Provision(r) => Ok(r.map(|h| h.0)),
+        _ => Err(ReplicaError::Malformed("answer of another kind".into())),
     }
 }

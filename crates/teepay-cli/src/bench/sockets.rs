@@ -72,6 +72,7 @@ pub async fn setup(
         batch_window: drive.batch_window,
         metrics: metrics.clone(),
         finished: Some(fin_tx),
+        gate: None,
     };
     let handle = serve(Executor::new(hub, network), None, settings).await?;
     Ok((enclaves, Hub { addr: handle.addr, finished, metrics, channels }))
@@ -100,6 +101,7 @@ pub fn check_descriptors(nodes: usize) -> Result<()> {
 pub fn node_settings(hub: std::net::SocketAddr, dir: &Path, quote: teepay_types::Quote) -> NodeSettings {
     NodeSettings {
         hub,
+        standby_hubs: Vec::new(),
         state_path: dir.join("sealed"),
         quote,
         reconnect_after: Duration::from_millis(50),

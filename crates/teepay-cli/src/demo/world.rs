@@ -177,6 +177,7 @@ impl World {
         };
         let settings = NodeSettings {
             hub: self.hub.handle.addr,
+            standby_hubs: Vec::new(),
             state_path: dir.join("sealed"),
             quote: report.attest(&attestation_key()),
             reconnect_after: Duration::from_millis(50),

@@ -1,0 +1,331 @@
+//! One replica of a hub group (issue 15): `teepay hub` with `[[replicas]]`.
+//!
+//! Every replica follows the chains into its own channel DB and keeps its shadow coordinator
+//! on the group's committed log (`replication.rs`). The one that leads also runs the
+//! executor: a fork of its shadow, the node link and the client API, with every flush
+//! committed through Raft before it is released. When it stops leading — another replica was
+//! elected, a flush could not be committed, or it has not heard from a majority for a while
+//! (cut off) — it stops all three, so nodes reconnect to whoever leads now.
+
+use crate::api::HubApi;
+use crate::metrics::Metrics;
+use crate::replication::{HubApply, RaftGate};
+use crate::runtime::{
+    ControlSlot, HubRuntimeConfig, RuntimeError, executor_for, hub_config, io, open_store, serve_metrics,
+    sync_loop,
+};
+use crate::service::{HubHandle, HubSettings, serve};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use teepay_coordinator::{Candidate, Coordinator, ProvisionGift};
+use teepay_link::host::FilePlatform;
+use teepay_replica::log_store::FileLogStore;
+use teepay_replica::network::{Provisioner, TcpNetwork, request_provision, serve_with};
+use teepay_replica::openraft::{BasicNode, ServerState};
+use teepay_replica::state_machine::Replayed;
+use teepay_replica::{Raft, ReplicaId};
+use teepay_store::Store;
+use teepay_types::{Address, ChainId, Quote};
+
+/// One member of the group, as every replica's config lists it.
+#[derive(Debug, Clone)]
+pub struct ReplicaSpec {
+    pub id: ReplicaId,
+    /// Where nodes connect while this replica leads.
+    pub link: SocketAddr,
+    /// Where the other replicas reach this one (Raft, provisioning).
+    pub raft: SocketAddr,
+    /// The client API while this replica leads.
+    pub api: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplicatedConfig {
+    /// `listen` and `api_listen` are ignored: this replica's come from `replicas`.
+    pub hub: HubRuntimeConfig,
+    pub me: ReplicaId,
+    pub replicas: Vec<ReplicaSpec>,
+    /// Create the hub identity if this replica has no state (the group's first start, on
+    /// one replica only); otherwise a replica without state is provisioned by a peer.
+    pub bootstrap: bool,
+}
+
+/// A leader that has not heard from a majority for this long stops driving nodes.
+const QUORUM_LOST_AFTER: Duration = Duration::from_millis(1_500);
+/// At most one provisioning request per this interval (each encrypts the whole state).
+const PROVISION_INTERVAL: Duration = Duration::from_millis(200);
+
+pub struct RunningReplica {
+    pub id: ReplicaId,
+    /// The hub identity every replica shares: nodes see one hub.
+    pub enclave: Address,
+    pub quote: Quote,
+    pub raft: Raft,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub metrics_addr: Option<SocketAddr>,
+    shadow: Replayed<HubApply>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RunningReplica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningReplica")
+            .field("id", &self.id)
+            .field("enclave", &self.enclave)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningReplica {
+    /// The group's committed hub state as this replica has applied it.
+    pub fn with_shadow<T>(&self, f: impl FnOnce(&Coordinator<FilePlatform>) -> T) -> T {
+        self.shadow.with_app(|a| f(a.shadow()))
+    }
+
+    pub async fn stop(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+pub async fn start(cfg: ReplicatedConfig) -> Result<RunningReplica, RuntimeError> {
+    let me = cfg.replicas.iter().find(|r| r.id == cfg.me).cloned().ok_or_else(|| RuntimeError::Io {
+        what: format!("replica {} is not among [[replicas]]", cfg.me),
+        error: std::io::ErrorKind::InvalidInput.into(),
+    })?;
+    let (store, metrics) = open_store(&cfg.hub).await?;
+    let state = cfg.hub.state_dir.clone();
+    let shadow = open_shadow(&cfg, &state).await?;
+    let enclave = shadow.address();
+    let quote = shadow.report(ChainId(0)).attest(&cfg.hub.attestation_key);
+    tracing::info!(replica = cfg.me, %enclave, seq = shadow.replica_chain().seq, "hub replica enclave ready");
+
+    let raft_dir = state.join("raft");
+    let log = FileLogStore::open(&raft_dir).map_err(|e| replica_io("raft log", e))?;
+    let sm = Replayed::open(&raft_dir, HubApply::new(shadow)).map_err(|e| replica_io("raft state", e))?;
+    let config = Arc::new(teepay_replica::config().validate().map_err(|e| RuntimeError::Io {
+        what: "raft config".into(),
+        error: std::io::Error::other(e.to_string()),
+    })?);
+    let raft = Raft::new(cfg.me, config, TcpNetwork, log, sm.clone()).await.map_err(|e| {
+        RuntimeError::Io { what: "starting raft".into(), error: std::io::Error::other(e.to_string()) }
+    })?;
+    let listener =
+        tokio::net::TcpListener::bind(me.raft).await.map_err(io(format!("replica port {}", me.raft)))?;
+    let mut tasks = vec![tokio::spawn(serve_with(listener, raft.clone(), Some(provisioner(sm.clone()))))];
+    if cfg.bootstrap {
+        let members: BTreeMap<ReplicaId, BasicNode> =
+            cfg.replicas.iter().map(|r| (r.id, BasicNode::new(r.raft.to_string()))).collect();
+        // Refused once the group exists (a restart): nothing to do then.
+        if let Err(e) = raft.initialize(members).await {
+            tracing::debug!(error = %e, "group already initialized");
+        }
+    }
+
+    let slot = ControlSlot::default();
+    for c in cfg.hub.chains.clone() {
+        tasks.push(tokio::spawn(sync_loop(
+            c,
+            store.clone(),
+            slot.clone(),
+            metrics.clone(),
+            cfg.hub.sync_poll,
+        )));
+    }
+    let mut metrics_addr = None;
+    if let Some(addr) = cfg.hub.metrics_listen {
+        let (bound, task) =
+            serve_metrics(addr, metrics.clone()).await.map_err(io(format!("metrics on {addr}")))?;
+        metrics_addr = Some(bound);
+        tasks.push(task);
+    }
+    let id = me.id;
+    let role = Role {
+        cfg,
+        me,
+        raft: raft.clone(),
+        sm: sm.clone(),
+        store: store.clone(),
+        metrics: metrics.clone(),
+        slot,
+    };
+    tasks.push(tokio::spawn(role.run()));
+    Ok(RunningReplica { id, enclave, quote, raft, store, metrics, metrics_addr, shadow: sm, tasks })
+}
+
+fn replica_io(what: &str, e: teepay_replica::ReplicaError) -> RuntimeError {
+    RuntimeError::Io { what: what.into(), error: std::io::Error::other(e.to_string()) }
+}
+
+/// The shadow from this replica's own sealed state; else, on the bootstrap replica, a new
+/// hub identity; else provisioned by a peer (retried until one answers).
+async fn open_shadow(
+    cfg: &ReplicatedConfig,
+    state: &Path,
+) -> Result<Coordinator<FilePlatform>, RuntimeError> {
+    let dir = state.join("shadow");
+    let platform = FilePlatform::open(&dir).map_err(io("shadow platform files"))?;
+    if let Some(log) = platform.restorable(&dir.join("host-copy")).map_err(io("shadow sealed state"))? {
+        return Ok(Coordinator::restore(platform, &log)?);
+    }
+    if cfg.bootstrap {
+        let entropy = teepay_link::os_entropy().map_err(io("OS entropy"))?;
+        let mut hub = Coordinator::create(platform, hub_config(&cfg.hub), entropy)?;
+        hub.flush(); // sealed (the platform persists it) before anyone sees the key
+        tracing::info!(enclave = %hub.address(), "hub identity created (group bootstrap)");
+        return Ok(hub);
+    }
+    drop(platform);
+    let mut attempt = 0u32;
+    loop {
+        for peer in cfg.replicas.iter().filter(|r| r.id != cfg.me) {
+            let platform = FilePlatform::open(&dir).map_err(io("shadow platform files"))?;
+            let entropy = teepay_link::os_entropy().map_err(io("OS entropy"))?;
+            let candidate = Candidate::new(platform, cfg.hub.measurement, entropy)?;
+            let quote = candidate.report(ChainId(0)).attest(&cfg.hub.attestation_key);
+            let answer = request_provision(&peer.raft.to_string(), &teepay_types::encode(&quote)).await;
+            let bytes = match answer {
+                Ok(Ok(bytes)) => bytes,
+                Ok(Err(why)) => {
+                    tracing::warn!(peer = peer.id, %why, "provisioning refused");
+                    continue;
+                }
+                Err(e) => {
+                    if attempt.is_multiple_of(10) {
+                        tracing::info!(peer = peer.id, error = %e, "waiting for a peer to provision this replica");
+                    }
+                    continue;
+                }
+            };
+            let Ok((gift, snapshot)) = teepay_types::decode::<(ProvisionGift, Vec<u8>)>(&bytes) else {
+                tracing::warn!(peer = peer.id, "malformed provisioning answer");
+                continue;
+            };
+            let (hub, _sealed) = candidate.join(&gift, &snapshot)?;
+            tracing::info!(peer = peer.id, enclave = %hub.address(), "provisioned by a peer");
+            return Ok(hub);
+        }
+        attempt += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Answers a joining replica from this replica's shadow: the enclave checks its quote and
+/// encrypts the identity for it; the snapshot is the committed state under the group key.
+fn provisioner(sm: Replayed<HubApply>) -> Provisioner {
+    let last = std::sync::Mutex::new(None::<Instant>);
+    Arc::new(move |quote: &[u8]| {
+        {
+            let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < PROVISION_INTERVAL) {
+                return Err("busy: retry shortly".into());
+            }
+            *last = Some(Instant::now());
+        }
+        let quote: Quote = teepay_types::decode(quote).map_err(|e| format!("quote: {e}"))?;
+        sm.with_app(|a| {
+            let gift = a.shadow().provision(&quote).map_err(|e| e.to_string())?;
+            let snapshot = a.shadow().group_snapshot().map_err(|e| e.to_string())?;
+            Ok(teepay_types::encode(&(gift, snapshot)))
+        })
+    })
+}
+
+/// Leads when elected: the executor, node link and API run only on the leader.
+struct Role {
+    cfg: ReplicatedConfig,
+    me: ReplicaSpec,
+    raft: Raft,
+    sm: Replayed<HubApply>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    slot: ControlSlot,
+}
+
+impl Role {
+    fn leads(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        let quorum = m.millis_since_quorum_ack.is_none_or(|ms| ms < QUORUM_LOST_AFTER.as_millis() as u64);
+        m.state == ServerState::Leader && m.current_leader == Some(self.me.id) && quorum
+    }
+
+    async fn run(self) {
+        loop {
+            while !self.leads() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            match self.take_office().await {
+                Ok((handle, api)) => {
+                    tracing::info!(replica = self.me.id, link = %handle.addr, "leading the hub group");
+                    while self.leads() && !handle.executor_stopped() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    tracing::warn!(replica = self.me.id, "no longer leading: node link and API closed");
+                    self.slot.set(None);
+                    handle.stop();
+                    if let Some(api) = api {
+                        api.abort();
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(replica = self.me.id, error = %e, "could not take office");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// Waits until every committed entry is applied here, forks the shadow and serves.
+    async fn take_office(&self) -> Result<(HubHandle, Option<tokio::task::JoinHandle<()>>), RuntimeError> {
+        let behind = |e: String| RuntimeError::Io {
+            what: "catching up as leader".into(),
+            error: std::io::Error::other(e),
+        };
+        self.raft.ensure_linearizable().await.map_err(|e| behind(e.to_string()))?;
+        let platform = FilePlatform::open(&self.cfg.hub.state_dir.join("leader"))
+            .map_err(io("leader platform files"))?;
+        let (mut live, _sealed) = self.sm.with_app(|a| a.shadow().fork(platform))?;
+        live.set_round_auth(self.cfg.hub.round_auth);
+        live.set_peer_acks(self.cfg.hub.peer_acks);
+        let quote = live.report(ChainId(0)).attest(&self.cfg.hub.attestation_key);
+        let executor = executor_for(live, &self.store).await?;
+        let settings = HubSettings {
+            listen: self.me.link,
+            state_path: self.cfg.hub.state_dir.join("leader").join("hub.sealed"),
+            quote,
+            tick: self.cfg.hub.tick,
+            batch_window: self.cfg.hub.batch_window,
+            metrics: self.metrics.clone(),
+            finished: None,
+            gate: Some(Arc::new(RaftGate::new(self.raft.clone()))),
+        };
+        let handle = serve(executor, Some(self.store.clone()), settings)
+            .await
+            .map_err(io(format!("node link on {}", self.me.link)))?;
+        self.slot.set(Some(handle.control()));
+        // Chain events applied to the DB between the map load and now.
+        if let Ok(net) = crate::load_network(&self.store).await {
+            handle.control().reload_network(net);
+        }
+        let api = match self.me.api {
+            Some(addr) => {
+                let served = HubApi::new(handle.control()).serve(addr).await;
+                match served {
+                    Ok((_, task)) => Some(task),
+                    Err(e) => {
+                        tracing::error!(%addr, error = %e, "client API not served");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        Ok((handle, api))
+    }
+}
