@@ -1,15 +1,85 @@
 //! A hub group of three `teepay hub` processes (issue 15), three `teepay node` daemons and an
-//! anvil chain, every party an OS process. The leader is killed (`kill -9`) with payments in
-//! flight: another replica takes the lead within seconds, every payment ends (succeeded or
-//! refunded), both views of every channel agree, no lock is left and nothing is created or
-//! lost; the old leader restarts and rejoins as a follower, and payments go on.
+//! anvil chain, every party an OS process; the replicas reach each other only through
+//! loopback proxies the test controls (one per direction). Scenarios:
+//! - `kill -9` of the leader with payments in flight: another replica leads within seconds,
+//!   every payment ends, both views of every channel agree, no lock is left, nothing is created
+//!   or lost, and the old leader rejoins as a follower;
+//! - the leader cut off from the other replicas: it stops driving nodes, the majority elects a
+//!   leader and payments go on; after healing the old leader follows;
+//! - two of three replicas down: nothing is decided, a stuck payment can still be ejected
+//!   on-chain, and once one replica is back every payment in flight ends.
 
 mod common;
 
 use common::{ETH, Proc, anvil, cli, free_port, log_tails, ok, spawn_logged, wait_until};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
+
+/// A one-way loopback TCP proxy to `target` that the test can cut (every connection
+/// through it is closed, new ones are refused) and heal.
+struct Proxy {
+    port: u16,
+    cut: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    fn to(target: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let flag = cut.clone();
+        std::thread::spawn(move || {
+            for inbound in listener.incoming() {
+                let Ok(inbound) = inbound else { continue };
+                if flag.load(Relaxed) {
+                    continue; // dropped: refused
+                }
+                let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)) else { continue };
+                for (from, to) in [(&inbound, &outbound), (&outbound, &inbound)] {
+                    let (mut from, mut to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+                    let flag = flag.clone();
+                    std::thread::spawn(move || pump(&mut from, &mut to, &flag));
+                }
+            }
+        });
+        Proxy { port, cut }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, Relaxed);
+    }
+}
+
+/// Copies `from` to `to` until either closes or the proxy is cut (then both are shut down).
+fn pump(from: &mut TcpStream, to: &mut TcpStream, cut: &AtomicBool) {
+    from.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if cut.load(Relaxed) {
+            let _ = from.shutdown(Shutdown::Both);
+            let _ = to.shutdown(Shutdown::Both);
+            return;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => {
+                let _ = to.shutdown(Shutdown::Write);
+                return;
+            }
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
+    }
+}
 
 struct Replica {
     id: u64,
@@ -25,6 +95,8 @@ struct Group {
     contract: String,
     block: u64,
     replicas: Vec<Replica>,
+    /// `proxies[i][j]`: how replica i reaches replica j.
+    proxies: Vec<Vec<Option<Proxy>>>,
 }
 
 impl Group {
@@ -36,13 +108,16 @@ impl Group {
     }
 
     fn start(&mut self, i: usize) {
+        // Replica i binds its own raft port and reaches every other through its proxy.
         let members: String = self
             .replicas
             .iter()
-            .map(|r| {
+            .enumerate()
+            .map(|(j, r)| {
+                let raft = if i == j { r.raft } else { self.proxies[i][j].as_ref().unwrap().port };
                 format!(
                     "[[replicas]]\nid = {}\nlink = \"127.0.0.1:{}\"\nraft = \"127.0.0.1:{}\"\napi = \"127.0.0.1:{}\"\n",
-                    r.id, r.link, r.raft, r.api
+                    r.id, r.link, raft, r.api
                 )
             })
             .collect();
@@ -65,6 +140,19 @@ impl Group {
         let (p, _) =
             spawn_logged(Command::new(common::BIN).args(["hub", "--config"]).arg(&cfg), "hub ", Some(&log));
         self.replicas[i].proc = Some(p);
+    }
+
+    /// Cuts (or heals) every proxy to and from replica `i`.
+    fn isolate(&self, i: usize, cut: bool) {
+        for (a, row) in self.proxies.iter().enumerate() {
+            for (b, p) in row.iter().enumerate() {
+                if let Some(p) = p
+                    && (a == i || b == i)
+                {
+                    p.set_cut(cut);
+                }
+            }
+        }
     }
 
     /// The API of the replica that leads now (only the leader serves it).
@@ -116,12 +204,13 @@ fn wait_final(dir: &Path, api: &str, id: &str) -> String {
     }
 }
 
-/// Every channel's two parties agree, no locks remain; returns the total held in channels.
+/// Every open channel's two parties agree and no locks remain; returns the total held in
+/// open channels (a closed one was settled by the contract, whatever its parties' last views).
 fn consistent(apis: &[String]) -> Result<u128, String> {
     let mut views = std::collections::BTreeMap::new();
     for api in apis {
         let list = cli(&["channel", "list", "--node", api])?;
-        for c in list["channels"].as_array().unwrap() {
+        for c in list["channels"].as_array().unwrap().iter().filter(|c| c["open"] == true) {
             if c["locks"] != 0 {
                 return Err(format!("locks left on {}", c["id"]));
             }
@@ -142,125 +231,264 @@ fn consistent(apis: &[String]) -> Result<u128, String> {
     Ok(total)
 }
 
-#[test]
-fn a_hub_group_survives_kill_9_of_its_leader_with_payments_in_flight() {
-    let dir = std::env::temp_dir().join(format!("teepay-replicas-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let (_anvil, rpc) = anvil(31337);
-    let d = ok(&["deploy", "--rpc", &rpc]);
-    let replicas = (1..=3)
-        .map(|id| Replica { id, link: free_port(), raft: free_port(), api: free_port(), proc: None })
-        .collect();
-    let mut group = Group {
-        dir: dir.clone(),
-        rpc: rpc.clone(),
-        contract: d["contract"].as_str().unwrap().to_string(),
-        block: d["block"].as_u64().unwrap(),
-        replicas,
-    };
-    // Replica 1 creates the identity; 2 and 3 are provisioned by it as they start.
-    for i in 0..3 {
-        group.start(i);
-    }
-    wait_until("a leader to serve the API", Duration::from_secs(20), || group.leader_api().is_some());
+/// The group, three nodes (u1, mid, u2) and funded channels u1 ⇄ mid ⇄ u2 (1 ETH each side).
+struct Net {
+    dir: PathBuf,
+    group: Group,
+    nodes: Vec<(Option<Proc>, String, String)>,
+    apis: Vec<String>,
+    _anvil: Proc,
+}
 
-    let mut nodes: Vec<(Option<Proc>, String, String)> = ["u1", "mid", "u2"]
-        .into_iter()
-        .map(|name| {
-            let (p, api, address) = group.start_node(name, free_port());
-            (Some(p), api, address)
-        })
-        .collect();
-    for (_, _, address) in &nodes {
-        ok(&["faucet", "--rpc", &rpc, "--to", address, "--amount", &(5 * ETH).to_string()]);
-    }
-    let apis: Vec<String> = nodes.iter().map(|n| n.1.clone()).collect();
-    wait_until("every enclave to register itself", Duration::from_secs(30), || {
-        apis.iter().all(|api| {
-            ok(&["info", "--node", api])["chains"].as_array().unwrap().iter().all(|c| c["registered"] == true)
-        })
-    });
-    let deposit = ETH.to_string();
-    for (x, y) in [(0, 1), (1, 2)] {
-        let r = ok(&[
-            "channel",
-            "open",
-            "--chain",
-            "31337",
-            "--peer",
-            &nodes[y].2,
-            "--deposit",
-            &deposit,
-            "--node",
-            &apis[x],
-        ]);
-        let id = r["channel"].as_str().unwrap().to_string();
-        wait_until("the peer to see the channel", Duration::from_secs(20), || {
-            ok(&["channel", "list", "--node", &apis[y]])["channels"]
+impl Net {
+    fn start(tag: &str) -> Net {
+        let dir = std::env::temp_dir().join(format!("teepay-replicas-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (anvil, rpc) = anvil(31337);
+        let d = ok(&["deploy", "--rpc", &rpc]);
+        let replicas: Vec<Replica> = (1..=3)
+            .map(|id| Replica { id, link: free_port(), raft: free_port(), api: free_port(), proc: None })
+            .collect();
+        let proxies =
+            (0..3).map(|i| (0..3).map(|j| (i != j).then(|| Proxy::to(replicas[j].raft))).collect()).collect();
+        let mut group = Group {
+            dir: dir.clone(),
+            rpc: rpc.clone(),
+            contract: d["contract"].as_str().unwrap().to_string(),
+            block: d["block"].as_u64().unwrap(),
+            replicas,
+            proxies,
+        };
+        // Replica 1 creates the identity; 2 and 3 are provisioned by it as they start.
+        for i in 0..3 {
+            group.start(i);
+        }
+        wait_until("a leader to serve the API", Duration::from_secs(20), || group.leader_api().is_some());
+        let nodes: Vec<(Option<Proc>, String, String)> = ["u1", "mid", "u2"]
+            .into_iter()
+            .map(|name| {
+                let (p, api, address) = group.start_node(name, free_port());
+                (Some(p), api, address)
+            })
+            .collect();
+        for (_, _, address) in &nodes {
+            ok(&["faucet", "--rpc", &rpc, "--to", address, "--amount", &(5 * ETH).to_string()]);
+        }
+        let apis: Vec<String> = nodes.iter().map(|n| n.1.clone()).collect();
+        wait_until("every enclave to register itself", Duration::from_secs(30), || {
+            apis.iter().all(|api| {
+                ok(&["info", "--node", api])["chains"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|c| c["registered"] == true)
+            })
+        });
+        let deposit = ETH.to_string();
+        for (x, y) in [(0, 1), (1, 2)] {
+            let r = ok(&[
+                "channel",
+                "open",
+                "--chain",
+                "31337",
+                "--peer",
+                &nodes[y].2,
+                "--deposit",
+                &deposit,
+                "--node",
+                &apis[x],
+            ]);
+            let id = r["channel"].as_str().unwrap().to_string();
+            wait_until("the peer to see the channel", Duration::from_secs(20), || {
+                ok(&["channel", "list", "--node", &apis[y]])["channels"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|c| c["id"] == id.as_str())
+            });
+            ok(&["channel", "fund", "--channel", &id, "--amount", &deposit, "--node", &apis[y]]);
+        }
+        wait_until("both deposits seen by every node and the leader", Duration::from_secs(30), || {
+            let Some((_, hub)) = group.leader_api() else { return false };
+            let map = ok(&["network", "--hub", &hub]);
+            let funded = map["channels"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|c| c["id"] == id.as_str())
+                .filter(|c| c["balance_b"] == deposit.as_str())
+                .count();
+            funded == 2 && consistent(&apis).is_ok_and(|t| t == 4 * ETH)
         });
-        ok(&["channel", "fund", "--channel", &id, "--amount", &deposit, "--node", &apis[y]]);
+        Net { dir, group, nodes, apis, _anvil: anvil }
     }
-    wait_until("both deposits seen by every node and the leader", Duration::from_secs(30), || {
-        let Some((_, hub)) = group.leader_api() else { return false };
-        let map = ok(&["network", "--hub", &hub]);
-        let funded =
-            map["channels"].as_array().unwrap().iter().filter(|c| c["balance_b"] == deposit.as_str()).count();
-        funded == 2 && consistent(&apis).is_ok_and(|t| t == 4 * ETH)
-    });
-    let to = nodes[2].2.clone();
-    let amount = (ETH / 100).to_string();
-    let pay = |wait: bool| {
-        let mut args = vec!["pay", "--chain", "31337", "--to", &to, "--amount", &amount, "--node", &apis[0]];
+
+    /// [`Net::pay`] once u1 has (re)connected to whichever replica leads.
+    fn pay_connected(&self) -> Result<serde_json::Value, String> {
+        let start = Instant::now();
+        loop {
+            match self.pay(true) {
+                Err(e) if e.contains("not connected") && start.elapsed() < Duration::from_secs(15) => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// u1 pays u2 0.01 ETH through mid.
+    fn pay(&self, wait: bool) -> Result<serde_json::Value, String> {
+        let amount = (ETH / 100).to_string();
+        let mut args = vec![
+            "pay",
+            "--chain",
+            "31337",
+            "--to",
+            &self.nodes[2].2,
+            "--amount",
+            &amount,
+            "--node",
+            &self.apis[0],
+        ];
         if !wait {
             args.push("--no-wait");
         }
         cli(&args)
-    };
-    let first = pay(true).expect("a payment through the group's leader");
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.0 = None;
+        }
+        for r in &mut self.group.replicas {
+            r.proc = None;
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+#[test]
+fn a_hub_group_survives_kill_9_of_its_leader_with_payments_in_flight() {
+    let mut net = Net::start("kill");
+    let first = net.pay(true).expect("a payment through the group's leader");
     assert_eq!(first["status"], "succeeded", "{first}");
 
     // kill -9 of the leader with payments in flight.
-    let (leader, _) = group.leader_api().unwrap();
-    let mut started = Vec::new();
-    for _ in 0..5 {
-        if let Ok(v) = pay(false) {
-            started.push(v["instance"].as_str().unwrap().to_string());
-        }
-    }
+    let (leader, _) = net.group.leader_api().unwrap();
+    let started: Vec<String> = (0..5)
+        .filter_map(|_| net.pay(false).ok())
+        .map(|v| v["instance"].as_str().unwrap().to_string())
+        .collect();
     assert!(!started.is_empty(), "payments started before the kill");
-    group.replicas[leader].proc = None; // SIGKILL
+    net.group.replicas[leader].proc = None; // SIGKILL
     let killed = Instant::now();
-    wait_until("another replica to lead", Duration::from_secs(20), || group.leader_api().is_some());
+    wait_until("another replica to lead", Duration::from_secs(20), || net.group.leader_api().is_some());
     let failover = killed.elapsed();
-    let (new_leader, _) = group.leader_api().unwrap();
+    let (new_leader, _) = net.group.leader_api().unwrap();
     assert_ne!(new_leader, leader);
     eprintln!(
         "failover: replica {} leads {failover:?} after kill -9 of replica {}",
         new_leader + 1,
         leader + 1
     );
-    let outcomes: Vec<String> = started.iter().map(|id| wait_final(&dir, &apis[0], id)).collect();
+    let outcomes: Vec<String> = started.iter().map(|id| wait_final(&net.dir, &net.apis[0], id)).collect();
     eprintln!("payments in flight at the kill ended: {outcomes:?}");
     wait_until("locks to clear and views to agree", Duration::from_secs(30), || {
-        consistent(&apis).is_ok_and(|t| t == 4 * ETH)
+        consistent(&net.apis).is_ok_and(|t| t == 4 * ETH)
     });
 
     // The old leader restarts from its state and follows; payments go on.
-    group.start(leader);
-    let again = pay(true).expect("a payment after the old leader rejoined");
+    net.group.start(leader);
+    let again = net.pay_connected().expect("a payment after the old leader rejoined");
     assert_eq!(again["status"], "succeeded", "{again}");
-    assert_ne!(group.leader_api().unwrap().0, leader, "the restarted replica follows");
-    assert_eq!(consistent(&apis), Ok(4 * ETH), "nothing created or lost");
-    for n in &mut nodes {
-        n.0 = None;
+    assert_ne!(net.group.leader_api().unwrap().0, leader, "the restarted replica follows");
+    assert_eq!(consistent(&net.apis), Ok(4 * ETH), "nothing created or lost");
+}
+
+#[test]
+fn a_leader_cut_off_from_the_group_stops_and_the_majority_goes_on() {
+    let net = Net::start("partition");
+    assert_eq!(net.pay(true).unwrap()["status"], "succeeded");
+    let (leader, _) = net.group.leader_api().unwrap();
+    net.group.isolate(leader, true);
+    let cut = Instant::now();
+    wait_until("the majority to elect a leader and the cut-off one to stop", Duration::from_secs(20), || {
+        net.group.leader_api().is_some_and(|(l, _)| l != leader)
+    });
+    eprintln!("partition: a new leader serves {:?} after the cut", cut.elapsed());
+    let old_api = format!("http://127.0.0.1:{}", net.group.replicas[leader].api);
+    wait_until("the cut-off replica to close its API", Duration::from_secs(10), || {
+        cli(&["network", "--hub", &old_api]).is_err()
+    });
+    let during = net.pay_connected().expect("a payment through the majority's leader");
+    assert_eq!(during["status"], "succeeded", "{during}");
+
+    net.group.isolate(leader, false);
+    std::thread::sleep(Duration::from_secs(2));
+    let after = net.pay_connected().expect("a payment after healing");
+    assert_eq!(after["status"], "succeeded", "{after}");
+    assert_ne!(net.group.leader_api().unwrap().0, leader, "the healed replica follows");
+    assert_eq!(consistent(&net.apis), Ok(4 * ETH), "nothing created or lost");
+}
+
+#[test]
+fn with_two_of_three_down_nothing_is_decided_and_all_ends_once_one_returns() {
+    let mut net = Net::start("minority");
+    assert_eq!(net.pay(true).unwrap()["status"], "succeeded");
+    let (leader, _) = net.group.leader_api().unwrap();
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    // Payments in flight when the majority goes: their next flush can never commit.
+    let started: Vec<String> = (0..3)
+        .filter_map(|_| net.pay(false).ok())
+        .map(|v| v["instance"].as_str().unwrap().to_string())
+        .collect();
+    for f in &followers {
+        net.group.replicas[*f].proc = None; // SIGKILL
     }
-    for r in &mut group.replicas {
-        r.proc = None;
+    wait_until("the leader without a majority to stop", Duration::from_secs(10), || {
+        net.group.leader_api().is_none()
+    });
+    // Nothing can be decided now: a payment cannot even start.
+    assert!(net.pay(false).is_err(), "a payment started without a majority");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(net.group.leader_api().is_none(), "no replica leads without a majority");
+    // A node holding a stuck payment's lock still has its recourse: it ejects the channel.
+    let mid_channels = ok(&["channel", "list", "--node", &net.apis[1]]);
+    let stuck = mid_channels["channels"].as_array().unwrap().iter().find(|c| c["locks"] != 0).cloned();
+    let ejected = stuck.is_some();
+    if let Some(c) = stuck {
+        let id = c["id"].as_str().unwrap();
+        ok(&["channel", "close", "--channel", id, "--node", &net.apis[1]]);
+        eprintln!("mid ejected {id} with {} lock(s) while no replica led", c["locks"]);
     }
-    let _ = std::fs::remove_dir_all(&dir);
+
+    net.group.start(followers[0]);
+    wait_until("a leader once a majority is back", Duration::from_secs(20), || {
+        net.group.leader_api().is_some()
+    });
+    let outcomes: Vec<String> = started.iter().map(|id| wait_final(&net.dir, &net.apis[0], id)).collect();
+    eprintln!("payments in flight when the majority went ended: {outcomes:?}");
+    let open_total = if ejected { 2 * ETH } else { 4 * ETH };
+    let start = Instant::now();
+    loop {
+        match consistent(&net.apis) {
+            Ok(t) if t == open_total => break,
+            other => assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "locks did not clear or views disagree: {other:?}; channels: {:?}{}",
+                net.apis.iter().map(|a| cli(&["channel", "list", "--node", a])).collect::<Vec<_>>(),
+                log_tails(&net.dir)
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if !ejected {
+        let after = net.pay_connected().expect("a payment once a majority is back");
+        assert_eq!(after["status"], "succeeded", "{after}");
+        assert_eq!(consistent(&net.apis), Ok(4 * ETH), "nothing created or lost");
+    }
 }

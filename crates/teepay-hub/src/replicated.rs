@@ -113,9 +113,11 @@ pub async fn start(cfg: ReplicatedConfig) -> Result<RunningReplica, RuntimeError
         what: "raft config".into(),
         error: std::io::Error::other(e.to_string()),
     })?);
-    let raft = Raft::new(cfg.me, config, TcpNetwork, log, sm.clone()).await.map_err(|e| {
-        RuntimeError::Io { what: "starting raft".into(), error: std::io::Error::other(e.to_string()) }
-    })?;
+    let peers = cfg.replicas.iter().map(|r| (r.id, r.raft.to_string())).collect();
+    let raft =
+        Raft::new(cfg.me, config, TcpNetwork::with_addresses(peers), log, sm.clone()).await.map_err(|e| {
+            RuntimeError::Io { what: "starting raft".into(), error: std::io::Error::other(e.to_string()) }
+        })?;
     let listener =
         tokio::net::TcpListener::bind(me.raft).await.map_err(io(format!("replica port {}", me.raft)))?;
     let mut tasks = vec![tokio::spawn(serve_with(listener, raft.clone(), Some(provisioner(sm.clone()))))];

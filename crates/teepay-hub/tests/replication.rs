@@ -38,7 +38,7 @@ async fn start(
     let log = FileLogStore::open(&dir.join("raft")).unwrap();
     let sm = Replayed::open(&dir.join("raft"), HubApply::new(shadow)).unwrap();
     let config = std::sync::Arc::new(teepay_replica::config().validate().unwrap());
-    let raft = Raft::new(id, config, TcpNetwork, log, sm.clone()).await.unwrap();
+    let raft = Raft::new(id, config, TcpNetwork::default(), log, sm.clone()).await.unwrap();
     let server = tokio::spawn(serve(listener, raft.clone()));
     Replica { raft, sm, server }
 }

@@ -117,15 +117,26 @@ async fn serve_connection(mut stream: TcpStream, raft: Raft, provisioner: Option
     }
 }
 
-/// Opens connections to peers at the addresses in their `BasicNode`.
+/// Opens connections to peers: at the address this replica's own configuration gives for
+/// them, else at the one in the group's membership (`BasicNode`, as the bootstrap replica
+/// configured it).
 #[derive(Debug, Clone, Default)]
-pub struct TcpNetwork;
+pub struct TcpNetwork {
+    addrs: std::collections::BTreeMap<ReplicaId, String>,
+}
+
+impl TcpNetwork {
+    pub fn with_addresses(addrs: std::collections::BTreeMap<ReplicaId, String>) -> Self {
+        Self { addrs }
+    }
+}
 
 impl RaftNetworkFactory<TypeConfig> for TcpNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: ReplicaId, node: &BasicNode) -> Self::Network {
-        PeerConnection { target, addr: node.addr.clone(), stream: None }
+        let addr = self.addrs.get(&target).cloned().unwrap_or_else(|| node.addr.clone());
+        PeerConnection { target, addr, stream: None }
     }
 }
 

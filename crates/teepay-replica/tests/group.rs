@@ -43,7 +43,7 @@ impl Replica {
         let log = FileLogStore::open(dir).unwrap();
         let sm = Replayed::open(dir, Recorder::default()).unwrap();
         let config = std::sync::Arc::new(teepay_replica::config().validate().unwrap());
-        let raft = Raft::new(id, config, TcpNetwork, log, sm.clone()).await.unwrap();
+        let raft = Raft::new(id, config, TcpNetwork::default(), log, sm.clone()).await.unwrap();
         let server = tokio::spawn(serve(listener, raft.clone()));
         Replica { raft, sm, server }
     }
