@@ -84,3 +84,172 @@ impl crate::service::ReleaseGate for RaftGate {
         })
     }
 }
+
+/// A hub group with every replica in this process, each with its own directory and Raft on
+/// loopback (benchmarks and tests; `teepay hub` runs one replica per process,
+/// `replicated.rs`). Replica 1 creates the identity, the others are provisioned by it.
+pub struct LocalGroup {
+    dirs: Vec<std::path::PathBuf>,
+    addrs: Vec<String>,
+    pub replicas: std::collections::BTreeMap<teepay_replica::ReplicaId, LocalReplica>,
+}
+
+pub struct LocalReplica {
+    pub raft: teepay_replica::Raft,
+    pub sm: teepay_replica::state_machine::Replayed<HubApply>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for LocalReplica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalReplica").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for LocalGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalGroup").field("dirs", &self.dirs).finish_non_exhaustive()
+    }
+}
+
+/// A local group's setup failed (files, Raft, or the enclaves).
+#[derive(Debug, thiserror::Error)]
+#[error("local hub group: {0}")]
+pub struct LocalGroupError(String);
+
+fn local(e: impl std::fmt::Display) -> LocalGroupError {
+    LocalGroupError(e.to_string())
+}
+
+impl LocalGroup {
+    /// `n` replicas under `dir` (`dir/r1`, …), the first creating the hub identity with
+    /// `config`; `authority` stands in for the attestation service.
+    pub async fn start(
+        dir: &std::path::Path,
+        n: usize,
+        config: teepay_coordinator::HubConfig,
+        authority: &teepay_types::SigningKey,
+    ) -> Result<Self, LocalGroupError> {
+        use teepay_coordinator::Candidate;
+        let dirs: Vec<std::path::PathBuf> = (1..=n).map(|i| dir.join(format!("r{i}"))).collect();
+        let measurement = config.measurement;
+        let entropy = teepay_link::os_entropy().map_err(local)?;
+        let platform = FilePlatform::open(&dirs[0].join("shadow")).map_err(local)?;
+        let mut founder = Coordinator::create(platform, config, entropy).map_err(local)?;
+        founder.flush();
+        let snapshot = founder.group_snapshot().map_err(local)?;
+        let mut shadows = vec![founder];
+        for d in &dirs[1..] {
+            let platform = FilePlatform::open(&d.join("shadow")).map_err(local)?;
+            let candidate = Candidate::new(platform, measurement, teepay_link::os_entropy().map_err(local)?)
+                .map_err(local)?;
+            let quote = candidate.report(teepay_types::ChainId(0)).attest(authority);
+            let gift = shadows[0].provision(&quote).map_err(local)?;
+            shadows.push(candidate.join(&gift, &snapshot).map_err(local)?.0);
+        }
+        let mut listeners = Vec::new();
+        let mut addrs = Vec::new();
+        for _ in 0..n {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(local)?;
+            addrs.push(l.local_addr().map_err(local)?.to_string());
+            listeners.push(l);
+        }
+        let mut group = LocalGroup { dirs, addrs, replicas: Default::default() };
+        for (i, (shadow, listener)) in shadows.into_iter().zip(listeners).enumerate() {
+            let id = i as teepay_replica::ReplicaId + 1;
+            let replica = group.start_replica(id, shadow, listener).await?;
+            group.replicas.insert(id, replica);
+        }
+        let members = (0..n)
+            .map(|i| {
+                (
+                    i as teepay_replica::ReplicaId + 1,
+                    teepay_replica::openraft::BasicNode::new(&group.addrs[i]),
+                )
+            })
+            .collect::<std::collections::BTreeMap<_, _>>();
+        group.replicas[&1].raft.initialize(members).await.map_err(local)?;
+        Ok(group)
+    }
+
+    async fn start_replica(
+        &self,
+        id: teepay_replica::ReplicaId,
+        shadow: Coordinator<FilePlatform>,
+        listener: tokio::net::TcpListener,
+    ) -> Result<LocalReplica, LocalGroupError> {
+        use teepay_replica::log_store::FileLogStore;
+        use teepay_replica::state_machine::Replayed;
+        let dir = self.dirs[(id - 1) as usize].join("raft");
+        let log = FileLogStore::open(&dir).map_err(local)?;
+        let sm = Replayed::open(&dir, HubApply::new(shadow)).map_err(local)?;
+        let config = std::sync::Arc::new(teepay_replica::config().validate().map_err(local)?);
+        let network = teepay_replica::network::TcpNetwork::default();
+        let raft = teepay_replica::Raft::new(id, config, network, log, sm.clone()).await.map_err(local)?;
+        let server = tokio::spawn(teepay_replica::network::serve(listener, raft.clone()));
+        Ok(LocalReplica { raft, sm, server })
+    }
+
+    /// Waits (up to 10 s) until the running replicas agree on a leader.
+    pub async fn leader(&self) -> Result<teepay_replica::ReplicaId, LocalGroupError> {
+        let start = std::time::Instant::now();
+        loop {
+            let views: Vec<_> =
+                self.replicas.values().map(|r| r.raft.metrics().borrow().current_leader).collect();
+            if let Some(Some(l)) = views.first()
+                && self.replicas.contains_key(l)
+                && views.iter().all(|v| *v == Some(*l))
+            {
+                return Ok(*l);
+            }
+            if start.elapsed() > std::time::Duration::from_secs(10) {
+                return Err(LocalGroupError(format!("no leader agreed on: {views:?}")));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Replica `id` takes office: its live coordinator (a fork of its shadow, once every
+    /// committed entry is applied) and the gate its executor releases flushes through.
+    pub async fn take_office(
+        &self,
+        id: teepay_replica::ReplicaId,
+    ) -> Result<(Coordinator<FilePlatform>, std::sync::Arc<dyn crate::service::ReleaseGate>), LocalGroupError>
+    {
+        let r = &self.replicas[&id];
+        r.raft.ensure_linearizable().await.map_err(local)?;
+        let platform = FilePlatform::open(&self.dirs[(id - 1) as usize].join("leader")).map_err(local)?;
+        let (live, _) = r.sm.with_app(|a| a.shadow().fork(platform)).map_err(local)?;
+        Ok((live, std::sync::Arc::new(RaftGate::new(r.raft.clone()))))
+    }
+
+    /// Stops replica `id` as a crash would (its files stay).
+    pub async fn stop(&mut self, id: teepay_replica::ReplicaId) {
+        if let Some(r) = self.replicas.remove(&id) {
+            r.server.abort();
+            let _ = r.raft.shutdown().await;
+        }
+    }
+
+    /// Restarts replica `id` from its files, on its old address.
+    pub async fn restart(&mut self, id: teepay_replica::ReplicaId) -> Result<(), LocalGroupError> {
+        let i = (id - 1) as usize;
+        let listener = tokio::net::TcpListener::bind(&self.addrs[i]).await.map_err(local)?;
+        let platform = FilePlatform::open(&self.dirs[i].join("shadow")).map_err(local)?;
+        let log = platform
+            .restorable(&self.dirs[i].join("unused"))
+            .map_err(local)?
+            .ok_or_else(|| local("no state"))?;
+        let shadow = Coordinator::restore(platform, &log).map_err(local)?;
+        let replica = self.start_replica(id, shadow, listener).await?;
+        self.replicas.insert(id, replica);
+        Ok(())
+    }
+
+    pub async fn shutdown(mut self) {
+        let ids: Vec<_> = self.replicas.keys().copied().collect();
+        for id in ids {
+            self.stop(id).await;
+        }
+    }
+}

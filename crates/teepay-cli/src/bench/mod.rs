@@ -79,6 +79,11 @@ pub struct BenchArgs {
     /// with COMMIT and every node checks them before it commits (nodes require it).
     #[arg(long)]
     verify_peer_acks: bool,
+    /// Also run the sockets mode with a replicated hub of this many replicas (odd, ≥ 3), side
+    /// by side with the single hub in the same run (DESIGN §10: one round trip to a
+    /// majority per flush).
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
     /// Skip the sockets run (profiling the protocol alone).
     #[arg(long)]
     in_memory_only: bool,
@@ -128,6 +133,9 @@ pub struct Drive {
     pub rate: Option<f64>,
     /// Run the scenario's warm-up jobs, unmeasured, before the measured ones.
     pub warm_up: bool,
+    /// Hub replicas (sockets runs): 1 is a single hub; more is a group whose leader commits
+    /// every flush on a majority before releasing it.
+    pub replicas: usize,
 }
 
 impl Drive {
@@ -441,7 +449,16 @@ pub fn run(args: &BenchArgs) -> Result<std::process::ExitCode> {
         concurrency: args.concurrency,
         rate: args.rate,
         warm_up: !args.cold,
+        replicas: 1,
     };
+    if args.replicas != 1 && (args.replicas < 3 || args.replicas.is_multiple_of(2)) {
+        bail!("--replicas must be 1 or an odd number of at least 3 (2f+1), not {}", args.replicas);
+    }
+    if args.replicas > 1 && (args.processes || args.in_memory_only) {
+        bail!(
+            "--replicas runs with the in-process sockets driver (not with --processes or --in-memory-only)"
+        );
+    }
     if !args.in_memory_only {
         sockets::check_descriptors(scn.nodes)?;
     }
@@ -486,6 +503,21 @@ pub fn run(args: &BenchArgs) -> Result<std::process::ExitCode> {
             let net = net.summary();
             entry["sockets_over_in_memory"] =
                 json!(net["per_s"].as_f64().unwrap_or(0.0) / mem["per_s"].as_f64().unwrap_or(1.0));
+            if args.replicas > 1 {
+                let replicated = Drive { replicas: args.replicas, ..drive };
+                let mut progress =
+                    Progress::new(format!("sockets, {} replicas, {name}", args.replicas), !args.json);
+                let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+                let r = rt.block_on(sockets::run(&scn, &replicated, &mode, &dir, &mut progress));
+                rt.shutdown_timeout(Duration::from_secs(2));
+                let _ = std::fs::remove_dir_all(&dir);
+                let r = r?.summary();
+                entry["replicated_over_single"] =
+                    json!(r["per_s"].as_f64().unwrap_or(0.0) / net["per_s"].as_f64().unwrap_or(1.0));
+                entry["replicas"] = json!(args.replicas);
+                ok &= r["conservation"].as_bool() != Some(false);
+                entry["replicated"] = r;
+            }
             entry["sockets"] = net;
             entry["nodes_hosted"] =
                 json!(if args.processes { "one OS process per node" } else { "all in the bench process" });
@@ -511,6 +543,17 @@ pub fn run(args: &BenchArgs) -> Result<std::process::ExitCode> {
                     "",
                     entry["sockets_over_in_memory"].as_f64().unwrap_or(0.0) * 100.0
                 );
+                if args.replicas > 1 {
+                    println!(
+                        "{}",
+                        line(&format!("{} replicas, {name}", args.replicas), &entry["replicated"])
+                    );
+                    println!(
+                        "{:24} replicated = {:.1}% of the single hub's throughput",
+                        "",
+                        entry["replicated_over_single"].as_f64().unwrap_or(0.0) * 100.0
+                    );
+                }
             }
             for k in ["in_memory", "sockets"] {
                 if let Some(why) = entry[k]["first_refusal"].as_str() {

@@ -14,6 +14,7 @@ use teepay_coordinator::Coordinator;
 use teepay_enclave::{NodeEnclave, Request, Response};
 use teepay_hub::executor::{Executor, Finished};
 use teepay_hub::metrics::Metrics;
+use teepay_hub::replication::LocalGroup;
 use teepay_hub::service::{HubSettings, serve};
 use teepay_link::host::FilePlatform;
 use teepay_node::{NodeHandle, NodeSettings, spawn};
@@ -35,6 +36,8 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     /// Each scenario channel's id, in order.
     channels: Vec<ChannelId>,
+    /// A replicated hub's group (`--replicas`): kept running for the whole run.
+    group: Option<LocalGroup>,
 }
 
 /// Node enclaves for every scenario node (durable platform files under `dir/n{i}`), with
@@ -55,11 +58,24 @@ pub async fn setup(
         })
         .collect::<Result<_>>()?;
     let (network, channels) = fund(&mut enclaves, scn)?;
-    let mut hub = Coordinator::create(
-        FilePlatform::open(&dir.join("hub"))?,
-        hub_config(mode),
-        teepay_link::os_entropy()?,
-    )?;
+    // A replicated hub: the leader's live enclave, each flush committed on a majority of
+    // the group (every replica in this process, each with its own files and Raft on
+    // loopback) before it is released.
+    let (mut hub, gate, group) = if drive.replicas > 1 {
+        let authority = crate::sim::attestation_key();
+        let group =
+            LocalGroup::start(&dir.join("group"), drive.replicas, hub_config(mode), &authority).await?;
+        let leader = group.leader().await?;
+        let (live, gate) = group.take_office(leader).await?;
+        (live, Some(gate), Some(group))
+    } else {
+        let hub = Coordinator::create(
+            FilePlatform::open(&dir.join("hub"))?,
+            hub_config(mode),
+            teepay_link::os_entropy()?,
+        )?;
+        (hub, None, None)
+    };
     hub.set_seal_limits(mode.seal);
     let hub_quote = hub.report(ChainId(0)).attest(&crate::sim::attestation_key());
     let (fin_tx, finished) = mpsc::unbounded_channel();
@@ -72,10 +88,10 @@ pub async fn setup(
         batch_window: drive.batch_window,
         metrics: metrics.clone(),
         finished: Some(fin_tx),
-        gate: None,
+        gate,
     };
     let handle = serve(Executor::new(hub, network), None, settings).await?;
-    Ok((enclaves, Hub { addr: handle.addr, finished, metrics, channels }))
+    Ok((enclaves, Hub { addr: handle.addr, finished, metrics, channels, group }))
 }
 
 /// Refuses up front a run that would hit the open-file limit halfway through: every node
@@ -173,7 +189,9 @@ pub async fn drive_jobs<N: Nodes>(
     nodes: Arc<N>,
     progress: &mut Progress,
 ) -> Result<Run> {
-    let Hub { mut finished, metrics, channels, .. } = hub;
+    // The group (if any) lives until the run's end: dropping it would stop the replicas.
+    let Hub { mut finished, metrics, channels, group, .. } = hub;
+    let _group = group;
     let shared = Arc::new(Mutex::new(Shared::default()));
     let permits = Arc::new(Semaphore::new(drive.concurrency));
     let collector = {
