@@ -68,6 +68,7 @@ pub struct RunningReplica {
     pub metrics: Arc<Metrics>,
     pub metrics_addr: Option<SocketAddr>,
     shadow: Replayed<HubApply>,
+    slot: ControlSlot,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -84,6 +85,25 @@ impl RunningReplica {
     /// The group's committed hub state as this replica has applied it.
     pub fn with_shadow<T>(&self, f: impl FnOnce(&Coordinator<FilePlatform>) -> T) -> T {
         self.shadow.with_app(|a| f(a.shadow()))
+    }
+
+    /// The executor while this replica leads (None while it follows).
+    pub fn control(&self) -> Option<crate::service::HubControl> {
+        self.slot.get()
+    }
+
+    /// Waits until this replica's chain sync has applied `block` on chain `chain`.
+    pub async fn synced(&self, chain: ChainId, block: u64) {
+        loop {
+            let done =
+                self.metrics.sync.iter().any(|(c, next, _)| {
+                    *c == chain.0 && next.load(std::sync::atomic::Ordering::Relaxed) > block
+                });
+            if done {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     pub async fn stop(self) {
@@ -155,10 +175,10 @@ pub async fn start(cfg: ReplicatedConfig) -> Result<RunningReplica, RuntimeError
         sm: sm.clone(),
         store: store.clone(),
         metrics: metrics.clone(),
-        slot,
+        slot: slot.clone(),
     };
     tasks.push(tokio::spawn(role.run()));
-    Ok(RunningReplica { id, enclave, quote, raft, store, metrics, metrics_addr, shadow: sm, tasks })
+    Ok(RunningReplica { id, enclave, quote, raft, store, metrics, metrics_addr, shadow: sm, slot, tasks })
 }
 
 fn replica_io(what: &str, e: teepay_replica::ReplicaError) -> RuntimeError {
@@ -239,6 +259,31 @@ fn provisioner(sm: Replayed<HubApply>) -> Provisioner {
     })
 }
 
+/// What a leader runs; dropping it closes all of it.
+struct Office {
+    handle: Option<HubHandle>,
+    api: Option<tokio::task::JoinHandle<()>>,
+    slot: ControlSlot,
+}
+
+impl Office {
+    fn executor_stopped(&self) -> bool {
+        self.handle.as_ref().is_none_or(HubHandle::executor_stopped)
+    }
+}
+
+impl Drop for Office {
+    fn drop(&mut self) {
+        self.slot.set(None);
+        if let Some(h) = self.handle.take() {
+            h.stop();
+        }
+        if let Some(api) = self.api.take() {
+            api.abort();
+        }
+    }
+}
+
 /// Leads when elected: the executor, node link and API run only on the leader.
 struct Role {
     cfg: ReplicatedConfig,
@@ -263,17 +308,17 @@ impl Role {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             match self.take_office().await {
-                Ok((handle, api)) => {
+                Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Ok(Some((handle, api))) => {
                     tracing::info!(replica = self.me.id, link = %handle.addr, "leading the hub group");
-                    while self.leads() && !handle.executor_stopped() {
+                    // Closes the node link, the executor and the API however this ends
+                    // (also when this task is aborted: a replica stopped in-process).
+                    let office = Office { handle: Some(handle), api, slot: self.slot.clone() };
+                    while self.leads() && !office.executor_stopped() {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                     tracing::warn!(replica = self.me.id, "no longer leading: node link and API closed");
-                    self.slot.set(None);
-                    handle.stop();
-                    if let Some(api) = api {
-                        api.abort();
-                    }
+                    drop(office);
                 }
                 Err(e) => {
                     tracing::error!(replica = self.me.id, error = %e, "could not take office");
@@ -284,12 +329,15 @@ impl Role {
     }
 
     /// Waits until every committed entry is applied here, forks the shadow and serves.
-    async fn take_office(&self) -> Result<(HubHandle, Option<tokio::task::JoinHandle<()>>), RuntimeError> {
-        let behind = |e: String| RuntimeError::Io {
-            what: "catching up as leader".into(),
-            error: std::io::Error::other(e),
-        };
-        self.raft.ensure_linearizable().await.map_err(|e| behind(e.to_string()))?;
+    /// None: it turned out not to lead after all (a replica just restarted may believe it
+    /// still does until it hears from the group).
+    async fn take_office(
+        &self,
+    ) -> Result<Option<(HubHandle, Option<tokio::task::JoinHandle<()>>)>, RuntimeError> {
+        if let Err(e) = self.raft.ensure_linearizable().await {
+            tracing::info!(replica = self.me.id, error = %e, "not confirmed as leader");
+            return Ok(None);
+        }
         let platform = FilePlatform::open(&self.cfg.hub.state_dir.join("leader"))
             .map_err(io("leader platform files"))?;
         let (mut live, _sealed) = self.sm.with_app(|a| a.shadow().fork(platform))?;
@@ -328,6 +376,6 @@ impl Role {
             }
             None => None,
         };
-        Ok((handle, api))
+        Ok(Some((handle, api)))
     }
 }

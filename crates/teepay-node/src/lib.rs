@@ -252,12 +252,10 @@ async fn session<P: Platform>(
         0 => node.settings.hub,
         i => node.settings.standby_hubs[i - 1],
     };
-    // The next attempt after a failure tries the next replica.
+    // Until the session is up, a failure moves on to the next replica (only the leader
+    // accepts nodes); once it is up, a broken link is first redialed at the same address.
     node.hub_index = (node.hub_index + 1) % hubs;
     let stream = tokio::net::TcpStream::connect(addr).await?;
-    // Connected: stay with this one when the link later breaks... unless it breaks at once,
-    // which the rotation above already covers.
-    node.hub_index = (node.hub_index + hubs - 1) % hubs;
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
     let known_hub = node.enclave.inspect().hub;
@@ -280,6 +278,7 @@ async fn session<P: Platform>(
             .await
             .map_err(|_| LinkError::Handshake("the hub did not complete the handshake in time"))??;
     writer.send(&NodeMessage::Register(node.settings.quote.clone()).to_bytes()).await?;
+    node.hub_index = (node.hub_index + hubs - 1) % hubs;
 
     // A dedicated reader task: frame reads are not cancel-safe inside `select!`. Bounded:
     // a hub that sends faster than this node handles is read no faster (TCP backpressure).

@@ -3,9 +3,11 @@
 //! cross-chain seed's figure 1). It ends by checking conservation and atomicity from
 //! on-chain data and exits non-zero if anything does not hold.
 
+mod group;
 mod world;
 
 use anyhow::{Context, Result, bail, ensure};
+use group::{DemoHub, REPLICAS};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use teepay_chain::Chain;
@@ -84,12 +86,14 @@ async fn story(args: &DemoArgs, dir: &std::path::Path) -> Result<Vec<String>> {
             c.contract
         );
     }
-    let hub = world::start_hub(dir, &chains).await?;
+    let hub = DemoHub::start(dir, &chains).await?;
+    let (first, standby) = hub.links();
     println!(
-        "  hub enclave {} listening on {}, metrics on http://{}/metrics",
-        hub.enclave,
-        hub.handle.addr,
-        hub.metrics_addr.map(|a| a.to_string()).unwrap_or_default()
+        "  hub group of {REPLICAS} replicas (one Raft group; each flush committed on a majority before it leaves): \
+         identity {}, replica {} leads; nodes know every replica's link ({first}, {})",
+        hub.enclave(),
+        hub.leader().map_or(0, |i| i + 1),
+        standby.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
     );
     let w = World {
         dir: dir.to_path_buf(),
@@ -135,7 +139,7 @@ async fn story(args: &DemoArgs, dir: &std::path::Path) -> Result<Vec<String>> {
     }
     let t = Instant::now();
     s.w.settle_sync().await?;
-    let map = s.w.hub.control().network().await;
+    let map = s.w.hub.control().await?.network().await;
     let count: usize = map.iter().map(|(_, chans)| chans.len()).sum();
     println!(
         "  hub synced both chains from contract events: {count} channels in its map ({:.0} ms)",
@@ -146,6 +150,7 @@ async fn story(args: &DemoArgs, dir: &std::path::Path) -> Result<Vec<String>> {
     two_party_swap(&mut s).await?;
     four_party_swap(&mut s).await?;
     refunded_swap(&mut s).await?;
+    leader_lost_mid_swap(&mut s).await?;
     eject_mid_payment(&mut s).await?;
     cooperative_closes(&mut s).await?;
     final_check(&mut s).await?;
@@ -217,6 +222,15 @@ async fn swap(
     what: &str,
     gives: &[(&'static str, usize, &'static str, u128)],
 ) -> Result<WireStatus> {
+    let (id, t) = start_swap(s, gives).await?;
+    finish_swap(s, what, gives, id, t).await
+}
+
+/// Every party's intent, submitted by the first giver; returns the instance once accepted.
+async fn start_swap(
+    s: &mut Story,
+    gives: &[(&'static str, usize, &'static str, u128)],
+) -> Result<(InstanceId, Instant)> {
     let mut parties: Vec<&str> = gives.iter().flat_map(|g| [g.0, g.2]).collect();
     parties.sort();
     parties.dedup();
@@ -227,9 +241,19 @@ async fn swap(
         intents.push(intent(s, p, &g, &r).await?);
     }
     let t = Instant::now();
-    let submitter = gives[0].0;
-    let id = s.w.node(submitter).swap(intents).await?;
-    let st = settle(s, submitter, id, what, t).await?;
+    let id = s.w.node(gives[0].0).swap(intents).await?;
+    Ok((id, t))
+}
+
+/// Waits for a started swap's outcome and books its transfers if it succeeded.
+async fn finish_swap(
+    s: &mut Story,
+    what: &str,
+    gives: &[(&'static str, usize, &'static str, u128)],
+    id: InstanceId,
+    t: Instant,
+) -> Result<WireStatus> {
+    let st = settle(s, gives[0].0, id, what, t).await?;
     if st == WireStatus::Succeeded {
         for (from, ci, to, amount) in gives {
             let (chain, f, t) = (s.w.chains[*ci].id, s.w.node(from).address, s.w.node(to).address);
@@ -279,6 +303,36 @@ async fn refunded_swap(s: &mut Story) -> Result<()> {
     Ok(())
 }
 
+async fn leader_lost_mid_swap(s: &mut Story) -> Result<()> {
+    step(
+        "5. The hub's leader is lost in the middle of a swap: user1 gives 0.1 ETH on chain A for user2's 0.08 ETH on chain B",
+    );
+    let Some(leader) = s.w.hub.leader() else {
+        s.failures.push("no hub replica leads before the failover chapter".into());
+        return Ok(());
+    };
+    let gives = [("user1", 0, "user2", ETHER / 10), ("user2", 1, "user1", 2 * ETHER / 25)];
+    let (id, t) = start_swap(s, &gives).await?;
+    s.w.hub.kill(leader).await;
+    let killed = Instant::now();
+    println!("  swap {id} accepted; replica {} (the leader) is killed at once", leader + 1);
+    s.w.hub.control().await?;
+    let next = s.w.hub.leader().map_or(0, |i| i + 1);
+    println!(
+        "  replica {next} leads {:.0} ms later: it forks its enclave's copy of every committed flush and resumes",
+        killed.elapsed().as_secs_f64() * 1e3
+    );
+    let st = finish_swap(s, "swap across the failover", &gives, id, t).await?;
+    if st != WireStatus::Succeeded {
+        s.failures.push(format!(
+            "the swap caught by the leader's loss should complete under the next leader, got {st:?}"
+        ));
+    }
+    s.w.hub.restart(leader).await?;
+    println!("  replica {} restarted from its own files and follows replica {next}", leader + 1);
+    Ok(())
+}
+
 async fn channel_view(s: &Story, who: &str, id: ChannelId) -> Result<(u128, u128, usize, bool)> {
     let c =
         s.w.node(who)
@@ -297,7 +351,7 @@ fn channel_id(s: &Story, a: &str, b: &str) -> (usize, ChannelId) {
 
 async fn eject_mid_payment(s: &mut Story) -> Result<()> {
     step(
-        "5. Eject in the middle of a multi-hop payment: user1 pays user2 0.2 ETH on chain A while user2 is down; i1 ejects its channel to i2",
+        "6. Eject in the middle of a multi-hop payment: user1 pays user2 0.2 ETH on chain A while user2 is down; i1 ejects its channel to i2",
     );
     let u2 = s.w.index("user2");
     let (_, c1) = channel_id(s, "user1", "i1");
@@ -374,7 +428,7 @@ impl ContractViewOf<'_> {
 }
 
 async fn cooperative_closes(s: &mut Story) -> Result<()> {
-    step("6. Cooperative closes of every remaining channel");
+    step("7. Cooperative closes of every remaining channel");
     for (ci, a, b, id) in s.channels.clone() {
         let (local, remote, _, _) = channel_view(s, a, id).await?;
         let r = close(s.w.node(a), &s.w.chains[ci].link(), id).await?;

@@ -1,7 +1,8 @@
-//! The demo's world: two chains with `PaymentChannels` deployed, the hub, and node daemons
+//! The demo's world: two chains with `PaymentChannels` deployed, the hub group, and node daemons
 //! with their chain watchers — the same services `teepay hub` / `teepay node` run, in one
 //! process, talking over loopback TCP.
 
+use super::group::DemoHub;
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,8 +10,6 @@ use std::time::Duration;
 use teepay_chain::contract::{deploy, send_from_key};
 use teepay_chain::{AnyChain, Chain, Receipt};
 use teepay_enclave::{NodeConfig, NodeEnclave, Request, Response};
-use teepay_hub::runtime::{HubChain, HubRuntimeConfig, RunningHub, start};
-use teepay_hub::sync::SyncConfig;
 use teepay_link::host::{FilePlatform, SealedLogFile};
 use teepay_link::wire::WireStatus;
 use teepay_node::onchain::{ChainLink, spawn_watcher};
@@ -58,7 +57,7 @@ pub struct DemoNode {
 pub struct World {
     pub dir: PathBuf,
     pub chains: Vec<DemoChain>,
-    pub hub: RunningHub,
+    pub hub: DemoHub,
     pub nodes: Vec<DemoNode>,
     /// Gas each node's enclave paid, per (chain, node).
     pub gas: BTreeMap<(ChainId, Address), u128>,
@@ -97,34 +96,6 @@ pub async fn chains(rpc: Option<&[String]>) -> Result<Vec<DemoChain>> {
         bail!("both chains report chain id {}; start them with different --chain-id", out[0].id.0);
     }
     Ok(out)
-}
-
-pub async fn start_hub(dir: &Path, chains: &[DemoChain]) -> Result<RunningHub> {
-    let cfg = HubRuntimeConfig {
-        listen: "127.0.0.1:0".parse()?,
-        state_dir: dir.join("hub"),
-        db_url: format!("sqlite://{}", dir.join("hub.db").display()),
-        chains: chains
-            .iter()
-            .map(|c| HubChain {
-                chain: c.chain.clone(),
-                sync: SyncConfig { confirmations: 0, ..SyncConfig::new(c.id, c.contract, c.from_block) },
-            })
-            .collect(),
-        attestation_key: attestation_key(),
-        measurement: HUB_MEASUREMENT,
-        allowed_node_measurements: vec![NODE_MEASUREMENT],
-        prepare_timeout: Duration::from_secs(2),
-        retransmit_after: Duration::from_millis(200),
-        round_auth: Default::default(),
-        peer_acks: false,
-        tick: Duration::from_millis(20),
-        batch_window: Duration::ZERO,
-        sync_poll: Duration::from_millis(10),
-        metrics_listen: Some("127.0.0.1:0".parse()?),
-        api_listen: None,
-    };
-    Ok(start(cfg).await?)
 }
 
 impl World {
@@ -175,9 +146,10 @@ impl World {
         else {
             bail!("unexpected enclave response")
         };
+        let (hub, standby_hubs) = self.hub.links();
         let settings = NodeSettings {
-            hub: self.hub.handle.addr,
-            standby_hubs: Vec::new(),
+            hub,
+            standby_hubs,
             state_path: dir.join("sealed"),
             quote: report.attest(&attestation_key()),
             reconnect_after: Duration::from_millis(50),
