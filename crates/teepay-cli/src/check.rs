@@ -35,8 +35,9 @@ pub struct CheckArgs {
     #[arg(long)]
     max_states: Option<usize>,
     /// Fault budget per schedule, overriding the scenario's default, e.g.
-    /// `--faults duplicates=1,drops=0,tampers=1,crashes=1,ejects=1,refunds=1,ticks=1,lies=1`
-    /// (`lies`: a node host lying to its enclave, or the hub host replaying an order).
+    /// `--faults duplicates=1,drops=0,tampers=1,crashes=1,ejects=1,refunds=1,ticks=1,lies=1,failovers=1`
+    /// (`lies`: a node host lying to its enclave, or the hub host replaying an order;
+    /// `failovers`: the hub's leader lost, in a scenario with a hub group).
     #[arg(long, value_parser = parse_faults)]
     faults: Option<Budget>,
 }
@@ -55,9 +56,10 @@ fn parse_faults(s: &str) -> Result<Budget, String> {
             "refunds" => b.refunds = n,
             "ticks" => b.ticks = n,
             "lies" => b.lies = n,
+            "failovers" => b.failovers = n,
             _ => {
                 return Err(format!(
-                    "unknown fault {key:?} (duplicates, drops, tampers, crashes, ejects, refunds, ticks, lies)"
+                    "unknown fault {key:?} (duplicates, drops, tampers, crashes, ejects, refunds, ticks, lies, failovers)"
                 ));
             }
         }
@@ -114,8 +116,8 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     }
     let b = world.budget;
     eprintln!(
-        "exploring {name}: faults per schedule: {} duplicate, {} drop, {} forgery, {} crash, {} eject, {} refund request, {} clock jump, {} host lie",
-        b.duplicates, b.drops, b.tampers, b.crashes, b.ejects, b.refunds, b.ticks, b.lies
+        "exploring {name}: faults per schedule: {} duplicate, {} drop, {} forgery, {} crash, {} eject, {} refund request, {} clock jump, {} host lie, {} leader loss",
+        b.duplicates, b.drops, b.tampers, b.crashes, b.ejects, b.refunds, b.ticks, b.lies, b.failovers
     );
     let report = explore(&world, args.max_states);
     let violations = u32::from(report.violation.is_some());

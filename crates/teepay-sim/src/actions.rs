@@ -6,7 +6,7 @@ use crate::contract::ContractError;
 use crate::world::{Action, Envelope, Target, Violation, World};
 use teepay_coordinator::{Coordinator, HubError};
 use teepay_enclave::{EnclaveError, NodeEnclave, Request, Response};
-use teepay_types::{InstanceKind, NodeItem};
+use teepay_types::{InstanceKind, NodeItem, SimPlatform, keccak256};
 
 impl World {
     /// Every action the budget and the current state allow, in a deterministic order.
@@ -49,6 +49,9 @@ impl World {
                     }
                 }
             }
+        }
+        if b.failovers > 0 && !self.standbys.is_empty() {
+            actions.push(Action::Failover);
         }
         if b.ticks > 0 {
             actions.push(Action::Tick);
@@ -121,6 +124,10 @@ impl World {
             Action::FalseOutcome { instance, outcome } => {
                 self.budget.lies -= 1;
                 self.false_outcome(*instance, *outcome)
+            }
+            Action::Failover => {
+                self.budget.failovers -= 1;
+                self.failover()
             }
         }
     }
@@ -282,10 +289,33 @@ impl World {
                     return Err(Violation("hub lost state across a crash (not sealed before send)".into()));
                 }
                 restored.set_seal_limits(self.hub.coordinator.seal_limits());
+                // A host setting, like the seal limits: a group's leader keeps replicating.
+                restored.set_replicating(!self.standbys.is_empty());
                 self.hub.coordinator = restored;
                 self.network.retain(|e| !matches!(e, Envelope::ToHub(_) | Envelope::RefundRequest(_)));
             }
         }
+        Ok(())
+    }
+
+    /// The hub's leader is lost. The first standby takes office on a fork of its state, which
+    /// must be exactly the leader's: every flush was applied to it before anything of that
+    /// flush was sent. Messages in flight to the lost leader are lost; the new leader
+    /// re-sends its current rounds on its clock, and a new standby joins.
+    fn failover(&mut self) -> Result<(), Violation> {
+        let standby = self.standbys.remove(0);
+        if standby.inspect() != self.hub.coordinator.inspect() {
+            return Err(Violation("a standby replica misses state the leader released".into()));
+        }
+        let platform = SimPlatform::new(keccak256(&self.hub.coordinator.platform().sealing_key));
+        let (mut leader, seal) =
+            standby.fork(platform).map_err(|e| Violation(format!("a standby cannot take office: {e}")))?;
+        leader.set_seal_limits(self.hub.coordinator.seal_limits());
+        self.hub.coordinator = leader;
+        self.hub.sealed = teepay_types::SealedLog::from_blobs([seal]).expect("one snapshot");
+        self.network.retain(|e| !matches!(e, Envelope::ToHub(_) | Envelope::RefundRequest(_)));
+        let joined = self.join_standby();
+        self.standbys.push(joined);
         Ok(())
     }
 

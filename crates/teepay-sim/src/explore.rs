@@ -89,7 +89,18 @@ impl World {
             h.write(&e);
         }
         let b = self.budget;
-        h.write(&[b.duplicates, b.drops, b.tampers, b.crashes, b.ejects, b.refunds, b.ticks, b.lies]);
+        h.write(&[
+            b.duplicates,
+            b.drops,
+            b.tampers,
+            b.crashes,
+            b.ejects,
+            b.refunds,
+            b.ticks,
+            b.lies,
+            b.failovers,
+        ]);
+        h.write_usize(self.standbys.len());
         for liar in &self.liars {
             h.write_usize(*liar);
         }
@@ -134,6 +145,7 @@ impl World {
             Action::Tick => "clock passes every deadline".into(),
             Action::HostLie { node, lie } => format!("{}'s host lies: {lie:?}", name(*node)),
             Action::ReplayOrder(id) => format!("hub host replays the orders of {id:?}"),
+            Action::Failover => "hub leader lost: a standby replica takes office".into(),
             Action::FalseOutcome { instance, outcome } => {
                 format!("hub host reports a false on-chain outcome {instance:?}={outcome:?}")
             }

@@ -77,14 +77,20 @@ pub fn by_name(name: &str) -> Option<World> {
     match name {
         "three-hop" => Some(three_hop()),
         "three-hop-hostile-hosts" => Some(three_hop_hostile_hosts()),
+        "three-hop-hub-group" => Some(three_hop_hub_group()),
         "swap-2chain-4party" => Some(swap_2chain_4party()),
         "three-hop-peer-acks" => Some(three_hop_with_peer_acks()),
         _ => None,
     }
 }
 
-pub const SCENARIOS: &[&str] =
-    &["three-hop", "swap-2chain-4party", "three-hop-peer-acks", "three-hop-hostile-hosts"];
+pub const SCENARIOS: &[&str] = &[
+    "three-hop",
+    "swap-2chain-4party",
+    "three-hop-peer-acks",
+    "three-hop-hostile-hosts",
+    "three-hop-hub-group",
+];
 
 /// Shortest path by hops over `chain`'s channels (the sim's stand-in for the router).
 pub fn bfs_path(w: &World, chain: ChainId, from: usize, to: usize) -> Option<Vec<usize>> {
@@ -140,6 +146,11 @@ pub fn random_network(seed: u64, nodes: usize, payments: usize, swaps: usize) ->
     if seed.is_multiple_of(2) {
         warm_up_sessions(&mut w, &ids);
     }
+    // Half the networks run a hub group (a leader and two standbys) whose leader may be
+    // lost mid-run (`Action::Failover`).
+    if seed % 4 < 2 {
+        w.add_standbys(2);
+    }
     for _ in 0..payments {
         let (src, dst) = distinct_pair(&mut rng, nodes);
         let path = bfs_path(&w, CHAIN_1, src, dst).expect("the ring connects everyone");
@@ -155,8 +166,31 @@ pub fn random_network(seed: u64, nodes: usize, payments: usize, swaps: usize) ->
         let (give, get) = (1 + u128::from(rng.below(40)), 1 + u128::from(rng.below(40)));
         w.swap(&[(CHAIN_1, there, give), (CHAIN_2, back, get)]).expect("hub accepts well-formed swaps");
     }
-    w.budget =
-        Budget { duplicates: 3, drops: 3, tampers: 2, crashes: 3, ejects: 2, refunds: 3, ticks: 2, lies: 3 };
+    w.budget = Budget {
+        duplicates: 3,
+        drops: 3,
+        tampers: 2,
+        crashes: 3,
+        ejects: 2,
+        refunds: 3,
+        ticks: 2,
+        lies: 3,
+        failovers: 2,
+    };
+    w
+}
+
+/// [`three_hop`] with a hub group: the leader and two standby replicas; one leader loss and
+/// nothing else per schedule (with a duplicate too it runs for long minutes).
+pub fn three_hop_hub_group() -> World {
+    let mut w = World::new(3);
+    let [p, i1, i2, r] = ["payer", "hop1", "hop2", "payee"].map(|n| w.add_node(n));
+    w.open_channel(CHAIN_1, p, i1, 100, 100, fee(0, 0), fee(1, 0));
+    w.open_channel(CHAIN_1, i1, i2, 100, 100, fee(1, 0), fee(1, 0));
+    w.open_channel(CHAIN_1, i2, r, 100, 100, fee(1, 0), fee(0, 0));
+    w.add_standbys(2);
+    w.pay(CHAIN_1, &[p, i1, i2, r], 10, 5).expect("valid payment");
+    w.budget = Budget { failovers: 1, ..Budget::default() };
     w
 }
 

@@ -90,6 +90,10 @@ pub enum Action {
     },
     /// The hub's host re-submits an instance's orders in a new instance: must be refused.
     ReplayOrder(InstanceId),
+    /// The hub's leader is lost (DESIGN §10): a standby replica, which applied every
+    /// committed flush, takes office on a fork of its state; messages in flight to the lost
+    /// leader are lost with it. Another replica joins so the group keeps its size.
+    Failover,
     /// The hub's host reports an on-chain outcome the contract never recorded (undetectable
     /// without a light client: the hub is then misinformed, and honest nodes must still end
     /// whole, `World::hub_lied`).
@@ -125,6 +129,8 @@ pub struct Budget {
     pub ticks: u8,
     /// Host lies (`Action::HostLie`, `Action::ReplayOrder`).
     pub lies: u8,
+    /// Hub leader losses (`Action::Failover`; only in a world with standby replicas).
+    pub failovers: u8,
 }
 
 /// A broken invariant or a protocol misbehaviour observed while applying an action.
@@ -157,8 +163,12 @@ pub struct World {
     /// The hub's host reported an invented chain outcome: the hub's own view of an instance
     /// is no longer judged, the honest nodes' still is.
     pub hub_lied: bool,
-    /// Replicated-log entries the hub produced, oldest first (only with replication on).
+    /// Replicated-log entries the hub produced, oldest first (only with replication on and
+    /// no standby replicas: tests that apply them by hand).
     pub replicated: Vec<Vec<u8>>,
+    /// Standby hub replicas (`World::with_standbys`): every flush's entry is applied to each
+    /// before its batches are sent — the commit that precedes release.
+    pub standbys: Vec<Coordinator<SimPlatform>>,
     /// The last authentic batches delivered (for `Lie::ReplayBatch`), most recent last.
     pub delivered: Vec<(usize, SignedHubBatch)>,
     entropy_counter: u64,
@@ -205,6 +215,7 @@ impl World {
             liars: std::collections::BTreeSet::new(),
             hub_lied: false,
             replicated: Vec::new(),
+            standbys: Vec::new(),
             delivered: Vec::new(),
             entropy_counter: counter,
             seed,
@@ -224,6 +235,29 @@ impl World {
         w.hub.coordinator.set_peer_acks(true);
         w.flush_hub();
         w
+    }
+
+    /// Makes the hub a group: itself (the leader) and `n` standby replicas, each provisioned
+    /// over attestation and starting from the leader's state (DESIGN §10).
+    pub fn add_standbys(&mut self, n: usize) {
+        self.flush_hub();
+        self.hub.coordinator.set_replicating(true);
+        for _ in 0..n {
+            let standby = self.join_standby();
+            self.standbys.push(standby);
+        }
+    }
+
+    /// A new replica provisioned by the leader: its enclave gets the identity for its quote
+    /// and the group's state at the leader's last flush.
+    pub(crate) fn join_standby(&mut self) -> Coordinator<SimPlatform> {
+        let snapshot = self.hub.coordinator.group_snapshot().expect("the hub flushes after every input");
+        let platform = SimPlatform::new(self.entropy());
+        let candidate = teepay_coordinator::Candidate::new(platform, HUB_MEASUREMENT, self.entropy())
+            .expect("keccak output is a valid key");
+        let quote = candidate.report(ChainId(0)).attest(&self.authority);
+        let gift = self.hub.coordinator.provision(&quote).expect("a quote of the hub measurement");
+        candidate.join(&gift, &snapshot).expect("its own gift and the group's snapshot").0
     }
 
     /// When every enclave in the world seals a snapshot rather than a delta.
@@ -427,8 +461,17 @@ impl World {
         if let Some(blob) = flush.sealed {
             self.hub.sealed.record(blob).expect("the enclave seals well-formed blobs");
         }
-        // With replication on (tests of the hub group), the entries for followers to apply.
-        self.replicated.extend(flush.replicated);
+        // A hub group commits the flush on its standbys before anything leaves; without
+        // standbys (tests of replication by hand) the entries are kept for the test.
+        if let Some(entry) = flush.replicated {
+            if self.standbys.is_empty() {
+                self.replicated.push(entry);
+            } else {
+                for standby in &mut self.standbys {
+                    standby.apply_entry(&entry).expect("a committed entry applies on every standby");
+                }
+            }
+        }
         for batch in flush.batches {
             let node = self.node_index(batch.batch.node).expect("hub only addresses known nodes");
             self.network.push(Envelope::ToNode { node, batch });

@@ -126,3 +126,14 @@ fn a_hub_host_that_invents_an_outcome_moves_no_honest_node_against_the_chain() {
         }
     }
 }
+
+/// A hub group whose leader may be lost at any point of the payment (and a message
+/// duplicated): a standby takes office on exactly the leader's state, and every invariant
+/// holds in every schedule explored.
+#[test]
+fn three_hop_with_a_hub_leader_lost_at_any_point() {
+    let w = teepay_sim::scenarios::three_hop_hub_group();
+    let report = explore(&w, Some(20_000));
+    assert!(report.violation.is_none(), "{:?}", report.violation);
+    assert!(report.states >= 1_000, "explored {} states", report.states);
+}

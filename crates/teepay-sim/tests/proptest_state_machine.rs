@@ -11,8 +11,17 @@ use teepay_sim::{Action, Budget};
 
 fn run(seed: u64, nodes: usize, payments: usize, swaps: usize, choices: &[(u8, u16)]) -> Result<(), String> {
     let mut w = random_network(seed, nodes, payments, swaps);
-    w.budget =
-        Budget { duplicates: 4, drops: 4, tampers: 3, crashes: 4, ejects: 3, refunds: 4, ticks: 3, lies: 3 };
+    w.budget = Budget {
+        duplicates: 4,
+        drops: 4,
+        tampers: 3,
+        crashes: 4,
+        ejects: 3,
+        refunds: 4,
+        ticks: 3,
+        lies: 3,
+        failovers: 2,
+    };
     let mut trace = Vec::new();
     for &(kind, index) in choices {
         let actions = w.enabled_actions();
