@@ -9,7 +9,7 @@
 
 use crate::api::HubApi;
 use crate::metrics::Metrics;
-use crate::replication::{HubApply, RaftGate};
+use crate::replication::{HubApply, RaftGate, ShadowSigner};
 use crate::runtime::{
     ControlSlot, HubRuntimeConfig, RuntimeError, executor_for, hub_config, io, open_store, serve_metrics,
     sync_loop,
@@ -134,13 +134,16 @@ pub async fn start(cfg: ReplicatedConfig) -> Result<RunningReplica, RuntimeError
         error: std::io::Error::other(e.to_string()),
     })?);
     let peers = cfg.replicas.iter().map(|r| (r.id, r.raft.to_string())).collect();
-    let raft =
-        Raft::new(cfg.me, config, TcpNetwork::with_addresses(peers), log, sm.clone()).await.map_err(|e| {
-            RuntimeError::Io { what: "starting raft".into(), error: std::io::Error::other(e.to_string()) }
-        })?;
+    let signer = Arc::new(ShadowSigner(sm.clone()));
+    let network = TcpNetwork::new(signer.clone()).with_addresses(peers);
+    let raft = Raft::new(cfg.me, config, network, log, sm.clone()).await.map_err(|e| RuntimeError::Io {
+        what: "starting raft".into(),
+        error: std::io::Error::other(e.to_string()),
+    })?;
     let listener =
         tokio::net::TcpListener::bind(me.raft).await.map_err(io(format!("replica port {}", me.raft)))?;
-    let mut tasks = vec![tokio::spawn(serve_with(listener, raft.clone(), Some(provisioner(sm.clone()))))];
+    let mut tasks =
+        vec![tokio::spawn(serve_with(listener, raft.clone(), signer, Some(provisioner(sm.clone()))))];
     if cfg.bootstrap {
         let members: BTreeMap<ReplicaId, BasicNode> =
             cfg.replicas.iter().map(|r| (r.id, BasicNode::new(r.raft.to_string()))).collect();

@@ -56,6 +56,24 @@ impl Apply for HubApply {
     }
 }
 
+/// Signs replica links with the hub identity, inside the shadow's enclave (every
+/// provisioned replica holds the identity; nothing else does).
+#[derive(Debug)]
+pub struct ShadowSigner(pub teepay_replica::state_machine::Replayed<HubApply>);
+
+impl teepay_replica::network::LinkSigner for ShadowSigner {
+    fn sign(
+        &self,
+        transcript: teepay_types::Hash32,
+        role: teepay_types::LinkRole,
+    ) -> teepay_types::Signature {
+        self.0.with_app(|a| a.shadow().sign_link(&transcript, role))
+    }
+    fn identity(&self) -> teepay_types::Address {
+        self.0.with_app(|a| a.shadow().address())
+    }
+}
+
 /// Commits the leader's flushes through the group's Raft log.
 #[derive(Clone)]
 pub struct RaftGate {
@@ -184,9 +202,10 @@ impl LocalGroup {
         let log = FileLogStore::open(&dir).map_err(local)?;
         let sm = Replayed::open(&dir, HubApply::new(shadow)).map_err(local)?;
         let config = std::sync::Arc::new(teepay_replica::config().validate().map_err(local)?);
-        let network = teepay_replica::network::TcpNetwork::default();
+        let signer = std::sync::Arc::new(ShadowSigner(sm.clone()));
+        let network = teepay_replica::network::TcpNetwork::new(signer.clone());
         let raft = teepay_replica::Raft::new(id, config, network, log, sm.clone()).await.map_err(local)?;
-        let server = tokio::spawn(teepay_replica::network::serve(listener, raft.clone()));
+        let server = tokio::spawn(teepay_replica::network::serve(listener, raft.clone(), signer));
         Ok(LocalReplica { raft, sm, server })
     }
 

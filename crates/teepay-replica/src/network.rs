@@ -1,6 +1,14 @@
-//! RPCs between replicas: one TCP connection per peer, each call a length-prefixed JSON
-//! frame answered by one frame. The length is checked against [`MAX_FRAME`] before anything
-//! is allocated; a malformed frame ends the connection.
+//! RPCs between replicas: one connection per peer, each call a JSON frame answered by one
+//! frame. A connection opens with one byte saying what it is for:
+//! - `R`, Raft: the teepay-link handshake, in which each side's *enclave* signs the transcript
+//!   with the hub identity ([`LinkSigner`]), so only provisioned replicas talk Raft with each
+//!   other, over ChaCha20-Poly1305 with sequence-number nonces (no stranger can inject a vote
+//!   or an entry, or read one);
+//! - `P`, provisioning: one plain request from a replica that has no identity yet (its quote),
+//!   answered with what only that enclave can open.
+//!
+//! Lengths are checked against a cap before anything is allocated; a malformed frame ends the
+//! connection.
 
 use crate::{Raft, ReplicaError, ReplicaId, TypeConfig};
 use openraft::BasicNode;
@@ -12,6 +20,7 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::time::Duration;
+use teepay_types::{Address, Hash32, LinkRole, Signature};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -19,8 +28,37 @@ use tokio::net::{TcpListener, TcpStream};
 /// snapshot chunk (1 MiB, [`crate::config`]), with room for JSON's hex encoding.
 pub const MAX_FRAME: usize = 16 << 20;
 
-/// How long a connection attempt to a peer may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a connection attempt to a peer, handshake included, may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1_000);
+
+const MODE_RAFT: u8 = b'R';
+const MODE_PROVISION: u8 = b'P';
+
+/// A replica's enclave as the replica links need it: it signs link transcripts with the hub
+/// identity, which every provisioned replica holds and nobody else does.
+pub trait LinkSigner: Send + Sync + 'static {
+    fn sign(&self, transcript: Hash32, role: LinkRole) -> Signature;
+    /// The hub identity: the only peer a replica link accepts.
+    fn identity(&self) -> Address;
+}
+
+type Signer = std::sync::Arc<dyn LinkSigner>;
+type RaftLink = teepay_link::Link<tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf>;
+
+/// The handshake of a replica link on `stream` (after its mode byte).
+async fn authenticate(stream: TcpStream, role: LinkRole, signer: &Signer) -> Result<RaftLink, ReplicaError> {
+    let (r, w) = stream.into_split();
+    let entropy =
+        teepay_link::os_entropy().map_err(|e| ReplicaError::Io { path: "OS entropy".into(), source: e })?;
+    let identity = signer.identity();
+    let sign = |transcript| std::future::ready(Ok(signer.sign(transcript, role)));
+    let handshake = teepay_link::handshake(r, w, role, entropy, &[], sign, |peer, _| peer == identity);
+    match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
+        Ok(Ok(link)) => Ok(link),
+        Ok(Err(e)) => Err(ReplicaError::Malformed(format!("replica link handshake: {e}"))),
+        Err(_) => Err(ReplicaError::Malformed("replica link handshake timed out".into())),
+    }
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Call {
@@ -72,12 +110,12 @@ async fn read_frame<T: DeserializeOwned>(stream: &mut TcpStream) -> Result<T, Re
 
 /// Serves this replica's Raft RPCs on `listener` until the future is dropped, which also
 /// ends every connection it accepted (they belong to this replica's Raft).
-pub async fn serve(listener: TcpListener, raft: Raft) {
-    serve_with(listener, raft, None).await
+pub async fn serve(listener: TcpListener, raft: Raft, signer: Signer) {
+    serve_with(listener, raft, signer, None).await
 }
 
 /// [`serve`], also answering provisioning requests with `provisioner`.
-pub async fn serve_with(listener: TcpListener, raft: Raft, provisioner: Option<Provisioner>) {
+pub async fn serve_with(listener: TcpListener, raft: Raft, signer: Signer, provisioner: Option<Provisioner>) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         // Reap finished connections so the set stays as large as the open ones.
@@ -92,42 +130,76 @@ pub async fn serve_with(listener: TcpListener, raft: Raft, provisioner: Option<P
             }
         };
         let _ = stream.set_nodelay(true);
-        connections.spawn(serve_connection(stream, raft.clone(), provisioner.clone()));
+        connections.spawn(serve_connection(stream, raft.clone(), signer.clone(), provisioner.clone()));
     }
 }
 
-async fn serve_connection(mut stream: TcpStream, raft: Raft, provisioner: Option<Provisioner>) {
-    loop {
-        let call: Call = match read_frame(&mut stream).await {
-            Ok(c) => c,
-            Err(_) => return, // closed, or malformed: either way this connection is done
-        };
-        let answer = match call {
-            Call::Append(rpc) => Answer::Append(raft.append_entries(rpc).await),
-            Call::Vote(rpc) => Answer::Vote(raft.vote(rpc).await),
-            Call::Snapshot(rpc) => Answer::Snapshot(raft.install_snapshot(rpc).await),
-            Call::Provision(quote) => Answer::Provision(match &provisioner {
+async fn serve_connection(
+    mut stream: TcpStream,
+    raft: Raft,
+    signer: Signer,
+    provisioner: Option<Provisioner>,
+) {
+    let mut mode = [0u8; 1];
+    let read_mode = tokio::time::timeout(CONNECT_TIMEOUT, stream.read_exact(&mut mode)).await;
+    if !matches!(read_mode, Ok(Ok(_))) {
+        return;
+    }
+    match mode[0] {
+        MODE_PROVISION => {
+            let Ok(Call::Provision(quote)) = read_frame::<Call>(&mut stream).await else { return };
+            let answer = Answer::Provision(match &provisioner {
                 Some(p) => p(&quote).map(Hex),
                 None => Err("this replica does not provision".into()),
-            }),
-        };
-        if write_frame(&mut stream, &answer).await.is_err() {
-            return;
+            });
+            let _ = write_frame(&mut stream, &answer).await;
         }
+        MODE_RAFT => {
+            let Ok(mut link) = authenticate(stream, LinkRole::Responder, &signer).await else { return };
+            loop {
+                let Ok(bytes) = link.reader.recv().await else { return };
+                let Ok(call) = serde_json::from_slice::<Call>(&bytes) else { return };
+                let answer = match call {
+                    Call::Append(rpc) => Answer::Append(raft.append_entries(rpc).await),
+                    Call::Vote(rpc) => Answer::Vote(raft.vote(rpc).await),
+                    Call::Snapshot(rpc) => Answer::Snapshot(raft.install_snapshot(rpc).await),
+                    Call::Provision(_) => return, // provisioning has a mode of its own
+                };
+                let Ok(bytes) = serde_json::to_vec(&answer) else { return };
+                if link.writer.send(&bytes).await.is_err() {
+                    return;
+                }
+            }
+        }
+        _ => {}
     }
 }
 
 /// Opens connections to peers: at the address this replica's own configuration gives for
 /// them, else at the one in the group's membership (`BasicNode`, as the bootstrap replica
 /// configured it).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone)]
 pub struct TcpNetwork {
     addrs: std::collections::BTreeMap<ReplicaId, String>,
+    signer: Signer,
+}
+
+impl std::fmt::Debug for TcpNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpNetwork").field("addrs", &self.addrs).finish_non_exhaustive()
+    }
 }
 
 impl TcpNetwork {
-    pub fn with_addresses(addrs: std::collections::BTreeMap<ReplicaId, String>) -> Self {
-        Self { addrs }
+    /// Peers at the membership's addresses, links authenticated by `signer`'s enclave.
+    pub fn new(signer: Signer) -> Self {
+        Self { addrs: Default::default(), signer }
+    }
+
+    /// Peers at these addresses where given (this replica's own configuration).
+    pub fn with_addresses(mut self, addrs: std::collections::BTreeMap<ReplicaId, String>) -> Self {
+        self.addrs = addrs;
+        self
     }
 }
 
@@ -136,46 +208,61 @@ impl RaftNetworkFactory<TypeConfig> for TcpNetwork {
 
     async fn new_client(&mut self, target: ReplicaId, node: &BasicNode) -> Self::Network {
         let addr = self.addrs.get(&target).cloned().unwrap_or_else(|| node.addr.clone());
-        PeerConnection { target, addr, stream: None }
+        PeerConnection { target, addr, signer: self.signer.clone(), link: None }
     }
 }
 
-/// The connection to one peer, re-established on the next call after any failure.
-#[derive(Debug)]
+/// The connection to one peer, re-established (and re-authenticated) on the next call after
+/// any failure.
 pub struct PeerConnection {
     target: ReplicaId,
     addr: String,
-    stream: Option<TcpStream>,
+    signer: Signer,
+    link: Option<RaftLink>,
+}
+
+impl std::fmt::Debug for PeerConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerConnection").field("target", &self.target).field("addr", &self.addr).finish()
+    }
 }
 
 type Failure<E> = RPCError<ReplicaId, BasicNode, RaftError<ReplicaId, E>>;
 
 impl PeerConnection {
     async fn call<E: std::error::Error>(&mut self, call: &Call, ttl: Duration) -> Result<Answer, Failure<E>> {
-        if self.stream.is_none() {
+        if self.link.is_none() {
             let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr)).await;
-            let stream = match connect {
+            let mut stream = match connect {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => return Err(RPCError::Unreachable(Unreachable::new(&e))),
                 Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&e))),
             };
             let _ = stream.set_nodelay(true);
-            self.stream = Some(stream);
+            if let Err(e) = stream.write_all(&[MODE_RAFT]).await {
+                return Err(RPCError::Unreachable(Unreachable::new(&e)));
+            }
+            match authenticate(stream, LinkRole::Initiator, &self.signer).await {
+                Ok(link) => self.link = Some(link),
+                Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&e))),
+            }
         }
-        let stream = self.stream.as_mut().expect("connected above");
+        let link = self.link.as_mut().expect("connected above");
         let exchange = async {
-            write_frame(stream, call).await?;
-            read_frame::<Answer>(stream).await
+            let bytes = serde_json::to_vec(call).map_err(|e| ReplicaError::Malformed(e.to_string()))?;
+            link.writer.send(&bytes).await.map_err(|e| ReplicaError::Malformed(e.to_string()))?;
+            let answer = link.reader.recv().await.map_err(|e| ReplicaError::Malformed(e.to_string()))?;
+            serde_json::from_slice::<Answer>(&answer).map_err(|e| ReplicaError::Malformed(e.to_string()))
         };
         match tokio::time::timeout(ttl, exchange).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => {
-                self.stream = None;
+                self.link = None;
                 Err(RPCError::Network(NetworkError::new(&e)))
             }
             Err(e) => {
                 // A late answer would be read as the next call's: the connection goes.
-                self.stream = None;
+                self.link = None;
                 Err(RPCError::Network(NetworkError::new(&e)))
             }
         }
@@ -236,6 +323,7 @@ pub async fn request_provision(addr: &str, quote: &[u8]) -> Result<Result<Vec<u8
         .await
         .map_err(|_| io(std::io::ErrorKind::TimedOut.into()))?
         .map_err(io)?;
+    stream.write_all(&[MODE_PROVISION]).await.map_err(io)?;
     write_frame(&mut stream, &Call::Provision(quote.to_vec())).await?;
     match read_frame::<Answer>(&mut stream).await? {
         Answer::Provision(r) => Ok(r.map(|h| h.0)),

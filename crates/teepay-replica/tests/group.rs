@@ -6,10 +6,27 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use teepay_replica::log_store::FileLogStore;
-use teepay_replica::network::{TcpNetwork, serve};
+use teepay_replica::network::{LinkSigner, TcpNetwork, serve};
 use teepay_replica::openraft::BasicNode;
 use teepay_replica::state_machine::Replayed;
 use teepay_replica::{Apply, Delta, Raft, ReplicaId};
+use teepay_types::{Address, Hash32, LinkRole, Signature, SigningKey, link_digest};
+
+/// Signs replica links with a key: the hub identity every replica of a group holds.
+struct KeySigner(SigningKey);
+
+impl LinkSigner for KeySigner {
+    fn sign(&self, transcript: Hash32, role: LinkRole) -> Signature {
+        self.0.sign_digest(&link_digest(&transcript, role))
+    }
+    fn identity(&self) -> Address {
+        self.0.address()
+    }
+}
+
+fn group_key() -> std::sync::Arc<KeySigner> {
+    std::sync::Arc::new(KeySigner(SigningKey::from_entropy([0x51; 32]).unwrap()))
+}
 
 /// Records what it is given: the application side of a replica in these tests.
 #[derive(Debug, Default)]
@@ -43,8 +60,8 @@ impl Replica {
         let log = FileLogStore::open(dir).unwrap();
         let sm = Replayed::open(dir, Recorder::default()).unwrap();
         let config = std::sync::Arc::new(teepay_replica::config().validate().unwrap());
-        let raft = Raft::new(id, config, TcpNetwork::default(), log, sm.clone()).await.unwrap();
-        let server = tokio::spawn(serve(listener, raft.clone()));
+        let raft = Raft::new(id, config, TcpNetwork::new(group_key()), log, sm.clone()).await.unwrap();
+        let server = tokio::spawn(serve(listener, raft.clone(), group_key()));
         Replica { raft, sm, server }
     }
 
@@ -227,5 +244,27 @@ async fn nothing_commits_without_a_majority_and_the_write_completes_once_one_ret
             panic!("the pending write neither completed nor failed: {other:?}")
         }
     }
+    group.stop().await;
+}
+
+/// A peer without the group's identity key cannot open a Raft link: its handshake is refused,
+/// so it can neither vote nor append (nor read an entry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_cannot_talk_raft_with_a_replica() {
+    use teepay_replica::openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+    use teepay_replica::openraft::raft::VoteRequest;
+    use teepay_replica::openraft::{LeaderId, Vote};
+    let group = Group::start("stranger").await;
+    let (leader, _) = group.leader().await;
+    let addr = group.addrs[(leader - 1) as usize].clone();
+    let stranger = std::sync::Arc::new(KeySigner(SigningKey::from_entropy([0x66; 32]).unwrap()));
+    let mut net = TcpNetwork::new(stranger);
+    let mut conn = net.new_client(leader, &BasicNode::new(&addr)).await;
+    let vote =
+        VoteRequest { vote: Vote { leader_id: LeaderId::new(99, 9), committed: false }, last_log_id: None };
+    let refused = conn.vote(vote, RPCOption::new(Duration::from_secs(2))).await;
+    assert!(refused.is_err(), "a stranger's vote request was answered: {refused:?}");
+    let term = group.replicas[&leader].raft.metrics().borrow().current_term;
+    assert!(term < 99, "the stranger's term reached the replica");
     group.stop().await;
 }
