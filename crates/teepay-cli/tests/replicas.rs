@@ -376,9 +376,16 @@ fn a_hub_group_survives_kill_9_of_its_leader_with_payments_in_flight() {
     let mut net = Net::start("kill");
     let first = net.pay(true).expect("a payment through the group's leader");
     assert_eq!(first["status"], "succeeded", "{first}");
+    // A follower's client API says where the leader's is.
+    let (leader, _) = net.group.leader_api().unwrap();
+    let follower = (0..3).find(|i| *i != leader).unwrap();
+    let redirect =
+        cli(&["network", "--hub", &format!("http://127.0.0.1:{}", net.group.replicas[follower].api)])
+            .expect_err("a follower does not serve the map");
+    let leader_api = format!("http://127.0.0.1:{}", net.group.replicas[leader].api);
+    assert!(redirect.contains(&leader_api), "{redirect}");
 
     // kill -9 of the leader with payments in flight.
-    let (leader, _) = net.group.leader_api().unwrap();
     let started: Vec<String> = (0..5)
         .filter_map(|_| net.pay(false).ok())
         .map(|v| v["instance"].as_str().unwrap().to_string())

@@ -20,10 +20,24 @@ pub const BOARD_PER_PARTY: usize = 16;
 /// Latest expiry an intent may have, from now (ms): the hub enclave's limit for any order.
 pub const BOARD_MAX_TTL_MS: u64 = teepay_coordinator::MAX_ORDER_LIFETIME;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HubApi {
-    control: HubControl,
+    control: Source,
     board: Arc<Mutex<Board>>,
+}
+
+impl std::fmt::Debug for HubApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubApi").finish_non_exhaustive()
+    }
+}
+
+/// Where the API finds the executor: a single hub's, or whichever a replica has while it
+/// leads (a follower answers with where the leader's API is).
+#[derive(Clone)]
+enum Source {
+    Fixed(HubControl),
+    Replica { slot: crate::runtime::ControlSlot, leader_api: Arc<dyn Fn() -> Option<String> + Send + Sync> },
 }
 
 #[derive(Debug, Default)]
@@ -40,7 +54,29 @@ impl Board {
 
 impl HubApi {
     pub fn new(control: HubControl) -> Self {
-        HubApi { control, board: Arc::default() }
+        HubApi { control: Source::Fixed(control), board: Arc::default() }
+    }
+
+    /// A hub group replica's API: served on every replica, answered while it leads, and
+    /// otherwise refused with where the leader's API is (`leader_api`).
+    pub fn for_replica(
+        slot: crate::runtime::ControlSlot,
+        leader_api: Arc<dyn Fn() -> Option<String> + Send + Sync>,
+    ) -> Self {
+        HubApi { control: Source::Replica { slot, leader_api }, board: Arc::default() }
+    }
+
+    fn control(&self) -> Result<HubControl, Status> {
+        match &self.control {
+            Source::Fixed(c) => Ok(c.clone()),
+            Source::Replica { slot, leader_api } => slot.get().ok_or_else(|| {
+                Status::unavailable(match leader_api() {
+                    Some(addr) => format!("this hub replica follows; the leader's API is at {addr}"),
+                    None => "this hub replica follows and no leader is known yet (an election is under way?)"
+                        .into(),
+                })
+            }),
+        }
     }
 
     pub async fn serve(self, addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
@@ -65,7 +101,7 @@ impl HubApi {
 impl Hub for HubApi {
     async fn network(&self, _: Request<pb::NetworkRequest>) -> Result<Response<pb::NetworkMap>, Status> {
         let mut channels = Vec::new();
-        for (chain, list) in self.control.network().await {
+        for (chain, list) in self.control()?.network().await {
             for c in list {
                 channels.push(pb::MapChannel {
                     chain: chain.0,
@@ -86,7 +122,7 @@ impl Hub for HubApi {
 
     async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::InstanceStatus>, Status> {
         let id = parse_instance("instance", &req.into_inner().instance)?;
-        let (status, reason) = match self.control.status(id).await {
+        let (status, reason) = match self.control()?.status(id).await {
             None => ("unknown", String::new()),
             Some(ExecStatus::InFlight) => ("in_flight", String::new()),
             Some(ExecStatus::Succeeded) => ("succeeded", String::new()),
@@ -109,7 +145,7 @@ impl Hub for HubApi {
         }
         // `parse_intent` checked the size, the caps and the signature; only an enclave this hub
         // admitted may post: the board is not a free store for any key.
-        if !self.control.is_admitted(intent.party).await {
+        if !self.control()?.is_admitted(intent.party).await {
             return Err(Status::permission_denied(
                 "encoded: its party is not an enclave admitted by this hub",
             ));
@@ -138,6 +174,8 @@ impl Hub for HubApi {
         &self,
         _: Request<pb::ListIntentsRequest>,
     ) -> Result<Response<pb::IntentList>, Status> {
+        // A follower's board is not the leader's: it redirects like every other call.
+        self.control()?;
         let mut board = self.board.lock().expect("board lock");
         board.prune(now_ms());
         let entries =

@@ -1,11 +1,12 @@
 //! One replica of a hub group (issue 15): `teepay hub` with `[[replicas]]`.
 //!
 //! Every replica follows the chains into its own channel DB and keeps its shadow coordinator
-//! on the group's committed log (`replication.rs`). The one that leads also runs the
-//! executor: a fork of its shadow, the node link and the client API, with every flush
-//! committed through Raft before it is released. When it stops leading — another replica was
-//! elected, a flush could not be committed, or it has not heard from a majority for a while
-//! (cut off) — it stops all three, so nodes reconnect to whoever leads now.
+//! on the group's committed log (`replication.rs`), and serves the client API (a follower
+//! answers with where the leader's is). The one that leads also runs the executor, on a fork
+//! of its shadow, and the node link; every flush is committed through Raft before it is
+//! released. When it stops leading — another replica was elected, a flush could not be
+//! committed, or it has not heard from a majority for a while (cut off) — it stops both, so
+//! nodes reconnect to whoever leads now.
 
 use crate::api::HubApi;
 use crate::metrics::Metrics;
@@ -171,6 +172,21 @@ pub async fn start(cfg: ReplicatedConfig) -> Result<RunningReplica, RuntimeError
         tasks.push(task);
     }
     let id = me.id;
+    // The client API on every replica: the leader answers, a follower says where it is.
+    if let Some(addr) = me.api {
+        let raft_for_hint = raft.clone();
+        let apis: BTreeMap<ReplicaId, SocketAddr> =
+            cfg.replicas.iter().filter_map(|r| r.api.map(|a| (r.id, a))).collect();
+        let leader_api = Arc::new(move || {
+            let leader = raft_for_hint.metrics().borrow().current_leader?;
+            apis.get(&leader).map(|a| format!("http://{a}"))
+        });
+        let (_, task) = HubApi::for_replica(slot.clone(), leader_api)
+            .serve(addr)
+            .await
+            .map_err(io(format!("gRPC API on {addr}")))?;
+        tasks.push(task);
+    }
     let role = Role {
         cfg,
         me,
@@ -366,19 +382,6 @@ impl Role {
         if let Ok(net) = crate::load_network(&self.store).await {
             handle.control().reload_network(net);
         }
-        let api = match self.me.api {
-            Some(addr) => {
-                let served = HubApi::new(handle.control()).serve(addr).await;
-                match served {
-                    Ok((_, task)) => Some(task),
-                    Err(e) => {
-                        tracing::error!(%addr, error = %e, "client API not served");
-                        None
-                    }
-                }
-            }
-            None => None,
-        };
-        Ok(Some((handle, api)))
+        Ok(Some((handle, None)))
     }
 }
