@@ -109,6 +109,7 @@ impl crate::service::ReleaseGate for RaftGate {
 pub struct LocalGroup {
     dirs: Vec<std::path::PathBuf>,
     addrs: Vec<String>,
+    raft_config: std::sync::Arc<teepay_replica::openraft::Config>,
     pub replicas: std::collections::BTreeMap<teepay_replica::ReplicaId, LocalReplica>,
 }
 
@@ -148,6 +149,18 @@ impl LocalGroup {
         config: teepay_coordinator::HubConfig,
         authority: &teepay_types::SigningKey,
     ) -> Result<Self, LocalGroupError> {
+        Self::start_with(dir, n, config, authority, teepay_replica::config()).await
+    }
+
+    /// [`LocalGroup::start`] with these Raft settings (tests: a small snapshot interval).
+    pub async fn start_with(
+        dir: &std::path::Path,
+        n: usize,
+        config: teepay_coordinator::HubConfig,
+        authority: &teepay_types::SigningKey,
+        raft_config: teepay_replica::openraft::Config,
+    ) -> Result<Self, LocalGroupError> {
+        let raft_config = std::sync::Arc::new(raft_config.validate().map_err(local)?);
         use teepay_coordinator::Candidate;
         let dirs: Vec<std::path::PathBuf> = (1..=n).map(|i| dir.join(format!("r{i}"))).collect();
         let measurement = config.measurement;
@@ -172,7 +185,7 @@ impl LocalGroup {
             addrs.push(l.local_addr().map_err(local)?.to_string());
             listeners.push(l);
         }
-        let mut group = LocalGroup { dirs, addrs, replicas: Default::default() };
+        let mut group = LocalGroup { dirs, addrs, raft_config, replicas: Default::default() };
         for (i, (shadow, listener)) in shadows.into_iter().zip(listeners).enumerate() {
             let id = i as teepay_replica::ReplicaId + 1;
             let replica = group.start_replica(id, shadow, listener).await?;
@@ -201,7 +214,7 @@ impl LocalGroup {
         let dir = self.dirs[(id - 1) as usize].join("raft");
         let log = FileLogStore::open(&dir).map_err(local)?;
         let sm = Replayed::open(&dir, HubApply::new(shadow)).map_err(local)?;
-        let config = std::sync::Arc::new(teepay_replica::config().validate().map_err(local)?);
+        let config = self.raft_config.clone();
         let signer = std::sync::Arc::new(ShadowSigner(sm.clone()));
         let network = teepay_replica::network::TcpNetwork::new(signer.clone());
         let raft = teepay_replica::Raft::new(id, config, network, log, sm.clone()).await.map_err(local)?;

@@ -83,3 +83,41 @@ async fn the_group_follows_its_leader_and_survives_losing_it() {
     group.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A replica that was down while the group snapshotted and purged its log catches up from
+/// the leader's snapshot (the group's state under the group key, installed by its enclave)
+/// and then follows entry by entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_a_purged_log_catches_up_from_a_snapshot() {
+    let dir = std::env::temp_dir().join(format!("teepay-hub-group-snap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let raft = teepay_replica::openraft::Config {
+        snapshot_policy: teepay_replica::openraft::SnapshotPolicy::LogsSinceLast(5),
+        max_in_snapshot_log_to_keep: 0,
+        purge_batch_size: 1,
+        ..teepay_replica::config()
+    };
+    let mut group = LocalGroup::start_with(&dir, 3, config(), &authority(), raft).await.unwrap();
+    let leader = group.leader().await.unwrap();
+    let (mut live, _) = group.take_office(leader).await.unwrap();
+    let behind = (1..=3).find(|id| *id != leader).unwrap();
+    group.stop(behind).await;
+    for seed in 1..=30 {
+        admit_and_commit(&group.replicas[&leader].raft, &mut live, seed).await;
+    }
+    let start = Instant::now();
+    while group.replicas[&leader].raft.metrics().borrow().purged.is_none() {
+        assert!(start.elapsed() < Duration::from_secs(10), "the leader never purged its log");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    group.restart(behind).await.unwrap();
+    converged(&group, &live).await;
+    let installed = group.replicas[&behind].raft.metrics().borrow().snapshot;
+    assert!(installed.is_some(), "the lagging replica caught up through a snapshot");
+    for seed in 31..=33 {
+        admit_and_commit(&group.replicas[&leader].raft, &mut live, seed).await;
+    }
+    converged(&group, &live).await;
+    group.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
