@@ -128,7 +128,10 @@ pub async fn start(cfg: ReplicatedConfig) -> Result<RunningReplica, RuntimeError
     tracing::info!(replica = cfg.me, %enclave, seq = shadow.replica_chain().seq, "hub replica enclave ready");
 
     let raft_dir = state.join("raft");
-    let log = FileLogStore::open(&raft_dir).map_err(|e| replica_io("raft log", e))?;
+    let votes =
+        crate::replication::SealedVotes::open(&state.join("raft-vote")).map_err(io("raft vote platform"))?;
+    let log =
+        FileLogStore::open_with(&raft_dir, Some(Arc::new(votes))).map_err(|e| replica_io("raft log", e))?;
     let sm = Replayed::open(&raft_dir, HubApply::new(shadow)).map_err(|e| replica_io("raft state", e))?;
     let config = Arc::new(teepay_replica::config().validate().map_err(|e| RuntimeError::Io {
         what: "raft config".into(),

@@ -212,7 +212,8 @@ impl LocalGroup {
         use teepay_replica::log_store::FileLogStore;
         use teepay_replica::state_machine::Replayed;
         let dir = self.dirs[(id - 1) as usize].join("raft");
-        let log = FileLogStore::open(&dir).map_err(local)?;
+        let votes = SealedVotes::open(&self.dirs[(id - 1) as usize].join("raft-vote")).map_err(local)?;
+        let log = FileLogStore::open_with(&dir, Some(std::sync::Arc::new(votes))).map_err(local)?;
         let sm = Replayed::open(&dir, HubApply::new(shadow)).map_err(local)?;
         let config = self.raft_config.clone();
         let signer = std::sync::Arc::new(ShadowSigner(sm.clone()));
@@ -283,5 +284,36 @@ impl LocalGroup {
         for id in ids {
             self.stop(id).await;
         }
+    }
+}
+
+/// The replica's Raft vote sealed on a platform of its own (`<state>/raft-vote`): bound to
+/// the platform's monotonic counter like the enclave's state, so a restored older vote file
+/// is refused as stale instead of letting the replica vote twice in one term.
+#[derive(Debug)]
+pub struct SealedVotes {
+    platform: std::sync::Mutex<FilePlatform>,
+}
+
+const VOTE_DOMAIN: &[u8] = b"teepay/raft-vote/v1";
+
+impl SealedVotes {
+    pub fn open(dir: &std::path::Path) -> std::io::Result<Self> {
+        Ok(Self { platform: std::sync::Mutex::new(FilePlatform::open(dir)?) })
+    }
+}
+
+impl teepay_replica::log_store::VoteStore for SealedVotes {
+    fn save(&self, vote: &[u8]) -> Result<(), String> {
+        let mut platform = self.platform.lock().unwrap_or_else(|p| p.into_inner());
+        // The platform writes the blob together with its counter (FilePlatform::record_sealed).
+        teepay_types::seal(&mut *platform, VOTE_DOMAIN, vote);
+        Ok(())
+    }
+
+    fn load(&self) -> Result<Option<Vec<u8>>, String> {
+        let platform = self.platform.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(blob) = platform.sealed_at_open().blobs().last() else { return Ok(None) };
+        teepay_types::unseal(&*platform, VOTE_DOMAIN, blob).map(Some).map_err(|e| format!("sealed vote: {e}"))
     }
 }

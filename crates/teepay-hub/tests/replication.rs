@@ -121,3 +121,30 @@ async fn a_replica_behind_a_purged_log_catches_up_from_a_snapshot() {
     group.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A replica's Raft vote survives a restart sealed on its own platform, and a vote file
+/// altered by its host is refused rather than believed.
+#[test]
+fn the_raft_vote_is_sealed_and_a_tampered_one_is_refused() {
+    use teepay_hub::replication::SealedVotes;
+    use teepay_replica::log_store::VoteStore;
+    let dir = std::env::temp_dir().join(format!("teepay-vote-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let votes = SealedVotes::open(&dir).unwrap();
+    assert_eq!(votes.load().unwrap(), None);
+    votes.save(b"term 3, voted for 2").unwrap();
+    votes.save(b"term 4, voted for 1").unwrap();
+    drop(votes);
+    assert_eq!(
+        SealedVotes::open(&dir).unwrap().load().unwrap().as_deref(),
+        Some(&b"term 4, voted for 1"[..])
+    );
+    let seals = dir.join("platform.seals");
+    let mut bytes = std::fs::read(&seals).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last - 20] ^= 1;
+    std::fs::write(&seals, bytes).unwrap();
+    let reopened = SealedVotes::open(&dir);
+    assert!(reopened.is_err() || reopened.unwrap().load().is_err(), "an altered vote was believed");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -37,7 +37,14 @@ enum Record {
     Purge(Id),
 }
 
-#[derive(Debug)]
+/// Where a replica keeps its Raft vote when a plain file is not enough: a vote forgotten or
+/// rolled back lets a replica vote twice in one term. The hub keeps it sealed under its
+/// enclave platform's monotonic counter, so a restored older vote is refused as stale.
+pub trait VoteStore: Send + Sync + 'static {
+    fn save(&self, vote: &[u8]) -> Result<(), String>;
+    fn load(&self) -> Result<Option<Vec<u8>>, String>;
+}
+
 struct Inner {
     dir: PathBuf,
     log: File,
@@ -46,6 +53,16 @@ struct Inner {
     entries: BTreeMap<u64, Entry<TypeConfig>>,
     last_purged: Option<Id>,
     vote: Option<Vote<crate::ReplicaId>>,
+    votes: Option<Arc<dyn VoteStore>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("dir", &self.dir)
+            .field("records", &self.records)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A replica's durable Raft log (cheap to clone: readers share it).
@@ -63,8 +80,13 @@ fn write_err(e: &ReplicaError) -> StorageError<crate::ReplicaId> {
 }
 
 impl FileLogStore {
-    /// Opens (or creates) the log in `dir`, replaying its records.
+    /// Opens (or creates) the log in `dir`, replaying its records; the vote in a plain file.
     pub fn open(dir: &Path) -> Result<Self, ReplicaError> {
+        Self::open_with(dir, None)
+    }
+
+    /// [`FileLogStore::open`] with the vote kept in `votes` (rollback-protected) instead.
+    pub fn open_with(dir: &Path, votes: Option<Arc<dyn VoteStore>>) -> Result<Self, ReplicaError> {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         let path = dir.join("raft-log.jsonl");
         let mut entries = BTreeMap::new();
@@ -96,15 +118,22 @@ impl FileLogStore {
         let log = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| io(&path, e))?;
         log.set_len(good_len).map_err(|e| io(&path, e))?;
         let vote_path = dir.join("raft-vote.json");
-        let vote = match std::fs::read(&vote_path) {
-            Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| ReplicaError::Corrupt {
+        let stored = match &votes {
+            Some(v) => v.load().map_err(|what| ReplicaError::Corrupt { path: "sealed vote".into(), what })?,
+            None => match std::fs::read(&vote_path) {
+                Ok(bytes) => Some(bytes),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(io(&vote_path, e)),
+            },
+        };
+        let vote = match stored {
+            Some(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| ReplicaError::Corrupt {
                 path: vote_path.display().to_string(),
                 what: e.to_string(),
             })?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(io(&vote_path, e)),
+            None => None,
         };
-        let inner = Inner { dir: dir.to_path_buf(), log, records, entries, last_purged, vote };
+        let inner = Inner { dir: dir.to_path_buf(), log, records, entries, last_purged, vote, votes };
         Ok(Self { inner: Arc::new(Mutex::new(inner)) })
     }
 
@@ -219,8 +248,13 @@ impl RaftLogStorage<TypeConfig> for FileLogStore {
     ) -> Result<(), StorageError<crate::ReplicaId>> {
         let mut inner = self.lock();
         let bytes = serde_json::to_vec(vote).map_err(|e| StorageIOError::write_vote(&e))?;
-        let (tmp, path) = (inner.dir.join("raft-vote.json.tmp"), inner.dir.join("raft-vote.json"));
-        write_durably(&tmp, &path, &bytes).map_err(|e| StorageIOError::write_vote(&e))?;
+        match &inner.votes {
+            Some(v) => v.save(&bytes).map_err(|e| StorageIOError::write_vote(&ReplicaError::Malformed(e)))?,
+            None => {
+                let (tmp, path) = (inner.dir.join("raft-vote.json.tmp"), inner.dir.join("raft-vote.json"));
+                write_durably(&tmp, &path, &bytes).map_err(|e| StorageIOError::write_vote(&e))?;
+            }
+        }
         inner.vote = Some(*vote);
         Ok(())
     }
