@@ -83,6 +83,20 @@ const LATENCY_BOUNDS: &[f64] =
 pub const BATCH_BOUNDS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
 
 impl Metrics {
+    /// Waits until the chain sync of `chain` has applied `block`.
+    pub async fn synced(&self, chain: teepay_types::ChainId, block: u64) {
+        loop {
+            let done = self
+                .sync
+                .iter()
+                .any(|(c, next, _)| *c == chain.0 && next.load(std::sync::atomic::Ordering::Relaxed) > block);
+            if done {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     pub fn new(chains: &[u64]) -> Self {
         Metrics {
             started: AtomicU64::new(0),

@@ -95,16 +95,7 @@ impl RunningReplica {
 
     /// Waits until this replica's chain sync has applied `block` on chain `chain`.
     pub async fn synced(&self, chain: ChainId, block: u64) {
-        loop {
-            let done =
-                self.metrics.sync.iter().any(|(c, next, _)| {
-                    *c == chain.0 && next.load(std::sync::atomic::Ordering::Relaxed) > block
-                });
-            if done {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        self.metrics.synced(chain, block).await
     }
 
     pub async fn stop(self) {

@@ -32,11 +32,17 @@ pub fn three_hop_with_peer_acks() -> World {
 }
 
 /// [`three_hop`]'s nodes, channels and payment in `w` (a world configured beforehand).
-pub fn three_hop_in(mut w: World) -> World {
+pub fn three_hop_in(w: World) -> World {
+    three_hop_with(w, |_| {})
+}
+
+/// [`three_hop_in`], with `before_payment` run once the channels are open.
+fn three_hop_with(mut w: World, before_payment: impl FnOnce(&mut World)) -> World {
     let [p, i1, i2, r] = ["payer", "hop1", "hop2", "payee"].map(|n| w.add_node(n));
     w.open_channel(CHAIN_1, p, i1, 100, 100, fee(0, 0), fee(1, 0));
     w.open_channel(CHAIN_1, i1, i2, 100, 100, fee(1, 0), fee(1, 0));
     w.open_channel(CHAIN_1, i2, r, 100, 100, fee(1, 0), fee(0, 0));
+    before_payment(&mut w);
     w.pay(CHAIN_1, &[p, i1, i2, r], 10, 5).expect("valid payment");
     w.budget = exhaustive_budget();
     w
@@ -183,13 +189,7 @@ pub fn random_network(seed: u64, nodes: usize, payments: usize, swaps: usize) ->
 /// [`three_hop`] with a hub group: the leader and two standby replicas; one leader loss and
 /// nothing else per schedule (with a duplicate too it runs for long minutes).
 pub fn three_hop_hub_group() -> World {
-    let mut w = World::new(3);
-    let [p, i1, i2, r] = ["payer", "hop1", "hop2", "payee"].map(|n| w.add_node(n));
-    w.open_channel(CHAIN_1, p, i1, 100, 100, fee(0, 0), fee(1, 0));
-    w.open_channel(CHAIN_1, i1, i2, 100, 100, fee(1, 0), fee(1, 0));
-    w.open_channel(CHAIN_1, i2, r, 100, 100, fee(1, 0), fee(0, 0));
-    w.add_standbys(2);
-    w.pay(CHAIN_1, &[p, i1, i2, r], 10, 5).expect("valid payment");
+    let mut w = three_hop_with(World::new(3), |w| w.add_standbys(2));
     w.budget = Budget { failovers: 1, ..Budget::default() };
     w
 }
