@@ -6,7 +6,10 @@ pragma solidity 0.8.37;
 /// signed inside an enclave that signs a closing state only for its latest state and then
 /// refuses further updates, so a close pays out at once: no challenge period, no watchtower.
 /// A state may carry locks of in-flight multi-hop payments ("eject"): the first eject of an
-/// instance fixes its outcome for every channel the instance locked.
+/// instance fixes its outcome for every channel the instance locked. A swap lock ends by its
+/// hub's decision certificate, recorded here by anyone who holds it, or, if no decision ever
+/// reached anyone, by a REVERT claimed after the lock's deadline that no CONFIRM certificate
+/// challenged in time (DESIGN §10).
 /// @dev `ChannelState` / `Lock` and the EIP-712 domain must match
 /// `crates/teepay-types/src/channel.rs` exactly; the Rust tests sign there and close here.
 contract PaymentChannels {
@@ -16,6 +19,17 @@ contract PaymentChannels {
         bool aToB;
         uint8 phase; // PHASE_PREPARED or PHASE_COMMITTED
         uint8 kind; // KIND_MULTI_HOP or KIND_CROSS_CHAIN
+        /// The hub identity that drives the instance: only its certificates decide a swap lock.
+        address hub;
+        /// Swap locks: after this time a party may claim REVERT (0 for multi-hop locks).
+        uint64 deadline;
+    }
+
+    /// A swap instance's outcome as its hub decided it, or a pending REVERT claim.
+    struct SwapDecision {
+        uint8 outcome; // 0 (none yet), OUTCOME_APPLY or OUTCOME_REVERT
+        /// When an unchallenged REVERT claim becomes final (0: none claimed).
+        uint64 revertFinalAt;
     }
 
     /// `depositA`/`depositB` are the deposits the signing enclave knows of: each may lag
@@ -46,6 +60,7 @@ contract PaymentChannels {
     uint8 internal constant PHASE_PREPARED = 1;
     uint8 internal constant PHASE_COMMITTED = 2;
     uint8 internal constant KIND_MULTI_HOP = 0;
+    uint8 internal constant KIND_CROSS_CHAIN = 1;
     uint8 internal constant OUTCOME_APPLY = 1;
     uint8 internal constant OUTCOME_REVERT = 2;
     /// Most locks a closing state may carry (enclaves cap locks per channel at this): a
@@ -53,11 +68,14 @@ contract PaymentChannels {
     uint256 public constant MAX_LOCKS = 483;
 
     bytes32 internal constant QUOTE_TAG = keccak256("teepay/quote/v1");
-    bytes32 internal constant LOCK_TYPEHASH =
-        keccak256("Lock(bytes32 instanceId,uint256 amount,bool aToB,uint8 phase,uint8 kind)");
+    /// A decision certificate is valid on every chain: it names no chain or contract.
+    bytes32 internal constant DECISION_TAG = keccak256("teepay/decision/v1");
+    bytes32 internal constant LOCK_TYPEHASH = keccak256(
+        "Lock(bytes32 instanceId,uint256 amount,bool aToB,uint8 phase,uint8 kind,address hub,uint64 deadline)"
+    );
     bytes32 internal constant CHANNEL_STATE_TYPEHASH = keccak256(
         "ChannelState(bytes32 channelId,uint64 version,uint256 depositA,uint256 depositB,uint256 balanceA,uint256 balanceB,Lock[] locks)"
-        "Lock(bytes32 instanceId,uint256 amount,bool aToB,uint8 phase,uint8 kind)"
+        "Lock(bytes32 instanceId,uint256 amount,bool aToB,uint8 phase,uint8 kind,address hub,uint64 deadline)"
     );
     bytes32 internal constant DOMAIN_TYPEHASH =
         keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
@@ -65,6 +83,8 @@ contract PaymentChannels {
     uint256 internal constant HALF_ORDER = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0;
 
     address public immutable authority;
+    /// How long a REVERT claim on a swap lock waits for a CONFIRM certificate to override it.
+    uint64 public immutable challengeWindow;
     address public owner;
     uint64 public channelCount;
     bytes32 internal immutable cachedDomainSeparator;
@@ -76,6 +96,9 @@ contract PaymentChannels {
     mapping(bytes32 => Channel) public channels;
     /// Instance id → OUTCOME_APPLY / OUTCOME_REVERT once its first eject fixed it.
     mapping(bytes32 => uint8) public instanceOutcome;
+    /// Hub identity → swap instance id → its decision. Keyed by hub too: a certificate of
+    /// any other key decides nothing for locks that name this hub.
+    mapping(address => mapping(bytes32 => SwapDecision)) public swapDecisions;
 
     event MeasurementAllowed(bytes32 indexed measurement, bool allowed);
     event EnclaveRegistered(address indexed enclave, bytes32 indexed measurement);
@@ -86,6 +109,9 @@ contract PaymentChannels {
         bytes32 indexed channelId, address indexed party, uint256 amount, uint256 depositA, uint256 depositB
     );
     event InstanceResolved(bytes32 indexed instanceId, bool applied, bytes32 indexed channelId);
+    /// `signature` is the hub's certificate, so every watcher can hand it to its enclave.
+    event DecisionRecorded(address indexed hub, bytes32 indexed instanceId, bool applied, bytes signature);
+    event RevertClaimed(address indexed hub, bytes32 indexed instanceId, uint64 finalAt, bytes32 channelId);
     event ChannelClosed(
         bytes32 indexed channelId, uint64 version, uint256 payoutA, uint256 payoutB, bool ejected
     );
@@ -108,9 +134,13 @@ contract PaymentChannels {
     error SwapLocked();
     error BadLock();
     error PayoutFailed();
+    error DecisionFinal();
+    error DeadlineNotReached();
+    error NothingToClaim();
 
-    constructor(address authority_, bytes32[] memory measurements) {
+    constructor(address authority_, bytes32[] memory measurements, uint64 challengeWindow_) {
         authority = authority_;
+        challengeWindow = challengeWindow_;
         owner = msg.sender;
         for (uint256 i = 0; i < measurements.length; i++) {
             allowedMeasurement[measurements[i]] = true;
@@ -200,13 +230,21 @@ contract PaymentChannels {
         uint256 payB = state.balanceB;
         for (uint256 i = 0; i < n; i++) {
             Lock calldata lock = state.locks[i];
-            if (lock.kind != KIND_MULTI_HOP) revert SwapLocked();
             if (lock.phase != PHASE_PREPARED && lock.phase != PHASE_COMMITTED) revert BadLock();
-            uint8 outcome = instanceOutcome[lock.instanceId];
-            if (outcome == 0) {
-                outcome = lock.phase == PHASE_COMMITTED ? OUTCOME_APPLY : OUTCOME_REVERT;
-                instanceOutcome[lock.instanceId] = outcome;
-                emit InstanceResolved(lock.instanceId, outcome == OUTCOME_APPLY, state.channelId);
+            uint8 outcome;
+            if (lock.kind == KIND_CROSS_CHAIN) {
+                // Only the hub's decision (or an unchallenged REVERT claim) ends a swap lock.
+                outcome = _swapOutcome(swapDecisions[lock.hub][lock.instanceId]);
+                if (outcome == 0) revert SwapLocked();
+            } else if (lock.kind == KIND_MULTI_HOP) {
+                outcome = instanceOutcome[lock.instanceId];
+                if (outcome == 0) {
+                    outcome = lock.phase == PHASE_COMMITTED ? OUTCOME_APPLY : OUTCOME_REVERT;
+                    instanceOutcome[lock.instanceId] = outcome;
+                    emit InstanceResolved(lock.instanceId, outcome == OUTCOME_APPLY, state.channelId);
+                }
+            } else {
+                revert BadLock();
             }
             if (outcome == OUTCOME_APPLY) {
                 // A locked amount is still in its sender's balance until the instance applies.
@@ -233,6 +271,50 @@ contract PaymentChannels {
         _pay(b, payB);
     }
 
+    // ---------------------------------------------------------------- swap decisions
+
+    /// @notice Records the decision of swap instance `instanceId` certified by `hub` (the hub
+    /// identity's signature over (tag, hub, instance, outcome)). Anyone may post it; a repeat
+    /// changes nothing. A REVERT claim still in its challenge window yields to any
+    /// certificate; once a claim is final, or a certificate recorded, the other outcome is
+    /// refused.
+    function recordDecision(address hub, bytes32 instanceId, bool applied, bytes calldata sig) external {
+        bytes32 digest = keccak256(abi.encode(DECISION_TAG, hub, instanceId, applied));
+        if (hub == address(0) || _recover(digest, sig) != hub) revert BadSignature();
+        SwapDecision storage d = swapDecisions[hub][instanceId];
+        uint8 outcome = applied ? OUTCOME_APPLY : OUTCOME_REVERT;
+        uint8 current = _swapOutcome(d);
+        if (current == outcome) return;
+        if (current != 0) revert DecisionFinal();
+        d.outcome = outcome;
+        emit DecisionRecorded(hub, instanceId, applied, sig);
+    }
+
+    /// @notice Claims REVERT for every swap lock of `state` that is past its deadline and
+    /// has no decision or claim yet. `state` must be signed by a party of the open channel
+    /// (so the lock, its hub and its deadline are an enclave's word). Each claim becomes final
+    /// `challengeWindow` after it unless the hub's CONFIRM certificate is recorded first.
+    function claimRevert(ChannelState calldata state, bytes calldata sig) external {
+        Channel storage ch = channels[state.channelId];
+        _requireOpen(ch.status);
+        address signer = _recover(_digest(state), sig);
+        if (signer != ch.a && signer != ch.b) revert NotAParty();
+        uint256 n = state.locks.length;
+        if (n > MAX_LOCKS) revert TooManyLocks();
+        uint64 finalAt = uint64(block.timestamp) + challengeWindow;
+        bool claimed = false;
+        for (uint256 i = 0; i < n; i++) {
+            Lock calldata lock = state.locks[i];
+            if (lock.kind != KIND_CROSS_CHAIN || block.timestamp < lock.deadline) continue;
+            SwapDecision storage d = swapDecisions[lock.hub][lock.instanceId];
+            if (d.outcome != 0 || d.revertFinalAt != 0) continue;
+            d.revertFinalAt = finalAt;
+            claimed = true;
+            emit RevertClaimed(lock.hub, lock.instanceId, finalAt, state.channelId);
+        }
+        if (!claimed) revert NothingToClaim();
+    }
+
     /// @notice The EIP-712 digest an enclave signs for `state` (for off-chain tooling).
     function stateDigest(ChannelState calldata state) external view returns (bytes32) {
         return _digest(state);
@@ -248,6 +330,15 @@ contract PaymentChannels {
         bytes32 m = enclaveMeasurement[enclave];
         if (m == bytes32(0)) revert NotRegistered();
         if (!allowedMeasurement[m]) revert MeasurementNotAllowed();
+    }
+
+    /// A recorded decision, or REVERT once a claim outlived its challenge window; 0 if neither.
+    function _swapOutcome(SwapDecision storage d) internal view returns (uint8) {
+        uint8 outcome = d.outcome;
+        if (outcome != 0) return outcome;
+        uint64 finalAt = d.revertFinalAt;
+        if (finalAt != 0 && block.timestamp >= finalAt) return OUTCOME_REVERT;
+        return 0;
     }
 
     function _requireOpen(uint8 status) internal pure {
@@ -279,7 +370,9 @@ contract PaymentChannels {
         bytes32[] memory lockHashes = new bytes32[](n);
         for (uint256 i = 0; i < n; i++) {
             Lock calldata l = state.locks[i];
-            lockHashes[i] = keccak256(abi.encode(LOCK_TYPEHASH, l.instanceId, l.amount, l.aToB, l.phase, l.kind));
+            lockHashes[i] = keccak256(
+                abi.encode(LOCK_TYPEHASH, l.instanceId, l.amount, l.aToB, l.phase, l.kind, l.hub, l.deadline)
+            );
         }
         bytes32 structHash = keccak256(
             abi.encode(

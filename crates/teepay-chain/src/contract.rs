@@ -7,7 +7,8 @@ use alloy_sol_types::{SolCall, SolConstructor, SolEventInterface, SolInterface};
 use std::time::Duration;
 use teepay_types::bindings::PaymentChannels::{self, PaymentChannelsErrors, PaymentChannelsEvents};
 use teepay_types::{
-    Address, Amount, ChainId, ChannelId, Eip1559Tx, GasParams, Hash32, InstanceId, SigningKey,
+    Address, Amount, ChainId, ChannelId, DecisionCertificate, Eip1559Tx, GasParams, Hash32, InstanceId,
+    Outcome, SigningKey,
 };
 
 /// How long a submitter waits for its transaction to be mined before giving up.
@@ -29,12 +30,52 @@ pub struct Deployment {
 /// from these.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ContractEvent {
-    MeasurementAllowed { measurement: Hash32, allowed: bool },
-    EnclaveRegistered { enclave: Address, measurement: Hash32 },
-    ChannelOpened { channel: ChannelId, a: Address, b: Address, deposit: Amount, nonce: u64 },
-    ChannelFunded { channel: ChannelId, party: Address, amount: Amount, deposit_a: Amount, deposit_b: Amount },
-    InstanceResolved { instance: InstanceId, applied: bool, channel: ChannelId },
-    ChannelClosed { channel: ChannelId, version: u64, payout_a: Amount, payout_b: Amount, ejected: bool },
+    MeasurementAllowed {
+        measurement: Hash32,
+        allowed: bool,
+    },
+    EnclaveRegistered {
+        enclave: Address,
+        measurement: Hash32,
+    },
+    ChannelOpened {
+        channel: ChannelId,
+        a: Address,
+        b: Address,
+        deposit: Amount,
+        nonce: u64,
+    },
+    ChannelFunded {
+        channel: ChannelId,
+        party: Address,
+        amount: Amount,
+        deposit_a: Amount,
+        deposit_b: Amount,
+    },
+    InstanceResolved {
+        instance: InstanceId,
+        applied: bool,
+        channel: ChannelId,
+    },
+    ChannelClosed {
+        channel: ChannelId,
+        version: u64,
+        payout_a: Amount,
+        payout_b: Amount,
+        ejected: bool,
+    },
+    /// A hub's decision certificate was recorded: every watcher can hand it to its enclave.
+    DecisionRecorded {
+        certificate: DecisionCertificate,
+    },
+    /// A REVERT claim on a swap lock, final at `final_at` (chain time, seconds) unless the
+    /// hub's CONFIRM certificate is recorded first.
+    RevertClaimed {
+        hub: Address,
+        instance: InstanceId,
+        final_at: u64,
+        channel: ChannelId,
+    },
 }
 
 /// An event with where it happened.
@@ -88,6 +129,25 @@ impl ContractEvent {
             E::InstanceResolved(e) => ContractEvent::InstanceResolved {
                 instance: InstanceId(e.instanceId.0),
                 applied: e.applied,
+                channel: ChannelId(e.channelId.0),
+            },
+            E::DecisionRecorded(e) => {
+                let Ok(signature) = <[u8; 65]>::try_from(e.signature.as_ref()) else {
+                    return Err(ChainError::Malformed("DecisionRecorded: signature is not 65 bytes".into()));
+                };
+                ContractEvent::DecisionRecorded {
+                    certificate: DecisionCertificate {
+                        hub: ours(e.hub),
+                        instance: InstanceId(e.instanceId.0),
+                        outcome: if e.applied { Outcome::Apply } else { Outcome::Revert },
+                        signature: teepay_types::Signature(signature),
+                    },
+                }
+            }
+            E::RevertClaimed(e) => ContractEvent::RevertClaimed {
+                hub: ours(e.hub),
+                instance: InstanceId(e.instanceId.0),
+                final_at: e.finalAt,
                 channel: ChannelId(e.channelId.0),
             },
             E::ChannelClosed(e) => ContractEvent::ChannelClosed {
@@ -190,18 +250,35 @@ pub async fn send_from_key<C: Chain>(
     chain.wait_for_receipt(hash, RECEIPT_TIMEOUT).await
 }
 
-/// Deploys `PaymentChannels` with the given attestation authority and allowed measurements.
+/// The default challenge window of a REVERT claim on a swap lock (seconds): a day for a
+/// participant holding the hub's CONFIRM certificate to post it (DESIGN §10).
+pub const DEFAULT_CHALLENGE_WINDOW: u64 = 86_400;
+
+/// Deploys `PaymentChannels` with the given attestation authority and allowed measurements,
+/// and the default challenge window.
 pub async fn deploy<C: Chain>(
     chain: &C,
     deployer: &SigningKey,
     authority: Address,
     measurements: &[Hash32],
 ) -> Result<Deployment, ChainError> {
+    deploy_with_window(chain, deployer, authority, measurements, DEFAULT_CHALLENGE_WINDOW).await
+}
+
+/// [`deploy`] with a REVERT claim's challenge window of `challenge_window` seconds.
+pub async fn deploy_with_window<C: Chain>(
+    chain: &C,
+    deployer: &SigningKey,
+    authority: Address,
+    measurements: &[Hash32],
+    challenge_window: u64,
+) -> Result<Deployment, ChainError> {
     let mut init = PaymentChannels::BYTECODE.to_vec();
     init.extend(
         PaymentChannels::constructorCall {
             authority_: EvmAddress::from(authority.0),
             measurements: measurements.iter().map(|m| B256::from(*m)).collect(),
+            challengeWindow_: challenge_window,
         }
         .abi_encode(),
     );

@@ -231,7 +231,10 @@ impl Inner {
             chain_id: Some(self.chain_id),
             ..TxEnv::default()
         };
-        let mut evm = evm_for(&mut self.db, self.chain_id, head.number + 1, head.timestamp + 1);
+        // The pending block: stamped as the next mined block would be (wall clock), so a call
+        // sees time pass even while no block is mined (a challenge window ends).
+        let timestamp = now_secs().max(head.timestamp + 1);
+        let mut evm = evm_for(&mut self.db, self.chain_id, head.number + 1, timestamp);
         // A call pays no gas: the base fee check is off for it (it never commits).
         evm.ctx.cfg.disable_base_fee = true;
         evm.transact(tx).map(|r| r.result).map_err(|e| ChainError::Rejected(e.to_string()))

@@ -4,6 +4,7 @@
 //! that every wei that entered a tracked account or the contract left it again or paid gas.
 
 mod support;
+mod swap_settlement;
 
 use alloy_primitives::{B256, Bytes, U256};
 use alloy_sol_types::SolCall;
@@ -96,7 +97,15 @@ fn state(
 }
 
 fn lock(instance: InstanceId, amount: u128, phase: Phase) -> LockState {
-    LockState { instance, amount: Amount(amount), a_to_b: true, phase, kind: InstanceKind::MultiHop }
+    LockState {
+        instance,
+        amount: Amount(amount),
+        a_to_b: true,
+        phase,
+        kind: InstanceKind::MultiHop,
+        hub: Address([0; 20]),
+        deadline: 0,
+    }
 }
 
 // ------------------------------------------------------------------ scenarios
@@ -527,6 +536,7 @@ async fn suite<C: Chain>(chain: &C, backend: &str) {
     eject(&mut l, Phase::Prepared).await;
     eject(&mut l, Phase::Committed).await;
     rejections(&mut l).await;
+    swap_settlement::scenario(&mut l).await;
     enclave_refusals(l.chain_id);
     l.assert_conserved().await;
     println!(

@@ -314,6 +314,8 @@ fn cap_state(chain: ChainId, d: Address, id: ChannelId, dep: u128, locks: usize)
                     // Half apply: every lock resolves for the first time (the costliest close).
                     phase: if i % 2 == 0 { Phase::Committed } else { Phase::Prepared },
                     kind: InstanceKind::MultiHop,
+                    hub: teepay_types::Address([0; 20]),
+                    deadline: 0,
                 }
             })
             .collect(),

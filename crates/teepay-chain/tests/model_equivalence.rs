@@ -100,6 +100,8 @@ async fn run(seed: u64) -> (usize, usize) {
                 a_to_b: rng.below(2) == 0,
                 phase: if rng.below(2) == 0 { Phase::Prepared } else { Phase::Committed },
                 kind: if rng.below(12) == 0 { InstanceKind::CrossChain } else { InstanceKind::MultiHop },
+                hub: teepay_types::Address([0; 20]),
+                deadline: 0,
             })
             .collect();
         let state = ChannelState {

@@ -35,6 +35,10 @@ pub struct HubConfig {
     pub attestation_key: Option<String>,
     #[serde(default = "default_prepare_timeout")]
     pub prepare_timeout_ms: u64,
+    /// How long after a swap's deadline a party may claim REVERT for its locks on-chain if
+    /// no decision reached anyone (DESIGN §10; default two days).
+    #[serde(default = "default_swap_lock_time")]
+    pub swap_lock_time_ms: u64,
     /// Extra time to collect round messages before each flush (0: adaptive batching only).
     #[serde(default)]
     pub batch_window_us: u64,
@@ -108,6 +112,9 @@ fn default_node_dir() -> PathBuf {
 }
 fn default_prepare_timeout() -> u64 {
     3_000
+}
+fn default_swap_lock_time() -> u64 {
+    2 * teepay_coordinator::DAY_MS
 }
 
 pub fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<T> {

@@ -171,6 +171,7 @@ pub fn hub(args: &HubArgs) -> Result<ExitCode> {
             measurement: sim::HUB_MEASUREMENT,
             allowed_node_measurements: vec![sim::NODE_MEASUREMENT],
             prepare_timeout: Duration::from_millis(cfg.prepare_timeout_ms),
+            swap_lock_time: Duration::from_millis(cfg.swap_lock_time_ms),
             retransmit_after: Duration::from_millis(200),
             round_auth: Default::default(),
             peer_acks: cfg.verify_peer_acks,

@@ -3,7 +3,7 @@
 
 use borsh::{BorshDeserialize, BorshSerialize};
 use std::collections::{BTreeMap, BTreeSet};
-use teepay_types::{Address, Hash32, HubItem, InstanceSpec, NackReason, Outcome, PeerAck};
+use teepay_types::{Address, Hash32, HubItem, InstanceSpec, NackReason, Outcome, PeerAck, Signature};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize)]
 pub enum HubPhase {
@@ -55,6 +55,9 @@ pub struct HubInstance {
     /// Participants that acknowledged the final outcome.
     pub finished: BTreeSet<Address>,
     pub refund_reason: Option<RefundReason>,
+    /// A swap's decision certificate (the hub identity's signature over its outcome), made
+    /// once when it is decided and sent with every CONFIRM/REFUND of it (DESIGN §10).
+    pub certificate: Option<Signature>,
     pub created_at: u64,
     pub last_sent: u64,
 }
@@ -82,8 +85,14 @@ impl HubInstance {
                     HubItem::Commit { instance: id, prepared_acks: self.prepared_acks_digest(), peer_acks };
                 (commit, &|a| self.committed.contains(a))
             }
-            HubPhase::Committed => (HubItem::Confirm { instance: id }, &|a| self.finished.contains(a)),
-            HubPhase::RefundAuthorized => (HubItem::Refund { instance: id }, &|a| self.finished.contains(a)),
+            HubPhase::Committed => (HubItem::Confirm { instance: id, certificate: self.certificate }, &|a| {
+                self.finished.contains(a)
+            }),
+            HubPhase::RefundAuthorized => {
+                (HubItem::Refund { instance: id, certificate: self.certificate }, &|a| {
+                    self.finished.contains(a)
+                })
+            }
             HubPhase::Resolved(outcome) => {
                 (HubItem::Resolve { instance: id, outcome }, &|a| self.finished.contains(a))
             }

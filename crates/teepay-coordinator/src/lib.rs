@@ -51,7 +51,14 @@ pub struct HubConfig {
     /// ack on its own and COMMIT forwards all of them, so nodes need not trust this enclave
     /// alone that every participant locked.
     pub peer_acks: bool,
+    /// How long after a swap's deadline its locks' last-resort deadline falls (clock units of
+    /// `now`): a swap is CONFIRMed only before its deadline, so every CONFIRM certificate
+    /// has at least this long to reach a chain before anyone may claim REVERT there.
+    pub swap_lock_time: u64,
 }
+
+/// A day in clock units (ms): the default [`HubConfig::swap_lock_time`] is two.
+pub const DAY_MS: u64 = 86_400_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct HubState {
@@ -398,13 +405,19 @@ impl<P: Platform> Coordinator<P> {
     ) -> Result<InstanceId, HubError> {
         let n = self.state.next_instance;
         let id = teepay_types::instance_id(self.address(), n);
+        let deadline = now.saturating_add(self.state.config.prepare_timeout);
+        let lock_deadline = match kind {
+            InstanceKind::MultiHop => 0,
+            InstanceKind::CrossChain => deadline.saturating_add(self.state.config.swap_lock_time.max(1)),
+        };
         let spec = InstanceSpec {
             id,
             seq: n,
             kind,
             legs,
             orders,
-            deadline: now.saturating_add(self.state.config.prepare_timeout),
+            deadline,
+            lock_deadline,
             peer_acks: self.state.config.peer_acks,
         };
         spec.validate_structure()?;
@@ -452,6 +465,7 @@ impl<P: Platform> Coordinator<P> {
                 committed: BTreeSet::new(),
                 finished: BTreeSet::new(),
                 refund_reason: None,
+                certificate: None,
                 created_at: now,
                 last_sent: now,
             },
@@ -483,6 +497,13 @@ impl<P: Platform> Coordinator<P> {
     fn decide(&mut self, id: InstanceId, phase: HubPhase, reason: Option<RefundReason>, now: u64) {
         let instance = self.state.instances.get_mut(&id).expect("caller checked");
         instance.phase = phase;
+        if instance.spec.kind == InstanceKind::CrossChain
+            && let Some(outcome) = phase.outcome()
+        {
+            // Deterministic (RFC 6979), so a replica replaying this decision makes the same.
+            let cert = teepay_types::DecisionCertificate::sign(&self.key, id, outcome);
+            instance.certificate = Some(cert.signature);
+        }
         if reason.is_some() {
             instance.refund_reason = reason;
         }
@@ -600,7 +621,14 @@ impl<P: Platform> Coordinator<P> {
                         self.state.dirty = true;
                     }
                     if instance.committed.len() == instance.participants.len() {
-                        self.decide(id, HubPhase::Committed, None, now);
+                        // A swap is CONFIRMed only before its deadline, so every CONFIRM
+                        // certificate is far from its locks' last-resort deadline (DESIGN
+                        // §10); a later one is refunded, which nodes accept for a swap.
+                        if instance.spec.kind == InstanceKind::CrossChain && now > instance.spec.deadline {
+                            self.decide(id, HubPhase::RefundAuthorized, Some(RefundReason::Timeout), now);
+                        } else {
+                            self.decide(id, HubPhase::Committed, None, now);
+                        }
                     }
                 }
             }
@@ -861,6 +889,7 @@ mod log_encoding_tests {
                 retransmit_after: 1,
                 round_auth: RoundAuth::SessionMacs,
                 peer_acks: false,
+                swap_lock_time: DAY_MS,
             },
             [2; 32],
         )

@@ -35,7 +35,7 @@ pub(crate) fn plan_prepare(
     if now > spec.deadline {
         return Err(NackReason::DeadlinePassed);
     }
-    let locks = plan_locks(state, me, spec)?;
+    let locks = plan_locks(state, me, hub, spec)?;
     if locks.is_empty() {
         return Err(NackReason::NotAParticipant);
     }
@@ -49,6 +49,7 @@ pub(crate) fn plan_prepare(
 fn plan_locks(
     state: &NodeState,
     me: Address,
+    hub: Address,
     spec: &InstanceSpec,
 ) -> Result<Vec<(ChannelId, Lock)>, NackReason> {
     let mut locks = Vec::new();
@@ -79,6 +80,8 @@ fn plan_locks(
                 outgoing,
                 phase: Phase::Prepared,
                 kind: spec.kind,
+                hub,
+                deadline: spec.lock_deadline,
             };
             locks.push((hop.channel, lock));
         }

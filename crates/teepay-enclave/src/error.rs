@@ -27,8 +27,20 @@ pub enum EnclaveError {
     DepositDecreased,
     #[error("channel {0:?} is closed: a closing or eject state was signed, or it settled on-chain")]
     ChannelClosed(ChannelId),
-    #[error("channel {0:?} carries a cross-chain swap lock and cannot be closed until the swap ends")]
-    SwapLocked(ChannelId),
+    #[error(
+        "channel {channel:?} carries a swap lock: it closes once the swap's decision (or its certificate) reaches this node, or after the lock's deadline {until} (ms)"
+    )]
+    SwapLocked { channel: ChannelId, until: u64 },
+    #[error("channel {0:?} carries no swap lock to claim REVERT for")]
+    NoSwapLock(ChannelId),
+    #[error("the hub's decision on swap {0:?} carries no certificate")]
+    MissingCertificate(InstanceId),
+    #[error("the decision certificate of {0:?} is not signed by the attested hub")]
+    BadCertificate(InstanceId),
+    #[error("no decision certificate of {0:?} is kept here")]
+    NoCertificate(InstanceId),
+    #[error("instance {0:?} is not a swap: only swaps are decided by certificate")]
+    NotASwap(InstanceId),
     #[error("unknown instance {0:?}")]
     UnknownInstance(InstanceId),
     #[error("instance {0:?} was already seen with different contents (replay)")]

@@ -17,6 +17,7 @@
 //! Pure: no I/O, clock or RNG; entropy, time and platform services are inputs.
 
 mod consent;
+mod decisions;
 mod error;
 mod peer_acks;
 mod rounds;
@@ -231,6 +232,26 @@ pub enum Request {
         amount: Amount,
         gas: GasParams,
     },
+    /// A swap's decision certificate from anywhere (a contract's `DecisionRecorded`, a peer,
+    /// a file): if the attested hub signed it, this node's locks of the swap end with it.
+    Decision(teepay_types::DecisionCertificate),
+    /// The kept decision certificate of a swap this node took part in.
+    Certificate {
+        instance: InstanceId,
+    },
+    /// Build and sign `recordDecision` on `chain`'s contract with the kept certificate of
+    /// `instance`, settling its swap locks there without the hub (DESIGN §10).
+    BuildRecordDecision {
+        chain: ChainId,
+        instance: InstanceId,
+        gas: GasParams,
+    },
+    /// Build and sign `claimRevert` with the channel's closing state: the last resort for a
+    /// swap lock past its deadline when no decision reached anyone (DESIGN §10).
+    BuildClaimRevert {
+        channel: ChannelId,
+        gas: GasParams,
+    },
 }
 
 impl Request {
@@ -265,6 +286,7 @@ pub enum Response {
     /// A signed transaction for the host to submit.
     Transaction(SignedTx),
     Signature(teepay_types::Signature),
+    Certificate(teepay_types::DecisionCertificate),
 }
 
 /// A response plus, when the state changed (and the change must be durable), the new
@@ -338,6 +360,8 @@ impl<P: Platform> NodeEnclave<P> {
             replay_floor: 0,
             orders: BTreeMap::new(),
             next_nonce: 0,
+            certificates: BTreeMap::new(),
+            certificate_expiry: std::collections::BTreeSet::new(),
         };
         let mut enclave =
             Self { platform, key, state, dirty: false, budget: LogBudget::default(), pending: Vec::new() };
@@ -552,7 +576,7 @@ impl<P: Platform> NodeEnclave<P> {
                 let request = RefundRequest { node: self.address(), instance }.sign(&self.key);
                 Ok(Output { response: Response::RefundRequest(request), sealed: None })
             }
-            Request::SignClose { channel } => self.sign_close(channel),
+            Request::SignClose { channel } => self.sign_close(channel, now),
             Request::ClosingState { channel } => {
                 let ch = self.state.channels.get(&channel).ok_or(EnclaveError::UnknownChannel(channel))?;
                 match &ch.status {
@@ -596,7 +620,20 @@ impl<P: Platform> NodeEnclave<P> {
                 let (chain, contract) = (ch.chain, ch.contract);
                 self.build_tx(chain, contract, amount, teepay_types::deposit_call(channel), gas)
             }
-            Request::BuildClose { channel, gas } => self.build_close(channel, gas),
+            Request::BuildClose { channel, gas } => self.build_close(channel, gas, now),
+            Request::Decision(cert) => {
+                let hub = self.state.hub.ok_or(EnclaveError::HubNotAttested)?;
+                if self.state.on_decision(hub, cert, now)? {
+                    Ok(self.changed(Response::Done))
+                } else {
+                    Ok(Output { response: Response::Done, sealed: None })
+                }
+            }
+            Request::Certificate { instance } => self.certificate(instance),
+            Request::BuildRecordDecision { chain, instance, gas } => {
+                self.build_record_decision(chain, instance, gas)
+            }
+            Request::BuildClaimRevert { channel, gas } => self.build_claim_revert(channel, gas, now),
             Request::SignLink { transcript, role } => Ok(Output {
                 response: Response::Signature(
                     self.key.sign_digest(&teepay_types::link_digest(&transcript, role)),
@@ -639,7 +676,7 @@ impl<P: Platform> NodeEnclave<P> {
         check_fee_within(gas, self.state.config.max_tx_fee)
     }
 
-    fn build_close(&mut self, channel: ChannelId, gas: GasParams) -> Result<Output, EnclaveError> {
+    fn build_close(&mut self, channel: ChannelId, gas: GasParams, now: u64) -> Result<Output, EnclaveError> {
         let ch = self.state.channels.get(&channel).ok_or(EnclaveError::UnknownChannel(channel))?;
         let locks = match &ch.status {
             ChannelStatus::Closing(signed) => signed.state.locks.len(),
@@ -653,13 +690,7 @@ impl<P: Platform> NodeEnclave<P> {
         check_close_gas(&gas, locks)?;
         let multiple = teepay_types::close_gas(locks).div_ceil(teepay_types::close_gas(0));
         check_fee_within(&gas, Amount(self.state.config.max_tx_fee.0.saturating_mul(u128::from(multiple))))?;
-        let signed = match &ch.status {
-            ChannelStatus::Closing(signed) => (**signed).clone(),
-            _ => match self.sign_close(channel)?.response {
-                Response::ChannelState(signed) => signed,
-                _ => unreachable!("sign_close answers a state"),
-            },
-        };
+        let signed = self.closing_state(channel, now)?;
         let input = teepay_types::close_channel_call(&signed);
         let (chain, contract) = (signed.state.chain, signed.state.contract);
         let tx = Eip1559Tx { chain, gas, to: Some(contract), value: Amount(0), input }.sign(&self.key);
@@ -761,13 +792,28 @@ impl<P: Platform> NodeEnclave<P> {
         }
     }
 
+    /// The closing state signed earlier, or one signed now (see `sign_close`).
+    fn closing_state(&mut self, channel: ChannelId, now: u64) -> Result<SignedChannelState, EnclaveError> {
+        let ch = self.state.channels.get(&channel).ok_or(EnclaveError::UnknownChannel(channel))?;
+        if let ChannelStatus::Closing(signed) = &ch.status {
+            return Ok((**signed).clone());
+        }
+        match self.sign_close(channel, now)?.response {
+            Response::ChannelState(signed) => Ok(signed),
+            _ => unreachable!("sign_close answers a state"),
+        }
+    }
+
     /// Signs the closing state of a channel: with no locks a cooperative close, with
-    /// multi-hop locks an eject. Never for a swap-locked channel (DESIGN §3), never twice.
-    fn sign_close(&mut self, channel: ChannelId) -> Result<Output, EnclaveError> {
+    /// multi-hop locks an eject. A swap lock ends by its hub's decision (DESIGN §3), so a
+    /// state carrying one is signed only once its last-resort deadline has passed (DESIGN
+    /// §10): the contract then settles it by a recorded certificate or a REVERT claim. Never
+    /// twice.
+    fn sign_close(&mut self, channel: ChannelId, now: u64) -> Result<Output, EnclaveError> {
         let key = self.key.clone();
         let ch = self.open_channel_mut(channel)?;
-        if ch.locks.iter().any(|l| l.kind == InstanceKind::CrossChain) {
-            return Err(EnclaveError::SwapLocked(channel));
+        if let Some(lock) = ch.locks.iter().find(|l| l.kind == InstanceKind::CrossChain && now < l.deadline) {
+            return Err(EnclaveError::SwapLocked { channel, until: lock.deadline });
         }
         let signed = ch.to_state().sign(&key);
         ch.status = ChannelStatus::Closing(Box::new(signed.clone()));
@@ -841,8 +887,12 @@ impl<P: Platform> NodeEnclave<P> {
                         peer_acks::check(r, me, hub, *instance, prepared_acks, peer_acks)
                     })
                 }
-                HubItem::Confirm { instance } => self.state.on_confirm(*instance, now),
-                HubItem::Refund { instance } => self.state.on_refund(*instance, now),
+                HubItem::Confirm { instance, certificate } => {
+                    self.state.on_confirm(hub, *instance, *certificate, now)
+                }
+                HubItem::Refund { instance, certificate } => {
+                    self.state.on_refund(hub, *instance, *certificate, now)
+                }
                 HubItem::Resolve { instance, outcome } => self.state.on_resolve(*instance, *outcome, now),
             };
             match result {

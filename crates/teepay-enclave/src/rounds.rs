@@ -6,7 +6,7 @@ use crate::consent::plan_prepare;
 use crate::error::EnclaveError;
 use crate::state::{Channel, InstanceRecord, InstanceStatus, NodeState, OrderStatus, UNSEEN_SEQ};
 use teepay_types::{
-    Address, ChannelId, Hash32, InstanceId, InstanceKind, InstanceSpec, NodeItem, Outcome, Phase,
+    Address, ChannelId, Hash32, InstanceId, InstanceKind, InstanceSpec, NodeItem, Outcome, Phase, Signature,
 };
 
 /// The answer to one item and whether the state changed (and so must be sealed).
@@ -62,6 +62,7 @@ impl NodeState {
             order_nonce: plan.order_nonce,
             ejected: false,
             peers: if spec.peer_acks { spec.participants().into_iter().collect() } else { Vec::new() },
+            lock_deadline: spec.lock_deadline,
         };
         let item = self.prepared_item(spec.id, &record.channels);
         self.instances.insert(spec.id, record);
@@ -103,16 +104,38 @@ impl NodeState {
         Ok((NodeItem::Committed { instance }, true))
     }
 
-    pub(crate) fn on_confirm(&mut self, instance: InstanceId, now: u64) -> ItemResult {
+    /// CONFIRM; a swap's must carry the hub's decision certificate, which is kept.
+    pub(crate) fn on_confirm(
+        &mut self,
+        hub: Address,
+        instance: InstanceId,
+        certificate: Option<Signature>,
+        now: u64,
+    ) -> ItemResult {
         let record = self.instances.get(&instance).ok_or(EnclaveError::UnknownInstance(instance))?;
-        match record.status {
+        let cert = self.round_certificate(hub, instance, Outcome::Apply, certificate)?;
+        let (answer, changed) = match record.status {
             InstanceStatus::Committed => self.finish(instance, Outcome::Apply, now),
             InstanceStatus::Prepared => Err(EnclaveError::NotCommitted(instance)),
             InstanceStatus::Finished(outcome) => self.repeat_finished(instance, outcome, Outcome::Apply),
-        }
+        }?;
+        Ok((answer, cert.is_some_and(|c| self.keep_certificate(c)) || changed))
     }
 
-    pub(crate) fn on_refund(&mut self, instance: InstanceId, now: u64) -> ItemResult {
+    /// REFUND; a swap's must carry the hub's decision certificate, which is kept.
+    pub(crate) fn on_refund(
+        &mut self,
+        hub: Address,
+        instance: InstanceId,
+        certificate: Option<Signature>,
+        now: u64,
+    ) -> ItemResult {
+        let cert = self.round_certificate(hub, instance, Outcome::Revert, certificate)?;
+        let (answer, changed) = self.refund(instance, now)?;
+        Ok((answer, cert.is_some_and(|c| self.keep_certificate(c)) || changed))
+    }
+
+    fn refund(&mut self, instance: InstanceId, now: u64) -> ItemResult {
         let Some(record) = self.instances.get(&instance) else {
             // Refunded before its PREPARE reached us (reordering, or we NACKed it): remember
             // the outcome, so that a late PREPARE can never lock funds for an instance the hub
@@ -212,6 +235,7 @@ impl NodeState {
                 order_nonce: None,
                 ejected: false,
                 peers: Vec::new(),
+                lock_deadline: 0,
             },
         );
         self.finished.insert((now, UNSEEN_SEQ, instance));
@@ -219,7 +243,7 @@ impl NodeState {
 
     /// Ends an instance here: every lock it holds on a still-open channel applies or
     /// reverts (locks on channels settled on-chain were resolved by the contract).
-    fn finish(&mut self, instance: InstanceId, outcome: Outcome, now: u64) -> ItemResult {
+    pub(crate) fn finish(&mut self, instance: InstanceId, outcome: Outcome, now: u64) -> ItemResult {
         let record = &self.instances[&instance];
         // Compute every new channel first, so an (impossible) arithmetic failure leaves
         // nothing half-applied.

@@ -17,6 +17,12 @@ pub struct Lock {
     pub outgoing: bool,
     pub phase: Phase,
     pub kind: InstanceKind,
+    /// The hub identity that drives the instance (named in the signed state, so the contract
+    /// accepts only its decision certificates for this lock).
+    pub hub: Address,
+    /// A swap lock's last-resort deadline (hub clock, ms; 0 for multi-hop): after it this
+    /// enclave signs a close carrying the lock, and the contract lets a party claim REVERT.
+    pub deadline: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
@@ -119,6 +125,9 @@ impl Channel {
                     a_to_b: l.outgoing == self.local_is_a,
                     phase: l.phase,
                     kind: l.kind,
+                    hub: l.hub,
+                    // The contract counts seconds; rounding up never lets a claim come early.
+                    deadline: l.deadline.div_ceil(1000),
                 })
                 .collect(),
         }
@@ -155,6 +164,8 @@ pub struct InstanceRecord {
     /// The instance's participants, in the order COMMIT lists their acks, when it asks for
     /// peer acks (empty otherwise): its COMMIT must carry each one's signed PREPARED ack.
     pub peers: Vec<Address>,
+    /// `InstanceSpec::lock_deadline` (0 for multi-hop): how long its certificate is kept.
+    pub lock_deadline: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
@@ -234,7 +245,18 @@ pub struct NodeState {
     /// dropped: with no record and a nonce below `next_nonce` it counts as used).
     pub orders: BTreeMap<u64, OrderRecord>,
     pub next_nonce: u64,
+    /// Decision certificates of swaps this node took part in (DESIGN §10), kept until
+    /// [`CERTIFICATE_RETENTION`] after the swap's lock deadline: the host posts one to a
+    /// contract to settle a chain without the hub, or to overturn a REVERT claim.
+    pub certificates: BTreeMap<InstanceId, teepay_types::DecisionCertificate>,
+    /// Certificates by (keep-until, instance): what pruning walks, oldest first.
+    pub certificate_expiry: std::collections::BTreeSet<(u64, InstanceId)>,
 }
+
+/// How long after a swap's lock deadline its certificate is kept (ms): a REVERT claim can
+/// come only after the deadline, and a challenge must follow it within the contract's
+/// window; thirty days leave the host ample time to see the claim and answer it.
+pub const CERTIFICATE_RETENTION: u64 = 30 * 86_400_000;
 
 impl NodeState {
     /// Drops finished instance records older than [`FINISHED_RETENTION`] and open orders
@@ -251,6 +273,15 @@ impl NodeState {
             if seq != UNSEEN_SEQ {
                 self.replay_floor = self.replay_floor.max(seq.saturating_add(1));
             }
+            pruned = true;
+        }
+        for _ in 0..PRUNE_BATCH {
+            let Some(&(until, id)) = self.certificate_expiry.first() else { break };
+            if now < until {
+                break;
+            }
+            self.certificate_expiry.pop_first();
+            self.certificates.remove(&id);
             pruned = true;
         }
         // Orders are issued with increasing nonces and similar lifetimes: the oldest first.

@@ -140,8 +140,8 @@ fn recipe_items(pool: &[teepay_types::HubItem], bytes: &[u8]) -> Vec<teepay_type
                     _ => spec.kind = teepay_types::InstanceKind::CrossChain,
                 },
                 HubItem::Commit { instance, .. }
-                | HubItem::Confirm { instance }
-                | HubItem::Refund { instance } => {
+                | HubItem::Confirm { instance, .. }
+                | HubItem::Refund { instance, .. } => {
                     if rng.below(2) == 0 {
                         *instance = any_id(&mut rng);
                     }
@@ -154,8 +154,11 @@ fn recipe_items(pool: &[teepay_types::HubItem], bytes: &[u8]) -> Vec<teepay_type
             if rng.below(4) == 0 {
                 let id = any_id(&mut rng);
                 item = match rng.below(4) {
-                    0 => HubItem::Confirm { instance: id },
-                    1 => HubItem::Refund { instance: id },
+                    0 => HubItem::Confirm { instance: id, certificate: None },
+                    1 => HubItem::Refund {
+                        instance: id,
+                        certificate: Some(teepay_types::Signature([rng.next_u64() as u8; 65])),
+                    },
                     2 => HubItem::Resolve { instance: id, outcome: Outcome::Apply },
                     _ => HubItem::Commit {
                         instance: id,

@@ -277,7 +277,11 @@ impl<P: Platform> Executor<P> {
                 // Repeats (one event per ejected channel) are accepted by the hub enclave.
                 self.coordinator.on_chain_outcome(now, instance, outcome)?;
             }
-            ContractEvent::MeasurementAllowed { .. } | ContractEvent::EnclaveRegistered { .. } => {}
+            // A swap is decided by this hub alone; nodes act on its certificates on-chain.
+            ContractEvent::MeasurementAllowed { .. }
+            | ContractEvent::EnclaveRegistered { .. }
+            | ContractEvent::DecisionRecorded { .. }
+            | ContractEvent::RevertClaimed { .. } => {}
         }
         Ok(())
     }

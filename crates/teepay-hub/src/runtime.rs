@@ -59,6 +59,8 @@ pub struct HubRuntimeConfig {
     pub measurement: Hash32,
     pub allowed_node_measurements: Vec<Hash32>,
     pub prepare_timeout: Duration,
+    /// See [`HubConfig::swap_lock_time`] (default two days).
+    pub swap_lock_time: Duration,
     pub retransmit_after: Duration,
     /// Session MACs (default) or a signature on every round message.
     pub round_auth: RoundAuth,
@@ -206,6 +208,7 @@ pub(crate) fn hub_config(cfg: &HubRuntimeConfig) -> HubConfig {
         retransmit_after: cfg.retransmit_after.as_millis() as u64,
         round_auth: cfg.round_auth,
         peer_acks: cfg.peer_acks,
+        swap_lock_time: cfg.swap_lock_time.as_millis() as u64,
     }
 }
 

@@ -41,6 +41,7 @@ impl Net {
             retransmit_after: 10,
             round_auth: teepay_types::RoundAuth::default(),
             peer_acks: false,
+            swap_lock_time: teepay_coordinator::DAY_MS,
         };
         let mut hub = Coordinator::create(SimPlatform::new([1; 32]), config, [2; 32]).unwrap();
         let hub_quote = hub.report(ChainId(0)).attest(&authority);

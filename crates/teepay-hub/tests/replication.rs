@@ -26,6 +26,7 @@ fn config() -> HubConfig {
         retransmit_after: 200,
         round_auth: RoundAuth::SessionMacs,
         peer_acks: false,
+        swap_lock_time: teepay_coordinator::DAY_MS,
     }
 }
 

@@ -23,6 +23,7 @@ fn hub() -> Coordinator<SimPlatform> {
         retransmit_after: 10,
         round_auth: teepay_types::RoundAuth::default(),
         peer_acks: false,
+        swap_lock_time: teepay_coordinator::DAY_MS,
     };
     Coordinator::create(SimPlatform::new([3; 32]), config, [4; 32]).unwrap()
 }

@@ -77,6 +77,7 @@ async fn setup_with(name: &str, n: usize, peer_acks: bool) -> Setup {
         retransmit_after: 200,
         round_auth: teepay_types::RoundAuth::default(),
         peer_acks,
+        swap_lock_time: teepay_coordinator::DAY_MS,
     };
     let hub = Coordinator::create(SimPlatform::new([5; 32]), hub_config, [6; 32]).unwrap();
     let hub_quote = hub.report(ChainId(0)).attest(&authority());

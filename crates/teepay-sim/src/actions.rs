@@ -324,7 +324,7 @@ impl World {
     pub(crate) fn eject(&mut self, node: usize, channel: teepay_types::ChannelId) -> Result<(), Violation> {
         let out = match self.nodes[node].enclave.handle(self.now, Request::SignClose { channel }) {
             Ok(out) => out,
-            Err(EnclaveError::SwapLocked(_)) => return Ok(()),
+            Err(EnclaveError::SwapLocked { .. }) => return Ok(()),
             Err(e) => return Err(Violation(format!("eject refused unexpectedly: {e}"))),
         };
         if let Some(blob) = out.sealed {

@@ -195,6 +195,8 @@ impl World {
             retransmit_after: RETRANSMIT_AFTER,
             round_auth: teepay_types::RoundAuth::default(),
             peer_acks: false,
+            // Far beyond any explored run: the sim's swaps end by the hub's decision.
+            swap_lock_time: teepay_coordinator::DAY_MS,
         };
         let mut coordinator =
             Coordinator::create(SimPlatform::new(entropy()), config, entropy()).expect("valid hub entropy");

@@ -224,8 +224,12 @@ fn confirm_after_refund_and_refund_after_confirm_are_refused() {
     let mut f = fixture();
     let spec = f.run_to(18, false, false);
     for n in f.nodes {
-        f.accepted(n, HubItem::Refund { instance: spec.id });
-        f.refused(n, HubItem::Confirm { instance: spec.id }, EnclaveError::ConflictingOutcome(spec.id));
+        f.accepted(n, HubItem::Refund { instance: spec.id, certificate: None });
+        f.refused(
+            n,
+            HubItem::Confirm { instance: spec.id, certificate: None },
+            EnclaveError::ConflictingOutcome(spec.id),
+        );
         f.refused(
             n,
             HubItem::Resolve { instance: spec.id, outcome: Outcome::Apply },
@@ -234,7 +238,11 @@ fn confirm_after_refund_and_refund_after_confirm_are_refused() {
     }
     let spec = f.run_to(19, true, true);
     for n in f.nodes {
-        f.refused(n, HubItem::Refund { instance: spec.id }, EnclaveError::ConflictingOutcome(spec.id));
+        f.refused(
+            n,
+            HubItem::Refund { instance: spec.id, certificate: None },
+            EnclaveError::ConflictingOutcome(spec.id),
+        );
     }
 }
 
@@ -288,7 +296,11 @@ fn multi_hop_refund_after_commit_is_refused_by_node_and_hub() {
     let mut f = fixture();
     let spec = f.run_to(20, true, false);
     for n in f.nodes {
-        f.refused(n, HubItem::Refund { instance: spec.id }, EnclaveError::RefundAfterCommit(spec.id));
+        f.refused(
+            n,
+            HubItem::Refund { instance: spec.id, certificate: None },
+            EnclaveError::RefundAfterCommit(spec.id),
+        );
     }
     // The coordinator refuses to authorize it in the first place.
     let mut w = teepay_sim::scenarios::three_hop();
@@ -342,11 +354,28 @@ fn swap_locked_channel_cannot_be_closed() {
     }
     let channel = *w.nodes[0].enclave.inspect().channels.iter().find(|(_, c)| !c.locks.is_empty()).unwrap().0;
     let before = w.nodes[0].enclave.inspect().clone();
+    let lock = before.channels[&channel].locks[0].clone();
+    assert!(
+        lock.deadline > teepay_coordinator::DAY_MS,
+        "a swap lock's deadline lies a configured margin ahead"
+    );
     assert_eq!(
-        w.nodes[0].enclave.handle(0, Request::SignClose { channel }).unwrap_err(),
-        EnclaveError::SwapLocked(channel)
+        w.nodes[0].enclave.handle(lock.deadline - 1, Request::SignClose { channel }).unwrap_err(),
+        EnclaveError::SwapLocked { channel, until: lock.deadline }
     );
     assert_eq!(*w.nodes[0].enclave.inspect(), before);
+
+    // Past its deadline the lock goes into a closing state, naming the hub and the deadline
+    // (in the contract's seconds): the contract settles it by certificate or REVERT claim.
+    let Response::ChannelState(signed) =
+        w.nodes[0].enclave.handle(lock.deadline, Request::SignClose { channel }).unwrap().response
+    else {
+        panic!("SignClose answers a state")
+    };
+    let swap_lock = &signed.state.locks[0];
+    assert_eq!(swap_lock.kind, InstanceKind::CrossChain);
+    assert_eq!(swap_lock.hub, w.hub.coordinator.address());
+    assert_eq!(swap_lock.deadline, lock.deadline.div_ceil(1000));
 }
 
 #[test]
@@ -432,7 +461,7 @@ fn malformed_wire_bytes_are_refused() {
     let batch = HubBatch {
         hub: f.hub.address(),
         node: f.w.address(0),
-        items: vec![HubItem::Confirm { instance: InstanceId([1; 32]) }],
+        items: vec![HubItem::Confirm { instance: InstanceId([1; 32]), certificate: None }],
     }
     .sign(&f.hub);
     let bytes = encode(&batch);
@@ -468,7 +497,8 @@ fn sessions_are_derived_at_attestation_and_macs_need_the_right_key() {
     assert_eq!((peer, hub_side), (me, session), "both ends derive the same key from the quotes");
 
     let before = f.state(node);
-    let wrong_key = batch(vec![HubItem::Refund { instance: InstanceId([1; 32]) }]).mac(&[9; 32]);
+    let wrong_key =
+        batch(vec![HubItem::Refund { instance: InstanceId([1; 32]), certificate: None }]).mac(&[9; 32]);
     let err = f.w.nodes[node].enclave.handle(0, Request::HubBatch(wrong_key)).unwrap_err();
     assert_eq!(err, EnclaveError::BadHubSignature);
     assert_eq!(f.state(node), before);
@@ -479,7 +509,12 @@ fn sessions_are_derived_at_attestation_and_macs_need_the_right_key() {
     let spec = f.run_to(3, false, false);
     let out = f.w.nodes[node]
         .enclave
-        .handle(0, Request::HubBatch(batch(vec![HubItem::Refund { instance: spec.id }]).mac(&session)))
+        .handle(
+            0,
+            Request::HubBatch(
+                batch(vec![HubItem::Refund { instance: spec.id, certificate: None }]).mac(&session),
+            ),
+        )
         .unwrap();
     let Response::Batch(result) = out.response else { panic!() };
     let ack = result.ack.expect("answered");
@@ -487,7 +522,12 @@ fn sessions_are_derived_at_attestation_and_macs_need_the_right_key() {
     // A signed batch is answered with a signature.
     let out = f.w.nodes[node]
         .enclave
-        .handle(0, Request::HubBatch(batch(vec![HubItem::Refund { instance: spec.id }]).sign(&f.hub)))
+        .handle(
+            0,
+            Request::HubBatch(
+                batch(vec![HubItem::Refund { instance: spec.id, certificate: None }]).sign(&f.hub),
+            ),
+        )
         .unwrap();
     let Response::Batch(result) = out.response else { panic!() };
     assert!(result.ack.expect("answered").is_signed_by(me));
@@ -676,6 +716,7 @@ fn locks_per_channel_are_capped() {
             legs: vec![teepay_types::Leg { chain: CHAIN_1, hops: vec![hop] }],
             orders: vec![order.clone()],
             deadline: 100,
+            lock_deadline: 0,
             peer_acks: false,
         }
     };
@@ -724,7 +765,7 @@ fn a_refunded_order_is_never_paid_later() {
     let mut f = fixture();
     let spec = f.run_to(41, false, false);
     for n in f.nodes {
-        f.accepted(n, HubItem::Refund { instance: spec.id });
+        f.accepted(n, HubItem::Refund { instance: spec.id, certificate: None });
     }
     let order_nonce = spec.orders[0].order.nonce();
     assert!(!f.state(f.nodes[0]).orders.contains_key(&order_nonce), "a refunded order's record is dropped");
@@ -792,10 +833,10 @@ fn finished_records_are_pruned_and_replays_of_them_still_refused() {
     // A REFUND that overtook its PREPARE: recorded (so the PREPARE cannot lock later) and
     // pruned like any finished record; a replay of it changes nothing and seals nothing.
     let unseen = teepay_types::instance_id(f.hub.address(), 77);
-    let r = f.send(hop1, vec![HubItem::Refund { instance: unseen }]).unwrap();
+    let r = f.send(hop1, vec![HubItem::Refund { instance: unseen, certificate: None }]).unwrap();
     assert_eq!(r.results, vec![Ok(NodeItem::Finished { instance: unseen, outcome: Outcome::Revert })]);
     let (before, blobs) = (f.state(hop1), f.w.nodes[hop1].sealed.blobs().count());
-    f.send(hop1, vec![HubItem::Refund { instance: unseen }]).unwrap();
+    f.send(hop1, vec![HubItem::Refund { instance: unseen, certificate: None }]).unwrap();
     assert_eq!(f.state(hop1), before, "a replayed REFUND changes nothing");
     assert_eq!(f.w.nodes[hop1].sealed.blobs().count(), blobs, "and seals nothing");
 

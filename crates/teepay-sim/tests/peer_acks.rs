@@ -151,6 +151,8 @@ fn locked_state(instance: teepay_types::InstanceId, phase: Phase) -> ChannelStat
             a_to_b: true,
             phase,
             kind: InstanceKind::MultiHop,
+            hub: Address([0; 20]),
+            deadline: 0,
         }],
     }
 }

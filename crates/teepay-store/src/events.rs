@@ -17,6 +17,8 @@ pub(crate) async fn apply(conn: &mut AnyConnection, chain: ChainId, log: &LogEnt
     let block = i64_of(log.block_number);
     match event {
         ContractEvent::MeasurementAllowed { .. } => {}
+        // Swap decisions are the hub's own; nodes act on these events (DESIGN §10).
+        ContractEvent::DecisionRecorded { .. } | ContractEvent::RevertClaimed { .. } => {}
         ContractEvent::EnclaveRegistered { enclave, measurement } => {
             sqlx::query(
                 "INSERT INTO enclaves (chain_id, address, measurement, block_number) VALUES ($1, $2, $3, $4) \

@@ -27,7 +27,7 @@ impl Phase {
             Phase::Committed => Outcome::Apply,
         }
     }
-    fn code(self) -> u8 {
+    pub fn code(self) -> u8 {
         match self {
             Phase::Prepared => 1,
             Phase::Committed => 2,
@@ -51,7 +51,7 @@ pub enum InstanceKind {
 }
 
 impl InstanceKind {
-    fn code(self) -> u8 {
+    pub fn code(self) -> u8 {
         match self {
             InstanceKind::MultiHop => 0,
             InstanceKind::CrossChain => 1,
@@ -83,6 +83,12 @@ pub struct LockState {
     pub a_to_b: bool,
     pub phase: Phase,
     pub kind: InstanceKind,
+    /// The hub identity that drives the instance: the contract accepts only its decision
+    /// certificates for this lock (DESIGN §10).
+    pub hub: Address,
+    /// For a swap lock, the time after which a party may claim REVERT on-chain; 0 for a
+    /// multi-hop lock (an eject ends it whenever).
+    pub deadline: u64,
 }
 
 /// Most locks one channel may carry at once (every enclave refuses a PREPARE beyond it; the
@@ -119,6 +125,8 @@ mod typed {
             bool aToB;
             uint8 phase;
             uint8 kind;
+            address hub;
+            uint64 deadline;
         }
         struct ChannelState {
             bytes32 channelId;
@@ -162,6 +170,8 @@ impl ChannelState {
                     aToB: l.a_to_b,
                     phase: l.phase.code(),
                     kind: l.kind.code(),
+                    hub: AlloyAddress::from(l.hub.0),
+                    deadline: l.deadline,
                 })
                 .collect(),
         };
@@ -230,6 +240,8 @@ mod tests {
                 a_to_b: true,
                 phase: Phase::Committed,
                 kind: InstanceKind::MultiHop,
+                hub: Address([5; 20]),
+                deadline: 0,
             }],
         }
     }

@@ -179,8 +179,14 @@ pub struct InstanceSpec {
     pub kind: InstanceKind,
     pub legs: Vec<Leg>,
     pub orders: Vec<SignedOrder>,
-    /// Hub-clock time after which nodes refuse to PREPARE and the hub may refund.
+    /// Hub-clock time after which nodes refuse to PREPARE and the hub may refund. The hub
+    /// never CONFIRMs a swap after it.
     pub deadline: u64,
+    /// A swap's locks' last-resort deadline (hub clock, ms; 0 for a multi-hop payment): after
+    /// it a party may claim REVERT on-chain, which the hub's CONFIRM certificate overrides
+    /// within the contract's challenge window (DESIGN §10). Later than `deadline` by the
+    /// hub's configured margin, so that no CONFIRM is ever made close to it.
+    pub lock_deadline: u64,
     /// Every participant signs its PREPARED ack on its own and COMMIT carries all of them,
     /// so a node commits only on evidence that every other participant locked, not on the
     /// hub enclave's word alone (`--verify-peer-acks`; costs one ECDSA signature per
@@ -211,6 +217,8 @@ pub enum SpecError {
     MultiHopShape,
     #[error("a cross-chain swap needs at least two legs and only swap intents")]
     SwapShape,
+    #[error("a swap's lock deadline must come after its deadline; a payment has none")]
+    LockDeadline,
     #[error("two orders of one owner in one instance")]
     DuplicateOrder,
     #[error("order of {0:?} is not authenticated by its owner (bad signature, or a MAC without a session)")]
@@ -270,11 +278,17 @@ impl InstanceSpec {
                 if self.legs.len() != 1 || !one_payment {
                     return Err(SpecError::MultiHopShape);
                 }
+                if self.lock_deadline != 0 {
+                    return Err(SpecError::LockDeadline);
+                }
             }
             InstanceKind::CrossChain => {
                 let all_swaps = self.orders.iter().all(|o| matches!(o.order, Order::Swap(_)));
                 if self.legs.len() < 2 || self.orders.is_empty() || !all_swaps {
                     return Err(SpecError::SwapShape);
+                }
+                if self.lock_deadline <= self.deadline {
+                    return Err(SpecError::LockDeadline);
                 }
             }
         }

@@ -6,6 +6,7 @@
 
 pub mod channel;
 pub mod crypto;
+pub mod decision;
 pub mod encoding;
 pub mod ids;
 pub mod instance;
@@ -22,6 +23,7 @@ pub use crypto::{
     CryptoError, LinkRole, PublicKeyBytes, Signature, SigningKey, keccak256, keccak256_parts, link_digest,
     macs_equal, recover_signer, session_mac, verify_signer,
 };
+pub use decision::{DecisionCertificate, decision_digest};
 pub use encoding::{DecodeError, WIRE_VERSION, decode, encode};
 pub use ids::{Address, Amount, ChainId, ChannelId, Hash32, InstanceId};
 pub use instance::{
@@ -38,6 +40,7 @@ pub use seal::{
     seal, seal_delta, seal_value, unseal, unseal_log, unseal_value,
 };
 pub use tx::{
-    CLOSE_BASE_GAS, CLOSE_GAS_PER_LOCK, Eip1559Tx, GasParams, SignedTx, abi_channel_state, bindings,
-    close_channel_call, close_gas, deposit_call, open_channel_call, register_enclave_call,
+    CLOSE_BASE_GAS, CLOSE_GAS_PER_LOCK, Eip1559Tx, GasParams, RECORD_DECISION_GAS, SignedTx,
+    abi_channel_state, bindings, claim_revert_call, close_channel_call, close_gas, deposit_call,
+    open_channel_call, record_decision_call, register_enclave_call,
 };

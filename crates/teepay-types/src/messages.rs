@@ -20,10 +20,13 @@ pub enum HubItem {
     /// `peer_acks` carries those acks themselves, each signed by its node, when the
     /// instance asks for them ([`InstanceSpec::peer_acks`]); empty otherwise.
     Commit { instance: InstanceId, prepared_acks: Hash32, peer_acks: Vec<PeerAck> },
-    /// Round 3: every node is COMMITTED; apply the transfer.
-    Confirm { instance: InstanceId },
-    /// The instance is cancelled before it could apply; release reservations.
-    Refund { instance: InstanceId },
+    /// Round 3: every node is COMMITTED; apply the transfer. For a swap, `certificate` is
+    /// the hub identity's signature of the decision ([`crate::DecisionCertificate`]), which
+    /// nodes keep so that any of them can settle every chain without the hub (DESIGN §10).
+    Confirm { instance: InstanceId, certificate: Option<Signature> },
+    /// The instance is cancelled before it could apply; release reservations. A swap's
+    /// carries its decision certificate, as CONFIRM does.
+    Refund { instance: InstanceId, certificate: Option<Signature> },
     /// An on-chain eject fixed the instance's outcome; follow it on every other channel.
     Resolve { instance: InstanceId, outcome: Outcome },
 }
@@ -33,8 +36,8 @@ impl HubItem {
         match self {
             HubItem::Prepare(spec) => spec.id,
             HubItem::Commit { instance, .. }
-            | HubItem::Confirm { instance }
-            | HubItem::Refund { instance }
+            | HubItem::Confirm { instance, .. }
+            | HubItem::Refund { instance, .. }
             | HubItem::Resolve { instance, .. } => *instance,
         }
     }
@@ -403,7 +406,7 @@ mod tests {
 
     #[test]
     fn batch_digest_depends_on_every_item_its_order_and_both_ends() {
-        let item = |i: u8| HubItem::Confirm { instance: InstanceId([i; 32]) };
+        let item = |i: u8| HubItem::Confirm { instance: InstanceId([i; 32]), certificate: None };
         let batch =
             HubBatch { hub: Address([1; 20]), node: Address([2; 20]), items: (0..5).map(item).collect() };
         let digest = batch.digest();
@@ -433,7 +436,7 @@ mod tests {
         let batch = HubBatch {
             hub: hub.address(),
             node: Address([2; 20]),
-            items: vec![HubItem::Confirm { instance: InstanceId([3; 32]) }],
+            items: vec![HubItem::Confirm { instance: InstanceId([3; 32]), certificate: None }],
         };
         let mut signed = batch.sign(&hub);
         assert!(signed.is_signed_by(hub.address()));

@@ -5,8 +5,9 @@
 //! full transaction library inside the enclave. `teepay-chain`'s tests decode what this
 //! produces with alloy and recover the sender, so both sides agree byte for byte.
 
-use crate::channel::{InstanceKind, Phase, SignedChannelState};
+use crate::channel::SignedChannelState;
 use crate::crypto::{SigningKey, keccak256};
+use crate::decision::DecisionCertificate;
 use crate::ids::{Address, Amount, ChainId, ChannelId, Hash32};
 use alloy_primitives::{Address as AlloyAddress, B256, Bytes, U256};
 use alloy_rlp::{Encodable, Header};
@@ -133,14 +134,10 @@ pub fn abi_channel_state(state: &crate::channel::ChannelState) -> bindings::Paym
                 instanceId: B256::from(l.instance.0),
                 amount: U256::from(l.amount.0),
                 aToB: l.a_to_b,
-                phase: match l.phase {
-                    Phase::Prepared => 1,
-                    Phase::Committed => 2,
-                },
-                kind: match l.kind {
-                    InstanceKind::MultiHop => 0,
-                    InstanceKind::CrossChain => 1,
-                },
+                phase: l.phase.code(),
+                kind: l.kind.code(),
+                hub: AlloyAddress::from(l.hub.0),
+                deadline: l.deadline,
             })
             .collect(),
     }
@@ -167,6 +164,31 @@ pub fn close_channel_call(signed: &SignedChannelState) -> Vec<u8> {
     }
     .abi_encode()
 }
+
+/// Calldata of `recordDecision(hub, instance, applied, sig)`: posts a hub's decision
+/// certificate, after which the swap locks of its instance close with it.
+pub fn record_decision_call(cert: &DecisionCertificate) -> Vec<u8> {
+    bindings::PaymentChannels::recordDecisionCall {
+        hub: AlloyAddress::from(cert.hub.0),
+        instanceId: B256::from(cert.instance.0),
+        applied: cert.outcome == crate::channel::Outcome::Apply,
+        sig: Bytes::copy_from_slice(&cert.signature.0),
+    }
+    .abi_encode()
+}
+
+/// Calldata of `claimRevert(state, sig)`: claims REVERT for the swap locks of a signed
+/// closing state that are past their deadline (final after the challenge window).
+pub fn claim_revert_call(signed: &SignedChannelState) -> Vec<u8> {
+    bindings::PaymentChannels::claimRevertCall {
+        state: abi_channel_state(&signed.state),
+        sig: Bytes::copy_from_slice(&signed.signature.0),
+    }
+    .abi_encode()
+}
+
+/// Gas of `recordDecision`, with margin (one recovery, one storage write, one event).
+pub const RECORD_DECISION_GAS: u64 = 120_000;
 
 #[cfg(test)]
 mod tests {

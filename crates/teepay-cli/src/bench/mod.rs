@@ -294,6 +294,7 @@ fn hub_config(mode: &Mode) -> HubConfig {
         retransmit_after: 5_000,
         round_auth: mode.auth,
         peer_acks: mode.peer_acks,
+        swap_lock_time: teepay_coordinator::DAY_MS,
     }
 }
 

@@ -43,6 +43,7 @@ fn runtime_config(dir: &Path, chains: &[DemoChain]) -> Result<HubRuntimeConfig> 
         allowed_node_measurements: vec![NODE_MEASUREMENT],
         // Long enough for a swap caught by a leader's loss to complete under the next one.
         prepare_timeout: Duration::from_secs(6),
+        swap_lock_time: Duration::from_millis(2 * teepay_coordinator::DAY_MS),
         retransmit_after: Duration::from_millis(200),
         round_auth: Default::default(),
         peer_acks: false,

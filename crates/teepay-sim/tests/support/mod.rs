@@ -70,6 +70,7 @@ impl Fixture {
             legs: vec![leg],
             orders: vec![order],
             deadline: 100,
+            lock_deadline: 0,
             peer_acks: false,
         }
     }
@@ -136,7 +137,7 @@ impl Fixture {
         }
         if confirm {
             for n in self.nodes {
-                self.accepted(n, HubItem::Confirm { instance: spec.id });
+                self.accepted(n, HubItem::Confirm { instance: spec.id, certificate: None });
             }
         }
         spec
