@@ -86,6 +86,8 @@ pub struct ChannelView {
     /// Total deposits (what the closing state must pay out).
     pub capacity: Amount,
     pub locks: usize,
+    /// Of `locks`, those of cross-chain swaps (they end by the hub's decision, DESIGN §10).
+    pub swap_locks: usize,
     pub open: bool,
 }
 
@@ -180,6 +182,11 @@ impl<P: Platform> Node<P> {
                 remote: c.balance_peer,
                 capacity: c.capacity(),
                 locks: c.locks.len(),
+                swap_locks: c
+                    .locks
+                    .iter()
+                    .filter(|l| l.kind == teepay_types::InstanceKind::CrossChain)
+                    .count(),
                 open: c.status == teepay_enclave::ChannelStatus::Open,
             })
             .collect()

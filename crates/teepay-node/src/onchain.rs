@@ -15,7 +15,7 @@ use teepay_chain::contract::{
 };
 use teepay_chain::{CallRequest, Chain, ChainError, Receipt};
 use teepay_enclave::{EnclaveError, NewChannel, Request, Response};
-use teepay_types::{Address, Amount, ChainId, ChannelId, FeePolicy, GasParams, Outcome, Quote};
+use teepay_types::{Address, Amount, ChainId, ChannelId, FeePolicy, GasParams, InstanceId, Outcome, Quote};
 use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +30,10 @@ pub enum OnchainError {
     MissingEvent(&'static str),
     #[error("unexpected enclave response")]
     Unexpected,
+    #[error(
+        "channel {0:?} waits for its swap locks' outcome on-chain: REVERT is claimed, and the close goes through once the challenge window ends or the hub's certificate is recorded; try again later"
+    )]
+    AwaitingDecision(ChannelId),
 }
 
 /// One chain as a node uses it: where its contract is and how deep events must be buried.
@@ -149,6 +153,11 @@ pub async fn fund<C: Chain>(
 
 /// Closes `channel` with the enclave's closing state: a cooperative close without locks, an
 /// eject when multi-hop locks are pending (the contract fixes their instances' outcome).
+/// A channel still holding swap locks (the hub group lost, no decision reached this node)
+/// closes only past the locks' deadline (the enclave refuses before): REVERT is claimed for
+/// them first, and the close goes through once the contract has an outcome for each, from a
+/// certificate someone recorded or a claim whose challenge window ended (DESIGN §10); until
+/// then [`OnchainError::AwaitingDecision`] says when to try again.
 pub async fn close<C: Chain>(
     node: &NodeHandle,
     link: &ChainLink<C>,
@@ -156,9 +165,97 @@ pub async fn close<C: Chain>(
 ) -> Result<Receipt, OnchainError> {
     // Sized to the channel's locks (the enclave refuses less); a lock added between this
     // read and the signature makes the enclave refuse, and the caller retries.
-    let locks = node.channels().await?.iter().find(|c| c.id == channel).map_or(0, |c| c.locks);
+    let view = node.channels().await?.into_iter().find(|c| c.id == channel);
+    let (locks, swap_locks) = view.map_or((0, 0), |c| (c.locks, c.swap_locks));
+    if swap_locks > 0 {
+        return close_swap_locked(node, link, channel, locks).await;
+    }
     let limit = GasLimit::Fixed(teepay_types::close_gas(locks));
     send(node, link, "closeChannel", limit, |gas| Request::BuildClose { channel, gas }).await
+}
+
+/// [`close`] of a channel with swap locks: claim REVERT where nothing is decided yet, then
+/// close only once a dry run shows the contract settles every lock (a close that would revert
+/// is never sent: it would only burn gas).
+async fn close_swap_locked<C: Chain>(
+    node: &NodeHandle,
+    link: &ChainLink<C>,
+    channel: ChannelId,
+    locks: usize,
+) -> Result<Receipt, OnchainError> {
+    let limit = teepay_types::close_gas(locks);
+    let dry_run = |data: Vec<u8>| CallRequest {
+        from: Some(node.address),
+        to: Some(link.contract),
+        value: Amount::ZERO,
+        data,
+    };
+    // Past the deadline the enclave signs the closing state with the claim (refused before,
+    // with the time it becomes possible).
+    let claimed = send(node, link, "claimRevert", GasLimit::Fixed(limit), |gas| Request::BuildClaimRevert {
+        channel,
+        gas,
+    });
+    let closing = match node.enclave(Request::ClosingState { channel }).await {
+        Ok(Response::ChannelState(s)) => Some(s),
+        _ => None,
+    };
+    match closing {
+        // Claim only what the contract would take (each swap lock past its deadline with no
+        // decision or claim yet): a dry run first, so a repeat costs nothing.
+        Some(signed) => match link.chain.call(&dry_run(teepay_types::claim_revert_call(&signed))).await {
+            Ok(_) => {
+                claimed.await?;
+            }
+            Err(ChainError::Reverted { data }) if revert_reason(&data) == "NothingToClaim" => {}
+            Err(e) => return Err(e.into()),
+        },
+        None => {
+            claimed.await?;
+        }
+    }
+    let Ok(Response::ChannelState(signed)) = node.enclave(Request::ClosingState { channel }).await else {
+        return Err(OnchainError::Unexpected);
+    };
+    match link.chain.call(&dry_run(teepay_types::close_channel_call(&signed))).await {
+        Ok(_) => {}
+        Err(ChainError::Reverted { data }) if revert_reason(&data) == "SwapLocked" => {
+            return Err(OnchainError::AwaitingDecision(channel));
+        }
+        Err(ChainError::Reverted { data }) => {
+            return Err(OnchainError::Reverted { what: "closeChannel", reason: revert_reason(&data) });
+        }
+        Err(e) => return Err(e.into()),
+    }
+    send(node, link, "closeChannel", GasLimit::Fixed(limit), |gas| Request::BuildClose { channel, gas }).await
+}
+
+/// Posts this node's certificate of `instance` to the contract (`recordDecision`), settling
+/// its swap locks there without the hub; `None` when the contract already has that outcome.
+pub async fn post_certificate<C: Chain>(
+    node: &NodeHandle,
+    link: &ChainLink<C>,
+    instance: InstanceId,
+) -> Result<Option<Receipt>, OnchainError> {
+    let Response::Certificate(cert) = node.enclave(Request::Certificate { instance }).await? else {
+        return Err(OnchainError::Unexpected);
+    };
+    let est = CallRequest {
+        from: Some(node.address),
+        to: Some(link.contract),
+        value: Amount::ZERO,
+        data: teepay_types::record_decision_call(&cert),
+    };
+    let receipt = send(node, link, "recordDecision", GasLimit::Estimate(est), |gas| {
+        Request::BuildRecordDecision { chain: link.id, instance, gas }
+    })
+    .await?;
+    // A repeat of a recorded outcome succeeds without an event.
+    let recorded = teepay_chain::contract::receipt_events(&receipt)
+        .map_err(OnchainError::Chain)?
+        .iter()
+        .any(|e| matches!(e, ContractEvent::DecisionRecorded { .. }));
+    Ok(recorded.then_some(receipt))
 }
 
 /// Moves `amount` out of the enclave's account (e.g. payouts after a close).
@@ -181,7 +278,7 @@ pub async fn withdraw<C: Chain>(
 
 /// Applies this node's confirmed channel events in `from..` to the enclave; returns the
 /// next block to read.
-pub async fn watch_once<C: Chain>(
+pub async fn watch_once<C: Chain + Clone + 'static>(
     node: &NodeHandle,
     link: &ChainLink<C>,
     from: u64,
@@ -233,6 +330,34 @@ pub async fn watch_once<C: Chain>(
                         return Err(e.into());
                     }
                     tracing::warn!(?instance, ?outcome, error = %e, "on-chain outcome refused by the enclave");
+                }
+            }
+            // Anyone's certificate ends this node's locks of the swap (its enclave checks the
+            // hub's signature); certificates of swaps it never took part in are refused.
+            ContractEvent::DecisionRecorded { certificate } => {
+                let instance = certificate.instance;
+                match node.enclave(Request::Decision(certificate)).await {
+                    Ok(_) => {}
+                    Err(NodeError::Stopped) => return Err(NodeError::Stopped.into()),
+                    Err(e) => tracing::debug!(?instance, error = %e, "recorded decision not for this node"),
+                }
+            }
+            // Someone claims REVERT for a swap: if this node holds the hub's certificate, it
+            // posts it within the challenge window (in the background: the watcher reads on).
+            ContractEvent::RevertClaimed { hub, instance, .. } => {
+                if let Ok(Response::Certificate(cert)) = node.enclave(Request::Certificate { instance }).await
+                    && cert.hub == hub
+                {
+                    let (node, link) = (node.clone(), link.clone());
+                    tokio::spawn(async move {
+                        match post_certificate(&node, &link, instance).await {
+                            Ok(_) => tracing::info!(
+                                ?instance,
+                                "posted the hub's certificate against a REVERT claim"
+                            ),
+                            Err(e) => tracing::warn!(?instance, error = %e, "posting a certificate"),
+                        }
+                    });
                 }
             }
             ContractEvent::ChannelClosed { channel, .. }

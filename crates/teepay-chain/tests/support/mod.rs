@@ -100,11 +100,22 @@ impl<'a, C: Chain> Ledger<'a, C> {
     }
 
     pub async fn deploy(&mut self) -> Deployment {
+        self.deploy_with_window(contract::DEFAULT_CHALLENGE_WINDOW).await
+    }
+
+    /// A deployment whose REVERT claims on swap locks wait `window` seconds for a challenge.
+    pub async fn deploy_with_window(&mut self, window: u64) -> Deployment {
         let deployer = dev_key(0);
         self.track(deployer.address()).await;
-        let d = contract::deploy(self.chain, &deployer, authority().address(), &[NODE_MEASUREMENT])
-            .await
-            .expect("deploy PaymentChannels");
+        let d = contract::deploy_with_window(
+            self.chain,
+            &deployer,
+            authority().address(),
+            &[NODE_MEASUREMENT],
+            window,
+        )
+        .await
+        .expect("deploy PaymentChannels");
         self.fees += d.fee.0;
         self.gas.entry("deploy").or_default().push(d.gas_used);
         self.track(d.address).await;
@@ -151,22 +162,29 @@ impl<'a, C: Chain> Ledger<'a, C> {
 pub struct Node {
     pub enclave: NodeEnclave<SimPlatform>,
     pub blob: Vec<u8>,
+    /// The host's clock (ms) handed to the enclave with every request.
+    pub now: u64,
 }
 
 impl Node {
     pub fn new(seed: u8, chain: ChainId, contract: Address) -> Self {
+        Self::on_chains(seed, vec![(chain, contract)])
+    }
+
+    /// A node with a `PaymentChannels` deployment on each of several chains.
+    pub fn on_chains(seed: u8, contracts: Vec<(ChainId, Address)>) -> Self {
         let config = NodeConfig {
             measurement: NODE_MEASUREMENT,
             attestation_authority: authority().address(),
             allowed_hub_measurements: vec![HUB_MEASUREMENT],
-            contracts: vec![(chain, contract)],
+            contracts,
             max_tx_fee: Amount(ETHER / 10),
             require_peer_acks: false,
         };
         let (enclave, blob) =
             NodeEnclave::create(SimPlatform::new([seed; 32]), config, [seed.wrapping_add(100); 32])
                 .expect("valid entropy");
-        Node { enclave, blob }
+        Node { enclave, blob, now: 0 }
     }
 
     pub fn address(&self) -> Address {
@@ -174,7 +192,7 @@ impl Node {
     }
 
     pub fn request(&mut self, request: Request) -> Result<Response, teepay_enclave::EnclaveError> {
-        let out = self.enclave.handle(0, request)?;
+        let out = self.enclave.handle(self.now, request)?;
         if let Some(blob) = out.sealed {
             self.blob = blob;
         }

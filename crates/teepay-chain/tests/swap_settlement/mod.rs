@@ -5,7 +5,6 @@
 
 use super::*;
 use std::time::{Duration, Instant};
-use teepay_chain::contract::deploy_with_window;
 use teepay_types::{DecisionCertificate, Outcome, claim_revert_call, record_decision_call};
 
 /// Long enough that a close sent right after a claim lands inside the window on any backend.
@@ -31,17 +30,6 @@ async fn claim<C: Chain>(
     l.send("claimRevert", &dev_key(3), Some(d.address), 0, claim_revert_call(signed)).await
 }
 
-async fn deploy_short_window<C: Chain>(l: &mut Ledger<'_, C>) -> Deployment {
-    let deployer = dev_key(0);
-    l.track(deployer.address()).await;
-    let d = deploy_with_window(l.chain, &deployer, authority().address(), &[NODE_MEASUREMENT], WINDOW_SECS)
-        .await
-        .expect("deploy PaymentChannels");
-    l.fees += d.fee.0;
-    l.track(d.address).await;
-    d
-}
-
 /// Both parties' balances after `f`, minus what they had before.
 async fn payouts<C: Chain>(
     l: &Ledger<'_, C>,
@@ -53,7 +41,7 @@ async fn payouts<C: Chain>(
 }
 
 pub(crate) async fn scenario<C: Chain>(l: &mut Ledger<'_, C>) {
-    let d = deploy_short_window(l).await;
+    let d = l.deploy_with_window(WINDOW_SECS).await;
     let hub = SigningKey::from_entropy([0x70; 32]).unwrap();
     let impostor = SigningKey::from_entropy([0x71; 32]).unwrap();
     let (a, b) = (raw_party(l, &d, 50).await, raw_party(l, &d, 51).await);
