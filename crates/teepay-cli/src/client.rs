@@ -74,7 +74,10 @@ pub enum ChannelCmd {
         #[arg(long, allow_hyphen_values = true)]
         amount: String,
     },
-    /// Close cooperatively (no pending locks) or eject (pending multi-hop locks).
+    /// Close cooperatively (no pending locks) or eject (pending multi-hop locks). A channel
+    /// holding swap locks the hub never decided for this node (the hub group lost) closes
+    /// past the locks' deadline: REVERT is claimed, and running close again completes it
+    /// once the challenge window ended or someone recorded the hub's certificate.
     Close {
         #[arg(long)]
         channel: String,

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use teepay_chain::contract::{deploy, send_from_key};
+use teepay_chain::contract::send_from_key;
 use teepay_chain::{AnyChain, Chain};
 use teepay_enclave::{NodeConfig as EnclaveConfig, NodeEnclave, Request, Response};
 use teepay_hub::runtime::{HubChain, HubRuntimeConfig};
@@ -65,6 +65,10 @@ pub struct DeployArgs {
     /// Which well-known dev account pays (anvil's accounts 0–9).
     #[arg(long, default_value_t = 0)]
     dev_account: usize,
+    /// Seconds a REVERT claim on a swap lock waits for the hub's CONFIRM certificate
+    /// before it is final (DESIGN §10).
+    #[arg(long, default_value_t = teepay_chain::contract::DEFAULT_CHALLENGE_WINDOW)]
+    challenge_window: u64,
     #[arg(long)]
     json: bool,
 }
@@ -330,11 +334,12 @@ pub fn node(args: &NodeArgs) -> Result<ExitCode> {
 pub fn deploy_cmd(args: &DeployArgs) -> Result<ExitCode> {
     runtime()?.block_on(async {
         let chain = AnyChain::from_spec(&args.rpc, ChainId(0))?;
-        let d = deploy(
+        let d = teepay_chain::contract::deploy_with_window(
             &chain,
             &teepay_chain::dev::dev_key(args.dev_account),
             sim::attestation_key().address(),
             &[sim::NODE_MEASUREMENT],
+            args.challenge_window,
         )
         .await
         .with_context(|| format!("deploying to {}", args.rpc))?;

@@ -11,179 +11,10 @@
 
 mod common;
 
-use common::{ETH, Proc, anvil, cli, free_port, log_tails, ok, spawn_logged, wait_until};
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use common::group::{Group, Proxy, Replica};
+use common::{ETH, Proc, anvil, cli, free_port, log_tails, ok, wait_until};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
-
-/// A one-way loopback TCP proxy to `target` that the test can cut (every connection
-/// through it is closed, new ones are refused) and heal.
-struct Proxy {
-    port: u16,
-    cut: Arc<AtomicBool>,
-}
-
-impl Proxy {
-    fn to(target: u16) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let cut = Arc::new(AtomicBool::new(false));
-        let flag = cut.clone();
-        std::thread::spawn(move || {
-            for inbound in listener.incoming() {
-                let Ok(inbound) = inbound else { continue };
-                if flag.load(Relaxed) {
-                    continue; // dropped: refused
-                }
-                let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)) else { continue };
-                for (from, to) in [(&inbound, &outbound), (&outbound, &inbound)] {
-                    let (mut from, mut to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
-                    let flag = flag.clone();
-                    std::thread::spawn(move || pump(&mut from, &mut to, &flag));
-                }
-            }
-        });
-        Proxy { port, cut }
-    }
-
-    fn set_cut(&self, cut: bool) {
-        self.cut.store(cut, Relaxed);
-    }
-}
-
-/// Copies `from` to `to` until either closes or the proxy is cut (then both are shut down).
-fn pump(from: &mut TcpStream, to: &mut TcpStream, cut: &AtomicBool) {
-    from.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        if cut.load(Relaxed) {
-            let _ = from.shutdown(Shutdown::Both);
-            let _ = to.shutdown(Shutdown::Both);
-            return;
-        }
-        match from.read(&mut buf) {
-            Ok(0) => {
-                let _ = to.shutdown(Shutdown::Write);
-                return;
-            }
-            Ok(n) => {
-                if to.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-            Err(_) => return,
-        }
-    }
-}
-
-struct Replica {
-    id: u64,
-    link: u16,
-    raft: u16,
-    api: u16,
-    proc: Option<Proc>,
-}
-
-struct Group {
-    dir: PathBuf,
-    rpc: String,
-    contract: String,
-    block: u64,
-    replicas: Vec<Replica>,
-    /// `proxies[i][j]`: how replica i reaches replica j.
-    proxies: Vec<Vec<Option<Proxy>>>,
-}
-
-impl Group {
-    fn chains_toml(&self) -> String {
-        format!(
-            "[[chains]]\nrpc = \"{}\"\ncontract = \"{}\"\nfrom_block = {}\n",
-            self.rpc, self.contract, self.block
-        )
-    }
-
-    fn start(&mut self, i: usize) {
-        // Replica i binds its own raft port and reaches every other through its proxy.
-        let members: String = self
-            .replicas
-            .iter()
-            .enumerate()
-            .map(|(j, r)| {
-                let raft = if i == j { r.raft } else { self.proxies[i][j].as_ref().unwrap().port };
-                format!(
-                    "[[replicas]]\nid = {}\nlink = \"127.0.0.1:{}\"\nraft = \"127.0.0.1:{}\"\napi = \"127.0.0.1:{}\"\n",
-                    r.id, r.link, raft, r.api
-                )
-            })
-            .collect();
-        let r = &self.replicas[i];
-        let state = self.dir.join(format!("hub{}", r.id));
-        let cfg = self.dir.join(format!("hub{}.toml", r.id));
-        std::fs::write(
-            &cfg,
-            format!(
-                "replica = {}\nbootstrap = {}\nstate_dir = \"{}\"\nprepare_timeout_ms = 1500\n{}{}",
-                r.id,
-                r.id == 1,
-                state.display(),
-                self.chains_toml(),
-                members
-            ),
-        )
-        .unwrap();
-        let log = self.dir.join(format!("hub{}.log", r.id));
-        let (p, _) =
-            spawn_logged(Command::new(common::BIN).args(["hub", "--config"]).arg(&cfg), "hub ", Some(&log));
-        self.replicas[i].proc = Some(p);
-    }
-
-    /// Cuts (or heals) every proxy to and from replica `i`.
-    fn isolate(&self, i: usize, cut: bool) {
-        for (a, row) in self.proxies.iter().enumerate() {
-            for (b, p) in row.iter().enumerate() {
-                if let Some(p) = p
-                    && (a == i || b == i)
-                {
-                    p.set_cut(cut);
-                }
-            }
-        }
-    }
-
-    /// The API of the replica that leads now (only the leader serves it).
-    fn leader_api(&self) -> Option<(usize, String)> {
-        self.replicas.iter().enumerate().filter(|(_, r)| r.proc.is_some()).find_map(|(i, r)| {
-            let api = format!("http://127.0.0.1:{}", r.api);
-            cli(&["network", "--hub", &api]).ok().map(|_| (i, api))
-        })
-    }
-
-    fn start_node(&self, name: &str, api_port: u16) -> (Proc, String, String) {
-        let cfg = self.dir.join(format!("{name}.toml"));
-        let links: Vec<String> = self.replicas.iter().map(|r| format!("\"127.0.0.1:{}\"", r.link)).collect();
-        std::fs::write(
-            &cfg,
-            format!(
-                "hub = {}\nstandby_hubs = [{}]\napi = \"127.0.0.1:{api_port}\"\nstate_dir = \"{}\"\n{}",
-                links[0],
-                links[1..].join(", "),
-                self.dir.join(name).display(),
-                self.chains_toml()
-            ),
-        )
-        .unwrap();
-        let log = self.dir.join(format!("{name}.log"));
-        let (p, line) =
-            spawn_logged(Command::new(common::BIN).args(["node", "--config"]).arg(&cfg), "node ", Some(&log));
-        let address = line.split_whitespace().nth(1).unwrap().to_string();
-        (p, format!("http://127.0.0.1:{api_port}"), address)
-    }
-}
 
 fn wait_final(dir: &Path, api: &str, id: &str) -> String {
     let start = Instant::now();
@@ -252,11 +83,12 @@ impl Net {
             .collect();
         let proxies =
             (0..3).map(|i| (0..3).map(|j| (i != j).then(|| Proxy::to(replicas[j].raft))).collect()).collect();
+        let chain = (rpc.clone(), d["contract"].as_str().unwrap().to_string(), d["block"].as_u64().unwrap());
         let mut group = Group {
             dir: dir.clone(),
-            rpc: rpc.clone(),
-            contract: d["contract"].as_str().unwrap().to_string(),
-            block: d["block"].as_u64().unwrap(),
+            chains: vec![chain],
+            hub_extra: String::new(),
+            prepare_timeout_ms: 1500,
             replicas,
             proxies,
         };

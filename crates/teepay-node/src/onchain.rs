@@ -344,8 +344,15 @@ pub async fn watch_once<C: Chain + Clone + 'static>(
             }
             // Someone claims REVERT for a swap: if this node holds the hub's certificate, it
             // posts it within the challenge window (in the background: the watcher reads on).
-            ContractEvent::RevertClaimed { hub, instance, .. } => {
-                if let Ok(Response::Certificate(cert)) = node.enclave(Request::Certificate { instance }).await
+            ContractEvent::RevertClaimed { hub, instance, final_at, .. } => {
+                let held = node.enclave(Request::Certificate { instance }).await;
+                tracing::info!(
+                    ?instance,
+                    final_at,
+                    holds_certificate = held.is_ok(),
+                    "REVERT claimed for a swap"
+                );
+                if let Ok(Response::Certificate(cert)) = held
                     && cert.hub == hub
                 {
                     let (node, link) = (node.clone(), link.clone());

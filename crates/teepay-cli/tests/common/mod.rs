@@ -57,17 +57,38 @@ pub fn spawn_logged(cmd: &mut Command, prefix: &str, log: Option<&Path>) -> (Pro
 }
 
 pub fn anvil(chain_id: u64) -> (Proc, String) {
+    anvil_with(chain_id, &[])
+}
+
+/// An anvil with extra arguments (e.g. `--block-time 1`: a block every second, as a live
+/// chain makes them, so chain time passes with no transaction).
+pub fn anvil_with(chain_id: u64, extra: &[&str]) -> (Proc, String) {
     let bin = root().join("node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
     assert!(bin.exists(), "anvil is not installed at {}: run `npm ci`", bin.display());
     let (p, line) = spawn_until(
-        Command::new(bin).args(["--host", "127.0.0.1", "--port", "0", "--chain-id", &chain_id.to_string()]),
+        Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", "0", "--chain-id", &chain_id.to_string()])
+            .args(extra),
         "Listening on ",
     );
     (p, format!("http://{}", line.trim_start_matches("Listening on ").trim()))
 }
 
+/// A port nothing listens on, below Linux's ephemeral range (32768–60999): a port taken from
+/// that range could be handed to an outgoing connection (a daemon dialing its chain) before
+/// the daemon it was meant for binds it. Each test process walks its own stretch.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 120) as u16 * 100;
+    for _ in 0..10_000 {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 12_000;
+        let port = if port > 32_000 { port - 12_000 } else { port };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range")
 }
 
 /// Runs the CLI; Ok(json) on exit 0, Err(stderr) otherwise.
@@ -115,3 +136,5 @@ pub fn log_tails(dir: &Path) -> String {
     }
     out
 }
+
+pub mod group;

@@ -1,0 +1,312 @@
+//! The whole hub group lost mid-swap (issue 15, DESIGN §10), every party an OS process: three
+//! `teepay hub` replicas, three `teepay node` daemons (u1, mid, u2) and two anvil chains that
+//! mine a block every second. u2 reaches the group through proxies that hold what the hub sends
+//! it for 1.5 s, so the test can kill every replica (and drop what the proxies still hold)
+//! at a moment it chooses:
+//! - after u1 and mid have the swap's CONFIRM and u2 has not: past the locks' deadline u2's
+//!   `channel close` claims REVERT, mid's watcher answers with the hub's certificate within the
+//!   challenge window, u2's enclave takes it from the chain, and every channel closes with the
+//!   swap applied on both chains;
+//! - before any COMMIT: no certificate exists, the claims become final after the window and
+//!   every channel closes with the swap reverted on both chains.
+//!
+//! Each run ends by reading every `ChannelClosed` from both contracts: each channel paid
+//! exactly one outcome, the same on both chains, and both contracts hold nothing.
+
+mod common;
+
+use common::group::{Group, Proxy, Replica};
+use common::{ETH, Proc, anvil_with, cli, free_port, log_tails, ok, wait_until};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use teepay_chain::contract::{ContractEvent, events};
+use teepay_chain::{Chain, RpcChain};
+use teepay_types::Address;
+
+const HOLD: Duration = Duration::from_millis(1500);
+const GIVE_A: u128 = ETH / 20;
+const GIVE_B: u128 = ETH / 25;
+
+struct Channel {
+    id: String,
+    chain: usize,
+    opener: usize,
+    peer: usize,
+}
+
+struct Net {
+    dir: PathBuf,
+    group: Group,
+    /// u2's proxies to each replica's link.
+    slow: Vec<Proxy>,
+    nodes: Vec<(Option<Proc>, String, String)>,
+    channels: Vec<Channel>,
+    _anvils: Vec<Proc>,
+}
+
+impl Net {
+    fn start(tag: &str) -> Net {
+        let dir = std::env::temp_dir().join(format!("teepay-group-lost-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut anvils = Vec::new();
+        let mut chains = Vec::new();
+        for id in [31337u64, 31338] {
+            let (p, rpc) = anvil_with(id, &["--block-time", "1"]);
+            let d = ok(&["deploy", "--rpc", &rpc, "--challenge-window", "3"]);
+            chains.push((rpc, d["contract"].as_str().unwrap().to_string(), d["block"].as_u64().unwrap()));
+            anvils.push(p);
+        }
+        let replicas: Vec<Replica> = (1..=3)
+            .map(|id| Replica { id, link: free_port(), raft: free_port(), api: free_port(), proc: None })
+            .collect();
+        let proxies =
+            (0..3).map(|i| (0..3).map(|j| (i != j).then(|| Proxy::to(replicas[j].raft))).collect()).collect();
+        let slow: Vec<Proxy> = replicas.iter().map(|r| Proxy::delaying(r.link, HOLD)).collect();
+        let mut group = Group {
+            dir: dir.clone(),
+            chains,
+            // Swap locks' last-resort deadline: 4 s after the swap's own (6 s) deadline.
+            hub_extra: "swap_lock_time_ms = 4000\n".into(),
+            prepare_timeout_ms: 6000,
+            replicas,
+            proxies,
+        };
+        for i in 0..3 {
+            group.start(i);
+        }
+        wait_until("a leader to serve the API", Duration::from_secs(20), || group.leader_api().is_some());
+        let slow_links: Vec<u16> = slow.iter().map(|p| p.port).collect();
+        let nodes: Vec<(Option<Proc>, String, String)> = ["u1", "mid", "u2"]
+            .into_iter()
+            .map(|name| {
+                let (p, api, address) = if name == "u2" {
+                    group.start_node_via(name, free_port(), &slow_links)
+                } else {
+                    group.start_node(name, free_port())
+                };
+                (Some(p), api, address)
+            })
+            .collect();
+        for (_, _, address) in &nodes {
+            for (rpc, ..) in &group.chains {
+                ok(&["faucet", "--rpc", rpc, "--to", address, "--amount", &(5 * ETH).to_string()]);
+            }
+        }
+        let apis: Vec<String> = nodes.iter().map(|n| n.1.clone()).collect();
+        wait_until("every enclave to register itself on both chains", Duration::from_secs(30), || {
+            apis.iter().all(|api| {
+                ok(&["info", "--node", api])["chains"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|c| c["registered"] == true)
+            })
+        });
+        // Chain A: u1 → mid → u2; chain B: u2 → mid → u1; 1 ETH on each side.
+        let deposit = ETH.to_string();
+        let mut channels = Vec::new();
+        for (chain, opener, peer) in [(0, 0, 1), (0, 1, 2), (1, 2, 1), (1, 1, 0)] {
+            let chain_id = ["31337", "31338"][chain];
+            let r = ok(&[
+                "channel",
+                "open",
+                "--chain",
+                chain_id,
+                "--peer",
+                &nodes[peer].2,
+                "--deposit",
+                &deposit,
+                "--node",
+                &apis[opener],
+            ]);
+            let id = r["channel"].as_str().unwrap().to_string();
+            wait_until("the peer to see the channel", Duration::from_secs(20), || {
+                ok(&["channel", "list", "--node", &apis[peer]])["channels"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|c| c["id"] == id.as_str())
+            });
+            ok(&["channel", "fund", "--channel", &id, "--amount", &deposit, "--node", &apis[peer]]);
+            channels.push(Channel { id, chain, opener, peer });
+        }
+        wait_until("every node and the leader to see every deposit", Duration::from_secs(30), || {
+            let Some((_, hub)) = group.leader_api() else { return false };
+            let map = ok(&["network", "--hub", &hub]);
+            let funded =
+                map["channels"].as_array().unwrap().iter().filter(|c| c["balance_b"] == deposit.as_str());
+            funded.count() == 4
+                && apis.iter().all(|api| {
+                    ok(&["channel", "list", "--node", api])["channels"].as_array().unwrap().iter().all(|c| {
+                        let side = |k: &str| c[k].as_str().unwrap().parse::<u128>().unwrap();
+                        side("local") + side("remote") == 2 * ETH
+                    })
+                })
+        });
+        Net { dir, group, slow, nodes, channels, _anvils: anvils }
+    }
+
+    fn api(&self, node: usize) -> &str {
+        &self.nodes[node].1
+    }
+
+    fn locks(&self, node: usize) -> u64 {
+        ok(&["channel", "list", "--node", self.api(node)])["channels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["locks"].as_u64().unwrap())
+            .sum()
+    }
+
+    /// u1 proposes (gives GIVE_A on chain A, receives GIVE_B on chain B), u2 accepts; the
+    /// accepting CLI runs on its own thread (it waits for an end that may never come).
+    fn swap(&self) -> std::thread::JoinHandle<Result<serde_json::Value, String>> {
+        let (_, hub) = self.group.leader_api().unwrap();
+        let u2 = &self.nodes[2].2;
+        let give = format!("31337:{GIVE_A}:{u2}");
+        let receive = format!("31338:{GIVE_B}:{u2}");
+        let posted = ok(&[
+            "swap",
+            "propose",
+            "--give",
+            &give,
+            "--receive",
+            &receive,
+            "--hub",
+            &hub,
+            "--node",
+            self.api(0),
+        ]);
+        let id = posted["id"].as_u64().unwrap().to_string();
+        let u2_api = self.api(2).to_string();
+        std::thread::spawn(move || cli(&["swap", "accept", &id, "--hub", &hub, "--node", &u2_api]))
+    }
+
+    /// Every replica killed (SIGKILL), and whatever u2's proxies still hold is dropped.
+    fn lose_the_group(&mut self) {
+        for p in &self.slow {
+            p.set_cut(true);
+        }
+        for r in &mut self.group.replicas {
+            r.proc = None;
+        }
+    }
+
+    /// Closes `channel` through the nodes in `by`, in turn, until one succeeds.
+    fn close_by(&self, channel: &Channel, by: &[usize], limit: Duration) {
+        let start = Instant::now();
+        loop {
+            for &node in by {
+                match cli(&["channel", "close", "--channel", &channel.id, "--node", self.api(node)]) {
+                    Ok(_) => return,
+                    Err(e) if e.contains("is closed") => return,
+                    Err(e) => {
+                        assert!(
+                            start.elapsed() < limit,
+                            "channel {} did not close in {limit:?}: {e}{}",
+                            channel.id,
+                            log_tails(&self.dir)
+                        );
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Every channel's payouts from the contracts: (opener's, peer's) by channel id; also
+    /// checks that both contracts hold nothing.
+    fn payouts(&self) -> BTreeMap<String, (u128, u128)> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let mut out = BTreeMap::new();
+            for (rpc, contract, block) in &self.group.chains {
+                let chain = RpcChain::connect(rpc).unwrap();
+                let contract = Address::from_hex(contract).expect("contract address");
+                let head = chain.block_number().await.unwrap();
+                for logged in events(&chain, contract, *block, head).await.unwrap() {
+                    if let ContractEvent::ChannelClosed { channel, payout_a, payout_b, .. } = logged.event {
+                        out.insert(channel.to_string(), (payout_a.0, payout_b.0));
+                    }
+                }
+                assert_eq!(
+                    chain.balance(contract).await.unwrap().0,
+                    0,
+                    "the contract on {rpc} holds nothing"
+                );
+            }
+            out
+        })
+    }
+
+    /// Each channel paid the swap's one outcome: `applied` moved GIVE_A along chain A
+    /// (u1 → mid → u2) and GIVE_B along chain B (u2 → mid → u1), or nothing moved.
+    fn assert_swap_ended(&self, applied: bool) {
+        let paid = self.payouts();
+        assert_eq!(paid.len(), 4, "every channel closed: {paid:?}");
+        for c in &self.channels {
+            let moved = if applied { [GIVE_A, GIVE_B][c.chain] } else { 0 };
+            let key = paid
+                .keys()
+                .find(|k| k.to_lowercase().contains(&c.id.trim_start_matches("0x").to_lowercase()));
+            let (opener, peer) = paid[key.unwrap_or_else(|| panic!("no close of {} in {paid:?}", c.id))];
+            assert_eq!((opener, peer), (ETH - moved, ETH + moved), "channel {} (applied: {applied})", c.id);
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.0 = None;
+        }
+        for r in &mut self.group.replicas {
+            r.proc = None;
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+#[test]
+fn a_confirm_that_reached_only_some_nodes_settles_both_chains_without_the_group() {
+    let mut net = Net::start("confirm");
+    let _accept = net.swap();
+    // u1 holds its locks from PREPARE until CONFIRM; u2's CONFIRM is 1.5 s behind.
+    wait_until("u1 to lock the swap", Duration::from_secs(20), || net.locks(0) > 0);
+    wait_until("the CONFIRM to reach u1", Duration::from_secs(20), || net.locks(0) == 0);
+    net.lose_the_group();
+    assert!(net.locks(2) > 0, "u2 never got the decision: its swap locks stand");
+    assert_eq!(net.locks(1), 0, "mid applied the CONFIRM (and keeps its certificate)");
+
+    // u2 wants back what it gives on chain B: past the deadline it claims REVERT; mid's
+    // watcher posts the hub's certificate in the window, and u2 closes with it.
+    let limit = Duration::from_secs(60);
+    net.close_by(&net.channels[2], &[2], limit);
+    wait_until("u2's enclave to take the certificate from the chain", Duration::from_secs(20), || {
+        net.locks(2) == 0
+    });
+    for c in [&net.channels[0], &net.channels[1], &net.channels[3]] {
+        net.close_by(c, &[c.opener, c.peer], limit);
+    }
+    net.assert_swap_ended(true);
+}
+
+#[test]
+fn with_no_certificate_the_deadline_path_reverts_the_swap_on_both_chains() {
+    let mut net = Net::start("revert");
+    let _accept = net.swap();
+    // Lost while u2's PREPARE is still held: nobody committed, no certificate exists.
+    wait_until("u1 to lock the swap", Duration::from_secs(20), || net.locks(0) > 0);
+    net.lose_the_group();
+    assert_eq!(net.locks(2), 0, "u2 never saw the swap");
+    let limit = Duration::from_secs(60);
+    for c in &net.channels {
+        net.close_by(c, &[c.opener, c.peer], limit);
+    }
+    net.assert_swap_ended(false);
+}
