@@ -123,6 +123,42 @@ async fn a_replica_behind_a_purged_log_catches_up_from_a_snapshot() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A follower's host restores an older copy of its Raft log (forgetting entries it
+/// acknowledged): the replica refuses to start with it rather than vote or lead on it, and
+/// with its real log it rejoins and catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_log_was_rolled_back_does_not_rejoin_with_it() {
+    let dir = std::env::temp_dir().join(format!("teepay-hub-group-rollback-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut group = LocalGroup::start(&dir, 3, config(), &authority()).await.unwrap();
+    let leader = group.leader().await.unwrap();
+    let (mut live, _) = group.take_office(leader).await.unwrap();
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    for seed in 1..=3 {
+        admit_and_commit(&group.replicas[&leader].raft, &mut live, seed).await;
+    }
+    converged(&group, &live).await;
+    let log = dir.join(format!("r{follower}/raft/raft-log.jsonl"));
+    let old = std::fs::read(&log).unwrap();
+    for seed in 4..=6 {
+        admit_and_commit(&group.replicas[&leader].raft, &mut live, seed).await;
+    }
+    converged(&group, &live).await;
+    group.stop(follower).await;
+    let acknowledged = std::fs::read(&log).unwrap();
+    std::fs::write(&log, &old).unwrap();
+    let refused = group.restart(follower).await.expect_err("a rolled-back log must not be used");
+    assert!(refused.to_string().contains("rolled back"), "{refused}");
+    std::fs::write(&log, &acknowledged).unwrap();
+    group.restart(follower).await.expect("its own log opens");
+    for seed in 7..=8 {
+        admit_and_commit(&group.replicas[&leader].raft, &mut live, seed).await;
+    }
+    converged(&group, &live).await;
+    group.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A replica's Raft vote survives a restart sealed on its own platform, and a vote file
 /// altered by its host is refused rather than believed.
 #[test]

@@ -77,6 +77,10 @@ pub enum ReplicaError {
     FrameTooLarge(usize),
     #[error("malformed frame: {0}")]
     Malformed(String),
+    #[error(
+        "replica log at {path} is not the one this replica sealed ({what}): rolled back, truncated or replaced; it must not vote or lead with it"
+    )]
+    RolledBack { path: String, what: String },
 }
 
 /// The Raft settings of a hub group. Elections within a few hundred milliseconds of a

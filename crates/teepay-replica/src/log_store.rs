@@ -10,6 +10,15 @@
 //!   dominate it, so it stays proportional to the unpurged log.
 //!
 //! Reads are served from memory (the unpurged suffix, bounded by the snapshot policy).
+//!
+//! With a rollback-protected [`VoteStore`] (the hub seals it under its platform's monotonic
+//! counter), the store keeps the vote *and the head of a hash chain over the log file's
+//! records*, sealed after every write and before openraft hears of it. At open the file must
+//! reproduce that head: a host that restores an older copy of the log, cuts acknowledged
+//! records or swaps them is refused ([`ReplicaError::RolledBack`]), so a replica never votes or
+//! leads with a log that forgot what it acknowledged (DESIGN §10: "a replica restored from an
+//! old log cannot vote with it"). Records past the sealed head (written, then a crash before
+//! the seal) were never acknowledged and are kept.
 
 use crate::{ReplicaError, TypeConfig};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -37,12 +46,33 @@ enum Record {
     Purge(Id),
 }
 
-/// Where a replica keeps its Raft vote when a plain file is not enough: a vote forgotten or
-/// rolled back lets a replica vote twice in one term. The hub keeps it sealed under its
-/// enclave platform's monotonic counter, so a restored older vote is refused as stale.
+/// Where a replica keeps its Raft vote and its log's head when a plain file is not enough: a
+/// vote forgotten or rolled back lets a replica vote twice in one term, a log rolled back
+/// forgets acknowledged entries. The hub keeps them sealed under its enclave platform's
+/// monotonic counter, so a restored older copy is refused as stale.
 pub trait VoteStore: Send + Sync + 'static {
     fn save(&self, vote: &[u8]) -> Result<(), String>;
     fn load(&self) -> Result<Option<Vec<u8>>, String>;
+}
+
+/// The head of the hash chain over the log file's records: `hash` after `records` records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Head {
+    records: u64,
+    hash: [u8; 32],
+}
+
+/// What a rollback-protected store holds: the vote and the log's head. `alternate` is the
+/// previous head while a rewrite replaces the file (a crash then leaves either file).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Sealed {
+    vote: Option<Vote<crate::ReplicaId>>,
+    head: Option<Head>,
+    alternate: Option<Head>,
+}
+
+fn chain(prev: &[u8; 32], record: &[u8]) -> [u8; 32] {
+    teepay_types::keccak256_parts(&[b"teepay/raft-log/v1", prev, record])
 }
 
 struct Inner {
@@ -50,6 +80,9 @@ struct Inner {
     log: File,
     /// Records in the file (live or not): drives the rewrite.
     records: usize,
+    /// The hash chain over every record in the file.
+    hash: [u8; 32],
+    sealed: Sealed,
     entries: BTreeMap<u64, Entry<TypeConfig>>,
     last_purged: Option<Id>,
     vote: Option<Vote<crate::ReplicaId>>,
@@ -85,14 +118,35 @@ impl FileLogStore {
         Self::open_with(dir, None)
     }
 
-    /// [`FileLogStore::open`] with the vote kept in `votes` (rollback-protected) instead.
+    /// [`FileLogStore::open`] with the vote and the log's head kept in `votes`
+    /// (rollback-protected) instead: a log file that does not reproduce the sealed head is
+    /// refused.
     pub fn open_with(dir: &Path, votes: Option<Arc<dyn VoteStore>>) -> Result<Self, ReplicaError> {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         let path = dir.join("raft-log.jsonl");
+        let sealed: Sealed = match &votes {
+            Some(v) => match v
+                .load()
+                .map_err(|what| ReplicaError::Corrupt { path: "sealed vote".into(), what })?
+            {
+                Some(bytes) => serde_json::from_slice(&bytes)
+                    .map_err(|e| ReplicaError::Corrupt { path: "sealed vote".into(), what: e.to_string() })?,
+                None => Sealed::default(),
+            },
+            None => Sealed::default(),
+        };
         let mut entries = BTreeMap::new();
         let mut last_purged = None;
         let mut records = 0;
         let mut good_len: u64 = 0;
+        let mut hash = [0u8; 32];
+        let matches = |records: usize, hash: &[u8; 32]| {
+            [sealed.head, sealed.alternate]
+                .into_iter()
+                .flatten()
+                .any(|h| h.records == records as u64 && h.hash == *hash)
+        };
+        let mut reproduced = matches(0, &hash);
         if path.exists() {
             let file = File::open(&path).map_err(|e| io(&path, e))?;
             let mut reader = BufReader::new(file);
@@ -113,27 +167,37 @@ impl FileLogStore {
                 apply_record(&mut entries, &mut last_purged, record);
                 records += 1;
                 good_len += n as u64;
+                hash = chain(&hash, line.as_bytes());
+                reproduced |= matches(records, &hash);
             }
+        }
+        if let Some(head) = sealed.head
+            && !reproduced
+        {
+            return Err(ReplicaError::RolledBack {
+                path: path.display().to_string(),
+                what: format!(
+                    "sealed after record {}, the file has {records} that do not lead there",
+                    head.records
+                ),
+            });
         }
         let log = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| io(&path, e))?;
         log.set_len(good_len).map_err(|e| io(&path, e))?;
         let vote_path = dir.join("raft-vote.json");
-        let stored = match &votes {
-            Some(v) => v.load().map_err(|what| ReplicaError::Corrupt { path: "sealed vote".into(), what })?,
+        let vote = match &votes {
+            Some(_) => sealed.vote,
             None => match std::fs::read(&vote_path) {
-                Ok(bytes) => Some(bytes),
+                Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| ReplicaError::Corrupt {
+                    path: vote_path.display().to_string(),
+                    what: e.to_string(),
+                })?),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => return Err(io(&vote_path, e)),
             },
         };
-        let vote = match stored {
-            Some(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| ReplicaError::Corrupt {
-                path: vote_path.display().to_string(),
-                what: e.to_string(),
-            })?),
-            None => None,
-        };
-        let inner = Inner { dir: dir.to_path_buf(), log, records, entries, last_purged, vote, votes };
+        let inner =
+            Inner { dir: dir.to_path_buf(), log, records, hash, sealed, entries, last_purged, vote, votes };
         Ok(Self { inner: Arc::new(Mutex::new(inner)) })
     }
 
@@ -173,6 +237,12 @@ impl Inner {
         self.log.write_all(&buf).map_err(|e| io(&path, e))?;
         self.log.sync_data().map_err(|e| io(&path, e))?;
         self.records += records.len();
+        for line in buf.split_inclusive(|b| *b == b'\n') {
+            self.hash = chain(&self.hash, line);
+        }
+        // Sealed before openraft hears the records are durable: what it acknowledges, a
+        // rolled-back file can no longer hide.
+        self.seal_head(None)?;
         for r in records {
             apply_record(&mut self.entries, &mut self.last_purged, r);
         }
@@ -180,6 +250,17 @@ impl Inner {
             self.rewrite()?;
         }
         Ok(())
+    }
+
+    /// Seals the vote and the current head (with `alternate` still accepted), if this log
+    /// has a rollback-protected store.
+    fn seal_head(&mut self, alternate: Option<Head>) -> Result<(), ReplicaError> {
+        let Some(store) = &self.votes else { return Ok(()) };
+        self.sealed.head = Some(Head { records: self.records as u64, hash: self.hash });
+        self.sealed.alternate = alternate;
+        self.sealed.vote = self.vote;
+        let bytes = serde_json::to_vec(&self.sealed).map_err(|e| ReplicaError::Malformed(e.to_string()))?;
+        store.save(&bytes).map_err(|what| ReplicaError::Corrupt { path: "sealed log head".into(), what })
     }
 
     /// Rewrites the log file with the live records only (atomically: a crash leaves the old
@@ -201,10 +282,15 @@ impl Inner {
             buf.push(b'\n');
             records += 1;
         }
+        // The new file's head is sealed (the old one still accepted) before the rename, and
+        // alone after it: a crash in between leaves a file one of the two heads matches.
+        let old = Head { records: self.records as u64, hash: self.hash };
+        let new_hash = buf.split_inclusive(|b| *b == b'\n').fold([0u8; 32], |h, line| chain(&h, line));
+        (self.records, self.hash) = (records, new_hash);
+        self.seal_head(Some(old))?;
         write_durably(&tmp, &path, &buf)?;
         self.log = OpenOptions::new().append(true).open(&path).map_err(|e| io(&path, e))?;
-        self.records = records;
-        Ok(())
+        self.seal_head(None)
     }
 }
 
@@ -247,15 +333,19 @@ impl RaftLogStorage<TypeConfig> for FileLogStore {
         vote: &Vote<crate::ReplicaId>,
     ) -> Result<(), StorageError<crate::ReplicaId>> {
         let mut inner = self.lock();
-        let bytes = serde_json::to_vec(vote).map_err(|e| StorageIOError::write_vote(&e))?;
-        match &inner.votes {
-            Some(v) => v.save(&bytes).map_err(|e| StorageIOError::write_vote(&ReplicaError::Malformed(e)))?,
-            None => {
-                let (tmp, path) = (inner.dir.join("raft-vote.json.tmp"), inner.dir.join("raft-vote.json"));
-                write_durably(&tmp, &path, &bytes).map_err(|e| StorageIOError::write_vote(&e))?;
+        if inner.votes.is_some() {
+            let previous = inner.vote.replace(*vote);
+            let alternate = inner.sealed.alternate;
+            if let Err(e) = inner.seal_head(alternate) {
+                inner.vote = previous;
+                return Err(StorageIOError::write_vote(&e).into());
             }
+        } else {
+            let bytes = serde_json::to_vec(vote).map_err(|e| StorageIOError::write_vote(&e))?;
+            let (tmp, path) = (inner.dir.join("raft-vote.json.tmp"), inner.dir.join("raft-vote.json"));
+            write_durably(&tmp, &path, &bytes).map_err(|e| StorageIOError::write_vote(&e))?;
+            inner.vote = Some(*vote);
         }
-        inner.vote = Some(*vote);
         Ok(())
     }
 
@@ -375,6 +465,90 @@ mod tests {
         drop(store);
         let again = FileLogStore::open(&d).unwrap();
         assert_eq!(indexes(&again), (n - 4..=n).collect::<Vec<_>>());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A store as rollback-protected as sealed state: the host cannot bring back an old value.
+    #[derive(Default)]
+    struct Monotonic(Mutex<Option<Vec<u8>>>);
+
+    impl VoteStore for Monotonic {
+        fn save(&self, vote: &[u8]) -> Result<(), String> {
+            *self.0.lock().unwrap() = Some(vote.to_vec());
+            Ok(())
+        }
+        fn load(&self) -> Result<Option<Vec<u8>>, String> {
+            Ok(self.0.lock().unwrap().clone())
+        }
+    }
+
+    fn sealed_store(d: &Path, store: &Arc<Monotonic>) -> Result<FileLogStore, ReplicaError> {
+        FileLogStore::open_with(d, Some(store.clone() as Arc<dyn VoteStore>))
+    }
+
+    #[test]
+    fn a_rolled_back_truncated_or_swapped_log_is_refused() {
+        let d = dir("rollback");
+        let store = Arc::new(Monotonic::default());
+        let log = sealed_store(&d, &store).unwrap();
+        log.lock().write((1..=3).map(|i| Record::Entry(entry(1, i))).collect()).unwrap();
+        let path = d.join("raft-log.jsonl");
+        let old = std::fs::read(&path).unwrap();
+        log.lock().write((4..=6).map(|i| Record::Entry(entry(1, i))).collect()).unwrap();
+        drop(log);
+        let current = std::fs::read(&path).unwrap();
+        assert_eq!(indexes(&sealed_store(&d, &store).unwrap()), (1..=6).collect::<Vec<_>>());
+
+        // The host restores the older copy: entries 4..6 were acknowledged, so refused.
+        std::fs::write(&path, &old).unwrap();
+        assert!(matches!(sealed_store(&d, &store), Err(ReplicaError::RolledBack { .. })));
+        // It cuts the last acknowledged record.
+        let text = String::from_utf8(current.clone()).unwrap();
+        let cut: Vec<&str> = text.lines().collect();
+        std::fs::write(&path, cut[..cut.len() - 1].join("\n") + "\n").unwrap();
+        assert!(matches!(sealed_store(&d, &store), Err(ReplicaError::RolledBack { .. })));
+        // It swaps a record for another well-formed one (same count).
+        std::fs::write(&path, text.replacen("\"index\":2", "\"index\":7", 1)).unwrap();
+        assert!(matches!(sealed_store(&d, &store), Err(ReplicaError::RolledBack { .. })));
+        // Without a sealed head (a plain file log), the same file opens: the check is the seal's.
+        std::fs::write(&path, &old).unwrap();
+        assert!(FileLogStore::open(&d).is_ok());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn records_written_but_not_yet_sealed_and_a_rewrite_cut_short_still_open() {
+        let d = dir("unsealed");
+        let store = Arc::new(Monotonic::default());
+        let log = sealed_store(&d, &store).unwrap();
+        log.lock().write((1..=2).map(|i| Record::Entry(entry(1, i))).collect()).unwrap();
+        drop(log);
+        // A crash between the append's fsync and its seal: the record was never acknowledged.
+        let path = d.join("raft-log.jsonl");
+        let mut line = serde_json::to_vec(&Record::Entry(entry(1, 3))).unwrap();
+        line.push(b'\n');
+        OpenOptions::new().append(true).open(&path).unwrap().write_all(&line).unwrap();
+        let log = sealed_store(&d, &store).unwrap();
+        assert_eq!(indexes(&log), vec![1, 2, 3]);
+        // A rewrite sealed its new head but crashed before the rename: the old file opens.
+        let before = std::fs::read(&path).unwrap();
+        let n = REWRITE_SLACK as u64 + 10;
+        log.lock().write((4..=n).map(|i| Record::Entry(entry(1, i))).collect()).unwrap();
+        log.lock().write(vec![Record::Purge(*entry(1, n - 5).get_log_id())]).unwrap();
+        let sealed: Sealed = serde_json::from_slice(&store.load().unwrap().unwrap()).unwrap();
+        let rewritten = std::fs::read(&path).unwrap();
+        drop(log);
+        let mut mid_rewrite = sealed.clone();
+        mid_rewrite.alternate = Some(Head { records: 999_999, hash: [1; 32] });
+        store.save(&serde_json::to_vec(&mid_rewrite).unwrap()).unwrap();
+        assert!(sealed_store(&d, &store).is_ok(), "the new file matches the new head");
+        std::fs::write(&path, &before).unwrap();
+        assert!(
+            matches!(sealed_store(&d, &store), Err(ReplicaError::RolledBack { .. })),
+            "an old file matches neither"
+        );
+        std::fs::write(&path, &rewritten).unwrap();
+        assert_eq!(indexes(&sealed_store(&d, &store).unwrap()), (n - 4..=n).collect::<Vec<_>>());
         let _ = std::fs::remove_dir_all(&d);
     }
 }
