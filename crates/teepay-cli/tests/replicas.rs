@@ -62,31 +62,40 @@ fn consistent(apis: &[String]) -> Result<u128, String> {
     Ok(total)
 }
 
-/// The group, three nodes (u1, mid, u2) and funded channels u1 ⇄ mid ⇄ u2 (1 ETH each side).
+/// The group, three nodes (u1, mid, u2) and funded channels (1 ETH each side): on chain A
+/// u1 ⇄ mid ⇄ u2 (payments), on chain B u2 ⇄ mid ⇄ u1 (the other side of swaps).
 struct Net {
     dir: PathBuf,
     group: Group,
     nodes: Vec<(Option<Proc>, String, String)>,
     apis: Vec<String>,
-    _anvil: Proc,
+    _anvils: Vec<Proc>,
 }
+
+/// What every open channel holds in all: four channels of 1 ETH on each side.
+const TOTAL: u128 = 8 * ETH;
 
 impl Net {
     fn start(tag: &str) -> Net {
         let dir = std::env::temp_dir().join(format!("teepay-replicas-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let (anvil, rpc) = anvil(31337);
-        let d = ok(&["deploy", "--rpc", &rpc]);
+        let mut anvils = Vec::new();
+        let mut chains = Vec::new();
+        for id in [31337, 31338] {
+            let (p, rpc) = anvil(id);
+            let d = ok(&["deploy", "--rpc", &rpc]);
+            chains.push((rpc, d["contract"].as_str().unwrap().to_string(), d["block"].as_u64().unwrap()));
+            anvils.push(p);
+        }
         let replicas: Vec<Replica> = (1..=3)
             .map(|id| Replica { id, link: free_port(), raft: free_port(), api: free_port(), proc: None })
             .collect();
         let proxies =
             (0..3).map(|i| (0..3).map(|j| (i != j).then(|| Proxy::to(replicas[j].raft))).collect()).collect();
-        let chain = (rpc.clone(), d["contract"].as_str().unwrap().to_string(), d["block"].as_u64().unwrap());
         let mut group = Group {
             dir: dir.clone(),
-            chains: vec![chain],
+            chains,
             hub_extra: String::new(),
             prepare_timeout_ms: 1500,
             replicas,
@@ -105,7 +114,9 @@ impl Net {
             })
             .collect();
         for (_, _, address) in &nodes {
-            ok(&["faucet", "--rpc", &rpc, "--to", address, "--amount", &(5 * ETH).to_string()]);
+            for (rpc, ..) in &group.chains {
+                ok(&["faucet", "--rpc", rpc, "--to", address, "--amount", &(5 * ETH).to_string()]);
+            }
         }
         let apis: Vec<String> = nodes.iter().map(|n| n.1.clone()).collect();
         wait_until("every enclave to register itself", Duration::from_secs(30), || {
@@ -118,12 +129,12 @@ impl Net {
             })
         });
         let deposit = ETH.to_string();
-        for (x, y) in [(0, 1), (1, 2)] {
+        for (chain, x, y) in [("31337", 0, 1), ("31337", 1, 2), ("31338", 2, 1), ("31338", 1, 0)] {
             let r = ok(&[
                 "channel",
                 "open",
                 "--chain",
-                "31337",
+                chain,
                 "--peer",
                 &nodes[y].2,
                 "--deposit",
@@ -141,7 +152,7 @@ impl Net {
             });
             ok(&["channel", "fund", "--channel", &id, "--amount", &deposit, "--node", &apis[y]]);
         }
-        wait_until("both deposits seen by every node and the leader", Duration::from_secs(30), || {
+        wait_until("every deposit seen by every node and the leader", Duration::from_secs(30), || {
             let Some((_, hub)) = group.leader_api() else { return false };
             let map = ok(&["network", "--hub", &hub]);
             let funded = map["channels"]
@@ -150,9 +161,46 @@ impl Net {
                 .iter()
                 .filter(|c| c["balance_b"] == deposit.as_str())
                 .count();
-            funded == 2 && consistent(&apis).is_ok_and(|t| t == 4 * ETH)
+            funded == 4 && consistent(&apis).is_ok_and(|t| t == TOTAL)
         });
-        Net { dir, group, nodes, apis, _anvil: anvil }
+        Net { dir, group, nodes, apis, _anvils: anvils }
+    }
+
+    /// What `node` holds in its open channels on `chain`, as its enclave sees them.
+    fn holdings(&self, node: usize, chain: u64) -> u128 {
+        ok(&["channel", "list", "--node", &self.apis[node]])["channels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["open"] == true && c["chain"] == chain)
+            .map(|c| c["local"].as_str().unwrap().parse::<u128>().unwrap())
+            .sum()
+    }
+
+    /// A swap posted by u1 (gives `give` on chain A, receives `receive` on chain B) and
+    /// accepted by u2, on a thread of its own: it may be caught by a failover.
+    fn swap(&self, give: u128, receive: u128) -> std::thread::JoinHandle<Result<serde_json::Value, String>> {
+        let (_, hub) = self.group.leader_api().expect("a leader");
+        let u2 = self.nodes[2].2.clone();
+        let (u1_api, u2_api) = (self.apis[0].clone(), self.apis[2].clone());
+        std::thread::spawn(move || {
+            let give = format!("31337:{give}:{u2}");
+            let receive = format!("31338:{receive}:{u2}");
+            let posted = cli(&[
+                "swap",
+                "propose",
+                "--give",
+                &give,
+                "--receive",
+                &receive,
+                "--hub",
+                &hub,
+                "--node",
+                &u1_api,
+            ])?;
+            let id = posted["id"].as_u64().unwrap().to_string();
+            cli(&["swap", "accept", &id, "--hub", &hub, "--node", &u2_api])
+        })
     }
 
     /// [`Net::pay`] once u1 has (re)connected to whichever replica leads.
@@ -204,7 +252,7 @@ impl Drop for Net {
 }
 
 #[test]
-fn a_hub_group_survives_kill_9_of_its_leader_with_payments_in_flight() {
+fn a_hub_group_survives_kill_9_of_its_leader_with_payments_and_swaps_in_flight() {
     let mut net = Net::start("kill");
     let first = net.pay(true).expect("a payment through the group's leader");
     assert_eq!(first["status"], "succeeded", "{first}");
@@ -217,12 +265,32 @@ fn a_hub_group_survives_kill_9_of_its_leader_with_payments_in_flight() {
     let leader_api = format!("http://127.0.0.1:{}", net.group.replicas[leader].api);
     assert!(redirect.contains(&leader_api), "{redirect}");
 
-    // kill -9 of the leader with payments in flight.
+    // kill -9 of the leader with swaps (each with amounts of its own) and payments in flight.
+    let swaps = [(ETH / 20, ETH / 25), (ETH / 32, ETH / 64)];
     let started: Vec<String> = (0..5)
         .filter_map(|_| net.pay(false).ok())
         .map(|v| v["instance"].as_str().unwrap().to_string())
         .collect();
     assert!(!started.is_empty(), "payments started before the kill");
+    let swap_threads: Vec<_> = swaps.iter().map(|&(give, receive)| net.swap(give, receive)).collect();
+    // The kill lands once a swap holds a lock at u1 (or its threads are done).
+    let locked_b = || {
+        ok(&["channel", "list", "--node", &net.apis[0]])["channels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["chain"] == 31338 && c["locks"] != 0)
+    };
+    let poll = Instant::now();
+    let caught = loop {
+        if locked_b() {
+            break true;
+        }
+        if swap_threads.iter().all(|t| t.is_finished()) || poll.elapsed() > Duration::from_secs(5) {
+            break false;
+        }
+    };
+    eprintln!("kill with a swap holding a lock at u1: {caught}");
     net.group.replicas[leader].proc = None; // SIGKILL
     let killed = Instant::now();
     wait_until("another replica to lead", Duration::from_secs(20), || net.group.leader_api().is_some());
@@ -236,8 +304,10 @@ fn a_hub_group_survives_kill_9_of_its_leader_with_payments_in_flight() {
     );
     let outcomes: Vec<String> = started.iter().map(|id| wait_final(&net.dir, &net.apis[0], id)).collect();
     eprintln!("payments in flight at the kill ended: {outcomes:?}");
+    let swap_answers: Vec<_> = swap_threads.into_iter().map(|t| t.join().unwrap()).collect();
+    eprintln!("swaps in flight at the kill: {swap_answers:?}");
     wait_until("locks to clear and views to agree", Duration::from_secs(30), || {
-        consistent(&net.apis).is_ok_and(|t| t == 4 * ETH)
+        consistent(&net.apis).is_ok_and(|t| t == TOTAL)
     });
 
     // The old leader restarts from its state and follows; payments go on.
@@ -245,7 +315,22 @@ fn a_hub_group_survives_kill_9_of_its_leader_with_payments_in_flight() {
     let again = net.pay_connected().expect("a payment after the old leader rejoined");
     assert_eq!(again["status"], "succeeded", "{again}");
     assert_ne!(net.group.leader_api().unwrap().0, leader, "the restarted replica follows");
-    assert_eq!(consistent(&net.apis), Ok(4 * ETH), "nothing created or lost");
+    assert_eq!(consistent(&net.apis), Ok(TOTAL), "nothing created or lost");
+
+    // Each swap ended one way on both chains. Chain B carries only swaps: what u1 gained
+    // there says which applied; chain A must show exactly those swaps' gives (plus the
+    // payments that succeeded, 0.01 ETH each, no fees).
+    let paid = (2 + outcomes.iter().filter(|o| *o == "succeeded").count()) as u128 * (ETH / 100);
+    let gained_b = net.holdings(0, 31338) - ETH;
+    let applied: Vec<usize> = (0..4usize)
+        .map(|mask| (0..2).filter(|i| mask & (1 << i) != 0).collect::<Vec<_>>())
+        .find(|set| set.iter().map(|&i| swaps[i].1).sum::<u128>() == gained_b)
+        .unwrap_or_else(|| panic!("u1 gained {gained_b} on chain B: no set of swaps gives that"));
+    let gives: u128 = applied.iter().map(|&i| swaps[i].0).sum();
+    assert_eq!(net.holdings(2, 31337), ETH + paid + gives, "u2 on chain A: payments and applied swaps");
+    assert_eq!(net.holdings(0, 31337), ETH - paid - gives, "u1 on chain A");
+    assert_eq!(net.holdings(2, 31338), ETH - gained_b, "u2 on chain B");
+    eprintln!("swaps applied on both chains: {applied:?} of {}", swaps.len());
 }
 
 #[test]
@@ -271,7 +356,7 @@ fn a_leader_cut_off_from_the_group_stops_and_the_majority_goes_on() {
     let after = net.pay_connected().expect("a payment after healing");
     assert_eq!(after["status"], "succeeded", "{after}");
     assert_ne!(net.group.leader_api().unwrap().0, leader, "the healed replica follows");
-    assert_eq!(consistent(&net.apis), Ok(4 * ETH), "nothing created or lost");
+    assert_eq!(consistent(&net.apis), Ok(TOTAL), "nothing created or lost");
 }
 
 #[test]
@@ -311,7 +396,7 @@ fn with_two_of_three_down_nothing_is_decided_and_all_ends_once_one_returns() {
     });
     let outcomes: Vec<String> = started.iter().map(|id| wait_final(&net.dir, &net.apis[0], id)).collect();
     eprintln!("payments in flight when the majority went ended: {outcomes:?}");
-    let open_total = if ejected { 2 * ETH } else { 4 * ETH };
+    let open_total = if ejected { TOTAL - 2 * ETH } else { TOTAL };
     let start = Instant::now();
     loop {
         match consistent(&net.apis) {
@@ -328,6 +413,6 @@ fn with_two_of_three_down_nothing_is_decided_and_all_ends_once_one_returns() {
     if !ejected {
         let after = net.pay_connected().expect("a payment once a majority is back");
         assert_eq!(after["status"], "succeeded", "{after}");
-        assert_eq!(consistent(&net.apis), Ok(4 * ETH), "nothing created or lost");
+        assert_eq!(consistent(&net.apis), Ok(TOTAL), "nothing created or lost");
     }
 }
