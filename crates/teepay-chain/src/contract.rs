@@ -323,6 +323,20 @@ impl<C: Chain> ContractView<'_, C> {
         })
     }
 
+    /// A swap's decision as recorded for locks naming `hub`: `None` until a certificate was
+    /// recorded, then whether it applied. (A REVERT claim still in its window, or final but
+    /// not yet used by a close, shows as `None`.)
+    pub async fn recorded_decision(&self, hub: Address, id: InstanceId) -> Result<Option<bool>, ChainError> {
+        let d = self
+            .view(PaymentChannels::swapDecisionsCall { _0: EvmAddress::from(hub.0), _1: B256::from(id.0) })
+            .await?;
+        Ok(match d.outcome {
+            0 => None,
+            1 => Some(true),
+            _ => Some(false),
+        })
+    }
+
     pub async fn enclave_measurement(&self, enclave: Address) -> Result<Option<Hash32>, ChainError> {
         let m = self.view(PaymentChannels::enclaveMeasurementCall(EvmAddress::from(enclave.0))).await?;
         Ok((m != B256::ZERO).then_some(m.0))

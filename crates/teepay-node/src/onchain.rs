@@ -240,6 +240,12 @@ pub async fn post_certificate<C: Chain>(
     let Response::Certificate(cert) = node.enclave(Request::Certificate { instance }).await? else {
         return Err(OnchainError::Unexpected);
     };
+    // The watcher replays old claims at every start: a decision already recorded costs no
+    // transaction.
+    let view = ContractView { chain: &link.chain, address: link.contract };
+    if view.recorded_decision(cert.hub, instance).await?.is_some() {
+        return Ok(None);
+    }
     let est = CallRequest {
         from: Some(node.address),
         to: Some(link.contract),

@@ -67,9 +67,12 @@ pub(crate) async fn scenario<C: Chain>(l: &mut Ledger<'_, C>) {
         "SwapLocked",
         "a certificate of a key the lock does not name decides nothing for it"
     );
+    let view = teepay_chain::contract::ContractView { chain: l.chain, address: d.address };
+    assert_eq!(view.recorded_decision(hub.address(), x).await.unwrap(), None);
     let confirm = DecisionCertificate::sign(&hub, x, Outcome::Apply);
     let r = record(l, &d, &confirm).await.expect("the hub's CONFIRM");
     assert_eq!(events_of(&r), vec![ContractEvent::DecisionRecorded { certificate: confirm.clone() }]);
+    assert_eq!(view.recorded_decision(hub.address(), x).await.unwrap(), Some(true));
     let r = record(l, &d, &confirm).await.expect("a repeat is harmless");
     assert!(events_of(&r).is_empty(), "a repeat records nothing");
     let refund = DecisionCertificate::sign(&hub, x, Outcome::Revert);
