@@ -287,33 +287,56 @@ impl LocalGroup {
     }
 }
 
-/// The replica's Raft vote sealed on a platform of its own (`<state>/raft-vote`): bound to
-/// the platform's monotonic counter like the enclave's state, so a restored older vote file
-/// is refused as stale instead of letting the replica vote twice in one term.
+/// The replica's Raft vote and log head sealed on a platform of its own (`<state>/raft-vote`):
+/// bound to the platform's monotonic counter like the enclave's state, so a restored older
+/// copy is refused as stale instead of letting the replica vote twice in one term or forget
+/// acknowledged entries.
 #[derive(Debug)]
 pub struct SealedVotes {
-    platform: std::sync::Mutex<FilePlatform>,
+    platform: std::sync::Mutex<(FilePlatform, Option<usize>)>,
 }
 
 const VOTE_DOMAIN: &[u8] = b"teepay/raft-vote/v1";
+/// Saves between two snapshots of the sealed log. Each save is sealed whole; appending it as
+/// a delta costs one fsync where a snapshot costs two and a rename, and every Raft append
+/// saves once.
+const SAVES_PER_SNAPSHOT: usize = 1024;
 
 impl SealedVotes {
     pub fn open(dir: &std::path::Path) -> std::io::Result<Self> {
-        Ok(Self { platform: std::sync::Mutex::new(FilePlatform::open(dir)?) })
+        let platform = FilePlatform::open(dir)?;
+        let at_open = platform.sealed_at_open();
+        let since_snapshot = at_open.blobs().next().is_some().then(|| at_open.delta_count());
+        Ok(Self { platform: std::sync::Mutex::new((platform, since_snapshot)) })
     }
 }
 
 impl teepay_replica::log_store::VoteStore for SealedVotes {
     fn save(&self, vote: &[u8]) -> Result<(), String> {
-        let mut platform = self.platform.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.platform.lock().unwrap_or_else(|p| p.into_inner());
+        let (platform, since_snapshot) = &mut *guard;
         // The platform writes the blob together with its counter (FilePlatform::record_sealed).
-        teepay_types::seal(&mut *platform, VOTE_DOMAIN, vote);
+        match since_snapshot {
+            Some(n) if *n < SAVES_PER_SNAPSHOT => {
+                teepay_types::seal_delta(platform, VOTE_DOMAIN, vote);
+                *n += 1;
+            }
+            _ => {
+                teepay_types::seal(platform, VOTE_DOMAIN, vote);
+                *since_snapshot = Some(0);
+            }
+        }
         Ok(())
     }
 
     fn load(&self) -> Result<Option<Vec<u8>>, String> {
-        let platform = self.platform.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(blob) = platform.sealed_at_open().blobs().last() else { return Ok(None) };
-        teepay_types::unseal(&*platform, VOTE_DOMAIN, blob).map(Some).map_err(|e| format!("sealed vote: {e}"))
+        let guard = self.platform.lock().unwrap_or_else(|p| p.into_inner());
+        let platform = &guard.0;
+        if platform.sealed_at_open().blobs().next().is_none() {
+            return Ok(None);
+        }
+        let opened = teepay_types::unseal_log(platform, VOTE_DOMAIN, platform.sealed_at_open())
+            .map_err(|e| format!("sealed vote: {e}"))?;
+        Ok(Some(opened.deltas.last().cloned().unwrap_or(opened.snapshot)))
     }
 }

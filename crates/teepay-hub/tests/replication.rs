@@ -176,6 +176,13 @@ fn the_raft_vote_is_sealed_and_a_tampered_one_is_refused() {
         SealedVotes::open(&dir).unwrap().load().unwrap().as_deref(),
         Some(&b"term 4, voted for 1"[..])
     );
+    // Saves are appended (and a snapshot taken now and then): the last one is what opens.
+    let votes = SealedVotes::open(&dir).unwrap();
+    for i in 0..1_500 {
+        votes.save(format!("save {i}").as_bytes()).unwrap();
+    }
+    drop(votes);
+    assert_eq!(SealedVotes::open(&dir).unwrap().load().unwrap().as_deref(), Some(&b"save 1499"[..]));
     let seals = dir.join("platform.seals");
     let mut bytes = std::fs::read(&seals).unwrap();
     let last = bytes.len() - 1;
