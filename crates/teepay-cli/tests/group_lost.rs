@@ -15,10 +15,9 @@
 
 mod common;
 
-use common::group::{Group, Proxy, Replica};
-use common::{ETH, Proc, anvil_with, cli, free_port, log_tails, ok, wait_until};
+use common::group::{GroupNet, NetChannel, NetOptions};
+use common::{ETH, cli, log_tails, ok, wait_until};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use teepay_chain::contract::{ContractEvent, events};
 use teepay_chain::{Chain, RpcChain};
@@ -28,124 +27,35 @@ const HOLD: Duration = Duration::from_millis(1500);
 const GIVE_A: u128 = ETH / 20;
 const GIVE_B: u128 = ETH / 25;
 
-struct Channel {
-    id: String,
-    chain: usize,
-    opener: usize,
-    peer: usize,
+/// The net with u2 behind slow proxies, swap locks' deadline 4 s after a swap's own (6 s),
+/// and a 3 s challenge window; chains mine a block every second.
+struct Net(GroupNet);
+
+impl std::ops::Deref for Net {
+    type Target = GroupNet;
+    fn deref(&self) -> &GroupNet {
+        &self.0
+    }
 }
 
-struct Net {
-    dir: PathBuf,
-    group: Group,
-    /// u2's proxies to each replica's link.
-    slow: Vec<Proxy>,
-    nodes: Vec<(Option<Proc>, String, String)>,
-    channels: Vec<Channel>,
-    _anvils: Vec<Proc>,
+impl std::ops::DerefMut for Net {
+    fn deref_mut(&mut self) -> &mut GroupNet {
+        &mut self.0
+    }
 }
 
 impl Net {
     fn start(tag: &str) -> Net {
-        let dir = std::env::temp_dir().join(format!("teepay-group-lost-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut anvils = Vec::new();
-        let mut chains = Vec::new();
-        for id in [31337u64, 31338] {
-            let (p, rpc) = anvil_with(id, &["--block-time", "1"]);
-            let d = ok(&["deploy", "--rpc", &rpc, "--challenge-window", "3"]);
-            chains.push((rpc, d["contract"].as_str().unwrap().to_string(), d["block"].as_u64().unwrap()));
-            anvils.push(p);
-        }
-        let replicas: Vec<Replica> = (1..=3)
-            .map(|id| Replica { id, link: free_port(), raft: free_port(), api: free_port(), proc: None })
-            .collect();
-        let proxies =
-            (0..3).map(|i| (0..3).map(|j| (i != j).then(|| Proxy::to(replicas[j].raft))).collect()).collect();
-        let slow: Vec<Proxy> = replicas.iter().map(|r| Proxy::delaying(r.link, HOLD)).collect();
-        let mut group = Group {
-            dir: dir.clone(),
-            chains,
-            // Swap locks' last-resort deadline: 4 s after the swap's own (6 s) deadline.
-            hub_extra: "swap_lock_time_ms = 4000\n".into(),
-            prepare_timeout_ms: 6000,
-            replicas,
-            proxies,
-        };
-        for i in 0..3 {
-            group.start(i);
-        }
-        wait_until("a leader to serve the API", Duration::from_secs(20), || group.leader_api().is_some());
-        let slow_links: Vec<u16> = slow.iter().map(|p| p.port).collect();
-        let nodes: Vec<(Option<Proc>, String, String)> = ["u1", "mid", "u2"]
-            .into_iter()
-            .map(|name| {
-                let (p, api, address) = if name == "u2" {
-                    group.start_node_via(name, free_port(), &slow_links)
-                } else {
-                    group.start_node(name, free_port())
-                };
-                (Some(p), api, address)
-            })
-            .collect();
-        for (_, _, address) in &nodes {
-            for (rpc, ..) in &group.chains {
-                ok(&["faucet", "--rpc", rpc, "--to", address, "--amount", &(5 * ETH).to_string()]);
-            }
-        }
-        let apis: Vec<String> = nodes.iter().map(|n| n.1.clone()).collect();
-        wait_until("every enclave to register itself on both chains", Duration::from_secs(30), || {
-            apis.iter().all(|api| {
-                ok(&["info", "--node", api])["chains"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .all(|c| c["registered"] == true)
-            })
-        });
-        // Chain A: u1 → mid → u2; chain B: u2 → mid → u1; 1 ETH on each side.
-        let deposit = ETH.to_string();
-        let mut channels = Vec::new();
-        for (chain, opener, peer) in [(0, 0, 1), (0, 1, 2), (1, 2, 1), (1, 1, 0)] {
-            let chain_id = ["31337", "31338"][chain];
-            let r = ok(&[
-                "channel",
-                "open",
-                "--chain",
-                chain_id,
-                "--peer",
-                &nodes[peer].2,
-                "--deposit",
-                &deposit,
-                "--node",
-                &apis[opener],
-            ]);
-            let id = r["channel"].as_str().unwrap().to_string();
-            wait_until("the peer to see the channel", Duration::from_secs(20), || {
-                ok(&["channel", "list", "--node", &apis[peer]])["channels"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|c| c["id"] == id.as_str())
-            });
-            ok(&["channel", "fund", "--channel", &id, "--amount", &deposit, "--node", &apis[peer]]);
-            channels.push(Channel { id, chain, opener, peer });
-        }
-        wait_until("every node and the leader to see every deposit", Duration::from_secs(30), || {
-            let Some((_, hub)) = group.leader_api() else { return false };
-            let map = ok(&["network", "--hub", &hub]);
-            let funded =
-                map["channels"].as_array().unwrap().iter().filter(|c| c["balance_b"] == deposit.as_str());
-            funded.count() == 4
-                && apis.iter().all(|api| {
-                    ok(&["channel", "list", "--node", api])["channels"].as_array().unwrap().iter().all(|c| {
-                        let side = |k: &str| c[k].as_str().unwrap().parse::<u128>().unwrap();
-                        side("local") + side("remote") == 2 * ETH
-                    })
-                })
-        });
-        Net { dir, group, slow, nodes, channels, _anvils: anvils }
+        Net(GroupNet::start(
+            &format!("lost-{tag}"),
+            NetOptions {
+                anvil: &["--block-time", "1"],
+                deploy: &["--challenge-window", "3"],
+                hub_extra: "swap_lock_time_ms = 4000\n",
+                prepare_timeout_ms: 6000,
+                slow_u2: Some(HOLD),
+            },
+        ))
     }
 
     fn api(&self, node: usize) -> &str {
@@ -161,28 +71,9 @@ impl Net {
             .sum()
     }
 
-    /// u1 proposes (gives GIVE_A on chain A, receives GIVE_B on chain B), u2 accepts; the
-    /// accepting CLI runs on its own thread (it waits for an end that may never come).
-    fn swap(&self) -> std::thread::JoinHandle<Result<serde_json::Value, String>> {
-        let (_, hub) = self.group.leader_api().unwrap();
-        let u2 = &self.nodes[2].2;
-        let give = format!("31337:{GIVE_A}:{u2}");
-        let receive = format!("31338:{GIVE_B}:{u2}");
-        let posted = ok(&[
-            "swap",
-            "propose",
-            "--give",
-            &give,
-            "--receive",
-            &receive,
-            "--hub",
-            &hub,
-            "--node",
-            self.api(0),
-        ]);
-        let id = posted["id"].as_u64().unwrap().to_string();
-        let u2_api = self.api(2).to_string();
-        std::thread::spawn(move || cli(&["swap", "accept", &id, "--hub", &hub, "--node", &u2_api]))
+    /// u1 gives GIVE_A on chain A for u2's GIVE_B on chain B.
+    fn swap_once(&self) -> std::thread::JoinHandle<Result<serde_json::Value, String>> {
+        self.swap(GIVE_A, GIVE_B)
     }
 
     /// Every replica killed (SIGKILL), and whatever u2's proxies still hold is dropped.
@@ -196,7 +87,7 @@ impl Net {
     }
 
     /// Closes `channel` through the nodes in `by`, in turn, until one succeeds.
-    fn close_by(&self, channel: &Channel, by: &[usize], limit: Duration) {
+    fn close_by(&self, channel: &NetChannel, by: &[usize], limit: Duration) {
         let start = Instant::now();
         loop {
             for &node in by {
@@ -258,24 +149,10 @@ impl Net {
     }
 }
 
-impl Drop for Net {
-    fn drop(&mut self) {
-        for n in &mut self.nodes {
-            n.0 = None;
-        }
-        for r in &mut self.group.replicas {
-            r.proc = None;
-        }
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
 #[test]
 fn a_confirm_that_reached_only_some_nodes_settles_both_chains_without_the_group() {
     let mut net = Net::start("confirm");
-    let _accept = net.swap();
+    let _accept = net.swap_once();
     // u1 holds its locks from PREPARE until CONFIRM; u2's CONFIRM is 1.5 s behind.
     wait_until("u1 to lock the swap", Duration::from_secs(20), || net.locks(0) > 0);
     wait_until("the CONFIRM to reach u1", Duration::from_secs(20), || net.locks(0) == 0);
@@ -299,7 +176,7 @@ fn a_confirm_that_reached_only_some_nodes_settles_both_chains_without_the_group(
 #[test]
 fn with_no_certificate_the_deadline_path_reverts_the_swap_on_both_chains() {
     let mut net = Net::start("revert");
-    let _accept = net.swap();
+    let _accept = net.swap_once();
     // Lost while u2's PREPARE is still held: nobody committed, no certificate exists.
     wait_until("u1 to lock the swap", Duration::from_secs(20), || net.locks(0) > 0);
     net.lose_the_group();

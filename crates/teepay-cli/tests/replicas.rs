@@ -11,9 +11,9 @@
 
 mod common;
 
-use common::group::{Group, Proxy, Replica};
-use common::{ETH, Proc, anvil, cli, free_port, log_tails, ok, wait_until};
-use std::path::{Path, PathBuf};
+use common::group::{GroupNet, NET_TOTAL, NetOptions, consistent};
+use common::{ETH, cli, log_tails, ok, wait_until};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 fn wait_final(dir: &Path, api: &str, id: &str) -> String {
@@ -35,172 +35,28 @@ fn wait_final(dir: &Path, api: &str, id: &str) -> String {
     }
 }
 
-/// Every open channel's two parties agree and no locks remain; returns the total held in
-/// open channels (a closed one was settled by the contract, whatever its parties' last views).
-fn consistent(apis: &[String]) -> Result<u128, String> {
-    let mut views = std::collections::BTreeMap::new();
-    for api in apis {
-        let list = cli(&["channel", "list", "--node", api])?;
-        for c in list["channels"].as_array().unwrap().iter().filter(|c| c["open"] == true) {
-            if c["locks"] != 0 {
-                return Err(format!("locks left on {}", c["id"]));
-            }
-            let side = |k: &str| c[k].as_str().unwrap().parse::<u128>().unwrap();
-            views
-                .entry(c["id"].as_str().unwrap().to_string())
-                .or_insert_with(Vec::new)
-                .push((side("local"), side("remote")));
-        }
+/// The replicas' net: a [`GroupNet`] with the default settings.
+struct Net(GroupNet);
+
+impl std::ops::Deref for Net {
+    type Target = GroupNet;
+    fn deref(&self) -> &GroupNet {
+        &self.0
     }
-    let mut total = 0;
-    for (id, v) in views {
-        if v.len() != 2 || v[0] != (v[1].1, v[1].0) {
-            return Err(format!("parties of {id} disagree: {v:?}"));
-        }
-        total += v[0].0 + v[0].1;
-    }
-    Ok(total)
 }
 
-/// The group, three nodes (u1, mid, u2) and funded channels (1 ETH each side): on chain A
-/// u1 ⇄ mid ⇄ u2 (payments), on chain B u2 ⇄ mid ⇄ u1 (the other side of swaps).
-struct Net {
-    dir: PathBuf,
-    group: Group,
-    nodes: Vec<(Option<Proc>, String, String)>,
-    apis: Vec<String>,
-    _anvils: Vec<Proc>,
+impl std::ops::DerefMut for Net {
+    fn deref_mut(&mut self) -> &mut GroupNet {
+        &mut self.0
+    }
 }
 
 /// What every open channel holds in all: four channels of 1 ETH on each side.
-const TOTAL: u128 = 8 * ETH;
+const TOTAL: u128 = NET_TOTAL;
 
 impl Net {
     fn start(tag: &str) -> Net {
-        let dir = std::env::temp_dir().join(format!("teepay-replicas-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut anvils = Vec::new();
-        let mut chains = Vec::new();
-        for id in [31337, 31338] {
-            let (p, rpc) = anvil(id);
-            let d = ok(&["deploy", "--rpc", &rpc]);
-            chains.push((rpc, d["contract"].as_str().unwrap().to_string(), d["block"].as_u64().unwrap()));
-            anvils.push(p);
-        }
-        let replicas: Vec<Replica> = (1..=3)
-            .map(|id| Replica { id, link: free_port(), raft: free_port(), api: free_port(), proc: None })
-            .collect();
-        let proxies =
-            (0..3).map(|i| (0..3).map(|j| (i != j).then(|| Proxy::to(replicas[j].raft))).collect()).collect();
-        let mut group = Group {
-            dir: dir.clone(),
-            chains,
-            hub_extra: String::new(),
-            prepare_timeout_ms: 1500,
-            replicas,
-            proxies,
-        };
-        // Replica 1 creates the identity; 2 and 3 are provisioned by it as they start.
-        for i in 0..3 {
-            group.start(i);
-        }
-        wait_until("a leader to serve the API", Duration::from_secs(20), || group.leader_api().is_some());
-        let nodes: Vec<(Option<Proc>, String, String)> = ["u1", "mid", "u2"]
-            .into_iter()
-            .map(|name| {
-                let (p, api, address) = group.start_node(name, free_port());
-                (Some(p), api, address)
-            })
-            .collect();
-        for (_, _, address) in &nodes {
-            for (rpc, ..) in &group.chains {
-                ok(&["faucet", "--rpc", rpc, "--to", address, "--amount", &(5 * ETH).to_string()]);
-            }
-        }
-        let apis: Vec<String> = nodes.iter().map(|n| n.1.clone()).collect();
-        wait_until("every enclave to register itself", Duration::from_secs(30), || {
-            apis.iter().all(|api| {
-                ok(&["info", "--node", api])["chains"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .all(|c| c["registered"] == true)
-            })
-        });
-        let deposit = ETH.to_string();
-        for (chain, x, y) in [("31337", 0, 1), ("31337", 1, 2), ("31338", 2, 1), ("31338", 1, 0)] {
-            let r = ok(&[
-                "channel",
-                "open",
-                "--chain",
-                chain,
-                "--peer",
-                &nodes[y].2,
-                "--deposit",
-                &deposit,
-                "--node",
-                &apis[x],
-            ]);
-            let id = r["channel"].as_str().unwrap().to_string();
-            wait_until("the peer to see the channel", Duration::from_secs(20), || {
-                ok(&["channel", "list", "--node", &apis[y]])["channels"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|c| c["id"] == id.as_str())
-            });
-            ok(&["channel", "fund", "--channel", &id, "--amount", &deposit, "--node", &apis[y]]);
-        }
-        wait_until("every deposit seen by every node and the leader", Duration::from_secs(30), || {
-            let Some((_, hub)) = group.leader_api() else { return false };
-            let map = ok(&["network", "--hub", &hub]);
-            let funded = map["channels"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|c| c["balance_b"] == deposit.as_str())
-                .count();
-            funded == 4 && consistent(&apis).is_ok_and(|t| t == TOTAL)
-        });
-        Net { dir, group, nodes, apis, _anvils: anvils }
-    }
-
-    /// What `node` holds in its open channels on `chain`, as its enclave sees them.
-    fn holdings(&self, node: usize, chain: u64) -> u128 {
-        ok(&["channel", "list", "--node", &self.apis[node]])["channels"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| c["open"] == true && c["chain"] == chain)
-            .map(|c| c["local"].as_str().unwrap().parse::<u128>().unwrap())
-            .sum()
-    }
-
-    /// A swap posted by u1 (gives `give` on chain A, receives `receive` on chain B) and
-    /// accepted by u2, on a thread of its own: it may be caught by a failover.
-    fn swap(&self, give: u128, receive: u128) -> std::thread::JoinHandle<Result<serde_json::Value, String>> {
-        let (_, hub) = self.group.leader_api().expect("a leader");
-        let u2 = self.nodes[2].2.clone();
-        let (u1_api, u2_api) = (self.apis[0].clone(), self.apis[2].clone());
-        std::thread::spawn(move || {
-            let give = format!("31337:{give}:{u2}");
-            let receive = format!("31338:{receive}:{u2}");
-            let posted = cli(&[
-                "swap",
-                "propose",
-                "--give",
-                &give,
-                "--receive",
-                &receive,
-                "--hub",
-                &hub,
-                "--node",
-                &u1_api,
-            ])?;
-            let id = posted["id"].as_u64().unwrap().to_string();
-            cli(&["swap", "accept", &id, "--hub", &hub, "--node", &u2_api])
-        })
+        Net(GroupNet::start(&format!("replicas-{tag}"), NetOptions::default()))
     }
 
     /// [`Net::pay`] once u1 has (re)connected to whichever replica leads.
@@ -234,20 +90,6 @@ impl Net {
             args.push("--no-wait");
         }
         cli(&args)
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for n in &mut self.nodes {
-            n.0 = None;
-        }
-        for r in &mut self.group.replicas {
-            r.proc = None;
-        }
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
     }
 }
 
