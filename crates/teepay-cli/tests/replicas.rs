@@ -35,30 +35,20 @@ fn wait_final(dir: &Path, api: &str, id: &str) -> String {
     }
 }
 
-/// The replicas' net: a [`GroupNet`] with the default settings.
-struct Net(GroupNet);
-
-impl std::ops::Deref for Net {
-    type Target = GroupNet;
-    fn deref(&self) -> &GroupNet {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Net {
-    fn deref_mut(&mut self) -> &mut GroupNet {
-        &mut self.0
-    }
-}
-
 /// What every open channel holds in all: four channels of 1 ETH on each side.
 const TOTAL: u128 = NET_TOTAL;
 
-impl Net {
-    fn start(tag: &str) -> Net {
-        Net(GroupNet::start(&format!("replicas-{tag}"), NetOptions::default()))
-    }
+/// The replicas' net: a [`GroupNet`] with the default settings, and payments over it.
+trait Net {
+    fn pay_connected(&self) -> Result<serde_json::Value, String>;
+    fn pay(&self, wait: bool) -> Result<serde_json::Value, String>;
+}
 
+fn start(tag: &str) -> GroupNet {
+    GroupNet::start(&format!("replicas-{tag}"), NetOptions::default())
+}
+
+impl Net for GroupNet {
     /// [`Net::pay`] once u1 has (re)connected to whichever replica leads.
     fn pay_connected(&self) -> Result<serde_json::Value, String> {
         let start = Instant::now();
@@ -95,7 +85,7 @@ impl Net {
 
 #[test]
 fn a_hub_group_survives_kill_9_of_its_leader_with_payments_and_swaps_in_flight() {
-    let mut net = Net::start("kill");
+    let mut net = start("kill");
     let first = net.pay(true).expect("a payment through the group's leader");
     assert_eq!(first["status"], "succeeded", "{first}");
     // A follower's client API says where the leader's is.
@@ -177,7 +167,7 @@ fn a_hub_group_survives_kill_9_of_its_leader_with_payments_and_swaps_in_flight()
 
 #[test]
 fn a_leader_cut_off_from_the_group_stops_and_the_majority_goes_on() {
-    let net = Net::start("partition");
+    let net = start("partition");
     assert_eq!(net.pay(true).unwrap()["status"], "succeeded");
     let (leader, _) = net.group.leader_api().unwrap();
     net.group.isolate(leader, true);
@@ -203,7 +193,7 @@ fn a_leader_cut_off_from_the_group_stops_and_the_majority_goes_on() {
 
 #[test]
 fn with_two_of_three_down_nothing_is_decided_and_all_ends_once_one_returns() {
-    let mut net = Net::start("minority");
+    let mut net = start("minority");
     assert_eq!(net.pay(true).unwrap()["status"], "succeeded");
     let (leader, _) = net.group.leader_api().unwrap();
     let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();

@@ -112,14 +112,14 @@ impl NodeState {
         certificate: Option<Signature>,
         now: u64,
     ) -> ItemResult {
-        let record = self.instances.get(&instance).ok_or(EnclaveError::UnknownInstance(instance))?;
-        let cert = self.round_certificate(hub, instance, Outcome::Apply, certificate)?;
-        let (answer, changed) = match record.status {
-            InstanceStatus::Committed => self.finish(instance, Outcome::Apply, now),
-            InstanceStatus::Prepared => Err(EnclaveError::NotCommitted(instance)),
-            InstanceStatus::Finished(outcome) => self.repeat_finished(instance, outcome, Outcome::Apply),
-        }?;
-        Ok((answer, cert.is_some_and(|c| self.keep_certificate(c)) || changed))
+        self.decided(hub, instance, Outcome::Apply, certificate, |state| {
+            let record = state.instances.get(&instance).ok_or(EnclaveError::UnknownInstance(instance))?;
+            match record.status {
+                InstanceStatus::Committed => state.finish(instance, Outcome::Apply, now),
+                InstanceStatus::Prepared => Err(EnclaveError::NotCommitted(instance)),
+                InstanceStatus::Finished(outcome) => state.repeat_finished(instance, outcome, Outcome::Apply),
+            }
+        })
     }
 
     /// REFUND; a swap's must carry the hub's decision certificate, which is kept.
@@ -130,8 +130,21 @@ impl NodeState {
         certificate: Option<Signature>,
         now: u64,
     ) -> ItemResult {
-        let cert = self.round_certificate(hub, instance, Outcome::Revert, certificate)?;
-        let (answer, changed) = self.refund(instance, now)?;
+        self.decided(hub, instance, Outcome::Revert, certificate, |state| state.refund(instance, now))
+    }
+
+    /// Checks a decision's certificate (a swap's must carry a valid one), then `apply`s the
+    /// decision; the certificate is kept only if that succeeded.
+    fn decided(
+        &mut self,
+        hub: Address,
+        instance: InstanceId,
+        outcome: Outcome,
+        certificate: Option<Signature>,
+        apply: impl FnOnce(&mut Self) -> ItemResult,
+    ) -> ItemResult {
+        let cert = self.round_certificate(hub, instance, outcome, certificate)?;
+        let (answer, changed) = apply(self)?;
         Ok((answer, cert.is_some_and(|c| self.keep_certificate(c)) || changed))
     }
 
