@@ -13,32 +13,25 @@ use teepay_types::{
 };
 use tonic::Status;
 
-/// A positive amount of wei given as a decimal string.
+/// A positive amount of wei: a whole number of wei, or a decimal with a unit (`0.1eth`,
+/// `25gwei`; `teepay_types::units`). Anything else, a decimal without a unit included, is
+/// refused with the forms it accepts.
 pub fn parse_amount(field: &str, s: &str) -> Result<Amount, Status> {
-    let s = s.trim();
-    if s.starts_with('-') {
-        return Err(Status::invalid_argument(format!("{field}: must be positive, got {s}")));
+    let amount = teepay_types::units::parse_amount(s, &teepay_types::units::ether_units())
+        .map_err(|e| Status::invalid_argument(format!("{field}: {e}")))?;
+    if amount.is_zero() {
+        return Err(Status::invalid_argument(format!("{field}: must be positive, got {}", s.trim())));
     }
-    let v: u128 = s.parse().map_err(|e: std::num::ParseIntError| {
-        let why = match e.kind() {
-            std::num::IntErrorKind::PosOverflow => "larger than 2^128 - 1 wei".to_string(),
-            std::num::IntErrorKind::Empty => "missing".to_string(),
-            _ => format!("not a whole number of wei: {s:?}"),
-        };
-        Status::invalid_argument(format!("{field}: {why}"))
-    })?;
-    if v == 0 {
-        return Err(Status::invalid_argument(format!("{field}: must be positive, got 0")));
-    }
-    Ok(Amount(v))
+    Ok(amount)
 }
 
 /// Like [`parse_amount`], but an empty string is zero and zero is allowed (fee limits).
 pub fn parse_fee(field: &str, s: &str) -> Result<Amount, Status> {
-    match s.trim() {
-        "" | "0" => Ok(Amount::ZERO),
-        other => parse_amount(field, other),
+    if s.trim().is_empty() {
+        return Ok(Amount::ZERO);
     }
+    teepay_types::units::parse_amount(s, &teepay_types::units::ether_units())
+        .map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
 }
 
 pub fn parse_address(field: &str, s: &str) -> Result<Address, Status> {
@@ -135,6 +128,15 @@ mod tests {
         }
         assert!(parse_amount("a", "340282366920938463463374607431768211455").is_ok(), "2^128-1 fits");
         assert_eq!(parse_fee("max_fee", "").unwrap(), Amount::ZERO);
+        // Units: what people write, exact; a decimal without one is refused as ambiguous.
+        assert_eq!(parse_amount("amount", "0.1eth").unwrap(), Amount(100_000_000_000_000_000));
+        assert_eq!(parse_amount("amount", "25 gwei").unwrap(), Amount(25_000_000_000));
+        assert_eq!(parse_fee("max_fee", "1gwei").unwrap(), Amount(1_000_000_000));
+        assert_eq!(parse_fee("max_fee", "0").unwrap(), Amount::ZERO);
+        let e = parse_amount("amount", "1.5").unwrap_err();
+        assert!(e.message().contains("ambiguous") && e.message().contains("Accepted"), "{}", e.message());
+        let e = parse_amount("amount", "0eth").unwrap_err();
+        assert!(e.message().contains("must be positive"), "{}", e.message());
     }
 
     #[test]

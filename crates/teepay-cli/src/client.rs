@@ -38,10 +38,11 @@ pub struct PayArgs {
     /// The payee's enclave address.
     #[arg(long)]
     to: String,
-    /// Wei (validated by the node: a positive whole number below 2^128).
+    /// What the payee receives: `0.1eth`, `25gwei`, or a whole number of wei (checked by
+    /// the node; a decimal needs a unit).
     #[arg(long, allow_hyphen_values = true)]
     amount: String,
-    /// Most paid to intermediaries (wei).
+    /// Most paid to intermediaries, in the same forms.
     #[arg(long, default_value = "0", allow_hyphen_values = true)]
     max_fee: String,
     /// Return once started instead of waiting for the final status.
@@ -58,7 +59,8 @@ pub struct StatusArgs {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ChannelCmd {
-    /// Open a channel to PEER funded with DEPOSIT wei from this node's enclave account.
+    /// Open a channel to PEER funded with DEPOSIT (`0.5eth`, or wei) from this node's
+    /// enclave account.
     Open {
         #[arg(long)]
         chain: u64,
@@ -67,7 +69,7 @@ pub enum ChannelCmd {
         #[arg(long, allow_hyphen_values = true)]
         deposit: String,
     },
-    /// Add AMOUNT wei to this node's side.
+    /// Add AMOUNT (`0.5eth`, or wei) to this node's side.
     Fund {
         #[arg(long)]
         channel: String,
@@ -194,11 +196,11 @@ pub fn info(t: &NodeTarget) -> Result<ExitCode> {
             let mut s = format!("node {}\nhub  {}", i.address, i.hub);
             for c in &i.chains {
                 s += &format!(
-                    "\nchain {}: contract {} via {}; account {} wei; {}",
+                    "\nchain {}: contract {} via {}; account {}; {}",
                     c.chain_id,
                     c.contract,
                     c.rpc,
-                    c.balance,
+                    human(&c.balance),
                     if c.registered { "registered" } else { "not registered yet" }
                 );
             }
@@ -276,12 +278,12 @@ pub fn channel(a: &ChannelArgs) -> Result<ExitCode> {
                     list.iter()
                         .map(|ch| {
                             format!(
-                                "chain {} {} peer {}: local {} remote {} wei{}{}",
+                                "chain {} {} peer {}: local {} remote {}{}{}",
                                 ch.chain,
                                 ch.id,
                                 ch.peer,
-                                ch.local,
-                                ch.remote,
+                                human(&ch.local),
+                                human(&ch.remote),
                                 if ch.locks > 0 { format!(", {} locks", ch.locks) } else { String::new() },
                                 if ch.open { "" } else { " (closed)" }
                             )
@@ -295,18 +297,27 @@ pub fn channel(a: &ChannelArgs) -> Result<ExitCode> {
     })
 }
 
+/// An amount of wei from the API (a decimal string) as people read it, with the exact
+/// figure: `0.1 ETH (100000000000000000 wei)`; anything unparsable as it came.
+fn human(wei: &str) -> String {
+    match wei.parse::<u128>() {
+        Ok(v) => teepay_types::units::format_ether_with_base(teepay_types::Amount(v)),
+        Err(_) => wei.to_string(),
+    }
+}
+
 /// `CHAIN:AMOUNT:COUNTERPARTY`.
 fn transfer(s: &str) -> Result<pb::Transfer> {
     let parts: Vec<&str> = s.split(':').collect();
     let [chain, amount, counterparty] = parts[..] else {
-        bail!("{s:?}: expected CHAIN:AMOUNT:COUNTERPARTY, e.g. 31337:1000000:0xabc…")
+        bail!("{s:?}: expected CHAIN:AMOUNT:COUNTERPARTY, e.g. 31337:0.05eth:0xabc…")
     };
     let chain = chain.parse().with_context(|| format!("{s:?}: chain id {chain:?} is not a number"))?;
     Ok(pb::Transfer { chain, counterparty: counterparty.into(), amount: amount.into(), max_fee: "0".into() })
 }
 
 fn intent_text(id: u64, i: &pb::Intent) -> String {
-    let fmt = |t: &pb::Transfer| format!("{} wei on chain {} ↔ {}", t.amount, t.chain, t.counterparty);
+    let fmt = |t: &pb::Transfer| format!("{} on chain {} ↔ {}", human(&t.amount), t.chain, t.counterparty);
     format!(
         "#{id} from {}: gives {}; receives {}",
         i.party,
@@ -402,13 +413,13 @@ pub fn network(t: &HubTarget) -> Result<ExitCode> {
             map.iter()
                 .map(|c| {
                     format!(
-                        "chain {} {}: {} ({} wei) ⇄ {} ({} wei){}",
+                        "chain {} {}: {} ({}) ⇄ {} ({}){}",
                         c.chain,
                         c.id,
                         c.a,
-                        c.balance_a,
+                        human(&c.balance_a),
                         c.b,
-                        c.balance_b,
+                        human(&c.balance_b),
                         if c.open { "" } else { " closed" }
                     )
                 })

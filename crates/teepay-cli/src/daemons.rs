@@ -79,7 +79,7 @@ pub struct FaucetArgs {
     rpc: String,
     #[arg(long)]
     to: String,
-    /// Wei.
+    /// `5eth`, `25gwei`, or a whole number of wei.
     #[arg(long)]
     amount: String,
     #[arg(long, default_value_t = 9)]
@@ -359,10 +359,9 @@ pub fn deploy_cmd(args: &DeployArgs) -> Result<ExitCode> {
 pub fn faucet(args: &FaucetArgs) -> Result<ExitCode> {
     let to = Address::from_hex(&args.to)
         .with_context(|| format!("--to {:?} is not a 20-byte hex address", args.to))?;
-    let amount: u128 = args
-        .amount
-        .parse()
-        .with_context(|| format!("--amount {:?} is not a whole number of wei", args.amount))?;
+    let amount = teepay_types::units::parse_amount(&args.amount, &teepay_types::units::ether_units())
+        .map_err(|e| anyhow::anyhow!("--amount: {e}"))?
+        .0;
     runtime()?.block_on(async {
         let chain = AnyChain::from_spec(&args.rpc, ChainId(0))?;
         let r = send_from_key(&chain, &teepay_chain::dev::dev_key(args.dev_account), Some(to), Amount(amount), vec![])
@@ -370,7 +369,8 @@ pub fn faucet(args: &FaucetArgs) -> Result<ExitCode> {
         if args.json {
             println!("{}", serde_json::json!({"to": to.to_string(), "amount": amount.to_string(), "block": r.block_number}));
         } else {
-            println!("sent {amount} wei to {to} in block {}", r.block_number);
+            let shown = teepay_types::units::format_ether_with_base(Amount(amount));
+            println!("sent {shown} to {to} in block {}", r.block_number);
         }
         Ok(ExitCode::SUCCESS)
     })

@@ -217,7 +217,8 @@ fn scenario(db_for: impl FnOnce(&Path) -> String, tag: &str) {
     });
 
     // Multi-hop payment.
-    let amount = (ETH / 10).to_string();
+    // Written as people write it: the node reads 0.1eth as 10^17 wei.
+    let amount = "0.1eth".to_string();
     let r = ok(&[
         "pay",
         "--chain",
@@ -232,7 +233,7 @@ fn scenario(db_for: impl FnOnce(&Path) -> String, tag: &str) {
     assert_eq!(r["status"], "succeeded", "{r}");
 
     // Swap through the hub's intent board: u1 gives on chain A, u2 gives on chain B.
-    let give = format!("31337:{}:{}", ETH / 20, nodes[2].address);
+    let give = format!("31337:0.05eth:{}", nodes[2].address);
     let receive = format!("31338:{}:{}", ETH / 25, nodes[2].address);
     let posted = ok(&[
         "swap",
@@ -303,6 +304,15 @@ fn scenario(db_for: impl FnOnce(&Path) -> String, tag: &str) {
         "no route",
     );
     bad(&["pay", "--chain", "5", "--to", &to, "--amount", "5", "--node", &u1], "not configured for chain 5");
+    bad(&["pay", "--chain", "31337", "--to", &to, "--amount", "0.5", "--node", &u1], "is ambiguous");
+    bad(
+        &["pay", "--chain", "31337", "--to", &to, "--amount", "5usdc", "--node", &u1],
+        "unknown unit \"usdc\"",
+    );
+    bad(
+        &["pay", "--chain", "31337", "--to", &to, "--amount", "1.5wei", "--node", &u1],
+        "more decimals than wei",
+    );
     bad(&["status", "0x12", "--node", &u1], "instance: not a 32-byte hex id");
     bad(
         &["channel", "close", "--channel", &format!("0x{}", "11".repeat(32)), "--node", &u1],

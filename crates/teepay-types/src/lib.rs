@@ -14,6 +14,7 @@ pub mod messages;
 pub mod rng;
 pub mod seal;
 pub mod tx;
+pub mod units;
 
 pub use channel::{
     ChannelState, FeePolicy, InstanceKind, LockState, MAX_LOCKS_PER_CHANNEL, Outcome, Phase,
