@@ -63,4 +63,12 @@ pub enum HubError {
     NotAtEntryBoundary,
     #[error("key: {0}")]
     Crypto(#[from] teepay_types::CryptoError),
+    #[error("this hub enclave already founded or joined a group")]
+    GroupFounded,
+    #[error("this hub enclave is not in a group")]
+    NotAGroup,
+    #[error("membership version {got} is not above the current {current}")]
+    StaleMembership { current: u64, got: u64 },
+    #[error("membership change not signed by the group's governance key, or empty")]
+    BadMembership,
 }

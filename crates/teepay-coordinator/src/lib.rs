@@ -30,7 +30,9 @@ use teepay_types::{
 };
 pub use teepay_types::{LogBudget, SealLimits, SealedLog};
 
+mod group;
 mod replica;
+pub use group::{Membership, Receipt, SignedMembership};
 pub use replica::{Candidate, GroupSnapshot, ProvisionGift, ReplicaChain, ReplicaEntry};
 
 const SEAL_DOMAIN: &[u8] = b"teepay/hub-seal/v1";
@@ -80,6 +82,8 @@ pub struct HubState {
     /// The last replicated-log entry this state includes (`replica.rs`; zero for a hub that
     /// never replicated).
     pub replica: ReplicaChain,
+    /// A group's members and its governance key (`group.rs`); `None` for a single hub.
+    pub membership: Option<group::Membership>,
 }
 
 /// How long past its expiry the hub enclave remembers a used order (clock units of `now`:
@@ -111,6 +115,8 @@ pub struct Flush {
 #[derive(BorshSerialize, BorshDeserialize)]
 struct SealedContents {
     secret: [u8; 32],
+    /// The member key of a group's replica (`group.rs`).
+    member: Option<[u8; 32]>,
     state: HubState,
 }
 
@@ -119,6 +125,7 @@ struct SealedContents {
 #[derive(BorshSerialize)]
 struct SealedContentsRef<'a> {
     secret: [u8; 32],
+    member: Option<[u8; 32]>,
     state: &'a HubState,
 }
 
@@ -135,8 +142,13 @@ pub struct Coordinator<P: Platform> {
     /// Indexes over `state.instances` (derived, rebuilt on restore), so that a tick costs
     /// the instances in flight, not the complete ones kept until their deadline.
     index: InstanceIndex,
-    /// Whether flushes also yield replicated-log entries (a host setting, `replica.rs`).
+    /// Whether flushes also yield replicated-log entries (a host setting, `replica.rs`;
+    /// always on in a group).
     replicating: bool,
+    /// This replica's member key in a group (`group.rs`): sealed, never replicated.
+    member: Option<SigningKey>,
+    /// Flushes whose batches wait for a majority's receipts (enclave memory).
+    held: std::collections::VecDeque<group::Held>,
 }
 
 /// Which instances are still open (not complete), the complete ones by deadline, and the
@@ -181,6 +193,8 @@ enum HubInput {
     Flush,
     PeerAcks(bool),
     Replicated(ReplicaChain),
+    FoundGroup(group::Membership),
+    Membership(group::SignedMembership),
 }
 
 /// Variant indices of [`HubInput`], in declaration order.
@@ -196,6 +210,8 @@ mod tag {
     pub const FLUSH: u8 = 8;
     pub const PEER_ACKS: u8 = 9;
     pub const REPLICATED: u8 = 10;
+    pub const FOUND_GROUP: u8 = 11;
+    pub const MEMBERSHIP: u8 = 12;
 }
 
 impl<P: Platform> Coordinator<P> {
@@ -211,6 +227,7 @@ impl<P: Platform> Coordinator<P> {
             outbox: BTreeMap::new(),
             dirty: true,
             replica: ReplicaChain::default(),
+            membership: None,
         };
         let mut budget = LogBudget::default();
         // The first seal must be a snapshot: there is nothing for a delta to apply to.
@@ -223,6 +240,8 @@ impl<P: Platform> Coordinator<P> {
             budget,
             index: InstanceIndex::default(),
             replicating: false,
+            member: None,
+            held: Default::default(),
         })
     }
 
@@ -234,6 +253,7 @@ impl<P: Platform> Coordinator<P> {
         let contents: SealedContents =
             borsh::from_slice(&opened.snapshot).map_err(|_| teepay_types::SealError::Undecodable)?;
         let key = SigningKey::from_entropy(contents.secret)?;
+        let member = contents.member.map(SigningKey::from_entropy).transpose()?;
         let budget = LogBudget::after_restore(&opened);
         let index = InstanceIndex::of(&contents.state.instances, &contents.state.used_orders);
         let mut hub = Self {
@@ -244,6 +264,8 @@ impl<P: Platform> Coordinator<P> {
             budget,
             index,
             replicating: false,
+            member,
+            held: Default::default(),
         };
         for (index, delta) in opened.deltas.iter().enumerate() {
             let mut rest = delta.as_slice();
@@ -288,6 +310,8 @@ impl<P: Platform> Coordinator<P> {
                 self.state.dirty = false;
             }
             HubInput::Replicated(chain) => self.state.replica = chain,
+            HubInput::FoundGroup(membership) => self.state.membership = Some(membership),
+            HubInput::Membership(signed) => self.change_membership(&signed)?,
         }
         Ok(())
     }
@@ -791,15 +815,23 @@ impl<P: Platform> Coordinator<P> {
     /// session exists and MACs are on, else a signature), and seals the state. The host
     /// must persist `sealed` before sending any batch.
     pub fn flush(&mut self) -> Flush {
-        let batches = self.take_batches();
+        let mut batches = self.take_batches();
         let mut replicated = None;
+        // In a group every flush is an entry, whatever the host set: its batches are held
+        // until a majority holds the entry (`release`).
+        let grouped = self.state.membership.is_some();
         let sealed = (self.state.dirty || !batches.is_empty()).then(|| {
             self.log(tag::FLUSH, &());
-            if self.replicating {
+            if self.replicating || grouped {
                 replicated = Some(self.next_entry());
             }
             self.seal()
         });
+        if grouped && !batches.is_empty() {
+            let chain = self.state.replica;
+            let batches = std::mem::take(&mut batches);
+            self.held.push_back(group::Held { seq: chain.seq, head: chain.head, batches });
+        }
         Flush { batches, sealed, replicated }
     }
 
@@ -833,7 +865,11 @@ impl<P: Platform> Coordinator<P> {
     pub(crate) fn seal(&mut self) -> Vec<u8> {
         self.state.dirty = false;
         let blob = if self.budget.snapshot_due() {
-            let contents = SealedContentsRef { secret: self.key.secret_bytes(), state: &self.state };
+            let contents = SealedContentsRef {
+                secret: self.key.secret_bytes(),
+                member: self.member.as_ref().map(SigningKey::secret_bytes),
+                state: &self.state,
+            };
             let blob = seal_value(&mut self.platform, SEAL_DOMAIN, &contents);
             self.budget.snapshot_sealed(blob.len());
             blob

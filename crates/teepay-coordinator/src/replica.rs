@@ -230,6 +230,9 @@ impl<P: Platform> Coordinator<P> {
             budget,
             index: InstanceIndex::of(&self.state.instances, &self.state.used_orders),
             replicating: true,
+            // The same replica: its live enclave counts as the member its shadow is.
+            member: self.member.clone(),
+            held: Default::default(),
         };
         fork.state.dirty = true;
         let sealed = fork.seal();
@@ -320,6 +323,10 @@ impl<P: Platform> Candidate<P> {
             budget,
             index,
             replicating: true,
+            // The key its quote showed becomes its member key: the operators admit it by
+            // the address the attested quote carries.
+            member: Some(self.key),
+            held: Default::default(),
         };
         let sealed = hub.seal();
         Ok((hub, sealed))

@@ -316,6 +316,8 @@ impl World {
         self.network.retain(|e| !matches!(e, Envelope::ToHub(_) | Envelope::RefundRequest(_)));
         let joined = self.join_standby();
         self.standbys.push(joined);
+        // The operators replace the lost replica by the new one.
+        self.admit_members();
         Ok(())
     }
 

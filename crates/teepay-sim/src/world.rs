@@ -35,6 +35,11 @@ pub struct SimHub {
     pub sealed: SealedLog,
 }
 
+/// The group operators' governance key in the simulation: it signs every membership.
+pub fn governance() -> SigningKey {
+    SigningKey::from_entropy([0x60; 32]).expect("a valid key")
+}
+
 /// Something in flight. Chain notices model each host's chain watcher.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Envelope {
@@ -244,10 +249,32 @@ impl World {
     pub fn add_standbys(&mut self, n: usize) {
         self.flush_hub();
         self.hub.coordinator.set_replicating(true);
+        let entropy = self.entropy();
+        self.hub
+            .coordinator
+            .found_group(governance().address(), entropy)
+            .expect("a fresh hub founds its group");
+        self.flush_hub();
         for _ in 0..n {
             let standby = self.join_standby();
             self.standbys.push(standby);
         }
+        self.admit_members();
+    }
+
+    /// The operators make the leader and every standby the group's members (a membership
+    /// signed by the governance key), as they do after a replica joins.
+    pub(crate) fn admit_members(&mut self) {
+        let hub = &self.hub.coordinator;
+        let version = hub.inspect().membership.as_ref().map_or(0, |m| m.version) + 1;
+        let members = std::iter::once(hub.member_address())
+            .chain(self.standbys.iter().map(|s| s.member_address()))
+            .map(|m| m.expect("every replica of a group has a member key"))
+            .collect();
+        let signed =
+            teepay_coordinator::SignedMembership::sign(&governance(), hub.address(), version, members);
+        self.hub.coordinator.update_membership(&signed).expect("signed by the governance key");
+        self.flush_hub();
     }
 
     /// A new replica provisioned by the leader: its enclave gets the identity for its quote
@@ -465,6 +492,7 @@ impl World {
         }
         // A hub group commits the flush on its standbys before anything leaves; without
         // standbys (tests of replication by hand) the entries are kept for the test.
+        let mut batches = flush.batches;
         if let Some(entry) = flush.replicated {
             if self.standbys.is_empty() {
                 self.replicated.push(entry);
@@ -472,9 +500,13 @@ impl World {
                 for standby in &mut self.standbys {
                     standby.apply_entry(&entry).expect("a committed entry applies on every standby");
                 }
+                // The leader's enclave lets the flush out only for a majority's receipts.
+                let receipts: Vec<_> = self.standbys.iter().filter_map(|s| s.receipt()).collect();
+                batches.extend(self.hub.coordinator.release(&receipts));
+                assert_eq!(self.hub.coordinator.held(), 0, "a majority holds every flush");
             }
         }
-        for batch in flush.batches {
+        for batch in batches {
             let node = self.node_index(batch.batch.node).expect("hub only addresses known nodes");
             self.network.push(Envelope::ToNode { node, batch });
         }
