@@ -155,10 +155,12 @@ fn a_confirm_that_reached_only_some_nodes_settles_both_chains_without_the_group(
     let _accept = net.swap_once();
     // u1 holds its locks from PREPARE until CONFIRM; u2's CONFIRM is 1.5 s behind.
     wait_until("u1 to lock the swap", Duration::from_secs(20), || net.locks(0) > 0);
-    wait_until("the CONFIRM to reach u1", Duration::from_secs(20), || net.locks(0) == 0);
+    // mid (the certificate holder that will answer the claim) got it in the same flush.
+    wait_until("the CONFIRM to reach u1 and mid", Duration::from_secs(20), || {
+        net.locks(0) == 0 && net.locks(1) == 0
+    });
     net.lose_the_group();
     assert!(net.locks(2) > 0, "u2 never got the decision: its swap locks stand");
-    assert_eq!(net.locks(1), 0, "mid applied the CONFIRM (and keeps its certificate)");
 
     // u2 wants back what it gives on chain B: past the deadline it claims REVERT; mid's
     // watcher posts the hub's certificate in the window, and u2 closes with it.

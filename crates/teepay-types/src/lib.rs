@@ -10,6 +10,7 @@ pub mod decision;
 pub mod encoding;
 pub mod ids;
 pub mod instance;
+pub mod invoice;
 pub mod messages;
 pub mod rng;
 pub mod seal;
@@ -31,6 +32,7 @@ pub use instance::{
     Hop, InstanceSpec, Leg, MAX_SWAP_PARTIES, MAX_TRANSFERS_PER_INTENT, Order, PaymentRequest, SignedOrder,
     SpecError, SwapIntent, Transfer, instance_id,
 };
+pub use invoice::{Asset, Invoice, InvoiceError, PaymentReceipt, SignedInvoice};
 pub use messages::{
     Auth, HubBatch, HubItem, NackReason, NodeAck, NodeItem, PeerAck, Quote, QuoteError, RefundRequest,
     Report, RoundAuth, SignedHubBatch, SignedNodeAck, SignedRefundRequest, leaf_hash, prepared_acks_digest,
