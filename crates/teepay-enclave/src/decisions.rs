@@ -108,15 +108,18 @@ impl<P: Platform> NodeEnclave<P> {
     ) -> Result<Output, EnclaveError> {
         let ch = self.state.channels.get(&channel).ok_or(EnclaveError::UnknownChannel(channel))?;
         let swap = InstanceKind::CrossChain;
-        let claimable = match &ch.status {
-            crate::state::ChannelStatus::Closing(signed) => signed.state.locks.iter().any(|l| l.kind == swap),
-            crate::state::ChannelStatus::Open => ch.locks.iter().any(|l| l.kind == swap),
+        let (claimable, locks) = match &ch.status {
+            crate::state::ChannelStatus::Closing(signed) => {
+                (signed.state.locks.iter().any(|l| l.kind == swap), signed.state.locks.len())
+            }
+            crate::state::ChannelStatus::Open => (ch.locks.iter().any(|l| l.kind == swap), ch.locks.len()),
             crate::state::ChannelStatus::Settled => return Err(EnclaveError::ChannelClosed(channel)),
         };
         if !claimable {
             return Err(EnclaveError::NoSwapLock(channel));
         }
-        self.check_fee(&gas)?;
+        // The claim carries the whole closing state, as the close does: the same gas rule.
+        self.check_close_fee(&gas, locks)?;
         // Signing the closing state (if it was not yet) marks the state dirty: it is sealed
         // before this transaction leaves.
         let closing = self.closing_state(channel, now)?;

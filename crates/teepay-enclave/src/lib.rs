@@ -676,6 +676,16 @@ impl<P: Platform> NodeEnclave<P> {
         check_fee_within(gas, self.state.config.max_tx_fee)
     }
 
+    /// The gas of a transaction carrying a closing state with `locks` locks (a close or a
+    /// REVERT claim): enough for its locks, and a fee limit that grows with them (by whole
+    /// multiples of the policy's limit for a lock-free close), so a channel full of locks can
+    /// always be closed.
+    fn check_close_fee(&self, gas: &GasParams, locks: usize) -> Result<(), EnclaveError> {
+        check_close_gas(gas, locks)?;
+        let multiple = teepay_types::close_gas(locks).div_ceil(teepay_types::close_gas(0));
+        check_fee_within(gas, Amount(self.state.config.max_tx_fee.0.saturating_mul(u128::from(multiple))))
+    }
+
     fn build_close(&mut self, channel: ChannelId, gas: GasParams, now: u64) -> Result<Output, EnclaveError> {
         let ch = self.state.channels.get(&channel).ok_or(EnclaveError::UnknownChannel(channel))?;
         let locks = match &ch.status {
@@ -687,9 +697,7 @@ impl<P: Platform> NodeEnclave<P> {
         // a close signed into a transaction that runs out of gas would fail on-chain. A close
         // happens once per channel and its gas grows with its locks, so its fee limit grows
         // with them too (by whole multiples of the policy's limit for a lock-free close).
-        check_close_gas(&gas, locks)?;
-        let multiple = teepay_types::close_gas(locks).div_ceil(teepay_types::close_gas(0));
-        check_fee_within(&gas, Amount(self.state.config.max_tx_fee.0.saturating_mul(u128::from(multiple))))?;
+        self.check_close_fee(&gas, locks)?;
         let signed = self.closing_state(channel, now)?;
         let input = teepay_types::close_channel_call(&signed);
         let (chain, contract) = (signed.state.chain, signed.state.contract);

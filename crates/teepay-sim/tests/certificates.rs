@@ -176,3 +176,35 @@ fn the_hub_never_confirms_a_swap_after_its_deadline() {
         assert!(w.nodes[node].enclave.inspect().channels.values().all(|c| c.locks.is_empty()));
     }
 }
+
+#[test]
+fn a_revert_claim_gets_the_gas_and_fee_limit_of_a_close_with_its_locks() {
+    let mut w = swap_2chain_4party();
+    let held = 3;
+    run_holding_confirm(&mut w, held);
+    let (channel, deadline) = w.nodes[held]
+        .enclave
+        .inspect()
+        .channels
+        .iter()
+        .find_map(|(id, c)| c.locks.first().map(|l| (*id, l.deadline)))
+        .unwrap();
+    let locks = w.nodes[held].enclave.inspect().channels[&channel].locks.len();
+    // A fee per gas at which a lock-free close spends the policy's whole limit: a claim
+    // carrying locks needs more gas, and is allowed more fee, exactly as a close is.
+    let limit = w.nodes[held].enclave.inspect().config.max_tx_fee.0;
+    let fee = limit / u128::from(teepay_types::close_gas(0));
+    let gas =
+        |gas_limit| GasParams { nonce: 0, gas_limit, max_fee_per_gas: fee, max_priority_fee_per_gas: 1 };
+    let too_little = gas(teepay_types::close_gas(0));
+    assert!(matches!(
+        w.nodes[held].enclave.handle(deadline, Request::BuildClaimRevert { channel, gas: too_little }),
+        Err(EnclaveError::GasTooLow { .. })
+    ));
+    let enough = gas(teepay_types::close_gas(locks));
+    assert!(u128::from(enough.gas_limit) * fee > limit, "above the limit of a lock-free transaction");
+    w.nodes[held]
+        .enclave
+        .handle(deadline, Request::BuildClaimRevert { channel, gas: enough })
+        .expect("a claim may spend what a close with the same locks may");
+}
