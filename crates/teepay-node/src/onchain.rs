@@ -190,33 +190,28 @@ async fn close_swap_locked<C: Chain>(
         value: Amount::ZERO,
         data,
     };
-    // Past the deadline the enclave signs the closing state with the claim (refused before,
-    // with the time it becomes possible).
-    let claimed = send(node, link, "claimRevert", GasLimit::Fixed(limit), |gas| Request::BuildClaimRevert {
-        channel,
-        gas,
-    });
-    let closing = match node.enclave(Request::ClosingState { channel }).await {
-        Ok(Response::ChannelState(s)) => Some(s),
-        _ => None,
-    };
-    match closing {
-        // Claim only what the contract would take (each swap lock past its deadline with no
-        // decision or claim yet): a dry run first, so a repeat costs nothing.
-        Some(signed) => match link.chain.call(&dry_run(teepay_types::claim_revert_call(&signed))).await {
-            Ok(_) => {
-                claimed.await?;
-            }
-            Err(ChainError::Reverted { data }) if revert_reason(&data) == "NothingToClaim" => {}
-            Err(e) => return Err(e.into()),
+    // The closing state signed earlier, or signed now: past every swap lock's deadline only
+    // (before, the enclave refuses with the time it becomes possible).
+    let signed = match node.enclave(Request::ClosingState { channel }).await {
+        Ok(Response::ChannelState(signed)) => signed,
+        _ => match node.enclave(Request::SignClose { channel }).await? {
+            Response::ChannelState(signed) => signed,
+            _ => return Err(OnchainError::Unexpected),
         },
-        None => {
-            claimed.await?;
-        }
-    }
-    let Ok(Response::ChannelState(signed)) = node.enclave(Request::ClosingState { channel }).await else {
-        return Err(OnchainError::Unexpected);
     };
+    // Claim only what the contract would take (a swap lock past its deadline with no
+    // decision or claim yet): a dry run first, so a repeat costs nothing.
+    match link.chain.call(&dry_run(teepay_types::claim_revert_call(&signed))).await {
+        Ok(_) => {
+            send(node, link, "claimRevert", GasLimit::Fixed(limit), |gas| Request::BuildClaimRevert {
+                channel,
+                gas,
+            })
+            .await?;
+        }
+        Err(ChainError::Reverted { data }) if revert_reason(&data) == "NothingToClaim" => {}
+        Err(e) => return Err(e.into()),
+    }
     match link.chain.call(&dry_run(teepay_types::close_channel_call(&signed))).await {
         Ok(_) => {}
         Err(ChainError::Reverted { data }) if revert_reason(&data) == "SwapLocked" => {
