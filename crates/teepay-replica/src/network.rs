@@ -31,6 +31,13 @@ pub const MAX_FRAME: usize = 16 << 20;
 /// How long a connection attempt to a peer, handshake included, may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1_000);
 
+/// What anyone may make a replica hold before it knows who they are: connections at once
+/// (beyond, new ones are closed at accept), the size of a provisioning request (a quote),
+/// and how long one may take to arrive and be answered.
+pub const MAX_CONNECTIONS: usize = 256;
+pub const MAX_PROVISION_REQUEST: usize = 64 << 10;
+const PROVISION_DEADLINE: Duration = Duration::from_secs(3);
+
 const MODE_RAFT: u8 = b'R';
 const MODE_PROVISION: u8 = b'P';
 
@@ -96,11 +103,19 @@ async fn write_frame<T: Serialize>(stream: &mut TcpStream, value: &T) -> Result<
 }
 
 async fn read_frame<T: DeserializeOwned>(stream: &mut TcpStream) -> Result<T, ReplicaError> {
+    read_frame_capped(stream, MAX_FRAME).await
+}
+
+/// A frame of at most `max` bytes: the announced length is checked before allocating.
+async fn read_frame_capped<T: DeserializeOwned>(
+    stream: &mut TcpStream,
+    max: usize,
+) -> Result<T, ReplicaError> {
     let io = |e| ReplicaError::Io { path: "replica link".into(), source: e };
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await.map_err(io)?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
+    if len > max {
         return Err(ReplicaError::FrameTooLarge(len));
     }
     let mut buf = vec![0u8; len];
@@ -117,6 +132,7 @@ pub async fn serve(listener: TcpListener, raft: Raft, signer: Signer) {
 /// [`serve`], also answering provisioning requests with `provisioner`.
 pub async fn serve_with(listener: TcpListener, raft: Raft, signer: Signer, provisioner: Option<Provisioner>) {
     let mut connections = tokio::task::JoinSet::new();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         // Reap finished connections so the set stays as large as the open ones.
         while connections.try_join_next().is_some() {}
@@ -129,8 +145,16 @@ pub async fn serve_with(listener: TcpListener, raft: Raft, signer: Signer, provi
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("replica connection refused: {MAX_CONNECTIONS} open");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        connections.spawn(serve_connection(stream, raft.clone(), signer.clone(), provisioner.clone()));
+        let (raft, signer, provisioner) = (raft.clone(), signer.clone(), provisioner.clone());
+        connections.spawn(async move {
+            serve_connection(stream, raft, signer, provisioner).await;
+            drop(slot);
+        });
     }
 }
 
@@ -147,12 +171,20 @@ async fn serve_connection(
     }
     match mode[0] {
         MODE_PROVISION => {
-            let Ok(Call::Provision(quote)) = read_frame::<Call>(&mut stream).await else { return };
-            let answer = Answer::Provision(match &provisioner {
-                Some(p) => p(&quote).map(Hex),
-                None => Err("this replica does not provision".into()),
-            });
-            let _ = write_frame(&mut stream, &answer).await;
+            // Plain and from anyone: small, and over within a deadline.
+            let exchange = async {
+                let Ok(Call::Provision(quote)) =
+                    read_frame_capped::<Call>(&mut stream, MAX_PROVISION_REQUEST).await
+                else {
+                    return;
+                };
+                let answer = Answer::Provision(match &provisioner {
+                    Some(p) => p(&quote).map(Hex),
+                    None => Err("this replica does not provision".into()),
+                });
+                let _ = write_frame(&mut stream, &answer).await;
+            };
+            let _ = tokio::time::timeout(PROVISION_DEADLINE, exchange).await;
         }
         MODE_RAFT => {
             let Ok(mut link) = authenticate(stream, LinkRole::Responder, &signer).await else { return };

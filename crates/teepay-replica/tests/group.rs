@@ -268,3 +268,44 @@ async fn a_stranger_cannot_talk_raft_with_a_replica() {
     assert!(term < 99, "the stranger's term reached the replica");
     group.stop().await;
 }
+
+/// A stranger cannot make a replica hold much before it knows who they are: a provisioning
+/// request announcing a huge frame is cut before anything is allocated, a stalled one is cut
+/// at its deadline, connections beyond the cap are closed at once, and the group goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_cannot_pin_a_replicas_memory_or_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let group = Group::start("exhaust").await;
+    let (leader, _) = group.leader().await;
+    let addr = group.addrs[(leader - 1) as usize].clone();
+    // Whether the replica has closed `s` (within `wait`).
+    async fn closed(s: &mut tokio::net::TcpStream, wait: Duration) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(tokio::time::timeout(wait, s.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+    }
+    let mut huge = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    huge.write_all(b"P").await.unwrap();
+    huge.write_all(&(16u32 << 20).to_be_bytes()).await.unwrap();
+    assert!(closed(&mut huge, Duration::from_secs(1)).await, "a 16 MiB provisioning frame was accepted");
+    let mut stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stalled.write_all(b"P\0\0").await.unwrap(); // half a length, then nothing
+    let started = std::time::Instant::now();
+    assert!(closed(&mut stalled, Duration::from_secs(6)).await, "a stalled request was held");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    let extra = 64;
+    let mut idle = Vec::new();
+    for _ in 0..teepay_replica::network::MAX_CONNECTIONS + extra {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let mut refused = 0;
+    for s in idle.iter_mut().rev().take(extra) {
+        if closed(s, Duration::from_millis(200)).await {
+            refused += 1;
+        }
+    }
+    assert!(refused >= extra / 2, "only {refused} of the {extra} connections beyond the cap were closed");
+    drop(idle);
+    group.replicas[&leader].raft.client_write(Delta(vec![7])).await.expect("the group goes on");
+    group.stop().await;
+}
