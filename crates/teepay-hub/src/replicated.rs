@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use teepay_coordinator::{Candidate, Coordinator, ProvisionGift};
 use teepay_link::host::FilePlatform;
 use teepay_replica::log_store::FileLogStore;
-use teepay_replica::network::{Provisioner, TcpNetwork, request_provision, serve_with};
+use teepay_replica::network::{Provisioner, Services, TcpNetwork, request_provision, serve_with};
 use teepay_replica::openraft::{BasicNode, ServerState};
 use teepay_replica::state_machine::Replayed;
 use teepay_replica::{Raft, ReplicaId};
@@ -137,8 +137,11 @@ pub async fn start(cfg: ReplicatedConfig) -> Result<RunningReplica, RuntimeError
     })?;
     let listener =
         tokio::net::TcpListener::bind(me.raft).await.map_err(io(format!("replica port {}", me.raft)))?;
-    let mut tasks =
-        vec![tokio::spawn(serve_with(listener, raft.clone(), signer, Some(provisioner(sm.clone()))))];
+    let services = Services {
+        provisioner: Some(provisioner(sm.clone())),
+        receipts: Some(crate::replication::receipt_source(sm.clone())),
+    };
+    let mut tasks = vec![tokio::spawn(serve_with(listener, raft.clone(), signer.clone(), services))];
     if cfg.bootstrap {
         let members: BTreeMap<ReplicaId, BasicNode> =
             cfg.replicas.iter().map(|r| (r.id, BasicNode::new(r.raft.to_string()))).collect();
@@ -186,6 +189,7 @@ pub async fn start(cfg: ReplicatedConfig) -> Result<RunningReplica, RuntimeError
         me,
         raft: raft.clone(),
         sm: sm.clone(),
+        signer,
         store: store.clone(),
         metrics: metrics.clone(),
         slot: slot.clone(),
@@ -303,6 +307,7 @@ struct Role {
     me: ReplicaSpec,
     raft: Raft,
     sm: Replayed<HubApply>,
+    signer: Arc<ShadowSigner>,
     store: Store,
     metrics: Arc<Metrics>,
     slot: ControlSlot,
@@ -366,7 +371,10 @@ impl Role {
             batch_window: self.cfg.hub.batch_window,
             metrics: self.metrics.clone(),
             finished: None,
-            gate: Some(Arc::new(RaftGate::new(self.raft.clone()))),
+            gate: Some(Arc::new(RaftGate::new(self.raft.clone()).with_receipts(
+                self.cfg.replicas.iter().filter(|r| r.id != self.me.id).map(|r| (r.id, r.raft.to_string())),
+                self.signer.clone(),
+            ))),
         };
         let handle = serve(executor, Some(self.store.clone()), settings)
             .await

@@ -8,19 +8,31 @@
 //! reaches every shadow, the leader's own included. A replica that loses the lead discards
 //! its fork; whoever leads next forks its own shadow, which holds every committed flush.
 
-use teepay_coordinator::{Coordinator, GroupSnapshot, ReplicaEntry};
+use teepay_coordinator::{Coordinator, GroupSnapshot, Receipt, ReplicaEntry};
 use teepay_link::host::FilePlatform;
 use teepay_replica::Apply;
+use teepay_replica::state_machine::Replayed;
 
 /// The shadow coordinator behind a replica's Raft state machine.
 #[derive(Debug)]
 pub struct HubApply {
     shadow: Coordinator<FilePlatform>,
+    /// The sequence number of the last entry the shadow holds: a receipt request waits on it.
+    applied: tokio::sync::watch::Sender<u64>,
 }
+
+/// How long a follower waits to have applied the entry a receipt is asked for: the leader
+/// asks right after the commit, which the follower learns with the next append.
+const RECEIPT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl HubApply {
     pub fn new(shadow: Coordinator<FilePlatform>) -> Self {
-        Self { shadow }
+        let (applied, _) = tokio::sync::watch::channel(shadow.replica_chain().seq);
+        Self { shadow, applied }
+    }
+
+    fn note_applied(&self) {
+        self.applied.send_replace(self.shadow.replica_chain().seq);
     }
 
     /// The group's committed state as this replica has applied it.
@@ -39,7 +51,9 @@ impl Apply for HubApply {
             return Ok(());
         }
         // The platform persists the seal itself (FilePlatform::record_sealed).
-        self.shadow.apply_entry(delta).map(drop).map_err(|e| e.to_string())
+        self.shadow.apply_entry(delta).map_err(|e| e.to_string())?;
+        self.note_applied();
+        Ok(())
     }
 
     fn snapshot(&self) -> Vec<u8> {
@@ -52,14 +66,37 @@ impl Apply for HubApply {
         if s.chain.seq <= self.shadow.replica_chain().seq {
             return Ok(()); // the shadow's own sealed log is at least as far
         }
-        self.shadow.install_group_snapshot(snapshot).map(drop).map_err(|e| e.to_string())
+        self.shadow.install_group_snapshot(snapshot).map_err(|e| e.to_string())?;
+        self.note_applied();
+        Ok(())
     }
+}
+
+/// Answers the leader's receipt requests from this replica's shadow (commit receipts,
+/// `teepay_coordinator::group`): once it has applied the entry asked for (waiting a little
+/// for it), its enclave signs a receipt for everything it holds.
+pub fn receipt_source(sm: Replayed<HubApply>) -> teepay_replica::network::ReceiptSource {
+    let applied = sm.with_app(|a| a.applied.subscribe());
+    std::sync::Arc::new(move |seq| {
+        let (sm, mut applied) = (sm.clone(), applied.clone());
+        Box::pin(async move {
+            let _ = tokio::time::timeout(RECEIPT_WAIT, applied.wait_for(|s| *s >= seq)).await;
+            sm.with_app(|a| {
+                let held = a.shadow.replica_chain().seq;
+                if held < seq {
+                    return Err(format!("this replica holds entries up to {held}, not {seq} yet"));
+                }
+                let receipt = a.shadow.receipt().ok_or("this replica's enclave is not a group member")?;
+                Ok(teepay_types::encode(&receipt))
+            })
+        })
+    })
 }
 
 /// Signs replica links with the hub identity, inside the shadow's enclave (every
 /// provisioned replica holds the identity; nothing else does).
 #[derive(Debug)]
-pub struct ShadowSigner(pub teepay_replica::state_machine::Replayed<HubApply>);
+pub struct ShadowSigner(pub Replayed<HubApply>);
 
 impl teepay_replica::network::LinkSigner for ShadowSigner {
     fn sign(
@@ -74,15 +111,32 @@ impl teepay_replica::network::LinkSigner for ShadowSigner {
     }
 }
 
-/// Commits the leader's flushes through the group's Raft log.
+/// Commits the leader's flushes through the group's Raft log, and asks the other replicas
+/// for the receipts their enclaves sign once they hold them.
 #[derive(Clone)]
 pub struct RaftGate {
     raft: teepay_replica::Raft,
+    receipts: Option<std::sync::Arc<teepay_replica::network::ReceiptClient>>,
 }
+
+/// How long one receipt request may take, the follower's wait for the entry included.
+const RECEIPT_TTL: std::time::Duration = std::time::Duration::from_millis(1_000);
 
 impl RaftGate {
     pub fn new(raft: teepay_replica::Raft) -> Self {
-        Self { raft }
+        Self { raft, receipts: None }
+    }
+
+    /// Also asks `peers` (every other replica's Raft address) for receipts, over links
+    /// authenticated by `signer`.
+    pub fn with_receipts(
+        mut self,
+        peers: impl IntoIterator<Item = (teepay_replica::ReplicaId, String)>,
+        signer: std::sync::Arc<dyn teepay_replica::network::LinkSigner>,
+    ) -> Self {
+        let client = teepay_replica::network::ReceiptClient::new(peers, signer);
+        self.receipts = Some(std::sync::Arc::new(client));
+        self
     }
 }
 
@@ -92,13 +146,23 @@ impl std::fmt::Debug for RaftGate {
     }
 }
 
+type Pending<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
 impl crate::service::ReleaseGate for RaftGate {
-    fn committed(
-        &self,
-        entry: Vec<u8>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+    fn committed(&self, entry: Vec<u8>) -> Pending<'_, Result<(), String>> {
         Box::pin(async move {
             self.raft.client_write(teepay_replica::Delta(entry)).await.map(drop).map_err(|e| e.to_string())
+        })
+    }
+
+    fn receipts(&self, seq: u64) -> Pending<'_, Vec<Receipt>> {
+        Box::pin(async move {
+            let Some(client) = &self.receipts else { return Vec::new() };
+            // A majority of the group counting the leader itself: half of the others.
+            let voters = self.raft.metrics().borrow().membership_config.membership().voter_ids().count();
+            let enough = voters / 2;
+            let answers = client.gather(seq, enough, RECEIPT_TTL).await;
+            answers.iter().filter_map(|bytes| teepay_types::decode::<Receipt>(bytes).ok()).collect()
         })
     }
 }
@@ -116,6 +180,7 @@ pub struct LocalGroup {
 pub struct LocalReplica {
     pub raft: teepay_replica::Raft,
     pub sm: teepay_replica::state_machine::Replayed<HubApply>,
+    signer: std::sync::Arc<ShadowSigner>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -142,14 +207,17 @@ fn local(e: impl std::fmt::Display) -> LocalGroupError {
 
 impl LocalGroup {
     /// `n` replicas under `dir` (`dir/r1`, …), the first creating the hub identity with
-    /// `config`; `authority` stands in for the attestation service.
+    /// `config`; `authority` stands in for the attestation service. The group is governed
+    /// by `governance` (`teepay_coordinator::group`): its enclaves release a flush only for
+    /// a majority's commit receipts, every replica a member from the start.
     pub async fn start(
         dir: &std::path::Path,
         n: usize,
         config: teepay_coordinator::HubConfig,
         authority: &teepay_types::SigningKey,
+        governance: &teepay_types::SigningKey,
     ) -> Result<Self, LocalGroupError> {
-        Self::start_with(dir, n, config, authority, teepay_replica::config()).await
+        Self::start_with(dir, n, config, authority, governance, teepay_replica::config()).await
     }
 
     /// [`LocalGroup::start`] with these Raft settings (tests: a small snapshot interval).
@@ -158,6 +226,7 @@ impl LocalGroup {
         n: usize,
         config: teepay_coordinator::HubConfig,
         authority: &teepay_types::SigningKey,
+        governance: &teepay_types::SigningKey,
         raft_config: teepay_replica::openraft::Config,
     ) -> Result<Self, LocalGroupError> {
         let raft_config = std::sync::Arc::new(raft_config.validate().map_err(local)?);
@@ -167,14 +236,27 @@ impl LocalGroup {
         let entropy = teepay_link::os_entropy().map_err(local)?;
         let platform = FilePlatform::open(&dirs[0].join("shadow")).map_err(local)?;
         let mut founder = Coordinator::create(platform, config, entropy).map_err(local)?;
-        founder.flush();
-        let snapshot = founder.group_snapshot().map_err(local)?;
-        let mut shadows = vec![founder];
+        let founder_member = founder
+            .found_group(governance.address(), teepay_link::os_entropy().map_err(local)?)
+            .map_err(local)?;
+        // Each joining enclave's key (shown by its quote) becomes its member key: the
+        // operators admit all of them before the group starts.
+        let mut candidates = Vec::new();
         for d in &dirs[1..] {
             let platform = FilePlatform::open(&d.join("shadow")).map_err(local)?;
             let candidate = Candidate::new(platform, measurement, teepay_link::os_entropy().map_err(local)?)
                 .map_err(local)?;
             let quote = candidate.report(teepay_types::ChainId(0)).attest(authority);
+            candidates.push((candidate, quote));
+        }
+        let members =
+            std::iter::once(founder_member).chain(candidates.iter().map(|(_, q)| q.report.enclave)).collect();
+        let signed = teepay_coordinator::SignedMembership::sign(governance, founder.address(), 1, members);
+        founder.update_membership(&signed).map_err(local)?;
+        founder.flush();
+        let snapshot = founder.group_snapshot().map_err(local)?;
+        let mut shadows = vec![founder];
+        for (candidate, quote) in candidates {
             let gift = shadows[0].provision(&quote).map_err(local)?;
             shadows.push(candidate.join(&gift, &snapshot).map_err(local)?.0);
         }
@@ -219,8 +301,17 @@ impl LocalGroup {
         let signer = std::sync::Arc::new(ShadowSigner(sm.clone()));
         let network = teepay_replica::network::TcpNetwork::new(signer.clone());
         let raft = teepay_replica::Raft::new(id, config, network, log, sm.clone()).await.map_err(local)?;
-        let server = tokio::spawn(teepay_replica::network::serve(listener, raft.clone(), signer));
-        Ok(LocalReplica { raft, sm, server })
+        let services = teepay_replica::network::Services {
+            provisioner: None,
+            receipts: Some(receipt_source(sm.clone())),
+        };
+        let server = tokio::spawn(teepay_replica::network::serve_with(
+            listener,
+            raft.clone(),
+            signer.clone(),
+            services,
+        ));
+        Ok(LocalReplica { raft, sm, signer, server })
     }
 
     /// Waits (up to 10 s) until the running replicas agree on a leader.
@@ -253,7 +344,11 @@ impl LocalGroup {
         r.raft.ensure_linearizable().await.map_err(local)?;
         let platform = FilePlatform::open(&self.dirs[(id - 1) as usize].join("leader")).map_err(local)?;
         let (live, _) = r.sm.with_app(|a| a.shadow().fork(platform)).map_err(local)?;
-        Ok((live, std::sync::Arc::new(RaftGate::new(r.raft.clone()))))
+        let peers = (1..=self.addrs.len() as teepay_replica::ReplicaId)
+            .filter(|peer| *peer != id)
+            .map(|peer| (peer, self.addrs[(peer - 1) as usize].clone()));
+        let gate = RaftGate::new(r.raft.clone()).with_receipts(peers, r.signer.clone());
+        Ok((live, std::sync::Arc::new(gate)))
     }
 
     /// Stops replica `id` as a crash would (its files stay).

@@ -62,6 +62,44 @@ pub trait ReleaseGate: Send + Sync + std::fmt::Debug {
         &self,
         entry: Vec<u8>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>;
+
+    /// Receipts of the other replicas' enclaves for the entries up to `seq`: as many as a
+    /// majority needs, or as many as answered. A hub group's enclave releases a flush's
+    /// batches only for a majority's (`Coordinator::release`).
+    fn receipts(
+        &self,
+        seq: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<teepay_coordinator::Receipt>> + Send + '_>>;
+}
+
+/// How long a group's leader keeps asking for the receipts of a flush before it gives up the
+/// lead (its executor stops; whoever leads next resends what was decided).
+const RELEASE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The held flushes' batches once a majority of the group's enclaves hold them; None if
+/// that did not happen within [`RELEASE_DEADLINE`].
+async fn release_held<P: Platform>(
+    exec: &mut Executor<P>,
+    gate: Option<&dyn ReleaseGate>,
+) -> Option<Vec<teepay_types::SignedHubBatch>> {
+    let started = tokio::time::Instant::now();
+    let seq = exec.coordinator().replica_chain().seq;
+    let mut batches = Vec::new();
+    let mut receipts = Vec::new();
+    loop {
+        batches.extend(exec.coordinator_mut().release(&receipts));
+        if exec.coordinator().held() == 0 {
+            return Some(batches);
+        }
+        let gate = gate?;
+        if started.elapsed() > RELEASE_DEADLINE {
+            return None;
+        }
+        receipts = gate.receipts(seq).await;
+        if receipts.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 enum Event {
@@ -452,7 +490,7 @@ async fn run_executor<P: Platform>(
             }
         }
         // Flushing seals (and syncs) the hub enclave's state.
-        let out = teepay_link::host::blocking(|| exec.flush(now));
+        let mut out = teepay_link::host::blocking(|| exec.flush(now));
         // (A platform that stores the blob with its counter has made it durable already.)
         if let Some(sealed) = &out.sealed
             && !exec.coordinator().platform().persists_sealed()
@@ -463,11 +501,21 @@ async fn run_executor<P: Platform>(
             return;
         }
         // A replicated hub's flush is durable once a majority of the group holds it.
-        if let (Some(gate), Some(entry)) = (&settings.gate, out.replicated)
+        if let (Some(gate), Some(entry)) = (&settings.gate, out.replicated.take())
             && let Err(e) = gate.committed(entry).await
         {
             tracing::warn!(error = %e, "flush not committed (no longer the leader?): the executor stops");
             return;
+        }
+        // A group's enclave holds the flush until a majority's enclaves say they hold it.
+        if exec.coordinator().held() > 0 {
+            match release_held(&mut exec, settings.gate.as_deref()).await {
+                Some(batches) => out.batches.extend(batches),
+                None => {
+                    tracing::warn!("no majority of the group's enclaves holds the flush: the executor stops");
+                    return;
+                }
+            }
         }
         // The state that created every instance named below is durable now: a crash can no
         // longer give its id to another instance.

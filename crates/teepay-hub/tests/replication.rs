@@ -17,6 +17,11 @@ fn authority() -> SigningKey {
     SigningKey::from_entropy([0xa7; 32]).unwrap()
 }
 
+/// The operators' key that names the group's members.
+fn governance() -> SigningKey {
+    SigningKey::from_entropy([0x90; 32]).unwrap()
+}
+
 fn config() -> HubConfig {
     HubConfig {
         measurement: HUB_MEASUREMENT,
@@ -56,7 +61,7 @@ async fn admit_and_commit(raft: &Raft, live: &mut Coordinator<FilePlatform>, see
 async fn the_group_follows_its_leader_and_survives_losing_it() {
     let dir = std::env::temp_dir().join(format!("teepay-hub-group-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut group = LocalGroup::start(&dir, 3, config(), &authority()).await.unwrap();
+    let mut group = LocalGroup::start(&dir, 3, config(), &authority(), &governance()).await.unwrap();
     let first = group.leader().await.unwrap();
     let (mut live, _) = group.take_office(first).await.unwrap();
     for seed in 1..=5 {
@@ -98,7 +103,8 @@ async fn a_replica_behind_a_purged_log_catches_up_from_a_snapshot() {
         purge_batch_size: 1,
         ..teepay_replica::config()
     };
-    let mut group = LocalGroup::start_with(&dir, 3, config(), &authority(), raft).await.unwrap();
+    let mut group =
+        LocalGroup::start_with(&dir, 3, config(), &authority(), &governance(), raft).await.unwrap();
     let leader = group.leader().await.unwrap();
     let (mut live, _) = group.take_office(leader).await.unwrap();
     let behind = (1..=3).find(|id| *id != leader).unwrap();
@@ -130,7 +136,7 @@ async fn a_replica_behind_a_purged_log_catches_up_from_a_snapshot() {
 async fn a_replica_whose_log_was_rolled_back_does_not_rejoin_with_it() {
     let dir = std::env::temp_dir().join(format!("teepay-hub-group-rollback-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut group = LocalGroup::start(&dir, 3, config(), &authority()).await.unwrap();
+    let mut group = LocalGroup::start(&dir, 3, config(), &authority(), &governance()).await.unwrap();
     let leader = group.leader().await.unwrap();
     let (mut live, _) = group.take_office(leader).await.unwrap();
     let follower = (1..=3).find(|id| *id != leader).unwrap();
@@ -190,5 +196,40 @@ fn the_raft_vote_is_sealed_and_a_tampered_one_is_refused() {
     std::fs::write(&seals, bytes).unwrap();
     let reopened = SealedVotes::open(&dir);
     assert!(reopened.is_err() || reopened.unwrap().load().is_err(), "an altered vote was believed");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Commit receipts over the replica links: once an entry is committed, the leader's gate
+/// gets a receipt for it from a follower's enclave, signed by a member the governance key
+/// admitted, for that very entry; with both followers gone it gets none, so a group's
+/// enclave would hold the flush (`teepay_coordinator::group`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_enclaves_sign_receipts_for_what_they_hold() {
+    let dir = std::env::temp_dir().join(format!("teepay-hub-group-receipts-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut group = LocalGroup::start(&dir, 3, config(), &authority(), &governance()).await.unwrap();
+    let leader = group.leader().await.unwrap();
+    let (mut live, gate) = group.take_office(leader).await.unwrap();
+    let membership = live.inspect().membership.clone().expect("a governed group");
+    assert_eq!(membership.governance, governance().address());
+    assert_eq!(membership.members.len(), 3, "every replica was admitted");
+    assert!(membership.members.contains(&live.member_address().unwrap()));
+    admit_and_commit(&group.replicas[&leader].raft, &mut live, 1).await;
+    let seq = live.replica_chain().seq;
+    let receipts = gate.receipts(seq).await;
+    assert!(!receipts.is_empty(), "a follower holds the committed entry");
+    for r in &receipts {
+        assert!(membership.members.contains(&r.member) && r.member != live.member_address().unwrap());
+        assert_eq!((r.seq, r.head), (seq, live.replica_chain().head), "a receipt for the leader's entry");
+    }
+    // An entry the followers never saw gets no receipt (they wait, then say so).
+    assert!(gate.receipts(seq + 1).await.is_empty());
+    for follower in (1..=3).filter(|id| *id != leader) {
+        group.stop(follower).await;
+    }
+    let started = Instant::now();
+    assert!(gate.receipts(seq).await.is_empty(), "nobody is left to sign");
+    assert!(started.elapsed() < Duration::from_secs(3), "an unreachable follower is given up on");
+    group.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

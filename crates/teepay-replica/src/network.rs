@@ -7,6 +7,10 @@
 //! - `P`, provisioning: one plain request from a replica that has no identity yet (its quote),
 //!   answered with what only that enclave can open.
 //!
+//! The Raft link also carries the hub's *commit receipts* (DESIGN §10): the leader asks a
+//! follower for its enclave's receipt of the entries it has applied ([`ReceiptSource`],
+//! [`ReceiptClient`]); the bytes are opaque here and proven by the enclaves.
+//!
 //! Lengths are checked against a cap before anything is allocated; a malformed frame ends the
 //! connection.
 
@@ -74,6 +78,8 @@ enum Call {
     Snapshot(InstallSnapshotRequest<TypeConfig>),
     /// A joining replica's quote, asking for what it needs to join ([`Provisioner`]).
     Provision(#[serde(with = "hex::serde")] Vec<u8>),
+    /// The follower's receipt once it has applied the group's entries up to this sequence.
+    Receipt(u64),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -82,6 +88,7 @@ enum Answer {
     Vote(Result<VoteResponse<ReplicaId>, RaftError<ReplicaId>>),
     Snapshot(Result<InstallSnapshotResponse<ReplicaId>, RaftError<ReplicaId, InstallSnapshotError>>),
     Provision(Result<Hex, String>),
+    Receipt(Result<Hex, String>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -91,6 +98,31 @@ struct Hex(#[serde(with = "hex::serde")] Vec<u8>);
 /// The application decides (the hub: its enclave checks the quote and encrypts the identity
 /// for that enclave only); this crate only carries the bytes.
 pub type Provisioner = std::sync::Arc<dyn Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync>;
+
+/// Answers the leader's request for a receipt of the entries up to a sequence number: the
+/// application's (the hub: its shadow enclave signs one once it has applied that far, or
+/// says why not within a short wait). Only asked over an authenticated Raft link.
+pub type ReceiptSource = std::sync::Arc<
+    dyn Fn(u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// What a replica serves besides Raft.
+#[derive(Clone, Default)]
+pub struct Services {
+    pub provisioner: Option<Provisioner>,
+    pub receipts: Option<ReceiptSource>,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services")
+            .field("provisioner", &self.provisioner.is_some())
+            .field("receipts", &self.receipts.is_some())
+            .finish()
+    }
+}
 
 async fn write_frame<T: Serialize>(stream: &mut TcpStream, value: &T) -> Result<(), ReplicaError> {
     let bytes = serde_json::to_vec(value).map_err(|e| ReplicaError::Malformed(e.to_string()))?;
@@ -126,11 +158,11 @@ async fn read_frame_capped<T: DeserializeOwned>(
 /// Serves this replica's Raft RPCs on `listener` until the future is dropped, which also
 /// ends every connection it accepted (they belong to this replica's Raft).
 pub async fn serve(listener: TcpListener, raft: Raft, signer: Signer) {
-    serve_with(listener, raft, signer, None).await
+    serve_with(listener, raft, signer, Services::default()).await
 }
 
-/// [`serve`], also answering provisioning requests with `provisioner`.
-pub async fn serve_with(listener: TcpListener, raft: Raft, signer: Signer, provisioner: Option<Provisioner>) {
+/// [`serve`], also answering provisioning and receipt requests with `services`.
+pub async fn serve_with(listener: TcpListener, raft: Raft, signer: Signer, services: Services) {
     let mut connections = tokio::task::JoinSet::new();
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -150,20 +182,15 @@ pub async fn serve_with(listener: TcpListener, raft: Raft, signer: Signer, provi
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (raft, signer, provisioner) = (raft.clone(), signer.clone(), provisioner.clone());
+        let (raft, signer, services) = (raft.clone(), signer.clone(), services.clone());
         connections.spawn(async move {
-            serve_connection(stream, raft, signer, provisioner).await;
+            serve_connection(stream, raft, signer, services).await;
             drop(slot);
         });
     }
 }
 
-async fn serve_connection(
-    mut stream: TcpStream,
-    raft: Raft,
-    signer: Signer,
-    provisioner: Option<Provisioner>,
-) {
+async fn serve_connection(mut stream: TcpStream, raft: Raft, signer: Signer, services: Services) {
     let mut mode = [0u8; 1];
     let read_mode = tokio::time::timeout(CONNECT_TIMEOUT, stream.read_exact(&mut mode)).await;
     if !matches!(read_mode, Ok(Ok(_))) {
@@ -178,7 +205,7 @@ async fn serve_connection(
                 else {
                     return;
                 };
-                let answer = Answer::Provision(match &provisioner {
+                let answer = Answer::Provision(match &services.provisioner {
                     Some(p) => p(&quote).map(Hex),
                     None => Err("this replica does not provision".into()),
                 });
@@ -195,6 +222,10 @@ async fn serve_connection(
                     Call::Append(rpc) => Answer::Append(raft.append_entries(rpc).await),
                     Call::Vote(rpc) => Answer::Vote(raft.vote(rpc).await),
                     Call::Snapshot(rpc) => Answer::Snapshot(raft.install_snapshot(rpc).await),
+                    Call::Receipt(seq) => Answer::Receipt(match &services.receipts {
+                        Some(source) => source(seq).await.map(Hex),
+                        None => Err("this replica gives no receipts".into()),
+                    }),
                     Call::Provision(_) => return, // provisioning has a mode of its own
                 };
                 let Ok(bytes) = serde_json::to_vec(&answer) else { return };
@@ -360,5 +391,76 @@ pub async fn request_provision(addr: &str, quote: &[u8]) -> Result<Result<Vec<u8
     match read_frame::<Answer>(&mut stream).await? {
         Answer::Provision(r) => Ok(r.map(|h| h.0)),
         _ => Err(ReplicaError::Malformed("answer of another kind".into())),
+    }
+}
+
+/// The leader's side of commit receipts: one authenticated connection per follower, kept
+/// between calls and re-established after a failure.
+pub struct ReceiptClient {
+    peers: Vec<std::sync::Arc<tokio::sync::Mutex<PeerConnection>>>,
+}
+
+impl std::fmt::Debug for ReceiptClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceiptClient").field("peers", &self.peers.len()).finish()
+    }
+}
+
+impl ReceiptClient {
+    /// Asks the replicas at `peers` (every one but this), links authenticated by `signer`.
+    pub fn new(peers: impl IntoIterator<Item = (ReplicaId, String)>, signer: Signer) -> Self {
+        let peers = peers
+            .into_iter()
+            .map(|(target, addr)| {
+                let peer = PeerConnection { target, addr, signer: signer.clone(), link: None };
+                std::sync::Arc::new(tokio::sync::Mutex::new(peer))
+            })
+            .collect();
+        Self { peers }
+    }
+
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    /// Asks every peer at once for its receipt of the entries up to `seq`, each within
+    /// `ttl`; resolves with the receipts as soon as `enough` arrived, or once every peer
+    /// answered or failed. A peer's refusal or silence only means fewer receipts. The asks
+    /// still running then finish on their own (within `ttl`): a call cut short would leave
+    /// its answer on the link, to be read as the next call's.
+    pub async fn gather(&self, seq: u64, enough: usize, ttl: Duration) -> Vec<Vec<u8>> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(self.peers.len().max(1));
+        for peer in &self.peers {
+            let (peer, tx) = (peer.clone(), tx.clone());
+            tokio::spawn(async move {
+                let mut peer = peer.lock().await;
+                let answer = match peer.call::<openraft::error::Infallible>(&Call::Receipt(seq), ttl).await {
+                    Ok(Answer::Receipt(Ok(bytes))) => Some(bytes.0),
+                    Ok(Answer::Receipt(Err(why))) => {
+                        tracing::debug!(peer = peer.target, %why, "no receipt");
+                        None
+                    }
+                    Ok(_) => None,
+                    Err(e) => {
+                        tracing::debug!(peer = peer.target, error = %e, "receipt request failed");
+                        None
+                    }
+                };
+                let _ = tx.send(answer).await;
+            });
+        }
+        drop(tx);
+        let mut receipts = Vec::new();
+        while let Some(answer) = rx.recv().await {
+            receipts.extend(answer);
+            if receipts.len() >= enough {
+                break;
+            }
+        }
+        receipts
     }
 }

@@ -63,8 +63,11 @@ pub async fn setup(
     // loopback) before it is released.
     let (mut hub, gate, group) = if drive.replicas > 1 {
         let authority = crate::sim::attestation_key();
+        // The operators' key, here only to admit every replica as a member.
+        let governance = teepay_types::SigningKey::from_entropy(teepay_link::os_entropy()?)?;
         let group =
-            LocalGroup::start(&dir.join("group"), drive.replicas, hub_config(mode), &authority).await?;
+            LocalGroup::start(&dir.join("group"), drive.replicas, hub_config(mode), &authority, &governance)
+                .await?;
         let leader = group.leader().await?;
         let (live, gate) = group.take_office(leader).await?;
         (live, Some(gate), Some(group))
