@@ -2,13 +2,13 @@
 //! services and the chain setup a person runs by hand (see README).
 
 use crate::config::{self, ChainConfig};
-use crate::sim;
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use teepay_chain::contract::send_from_key;
 use teepay_chain::{AnyChain, Chain};
+use teepay_demo::dev as sim;
 use teepay_enclave::{NodeConfig as EnclaveConfig, NodeEnclave, Request, Response};
 use teepay_hub::runtime::{HubChain, HubRuntimeConfig};
 use teepay_hub::sync::SyncConfig;

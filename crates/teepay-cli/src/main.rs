@@ -1,13 +1,10 @@
 //! `teepay`: the command-line interface.
 
-mod bench;
 mod check;
 mod client;
 mod config;
 mod daemons;
-mod demo;
 mod devnet;
-mod sim;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -25,7 +22,7 @@ enum Command {
     Check(check::CheckArgs),
     /// Run the whole system on this machine and narrate it: two chains, a hub, six nodes,
     /// payments, swaps, a refund, an eject and closes, checked from on-chain data.
-    Demo(demo::DemoArgs),
+    Demo(teepay_demo::DemoArgs),
     /// Run the hub (service provider server): node links, chain sync, routing, gRPC API.
     Hub(daemons::HubArgs),
     /// Run a node daemon: hosts the node enclave, links to the hub, serves the local API.
@@ -47,7 +44,7 @@ enum Command {
     /// The hub's payment network map.
     Network(client::HubTarget),
     /// Measure end-to-end throughput and latency beside the protocol's in-memory limit.
-    Bench(bench::BenchArgs),
+    Bench(teepay_bench::BenchArgs),
     /// Serve an embedded EVM chain over JSON-RPC on a loopback port (dev accounts funded).
     Devnet(devnet::DevnetArgs),
 }
@@ -67,8 +64,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(args) => check::run(&args),
         Command::Devnet(args) => devnet::run(&args),
-        Command::Demo(args) => demo::run(&args),
-        Command::Bench(args) => bench::run(&args),
+        Command::Demo(args) => teepay_demo::run(&args),
+        Command::Bench(args) => teepay_bench::run(&args),
         Command::Hub(args) => daemons::hub(&args),
         Command::Node(args) => daemons::node(&args),
         Command::Deploy(args) => daemons::deploy_cmd(&args),

@@ -3,7 +3,7 @@
 //! process, over loopback. Only the leader drives nodes; nodes know every replica's link.
 
 use super::world::DemoChain;
-use crate::sim::{HUB_MEASUREMENT, NODE_MEASUREMENT, attestation_key};
+use crate::dev::{HUB_MEASUREMENT, NODE_MEASUREMENT, attestation_key};
 use anyhow::{Result, bail};
 use std::net::SocketAddr;
 use std::path::Path;

@@ -116,7 +116,7 @@ pub struct BenchArgs {
 
 /// One measured configuration: how round messages are authenticated and how state is sealed.
 #[derive(Debug, Clone)]
-pub struct Mode {
+pub(crate) struct Mode {
     pub auth: RoundAuth,
     pub seal: SealLimits,
     /// Instances ask for peer acks and nodes require them (`--verify-peer-acks`).
@@ -126,7 +126,7 @@ pub struct Mode {
 
 /// How jobs are offered: how many, how many in flight, at what rate.
 #[derive(Clone, Copy)]
-pub struct Drive {
+pub(crate) struct Drive {
     pub batch_window: Duration,
     pub jobs: usize,
     pub concurrency: usize,
@@ -153,7 +153,7 @@ impl Drive {
 }
 
 /// A progress line on stderr, redrawn at most every 200 ms (silent with --json).
-pub struct Progress {
+pub(crate) struct Progress {
     label: String,
     enabled: bool,
     last: Option<Instant>,
@@ -180,7 +180,7 @@ impl Progress {
 
 /// Latency samples and counts of one mode.
 #[derive(Default)]
-pub struct Run {
+pub(crate) struct Run {
     elapsed: Duration,
     latencies_us: Vec<u64>,
     succeeded: usize,
@@ -276,9 +276,9 @@ fn cpu_seconds() -> f64 {
 
 fn node_config(scn: &Scenario, mode: &Mode) -> NodeConfig {
     NodeConfig {
-        measurement: crate::sim::NODE_MEASUREMENT,
-        attestation_authority: crate::sim::attestation_key().address(),
-        allowed_hub_measurements: vec![crate::sim::HUB_MEASUREMENT],
+        measurement: teepay_demo::dev::NODE_MEASUREMENT,
+        attestation_authority: teepay_demo::dev::attestation_key().address(),
+        allowed_hub_measurements: vec![teepay_demo::dev::HUB_MEASUREMENT],
         contracts: scn.chains.iter().map(|c| (*c, CONTRACT)).collect(),
         max_tx_fee: Amount(0),
         require_peer_acks: mode.peer_acks,
@@ -287,9 +287,9 @@ fn node_config(scn: &Scenario, mode: &Mode) -> NodeConfig {
 
 fn hub_config(mode: &Mode) -> HubConfig {
     HubConfig {
-        measurement: crate::sim::HUB_MEASUREMENT,
-        attestation_authority: crate::sim::attestation_key().address(),
-        allowed_node_measurements: vec![crate::sim::NODE_MEASUREMENT],
+        measurement: teepay_demo::dev::HUB_MEASUREMENT,
+        attestation_authority: teepay_demo::dev::attestation_key().address(),
+        allowed_node_measurements: vec![teepay_demo::dev::NODE_MEASUREMENT],
         prepare_timeout: 30_000,
         retransmit_after: 5_000,
         round_auth: mode.auth,

@@ -3,6 +3,7 @@
 //! cross-chain seed's figure 1). It ends by checking conservation and atomicity from
 //! on-chain data and exits non-zero if anything does not hold.
 
+pub mod dev;
 mod group;
 mod world;
 

@@ -10,7 +10,7 @@
 use super::scenario::{Job, Scenario};
 use super::sockets::{Nodes, drive_jobs, node_settings, quote, setup};
 use super::{Drive, Mode, Progress, Run, cpu_seconds, swap_intent_request};
-use crate::client::call;
+
 use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -173,7 +173,7 @@ pub fn child(dir: &Path, hub: SocketAddr, seal: SealLimits) -> Result<std::proce
         let quote = quote(&mut enclave)?;
         let chains = enclave.inspect().config.contracts.iter().map(|(c, _)| *c).collect();
         let (handle, _) = teepay_node::spawn(enclave, node_settings(hub, dir, quote));
-        crate::demo::wait_ready(&handle).await?;
+        teepay_demo::wait_ready(&handle).await?;
         let api = teepay_node::api::NodeApi {
             node: handle,
             links: Vec::new(),
@@ -192,4 +192,9 @@ pub fn child(dir: &Path, hub: SocketAddr, seal: SealLimits) -> Result<std::proce
         stdout.flush()?;
         Ok(std::process::ExitCode::SUCCESS)
     })
+}
+
+/// A gRPC call's answer, or its status message as the error.
+fn call<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Result<T> {
+    r.map(|r| r.into_inner()).map_err(|s| anyhow::anyhow!("{}", s.message()))
 }

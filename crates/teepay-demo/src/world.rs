@@ -18,7 +18,7 @@ use teepay_types::Platform as _;
 use teepay_types::{Address, Amount, ChainId, InstanceId};
 use tokio::sync::watch;
 
-use crate::sim::{HUB_MEASUREMENT, NODE_MEASUREMENT, attestation_key};
+use crate::dev::{HUB_MEASUREMENT, NODE_MEASUREMENT, attestation_key};
 
 pub const ETHER: u128 = 1_000_000_000_000_000_000;
 

@@ -24,13 +24,13 @@ pub fn run(scn: &Scenario, drive: &Drive, mode: &Mode, progress: &mut Progress) 
     let (network, ids) = fund(&mut enclaves, scn)?;
     let mut hub = Coordinator::create(SimPlatform::new([9; 32]), hub_config(mode), [8; 32])?;
     hub.set_seal_limits(mode.seal);
-    let hub_quote = hub.report(ChainId(0)).attest(&crate::sim::attestation_key());
+    let hub_quote = hub.report(ChainId(0)).attest(&teepay_demo::dev::attestation_key());
     let index: HashMap<Address, usize> = enclaves.iter().enumerate().map(|(i, e)| (e.address(), i)).collect();
     for e in enclaves.iter_mut() {
         let Response::Report(r) = e.handle(0, Request::Report { chain: ChainId(0) })?.response else {
             bail!("report")
         };
-        hub.register_node(&r.attest(&crate::sim::attestation_key()))?;
+        hub.register_node(&r.attest(&teepay_demo::dev::attestation_key()))?;
         e.handle(0, Request::AttestHub { quote: hub_quote.clone() })?;
     }
     let mut net = Net { exec: Executor::new(hub, network), enclaves, index };

@@ -62,7 +62,7 @@ pub async fn setup(
     // the group (every replica in this process, each with its own files and Raft on
     // loopback) before it is released.
     let (mut hub, gate, group) = if drive.replicas > 1 {
-        let authority = crate::sim::attestation_key();
+        let authority = teepay_demo::dev::attestation_key();
         // The operators' key, here only to admit every replica as a member.
         let governance = teepay_types::SigningKey::from_entropy(teepay_link::os_entropy()?)?;
         let group =
@@ -80,7 +80,7 @@ pub async fn setup(
         (hub, None, None)
     };
     hub.set_seal_limits(mode.seal);
-    let hub_quote = hub.report(ChainId(0)).attest(&crate::sim::attestation_key());
+    let hub_quote = hub.report(ChainId(0)).attest(&teepay_demo::dev::attestation_key());
     let (fin_tx, finished) = mpsc::unbounded_channel();
     let metrics = Arc::new(Metrics::new(&scn.chains.iter().map(|c| c.0).collect::<Vec<_>>()));
     let settings = HubSettings {
@@ -133,7 +133,7 @@ pub fn quote<P: teepay_types::Platform>(e: &mut NodeEnclave<P>) -> Result<teepay
     let Response::Report(r) = e.handle(0, Request::Report { chain: ChainId(0) })?.response else {
         bail!("report")
     };
-    Ok(r.attest(&crate::sim::attestation_key()))
+    Ok(r.attest(&teepay_demo::dev::attestation_key()))
 }
 
 /// Every node daemon in this process, over real loopback TCP to the hub.
@@ -167,7 +167,7 @@ pub async fn run(
         nodes.push(h);
     }
     for n in &nodes {
-        crate::demo::wait_ready(n).await?;
+        teepay_demo::wait_ready(n).await?;
     }
     drive_jobs(scn, drive, hub, Arc::new(InProcess(nodes)), progress).await
 }
