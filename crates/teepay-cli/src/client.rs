@@ -134,7 +134,7 @@ pub struct SwapArgs {
     cmd: SwapCmd,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
@@ -142,7 +142,7 @@ async fn node(url: &str) -> Result<NodeClient<Channel>> {
     NodeClient::connect(url.to_string()).await.with_context(|| format!("cannot reach the node API at {url}"))
 }
 
-async fn hub(url: &str) -> Result<HubClient<Channel>> {
+pub(crate) async fn hub(url: &str) -> Result<HubClient<Channel>> {
     HubClient::connect(url.to_string()).await.with_context(|| format!("cannot reach the hub API at {url}"))
 }
 
@@ -151,7 +151,7 @@ pub(crate) fn call<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Result<T>
     r.map(|r| r.into_inner()).map_err(|s| anyhow::anyhow!("{}", s.message()))
 }
 
-fn out(json: bool, value: Value, text: impl FnOnce() -> String) {
+pub(crate) fn out(json: bool, value: Value, text: impl FnOnce() -> String) {
     if json {
         println!("{value}");
     } else {

@@ -58,6 +58,10 @@ pub struct HubConfig {
     /// first start, on one replica only; the others are provisioned by a running replica).
     #[serde(default)]
     pub bootstrap: bool,
+    /// A hub group's governance: the address of the operators' key that admits replicas'
+    /// enclaves as members (`teepay group admit`). Required for a group: its enclaves then let
+    /// a flush out only once a majority of the members hold it, whatever any host does.
+    pub governance: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -212,7 +212,17 @@ async fn hub_replica(cfg: &config::HubConfig, hub: HubRuntimeConfig) -> Result<E
         .map(|r| ReplicaSpec { id: r.id, link: r.link, raft: r.raft, api: r.api })
         .collect();
     let me = cfg.replica.expect("checked above");
-    let running = start(ReplicatedConfig { hub, me, replicas, bootstrap: cfg.bootstrap }).await?;
+    let governance = match cfg.governance.as_deref() {
+        Some(g) => Some(
+            Address::from_hex(g.trim())
+                .ok_or_else(|| anyhow::anyhow!("governance: not a 20-byte hex address: {g:?}"))?,
+        ),
+        None => bail!(
+            "a hub group needs `governance = \"0x…\"`: the address of the operators' key that admits \
+             replicas (`teepay group admit`; a new key: `teepay group key FILE`)"
+        ),
+    };
+    let running = start(ReplicatedConfig { hub, me, replicas, bootstrap: cfg.bootstrap, governance }).await?;
     println!(
         "hub {} replica {} of {}{}",
         running.enclave,

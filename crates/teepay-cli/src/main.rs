@@ -5,6 +5,7 @@ mod client;
 mod config;
 mod daemons;
 mod devnet;
+mod group;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -25,6 +26,8 @@ enum Command {
     Demo(teepay_demo::DemoArgs),
     /// Run the hub (service provider server): node links, chain sync, routing, gRPC API.
     Hub(daemons::HubArgs),
+    /// A hub group's membership: make a governance key, show or admit the replicas' enclaves.
+    Group(group::GroupArgs),
     /// Run a node daemon: hosts the node enclave, links to the hub, serves the local API.
     Node(daemons::NodeArgs),
     /// Deploy PaymentChannels on a chain (paid by a well-known dev account).
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => teepay_bench::run(&args),
         Command::Hub(args) => daemons::hub(&args),
         Command::Node(args) => daemons::node(&args),
+        Command::Group(args) => group::run(&args),
         Command::Deploy(args) => daemons::deploy_cmd(&args),
         Command::Faucet(args) => daemons::faucet(&args),
         Command::Info(t) => client::info(&t),

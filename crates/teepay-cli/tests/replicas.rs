@@ -96,6 +96,24 @@ fn a_hub_group_survives_kill_9_of_its_leader_with_payments_and_swaps_in_flight()
             .expect_err("a follower does not serve the map");
     let leader_api = format!("http://127.0.0.1:{}", net.group.replicas[leader].api);
     assert!(redirect.contains(&leader_api), "{redirect}");
+    // Every replica's enclave is a member (admitted with the governance key), and holds
+    // what the leader released; a key other than the governance key admits nobody.
+    let config = net.dir.join("hub1.toml");
+    let config = config.to_str().unwrap();
+    let shown = ok(&["group", "show", "--config", config]);
+    let replicas = shown["replicas"].as_array().unwrap();
+    assert_eq!(replicas.len(), 3, "{shown}");
+    for r in replicas {
+        let members = r["members"].as_array().unwrap();
+        assert_eq!(members.len(), 3, "{shown}");
+        assert!(members.contains(&r["member"]), "every replica is admitted: {shown}");
+    }
+    let stranger = net.dir.join("stranger.key");
+    ok(&["group", "key", stranger.to_str().unwrap()]);
+    let refused =
+        cli(&["group", "admit", "--config", config, "--governance-key", stranger.to_str().unwrap()])
+            .expect_err("only the governance key admits members");
+    assert!(refused.contains("is not this group's governance key"), "{refused}");
 
     // kill -9 of the leader with swaps (each with amounts of its own) and payments in flight.
     let swaps = [(ETH / 20, ETH / 25), (ETH / 32, ETH / 64)];

@@ -8,15 +8,18 @@ use anyhow::{Result, bail};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use teepay_coordinator::SignedMembership;
 use teepay_hub::replicated::{ReplicaSpec, ReplicatedConfig, RunningReplica, start};
 use teepay_hub::runtime::{HubChain, HubRuntimeConfig};
 use teepay_hub::service::HubControl;
 use teepay_hub::sync::SyncConfig;
-use teepay_types::{Address, ChainId};
+use teepay_types::{Address, ChainId, SigningKey};
 
 pub const REPLICAS: usize = 3;
 
 pub struct DemoHub {
+    /// The operators' key: it admits every replica's enclave as a member of the group.
+    governance: SigningKey,
     specs: Vec<ReplicaSpec>,
     configs: Vec<HubRuntimeConfig>,
     pub replicas: Vec<Option<RunningReplica>>,
@@ -65,12 +68,33 @@ impl DemoHub {
         let configs = (1..=REPLICAS)
             .map(|i| runtime_config(&dir.join(format!("hub{i}")), chains))
             .collect::<Result<Vec<_>>>()?;
-        let mut hub = DemoHub { specs, configs, replicas: (0..REPLICAS).map(|_| None).collect() };
+        let governance = SigningKey::from_entropy(teepay_link::os_entropy()?)?;
+        let mut hub = DemoHub { governance, specs, configs, replicas: (0..REPLICAS).map(|_| None).collect() };
         for i in 0..REPLICAS {
             hub.start_replica(i).await?;
         }
-        hub.control().await?;
+        hub.admit_members().await?;
         Ok(hub)
+    }
+
+    /// What `teepay group admit` does: the operators sign every replica enclave's member key
+    /// into the membership; the leader's enclave checks the signature and replicates it.
+    /// From then on a flush leaves only once two of the three enclaves hold it.
+    async fn admit_members(&self) -> Result<()> {
+        let members: Vec<Address> = self
+            .replicas
+            .iter()
+            .flatten()
+            .map(|r| r.with_shadow(|s| s.member_address()))
+            .collect::<Option<_>>()
+            .ok_or_else(|| anyhow::anyhow!("a replica of the group has no member key"))?;
+        let hub = self.enclave();
+        let signed = SignedMembership::sign(&self.governance, hub, 1, members);
+        let membership = self.control().await?.update_membership(signed).await.map_err(anyhow::Error::msg)?;
+        if membership.members.len() != REPLICAS {
+            bail!("the group admitted {} members, not {REPLICAS}", membership.members.len());
+        }
+        Ok(())
     }
 
     async fn start_replica(&mut self, i: usize) -> Result<()> {
@@ -79,6 +103,7 @@ impl DemoHub {
             me: self.specs[i].id,
             replicas: self.specs.clone(),
             bootstrap: i == 0,
+            governance: Some(self.governance.address()),
         };
         self.replicas[i] = Some(start(cfg).await?);
         Ok(())

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use teepay_api::pb::hub_server::{Hub, HubServer};
 use teepay_api::pb::{self};
-use teepay_api::{intent_pb, parse_instance, parse_intent};
+use teepay_api::{intent_pb, parse_address, parse_instance, parse_intent};
 use teepay_link::host::now_ms;
 use teepay_types::{Order, SignedOrder};
 use tonic::{Request, Response, Status};
@@ -17,6 +17,8 @@ use tonic::{Request, Response, Status};
 pub const BOARD_CAPACITY: usize = 10_000;
 /// Most intents one party may have on the board: no party can fill it alone.
 pub const BOARD_PER_PARTY: usize = 16;
+/// Most members a hub group may name (each is a receipt the leader may have to check).
+pub const MAX_MEMBERS: usize = 64;
 /// Latest expiry an intent may have, from now (ms): the hub enclave's limit for any order.
 pub const BOARD_MAX_TTL_MS: u64 = teepay_coordinator::MAX_ORDER_LIFETIME;
 
@@ -37,7 +39,32 @@ impl std::fmt::Debug for HubApi {
 #[derive(Clone)]
 enum Source {
     Fixed(HubControl),
-    Replica { slot: crate::runtime::ControlSlot, leader_api: Arc<dyn Fn() -> Option<String> + Send + Sync> },
+    Replica {
+        slot: crate::runtime::ControlSlot,
+        leader_api: Arc<dyn Fn() -> Option<String> + Send + Sync>,
+        /// This replica's committed group view (its shadow enclave's).
+        group: Arc<dyn Fn() -> pb::GroupInfo + Send + Sync>,
+    },
+}
+
+/// A hub enclave's group view: its member key, the membership, the last entry it holds.
+pub fn group_info<P: teepay_types::Platform>(hub: &teepay_coordinator::Coordinator<P>) -> pb::GroupInfo {
+    let mut info = pb::GroupInfo {
+        hub: hub.address().to_string(),
+        member: hub.member_address().map(|m| m.to_string()).unwrap_or_default(),
+        seq: hub.replica_chain().seq,
+        ..Default::default()
+    };
+    if let Some(m) = &hub.inspect().membership {
+        set_membership(&mut info, m);
+    }
+    info
+}
+
+fn set_membership(info: &mut pb::GroupInfo, m: &teepay_coordinator::Membership) {
+    info.governance = m.governance.to_string();
+    info.version = m.version;
+    info.members = m.members.iter().map(ToString::to_string).collect();
 }
 
 #[derive(Debug, Default)]
@@ -62,14 +89,15 @@ impl HubApi {
     pub fn for_replica(
         slot: crate::runtime::ControlSlot,
         leader_api: Arc<dyn Fn() -> Option<String> + Send + Sync>,
+        group: Arc<dyn Fn() -> pb::GroupInfo + Send + Sync>,
     ) -> Self {
-        HubApi { control: Source::Replica { slot, leader_api }, board: Arc::default() }
+        HubApi { control: Source::Replica { slot, leader_api, group }, board: Arc::default() }
     }
 
     fn control(&self) -> Result<HubControl, Status> {
         match &self.control {
             Source::Fixed(c) => Ok(c.clone()),
-            Source::Replica { slot, leader_api } => slot.get().ok_or_else(|| {
+            Source::Replica { slot, leader_api, .. } => slot.get().ok_or_else(|| {
                 Status::unavailable(match leader_api() {
                     Some(addr) => format!("this hub replica follows; the leader's API is at {addr}"),
                     None => "this hub replica follows and no leader is known yet (an election is under way?)"
@@ -168,6 +196,41 @@ impl Hub for HubApi {
         let id = board.next;
         board.entries.push((id, order));
         Ok(Response::new(pb::PostedIntent { id }))
+    }
+
+    async fn group(&self, _: Request<pb::GroupRequest>) -> Result<Response<pb::GroupInfo>, Status> {
+        match &self.control {
+            Source::Replica { group, .. } => Ok(Response::new(group())),
+            Source::Fixed(_) => Err(Status::failed_precondition("a single hub: not a hub group")),
+        }
+    }
+
+    async fn update_membership(
+        &self,
+        req: Request<pb::MembershipUpdate>,
+    ) -> Result<Response<pb::GroupInfo>, Status> {
+        let req = req.into_inner();
+        let Source::Replica { group, .. } = &self.control else {
+            return Err(Status::failed_precondition("a single hub: not a hub group"));
+        };
+        if req.members.is_empty() || req.members.len() > MAX_MEMBERS {
+            return Err(Status::invalid_argument(format!("members: between 1 and {MAX_MEMBERS}")));
+        }
+        let members = req
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| parse_address(&format!("members[{i}]"), m))
+            .collect::<Result<Vec<_>, _>>()?;
+        let signature = teepay_types::ids::from_hex::<65>(req.signature.trim())
+            .map(teepay_types::Signature)
+            .ok_or_else(|| Status::invalid_argument("signature: expected 65 bytes of hex"))?;
+        let signed = teepay_coordinator::SignedMembership { version: req.version, members, signature };
+        let membership =
+            self.control()?.update_membership(signed).await.map_err(Status::permission_denied)?;
+        let mut info = group();
+        set_membership(&mut info, &membership);
+        Ok(Response::new(info))
     }
 
     async fn list_intents(

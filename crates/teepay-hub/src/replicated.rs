@@ -52,6 +52,11 @@ pub struct ReplicatedConfig {
     /// Create the hub identity if this replica has no state (the group's first start, on
     /// one replica only); otherwise a replica without state is provisioned by a peer.
     pub bootstrap: bool,
+    /// The operators' key that admits the group's members (`teepay group admit`): with it the
+    /// bootstrap replica founds a group whose enclaves release a flush only for a majority
+    /// of the members' commit receipts (`teepay_coordinator::group`). Without it, every
+    /// replica's host is trusted to run Raft faithfully.
+    pub governance: Option<Address>,
 }
 
 /// A leader that has not heard from a majority for this long stops driving nodes.
@@ -116,7 +121,8 @@ pub async fn start(cfg: ReplicatedConfig) -> Result<RunningReplica, RuntimeError
     let shadow = open_shadow(&cfg, &state).await?;
     let enclave = shadow.address();
     let quote = shadow.report(ChainId(0)).attest(&cfg.hub.attestation_key);
-    tracing::info!(replica = cfg.me, %enclave, seq = shadow.replica_chain().seq, "hub replica enclave ready");
+    let member = shadow.member_address();
+    tracing::info!(replica = cfg.me, %enclave, ?member, seq = shadow.replica_chain().seq, "hub replica enclave ready");
 
     let raft_dir = state.join("raft");
     let votes =
@@ -178,7 +184,9 @@ pub async fn start(cfg: ReplicatedConfig) -> Result<RunningReplica, RuntimeError
             let leader = raft_for_hint.metrics().borrow().current_leader?;
             apis.get(&leader).map(|a| format!("http://{a}"))
         });
-        let (_, task) = HubApi::for_replica(slot.clone(), leader_api)
+        let shadow = sm.clone();
+        let group = Arc::new(move || shadow.with_app(|a| crate::api::group_info(a.shadow())));
+        let (_, task) = HubApi::for_replica(slot.clone(), leader_api, group)
             .serve(addr)
             .await
             .map_err(io(format!("gRPC API on {addr}")))?;
@@ -216,6 +224,10 @@ async fn open_shadow(
     if cfg.bootstrap {
         let entropy = teepay_link::os_entropy().map_err(io("OS entropy"))?;
         let mut hub = Coordinator::create(platform, hub_config(&cfg.hub), entropy)?;
+        if let Some(governance) = cfg.governance {
+            let member = hub.found_group(governance, teepay_link::os_entropy().map_err(io("OS entropy"))?)?;
+            tracing::info!(%member, %governance, "hub group founded: admit its members with `teepay group admit`");
+        }
         hub.flush(); // sealed (the platform persists it) before anyone sees the key
         tracing::info!(enclave = %hub.address(), "hub identity created (group bootstrap)");
         return Ok(hub);

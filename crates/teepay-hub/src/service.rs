@@ -141,6 +141,10 @@ enum Event {
         node: Address,
         reply: oneshot::Sender<bool>,
     },
+    Membership {
+        signed: teepay_coordinator::SignedMembership,
+        reply: oneshot::Sender<Result<teepay_coordinator::Membership, String>>,
+    },
 }
 
 /// A running hub: its bound address, control and queries, and a way to stop it.
@@ -187,6 +191,18 @@ impl HubControl {
             return false;
         }
         answer.await.unwrap_or(false)
+    }
+
+    /// Hands a member list signed by the group's governance key to the hub enclave, which
+    /// checks it and replicates it with the next flush: the membership now in force, or
+    /// why it was refused.
+    pub async fn update_membership(
+        &self,
+        signed: teepay_coordinator::SignedMembership,
+    ) -> Result<teepay_coordinator::Membership, String> {
+        let (reply, answer) = oneshot::channel();
+        self.events.send(Event::Membership { signed, reply }).map_err(|_| "the hub stopped".to_string())?;
+        answer.await.map_err(|_| "the hub stopped".to_string())?
     }
 
     /// The network map: every channel per chain with balances and reservations.
@@ -583,6 +599,14 @@ fn handle<P: Platform>(
             let _ = reply.send(map);
         }
         Event::Admitted { node, reply } => drop(reply.send(exec.coordinator().is_registered(node))),
+        Event::Membership { signed, reply } => {
+            let hub = exec.coordinator_mut();
+            let result = hub
+                .update_membership(&signed)
+                .map_err(|e| e.to_string())
+                .map(|()| hub.inspect().membership.clone().expect("a membership was just accepted"));
+            let _ = reply.send(result);
+        }
         Event::SignLink { transcript, reply } => {
             let _ = reply.send(exec.coordinator().sign_link(&transcript, LinkRole::Responder));
         }

@@ -283,10 +283,14 @@ impl GroupNet {
             Some(hold) => replicas.iter().map(|r| Proxy::delaying(r.link, hold)).collect(),
             None => Vec::new(),
         };
+        // The operators' key: every replica's enclave is admitted with it once all run.
+        let key_file = dir.join("governance.key");
+        let key = ok(&["group", "key", key_file.to_str().unwrap()]);
+        let governance = key["address"].as_str().unwrap().to_string();
         let mut group = Group {
             dir: dir.clone(),
             chains,
-            hub_extra: opts.hub_extra.to_string(),
+            hub_extra: format!("governance = \"{governance}\"\n{}", opts.hub_extra),
             prepare_timeout_ms: opts.prepare_timeout_ms,
             replicas,
             proxies,
@@ -296,6 +300,16 @@ impl GroupNet {
             group.start(i);
         }
         wait_until("a leader to serve the API", Duration::from_secs(20), || group.leader_api().is_some());
+        let config = dir.join("hub1.toml");
+        let admitted = ok(&[
+            "group",
+            "admit",
+            "--config",
+            config.to_str().unwrap(),
+            "--governance-key",
+            key_file.to_str().unwrap(),
+        ]);
+        assert_eq!(admitted["members"].as_array().unwrap().len(), 3, "{admitted}");
         let slow_links: Vec<u16> = slow.iter().map(|p| p.port).collect();
         let nodes: Vec<(Option<Proc>, String, String)> = ["u1", "mid", "u2"]
             .into_iter()
