@@ -96,6 +96,15 @@ fn a_hub_group_survives_kill_9_of_its_leader_with_payments_and_swaps_in_flight()
             .expect_err("a follower does not serve the map");
     let leader_api = format!("http://127.0.0.1:{}", net.group.replicas[leader].api);
     assert!(redirect.contains(&leader_api), "{redirect}");
+    // A follower's node port names the leader's (a node dials it next).
+    let mut port = std::net::TcpStream::connect(("127.0.0.1", net.group.replicas[follower].link)).unwrap();
+    port.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut len = [0u8; 4];
+    std::io::Read::read_exact(&mut port, &mut len).unwrap();
+    let mut hint = vec![0u8; u32::from_be_bytes(len) as usize];
+    std::io::Read::read_exact(&mut port, &mut hint).unwrap();
+    let leader_link = format!("127.0.0.1:{}", net.group.replicas[leader].link);
+    assert_eq!(String::from_utf8_lossy(&hint), format!("teepay/follower/v1:{leader_link}"));
     // Every replica's enclave is a member (admitted with the governance key), and holds
     // what the leader released; a key other than the governance key admits nobody.
     let config = net.dir.join("hub1.toml");

@@ -313,6 +313,42 @@ impl Drop for Office {
     }
 }
 
+/// A follower's node port: every connection gets one frame naming the leader's node port
+/// (`teepay_link::send_follower_hint`) and is closed. Unauthenticated and only a hint: a
+/// node follows it only to a replica it is configured with, and authenticates the hub there.
+async fn answer_with_leader(addr: SocketAddr, raft: Raft, replicas: Vec<ReplicaSpec>) {
+    let listener = loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            // The node link of this replica's last term may still be closing.
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    // Connections answered at once; beyond, new ones are closed unanswered.
+    let slots = Arc::new(tokio::sync::Semaphore::new(64));
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let leader = raft.metrics().borrow().current_leader;
+        let hint = leader.and_then(|l| replicas.iter().find(|r| r.id == l)).map(|r| r.link.to_string());
+        let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
+        tokio::spawn(async move {
+            // The hint, then the node's first frame read and dropped before closing: a
+            // close with unread data would reset the connection and could lose the hint.
+            let exchange = async {
+                teepay_link::send_follower_hint(&mut stream, hint.as_deref()).await?;
+                let mut first = [0u8; 128];
+                tokio::io::AsyncReadExt::read(&mut stream, &mut first).await?;
+                Ok::<_, teepay_link::LinkError>(())
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), exchange).await;
+            drop(slot);
+        });
+    }
+}
+
 /// Leads when elected: the executor, node link and API run only on the leader.
 struct Role {
     cfg: ReplicatedConfig,
@@ -334,9 +370,14 @@ impl Role {
 
     async fn run(self) {
         loop {
+            // While following, the node port says where the leader is (nodes dial it next).
+            let hints =
+                tokio::spawn(answer_with_leader(self.me.link, self.raft.clone(), self.cfg.replicas.clone()));
             while !self.leads() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            hints.abort();
+            let _ = hints.await; // its listener is closed before the node link binds the port
             match self.take_office().await {
                 Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
                 Ok(Some((handle, api))) => {

@@ -60,6 +60,25 @@ pub enum LinkError {
     BadEntropy,
     #[error("the enclave did not sign the handshake: {0}")]
     Signer(String),
+    /// A hub group's follower answered instead of a hub: where it says the leader's node
+    /// port is, if it knows (a hint only — the handshake there still authenticates the hub).
+    #[error("this hub replica follows; the leader is {}", .0.as_deref().unwrap_or("not known yet"))]
+    Follower(Option<String>),
+}
+
+/// What a hub group's follower sends in place of its handshake key: this prefix, then the
+/// leader's node port as text (empty if no leader is known). Never a valid public key.
+pub const FOLLOWER_PREFIX: &[u8] = b"teepay/follower/v1:";
+
+/// Answers a node that dialed a hub group's follower: where the leader is (see
+/// [`LinkError::Follower`]), written as the first handshake frame, then the connection is
+/// the caller's to close.
+pub async fn send_follower_hint<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    leader: Option<&str>,
+) -> Result<(), LinkError> {
+    let hint = [FOLLOWER_PREFIX, leader.unwrap_or("").as_bytes()].concat();
+    write_frame(writer, &hint).await
 }
 
 /// Bytes written to every link of this process (frames with their length prefix): what
@@ -222,6 +241,12 @@ where
     let mine = PublicKey::from_secret_key(&secret).serialize();
     write_frame(&mut writer, &mine).await?;
     let theirs = read_frame_within(&mut reader, MAX_HANDSHAKE_FRAME).await?;
+    if role == LinkRole::Initiator
+        && let Some(hint) = theirs.strip_prefix(FOLLOWER_PREFIX)
+    {
+        let leader = std::str::from_utf8(hint).ok().filter(|h| !h.is_empty()).map(str::to_string);
+        return Err(LinkError::Follower(leader));
+    }
     let their_key =
         PublicKey::from_slice(&theirs).map_err(|_| LinkError::Handshake("invalid ephemeral key"))?;
     let (init, resp) = match role {

@@ -262,3 +262,33 @@ async fn an_unaccepted_initiator_never_gets_the_responder_enclave_to_sign() {
     assert!(matches!(err, LinkError::Rejected(a) if a == n.address()), "{err}");
     assert!(!signed.load(std::sync::atomic::Ordering::SeqCst), "the hub enclave signed for a refused peer");
 }
+
+/// A hub group's follower answers a dialing node with where the leader is, instead of a
+/// handshake: the node's enclave signs nothing and the node gets the hint as a typed error
+/// (it then dials that replica if, and only if, it is one it is configured with).
+#[tokio::test]
+async fn a_follower_names_the_leader_instead_of_shaking_hands() {
+    for hint in [Some("127.0.0.1:9720"), None] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let follower = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            teepay_link::send_follower_hint(&mut stream, hint).await.unwrap();
+            let mut first = [0u8; 64];
+            let _ = stream.read(&mut first).await;
+        });
+        let signed = std::cell::Cell::new(false);
+        let (r, w) = TcpStream::connect(addr).await.unwrap().into_split();
+        let sign = |_| {
+            signed.set(true);
+            std::future::ready(Err(LinkError::Signer("must not be asked".into())))
+        };
+        let answer = handshake(r, w, LinkRole::Initiator, [7; 32], CREDENTIALS, sign, |_, _| true).await;
+        match answer {
+            Err(LinkError::Follower(leader)) => assert_eq!(leader.as_deref(), hint),
+            other => panic!("expected the follower's hint, got {:?}", other.map(|l| l.peer)),
+        }
+        assert!(!signed.get(), "the enclave signed a transcript for a follower");
+        follower.await.unwrap();
+    }
+}

@@ -202,6 +202,14 @@ impl<P: Platform> Node<P> {
     }
 }
 
+impl<P: Platform> Node<P> {
+    /// Where `addr` is among the configured hub replicas (0: `hub`, then `standby_hubs`).
+    fn hub_position(&self, addr: &str) -> Option<usize> {
+        let addr: SocketAddr = addr.parse().ok()?;
+        std::iter::once(&self.settings.hub).chain(&self.settings.standby_hubs).position(|a| *a == addr)
+    }
+}
+
 /// Starts the daemon for `enclave` (already created or restored from `state_path`).
 pub fn spawn<P: Platform + Send + 'static>(
     enclave: NodeEnclave<P>,
@@ -216,11 +224,25 @@ pub fn spawn<P: Platform + Send + 'static>(
 }
 
 async fn run<P: Platform>(mut node: Node<P>, mut commands: mpsc::UnboundedReceiver<Command>) {
+    // A follower's hint is followed at once, but not twice in a row: two followers with
+    // stale views could otherwise send a node back and forth without pause.
+    let mut followed_hint = false;
     loop {
         match session(&mut node, &mut commands).await {
             Ok(()) => return, // every handle dropped
-            Err(_) => {
+            Err(e) => {
                 node.fail_pending();
+                if let LinkError::Follower(Some(hint)) = &e
+                    && !followed_hint
+                    && let Some(i) = node.hub_position(hint)
+                {
+                    // Only ever one of the configured replicas: a hint cannot send a node
+                    // anywhere else.
+                    node.hub_index = i;
+                    followed_hint = true;
+                    continue;
+                }
+                followed_hint = false;
                 // Commands that arrive while disconnected get a clear answer, not a hang.
                 let deadline = tokio::time::sleep(node.settings.reconnect_after);
                 tokio::pin!(deadline);
