@@ -15,6 +15,7 @@ use teepay_types::{
 pub(crate) struct PreparePlan {
     pub locks: Vec<(ChannelId, Lock)>,
     pub order_nonce: Option<u64>,
+    pub invoice: Option<crate::invoices::InvoiceRole>,
 }
 
 pub(crate) fn plan_prepare(
@@ -41,8 +42,9 @@ pub(crate) fn plan_prepare(
     }
     check_forwarding_fees(state, me, spec)?;
     let order_nonce = check_own_order(state, me, spec, now)?;
+    let invoice = state.check_invoice(me, spec, now)?;
     check_balances(state, &locks)?;
-    Ok(PreparePlan { locks, order_nonce })
+    Ok(PreparePlan { locks, order_nonce, invoice })
 }
 
 /// One lock per channel this node holds in the instance, checked against the channel table.

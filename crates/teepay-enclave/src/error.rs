@@ -83,6 +83,28 @@ pub enum EnclaveError {
     GasTooLow { needed: u64, got: u64 },
     #[error("amount must be positive")]
     ZeroAmount,
+    #[error("invoice: {0}")]
+    Invoice(#[from] teepay_types::InvoiceError),
+    #[error("invalid invoice request: {0}")]
+    InvalidInvoice(&'static str),
+    #[error("no invoice {0:?} is kept here")]
+    UnknownInvoice(teepay_types::Hash32),
+    #[error("invoice {0:?} has expired")]
+    InvoiceExpired(teepay_types::Hash32),
+    #[error("invoice {0:?} is already paid")]
+    InvoicePaid(teepay_types::Hash32),
+    #[error("invoice {0:?} is not paid")]
+    InvoiceNotPaid(teepay_types::Hash32),
+    #[error("invoice {0:?} is being paid by instance {1:?}")]
+    InvoicePending(teepay_types::Hash32, InstanceId),
+    #[error("a payment of invoice {0:?} by this node is already under way")]
+    InvoiceInFlight(teepay_types::Hash32),
+    #[error("{0} invoices are kept already: cancel some or wait until they expire")]
+    TooManyInvoices(usize),
+    #[error("token invoices are not supported yet: channels hold ether only")]
+    UnsupportedAsset,
+    #[error("the receipt is not the payee's for a payment of this enclave")]
+    ReceiptMismatch,
     #[error("arithmetic overflow")]
     Overflow,
     #[error("sealed state: {0}")]

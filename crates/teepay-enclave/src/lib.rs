@@ -19,11 +19,18 @@
 mod consent;
 mod decisions;
 mod error;
+mod invoices;
 mod peer_acks;
+mod requests;
 mod rounds;
 mod state;
 
 pub use error::EnclaveError;
+pub use invoices::{
+    INVOICE_RETENTION, InvoiceBook, InvoiceRole, InvoiceStatus, IssuedInvoice, MAX_INVOICE_LIFETIME,
+    MAX_INVOICES, PaidInvoice,
+};
+pub use requests::{BatchResult, Output, Request, Response};
 pub use state::{
     Channel, ChannelStatus, FINISHED_RETENTION, FeePolicy, InstanceRecord, InstanceStatus, Lock, NodeConfig,
     NodeState, OrderRecord, OrderStatus, PRUNE_BATCH,
@@ -33,10 +40,9 @@ use borsh::{BorshDeserialize, BorshSerialize};
 use std::collections::BTreeMap;
 use teepay_types::{
     Address, Amount, Auth, ChainId, ChannelId, Eip1559Tx, GasParams, HubItem, InstanceId, InstanceKind,
-    InstanceSpec, NodeAck, NodeItem, Order, Outcome, PaymentRequest, Platform, Quote, RefundRequest, Report,
-    SignedChannelState, SignedHubBatch, SignedNodeAck, SignedOrder, SignedRefundRequest, SignedTx,
-    SigningKey, SwapIntent, Transfer, leaf_hash, macs_equal, prepared_digest, seal_delta, seal_value,
-    session_mac, unseal_log, verify_signer,
+    InstanceSpec, NodeAck, NodeItem, Order, PaymentRequest, Platform, RefundRequest, Report,
+    SignedChannelState, SignedHubBatch, SigningKey, SwapIntent, leaf_hash, macs_equal, prepared_digest,
+    seal_delta, seal_value, session_mac, unseal_log, verify_signer,
 };
 pub use teepay_types::{LogBudget, SealLimits, SealedLog};
 
@@ -123,180 +129,6 @@ impl FundedChannel {
     }
 }
 
-/// Everything a host can ask of the node enclave. Encodable: a request that changed the
-/// state is sealed as that change.
-#[derive(Debug, Clone, BorshSerialize, BorshDeserialize)]
-pub enum Request {
-    /// Produce an attestation report for `chain` (the authority turns it into a quote).
-    Report {
-        chain: ChainId,
-    },
-    /// Accept `quote`'s enclave as the hub; round messages are refused until this succeeds.
-    AttestHub {
-        quote: Quote,
-    },
-    /// Channel open/funding seen on-chain. Simulation trusts the host here; a real
-    /// deployment feeds a light-client proof of the `ChannelOpened` event instead.
-    AddChannel(NewChannel),
-    /// A `ChannelFunded` event: both sides' deposits after it. Deposits only grow; a report
-    /// below what the enclave has seen is refused, the same totals again change nothing. A
-    /// host that over-reports only makes its own closing state unacceptable to the contract.
-    Deposit {
-        channel: ChannelId,
-        deposit_a: Amount,
-        deposit_b: Amount,
-    },
-    SetFee {
-        channel: ChannelId,
-        fee: FeePolicy,
-    },
-    /// Build and sign a payment request as payer (DESIGN §6 step 0).
-    CreatePayment {
-        chain: ChainId,
-        payee: Address,
-        amount: Amount,
-        max_fee: Amount,
-        expires_at: u64,
-    },
-    /// Build and sign a swap intent as a party.
-    CreateSwapIntent {
-        gives: Vec<Transfer>,
-        receives: Vec<Transfer>,
-        expires_at: u64,
-    },
-    /// A batch of round messages from the hub.
-    HubBatch(SignedHubBatch),
-    /// Ask the hub to refund an instance this node takes part in.
-    RequestRefund {
-        instance: InstanceId,
-    },
-    /// Sign the channel's final state: a close (no locks) or an eject (multi-hop locks).
-    /// Afterwards the channel accepts nothing more.
-    SignClose {
-        channel: ChannelId,
-    },
-    /// Fetch the closing state signed earlier (after a host crash), never a new one.
-    ClosingState {
-        channel: ChannelId,
-    },
-    /// The channel was settled on-chain (e.g. by the peer); stop using it.
-    ChannelSettled {
-        channel: ChannelId,
-    },
-    /// The contract fixed an instance's outcome (`InstanceResolved`, confirmed): every lock
-    /// of the instance this node holds ends with it. The only way a multi-hop lock ends
-    /// by the chain's word (RESOLVE from the hub is accepted only once this arrived).
-    OutcomeOnChain {
-        instance: InstanceId,
-        outcome: Outcome,
-    },
-    /// Build and sign `openChannel(peer)` on `chain`'s configured contract, funded with
-    /// `deposit`, sent from this enclave's address. The host supplies nonce and fees only.
-    BuildOpenChannel {
-        chain: ChainId,
-        peer: Address,
-        deposit: Amount,
-        gas: GasParams,
-    },
-    /// Build and sign `deposit(channel)` adding `amount` to this enclave's side.
-    BuildDeposit {
-        channel: ChannelId,
-        amount: Amount,
-        gas: GasParams,
-    },
-    /// Build and sign `closeChannel(state, sig)` with the channel's closing state, signing
-    /// that state first if it has not been (as `SignClose` does: a close without locks, an
-    /// eject with multi-hop locks; the channel then accepts nothing more).
-    BuildClose {
-        channel: ChannelId,
-        gas: GasParams,
-    },
-    /// Sign a node↔hub link handshake transcript (the host dials; the enclave's key
-    /// authenticates the link). Signs only under the link tag, so it cannot be turned into
-    /// any other signature.
-    SignLink {
-        transcript: teepay_types::Hash32,
-        role: teepay_types::LinkRole,
-    },
-    /// Build and sign `registerEnclave` for this enclave's own `quote` on `chain`'s configured
-    /// contract, sent from this enclave's address (which pays its gas).
-    BuildRegister {
-        chain: ChainId,
-        quote: Quote,
-        gas: GasParams,
-    },
-    /// Build and sign a plain transfer out of this enclave's account (withdrawing payouts).
-    BuildTransfer {
-        chain: ChainId,
-        to: Address,
-        amount: Amount,
-        gas: GasParams,
-    },
-    /// A swap's decision certificate from anywhere (a contract's `DecisionRecorded`, a peer,
-    /// a file): if the attested hub signed it, this node's locks of the swap end with it.
-    Decision(teepay_types::DecisionCertificate),
-    /// The kept decision certificate of a swap this node took part in.
-    Certificate {
-        instance: InstanceId,
-    },
-    /// Build and sign `recordDecision` on `chain`'s contract with the kept certificate of
-    /// `instance`, settling its swap locks there without the hub (DESIGN §10).
-    BuildRecordDecision {
-        chain: ChainId,
-        instance: InstanceId,
-        gas: GasParams,
-    },
-    /// Build and sign `claimRevert` with the channel's closing state: the last resort for a
-    /// swap lock past its deadline when no decision reached anyone (DESIGN §10).
-    BuildClaimRevert {
-        channel: ChannelId,
-        gas: GasParams,
-    },
-}
-
-impl Request {
-    /// Issuing an order changes the state (the order's record and the next nonce) but need
-    /// not be durable before the order leaves: it is sealed with the next change that must
-    /// be, at the latest with the PREPARE that uses it. Losing it in a crash is safe: the
-    /// enclave then holds no record of the order and refuses any instance that carries it
-    /// (a later order may reuse its nonce, but then differs in digest, or is the same order
-    /// and is still paid at most once). This saves a durable write per payment.
-    pub fn defers_sealing(&self) -> bool {
-        matches!(self, Request::CreatePayment { .. } | Request::CreateSwapIntent { .. })
-    }
-}
-
-/// The per-item results of a batch and the single signed ack covering the answered ones.
-#[derive(Debug, Clone)]
-pub struct BatchResult {
-    pub ack: Option<SignedNodeAck>,
-    /// One entry per batch item, in order: the answer, or why the item was refused
-    /// (a refused PREPARE is also answered with a signed NACK in `ack`).
-    pub results: Vec<Result<NodeItem, EnclaveError>>,
-}
-
-#[derive(Debug, Clone)]
-pub enum Response {
-    Report(Report),
-    Done,
-    Order(SignedOrder),
-    Batch(BatchResult),
-    RefundRequest(SignedRefundRequest),
-    ChannelState(SignedChannelState),
-    /// A signed transaction for the host to submit.
-    Transaction(SignedTx),
-    Signature(teepay_types::Signature),
-    Certificate(teepay_types::DecisionCertificate),
-}
-
-/// A response plus, when the state changed (and the change must be durable), the new
-/// sealed blob to persist first.
-#[derive(Debug, Clone)]
-pub struct Output {
-    pub response: Response,
-    pub sealed: Option<Vec<u8>>,
-}
-
 #[derive(BorshSerialize, BorshDeserialize)]
 struct SealedContents {
     secret: [u8; 32],
@@ -362,6 +194,7 @@ impl<P: Platform> NodeEnclave<P> {
             next_nonce: 0,
             certificates: BTreeMap::new(),
             certificate_expiry: std::collections::BTreeSet::new(),
+            invoices: Default::default(),
         };
         let mut enclave =
             Self { platform, key, state, dirty: false, budget: LogBudget::default(), pending: Vec::new() };
@@ -454,7 +287,7 @@ impl<P: Platform> NodeEnclave<P> {
     }
 
     /// Marks the state changed; `handle` seals it before the response leaves.
-    fn changed(&mut self, response: Response) -> Output {
+    pub(crate) fn changed(&mut self, response: Response) -> Output {
         self.dirty = true;
         Output { response, sealed: None }
     }
@@ -541,6 +374,7 @@ impl<P: Platform> NodeEnclave<P> {
                     max_fee,
                     nonce,
                     expires_at,
+                    invoice: None,
                 });
                 Ok(self.issue_order(order))
             }
@@ -565,6 +399,24 @@ impl<P: Platform> NodeEnclave<P> {
                 Ok(self.issue_order(order))
             }
             Request::HubBatch(batch) => self.handle_batch(now, batch),
+            Request::CreateInvoice { chain, amount, memo_hash, expires_at } => {
+                self.create_invoice(chain, amount, memo_hash, expires_at, now)
+            }
+            Request::CancelInvoice { invoice } => self.cancel_invoice(invoice),
+            Request::PayInvoice { invoice, amount, max_fee, expires_at } => {
+                self.pay_invoice(invoice, amount, max_fee, expires_at, now)
+            }
+            Request::InvoiceReceipt { invoice } => {
+                Ok(Output { response: Response::Receipt(self.invoice_receipt(invoice)?), sealed: None })
+            }
+            Request::KeepReceipt(receipt) => self.keep_receipt(receipt),
+            Request::PaidInvoice { invoice } => {
+                Ok(Output { response: Response::PaidInvoice(self.paid_invoice(invoice)?), sealed: None })
+            }
+            Request::Invoices => {
+                let list = self.state.invoices.issued.values().cloned().collect();
+                Ok(Output { response: Response::Invoices(list), sealed: None })
+            }
             Request::RequestRefund { instance } => {
                 match self.state.instances.get(&instance) {
                     None => return Err(EnclaveError::UnknownInstance(instance)),
@@ -705,11 +557,18 @@ impl<P: Platform> NodeEnclave<P> {
         Ok(Output { response: Response::Transaction(tx), sealed: None })
     }
 
-    fn issue_order(&mut self, order: Order) -> Output {
+    pub(crate) fn issue_order(&mut self, order: Order) -> Output {
         let nonce = order.nonce();
         self.state.next_nonce += 1;
-        let record =
-            OrderRecord { digest: order.digest(), status: OrderStatus::Open, expires_at: order.expires_at() };
+        let record = OrderRecord {
+            digest: order.digest(),
+            status: OrderStatus::Open,
+            expires_at: order.expires_at(),
+            invoice: match &order {
+                Order::Payment(r) => r.invoice,
+                Order::Swap(_) => None,
+            },
+        };
         self.state.orders.insert(nonce, record);
         // A payment order only the hub checks: MAC'd once the hub has shown it holds the
         // session (one keccak instead of an ECDSA signature here and a recovery at the hub).
@@ -931,7 +790,8 @@ impl<P: Platform> NodeEnclave<P> {
         if dirty {
             self.state.prune(now);
         }
-        let response = Response::Batch(BatchResult { ack, results });
+        let receipts = self.receipts_for(&results);
+        let response = Response::Batch(BatchResult { ack, results, receipts });
         Ok(if dirty { self.changed(response) } else { Output { response, sealed: None } })
     }
 }

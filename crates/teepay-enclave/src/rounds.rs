@@ -52,6 +52,9 @@ impl NodeState {
             self.orders.get_mut(&nonce).expect("plan_prepare checked the order").status =
                 OrderStatus::InFlight(spec.id);
         }
+        if let Some(role) = plan.invoice {
+            self.invoice_prepared(role, spec.id);
+        }
         let record = InstanceRecord {
             seq: spec.seq,
             finished_at: 0,
@@ -63,6 +66,7 @@ impl NodeState {
             ejected: false,
             peers: if spec.peer_acks { spec.participants().into_iter().collect() } else { Vec::new() },
             lock_deadline: spec.lock_deadline,
+            invoice: plan.invoice,
         };
         let item = self.prepared_item(spec.id, &record.channels);
         self.instances.insert(spec.id, record);
@@ -249,6 +253,7 @@ impl NodeState {
                 ejected: false,
                 peers: Vec::new(),
                 lock_deadline: 0,
+                invoice: None,
             },
         );
         self.finished.insert((now, UNSEEN_SEQ, instance));
@@ -270,7 +275,7 @@ impl NodeState {
                 updated.push(settle_lock(channel, i, outcome)?);
             }
         }
-        let order_nonce = record.order_nonce;
+        let (order_nonce, invoice) = (record.order_nonce, record.invoice);
         for channel in updated {
             self.channels.insert(channel.id, channel);
         }
@@ -280,6 +285,9 @@ impl NodeState {
             // told "refunded", paid anew). Its record goes: with none, a nonce below
             // `next_nonce` counts as used.
             self.orders.remove(&nonce);
+        }
+        if let Some(role) = invoice {
+            self.invoice_finished(role, instance, outcome);
         }
         let record = self.instances.get_mut(&instance).expect("checked by caller");
         record.status = InstanceStatus::Finished(outcome);

@@ -166,6 +166,8 @@ pub struct InstanceRecord {
     pub peers: Vec<Address>,
     /// `InstanceSpec::lock_deadline` (0 for multi-hop): how long its certificate is kept.
     pub lock_deadline: u64,
+    /// The instance pays one of this enclave's invoices, or carries its payment of one.
+    pub invoice: Option<crate::invoices::InvoiceRole>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
@@ -183,6 +185,8 @@ pub struct OrderRecord {
     pub status: OrderStatus,
     /// The order's own expiry: an open order past it is pruned (refused either way).
     pub expires_at: u64,
+    /// The invoice it pays, if any: one live order per invoice.
+    pub invoice: Option<Hash32>,
 }
 
 /// How long a finished instance's record is kept (host clock, ms): long enough to answer a
@@ -251,6 +255,8 @@ pub struct NodeState {
     pub certificates: BTreeMap<InstanceId, teepay_types::DecisionCertificate>,
     /// Certificates by (keep-until, instance): what pruning walks, oldest first.
     pub certificate_expiry: std::collections::BTreeSet<(u64, InstanceId)>,
+    /// Invoices issued as payee and paid as payer, with their receipts (`invoices.rs`).
+    pub invoices: crate::invoices::InvoiceBook,
 }
 
 /// How long after a swap's lock deadline its certificate is kept (ms): a REVERT claim can
@@ -293,6 +299,7 @@ impl NodeState {
             self.orders.remove(&nonce);
             pruned = true;
         }
+        pruned |= self.prune_invoices(now, PRUNE_BATCH);
         pruned
     }
 }

@@ -169,6 +169,7 @@ fn hub_counts_and_forwards_only_valid_peer_acks() {
         max_fee: Amount(0),
         nonce: 1,
         expires_at: 1_000,
+        invoice: None,
     };
     let hop = Hop { channel: ChannelId([3; 32]), from: a.address(), to: b.address(), amount: Amount(10) };
     let leg = Leg { chain: ChainId(1), hops: vec![hop] };

@@ -57,6 +57,10 @@ pub struct PaymentRequest {
     /// Unique per payer; the payer's enclave pays each request at most once.
     pub nonce: u64,
     pub expires_at: u64,
+    /// The id of the payee's invoice this pays (`crate::invoice`), checked by the payer's
+    /// enclave against the payee's signature; the payee's enclave then locks only for its
+    /// own open invoice. `None`: a push payment the payee did not ask for (keysend).
+    pub invoice: Option<Hash32>,
 }
 
 /// One side of a swap intent: value moving on one chain to or from a counterparty.
@@ -329,6 +333,7 @@ mod tests {
             max_fee: Amount(1),
             nonce: 3,
             expires_at: 100,
+            invoice: None,
         })
     }
 

@@ -64,6 +64,13 @@ pub enum NackReason {
     /// A channel of this node already carries [`crate::MAX_LOCKS_PER_CHANNEL`] locks: one
     /// more would make its close too large for a block.
     TooManyLocks,
+    /// The payment names an invoice this payee's enclave never issued.
+    InvoiceUnknown,
+    /// The invoice is already paid, being paid by another instance, or cancelled.
+    InvoiceNotOpen,
+    InvoiceExpired,
+    /// The payment is on another chain or asset than the invoice, or pays less than it asks.
+    InvoiceMismatch,
 }
 
 /// A node → hub answer for one instance.
