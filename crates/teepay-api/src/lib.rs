@@ -114,6 +114,36 @@ fn hex_bytes(s: &str) -> Option<Vec<u8>> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
 }
 
+/// An invoice id from either its hex id (`0x…`) or the printable invoice (`teepay1…`).
+pub fn parse_invoice_ref(field: &str, s: &str) -> Result<teepay_types::Hash32, Status> {
+    let s = s.trim();
+    if let Some(id) = teepay_types::ids::from_hex::<32>(s) {
+        return Ok(id);
+    }
+    parse_invoice(field, s).map(|i| i.invoice.id())
+}
+
+/// A printable invoice whose payee's signature holds.
+pub fn parse_invoice(field: &str, s: &str) -> Result<teepay_types::SignedInvoice, Status> {
+    teepay_types::SignedInvoice::decode(s).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+}
+
+/// A printable receipt whose payee's signature holds.
+pub fn parse_receipt(field: &str, s: &str) -> Result<teepay_types::PaymentReceipt, Status> {
+    teepay_types::PaymentReceipt::decode(s).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+}
+
+pub fn receipt_pb(r: &teepay_types::PaymentReceipt) -> pb::ReceiptInfo {
+    pb::ReceiptInfo {
+        encoded: r.encode(),
+        invoice: format!("0x{}", teepay_types::ids::to_hex(&r.invoice)),
+        instance: r.instance.to_string(),
+        amount: r.amount.0.to_string(),
+        payer: r.payer.to_string(),
+        payee: r.payee.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

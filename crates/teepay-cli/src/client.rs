@@ -14,10 +14,10 @@ use tonic::transport::Channel;
 pub struct NodeTarget {
     /// The node's API.
     #[arg(long, global = true, default_value = "http://127.0.0.1:9710", env = "TEEPAY_NODE")]
-    node: String,
+    pub(crate) node: String,
     /// Print one JSON object instead of text.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -33,15 +33,19 @@ pub struct HubTarget {
 pub struct PayArgs {
     #[command(flatten)]
     t: NodeTarget,
-    #[arg(long)]
-    chain: u64,
+    /// A payee's invoice (`teepay1…`): pays it on its terms and prints the payee's receipt.
+    /// Without one, `--chain`, `--to` and `--amount` push a payment nobody asked for.
+    #[arg(conflicts_with_all = ["chain", "to"])]
+    invoice: Option<String>,
+    #[arg(long, required_unless_present = "invoice")]
+    chain: Option<u64>,
     /// The payee's enclave address.
-    #[arg(long)]
-    to: String,
+    #[arg(long, required_unless_present = "invoice")]
+    to: Option<String>,
     /// What the payee receives: `0.1eth`, `25gwei`, or a whole number of wei (checked by
-    /// the node; a decimal needs a unit).
-    #[arg(long, allow_hyphen_values = true)]
-    amount: String,
+    /// the node; a decimal needs a unit). With an invoice, only for an any-amount one.
+    #[arg(long, allow_hyphen_values = true, required_unless_present = "invoice")]
+    amount: Option<String>,
     /// Most paid to intermediaries, in the same forms.
     #[arg(long, default_value = "0", allow_hyphen_values = true)]
     max_fee: String,
@@ -138,7 +142,7 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
-async fn node(url: &str) -> Result<NodeClient<Channel>> {
+pub(crate) async fn node(url: &str) -> Result<NodeClient<Channel>> {
     NodeClient::connect(url.to_string()).await.with_context(|| format!("cannot reach the node API at {url}"))
 }
 
@@ -214,13 +218,23 @@ pub fn pay(a: &PayArgs) -> Result<ExitCode> {
     runtime()?.block_on(async {
         let mut c = node(&a.t.node).await?;
         let started = Instant::now();
-        let req = pb::PayRequest {
-            chain: a.chain,
-            payee: a.to.clone(),
-            amount: a.amount.clone(),
-            max_fee: a.max_fee.clone(),
+        let amount = a.amount.clone().unwrap_or_default();
+        let id = match &a.invoice {
+            Some(invoice) => {
+                let req =
+                    pb::PayInvoiceRequest { invoice: invoice.clone(), amount, max_fee: a.max_fee.clone() };
+                call(c.pay_invoice(req).await)?.instance
+            }
+            None => {
+                let req = pb::PayRequest {
+                    chain: a.chain.unwrap_or_default(),
+                    payee: a.to.clone().unwrap_or_default(),
+                    amount,
+                    max_fee: a.max_fee.clone(),
+                };
+                call(c.pay(req).await)?.instance
+            }
         };
-        let id = call(c.pay(req).await)?.instance;
         if a.no_wait {
             out(a.t.json, json!({"instance": id, "status": "in_flight"}), || format!("{id}: started"));
             return Ok(ExitCode::SUCCESS);
@@ -229,7 +243,18 @@ pub fn pay(a: &PayArgs) -> Result<ExitCode> {
         let ms = started.elapsed().as_secs_f64() * 1e3;
         let mut v = status_json(&s);
         v["elapsed_ms"] = json!(ms);
-        out(a.t.json, v, || format!("{} ({ms:.1} ms)", status_text(&s)));
+        // Proof of payment: the payee's receipt, as it reaches this node.
+        let receipt = match (&a.invoice, s.status.as_str()) {
+            (Some(invoice), "succeeded") => Some(crate::invoice::await_receipt(&mut c, invoice).await?),
+            _ => None,
+        };
+        if let Some(r) = &receipt {
+            v["receipt"] = json!(r.encoded);
+        }
+        out(a.t.json, v, || match &receipt {
+            Some(r) => format!("{} ({ms:.1} ms)\nreceipt {}", status_text(&s), r.encoded),
+            None => format!("{} ({ms:.1} ms)", status_text(&s)),
+        });
         Ok(if s.status == "succeeded" { ExitCode::SUCCESS } else { ExitCode::FAILURE })
     })
 }
@@ -299,7 +324,7 @@ pub fn channel(a: &ChannelArgs) -> Result<ExitCode> {
 
 /// An amount of wei from the API (a decimal string) as people read it, with the exact
 /// figure: `0.1 ETH (100000000000000000 wei)`; anything unparsable as it came.
-fn human(wei: &str) -> String {
+pub(crate) fn human(wei: &str) -> String {
     match wei.parse::<u128>() {
         Ok(v) => teepay_types::units::format_ether_with_base(teepay_types::Amount(v)),
         Err(_) => wei.to_string(),

@@ -6,6 +6,7 @@ mod config;
 mod daemons;
 mod devnet;
 mod group;
+mod invoice;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -36,8 +37,13 @@ enum Command {
     Faucet(daemons::FaucetArgs),
     /// This node's enclave address, hub and chains.
     Info(client::NodeTarget),
-    /// Pay on one chain over the shortest-time route.
+    /// Pay an invoice (`teepay pay teepay1…`), or push a payment on one chain, over the
+    /// shortest-time route.
     Pay(client::PayArgs),
+    /// Invoices this node issues as payee: create (with a QR code), list, cancel, decode.
+    Invoice(invoice::InvoiceArgs),
+    /// Proof of payment: get a receipt from the node, or verify one offline.
+    Receipt(invoice::ReceiptArgs),
     /// Status of a payment or swap.
     Status(client::StatusArgs),
     /// Open, fund, close or eject channels; list them.
@@ -77,6 +83,8 @@ fn main() -> ExitCode {
         Command::Info(t) => client::info(&t),
         Command::Pay(args) => client::pay(&args),
         Command::Status(args) => client::status(&args),
+        Command::Invoice(args) => invoice::invoice(&args),
+        Command::Receipt(args) => invoice::receipt(&args),
         Command::Channel(args) => client::channel(&args),
         Command::Swap(args) => client::swap(&args),
         Command::Network(t) => client::network(&t),

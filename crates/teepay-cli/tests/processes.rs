@@ -232,6 +232,75 @@ fn scenario(db_for: impl FnOnce(&Path) -> String, tag: &str) {
     ]);
     assert_eq!(r["status"], "succeeded", "{r}");
 
+    // Invoices: u2 asks for 0.02 ETH, u1 pays it once, and u2's receipt proves it to anyone.
+    let created = ok(&[
+        "invoice",
+        "create",
+        "--chain",
+        "31337",
+        "--amount",
+        "0.02eth",
+        "--memo",
+        "order #42",
+        "--qr",
+        "--node",
+        &nodes[2].api,
+    ]);
+    assert_eq!(created["status"], "open", "{created}");
+    let invoice = created["invoice"].as_str().unwrap().to_string();
+    let decoded = ok(&["invoice", "decode", &invoice]);
+    assert_eq!(decoded["payee"], nodes[2].address.as_str());
+    assert_eq!(decoded["amount"], (ETH / 50).to_string().as_str());
+    let paid = ok(&["pay", &invoice, "--node", &nodes[0].api]);
+    assert_eq!(paid["status"], "succeeded", "{paid}");
+    let receipt = paid["receipt"].as_str().expect("the payer gets the payee's receipt").to_string();
+    assert_eq!(ok(&["receipt", "verify", &receipt, "--invoice", &invoice])["valid"], true);
+    let listed = ok(&["invoice", "list", "--node", &nodes[2].api]);
+    let entry =
+        listed["invoices"].as_array().unwrap().iter().find(|i| i["invoice"] == invoice.as_str()).cloned();
+    let entry = entry.expect("the payee lists its invoice");
+    assert_eq!(
+        (entry["status"].as_str(), entry["payer"].as_str()),
+        (Some("paid"), Some(nodes[0].address.as_str()))
+    );
+    assert_eq!(ok(&["receipt", "get", &invoice, "--node", &nodes[2].api])["receipt"], receipt.as_str());
+    assert_eq!(ok(&["receipt", "get", &invoice, "--node", &nodes[0].api])["receipt"], receipt.as_str());
+    // Paid once: u1's enclave refuses to pay it again, u2's refuses mid's payment of it.
+    let again = cli(&["pay", &invoice, "--node", &nodes[0].api]).expect_err("paid once");
+    assert!(again.contains("already paid"), "{again}");
+    let by_mid = cli(&["pay", &invoice, "--node", &nodes[1].api]).expect_err("the payee takes one payment");
+    assert!(by_mid.contains("refunded") && by_mid.contains("InvoiceNotOpen"), "{by_mid}");
+    // A receipt does not prove payment of another invoice; a forged invoice pays nothing.
+    let other =
+        ok(&["invoice", "create", "--chain", "31337", "--amount", "0.03eth", "--node", &nodes[2].api]);
+    let other = other["invoice"].as_str().unwrap().to_string();
+    let invalid = cli(&["receipt", "verify", &receipt, "--invoice", &other]).expect_err("exits non-zero");
+    assert!(invalid.contains("\"valid\":false"), "{invalid}");
+    let mut forged = other.clone().into_bytes();
+    let i = forged.len() / 2;
+    forged[i] = if forged[i] == b'q' { b'p' } else { b'q' };
+    let forged = String::from_utf8(forged).unwrap();
+    let refused = cli(&["pay", &forged, "--node", &nodes[0].api]).expect_err("not a valid invoice");
+    assert!(refused.contains("invoice:"), "{refused}");
+    let cancelled = ok(&["invoice", "cancel", &other, "--node", &nodes[2].api]);
+    assert_eq!(cancelled["status"], "cancelled");
+    let late = ok(&[
+        "invoice",
+        "create",
+        "--chain",
+        "31337",
+        "--amount",
+        "1",
+        "--expires-in",
+        "1",
+        "--node",
+        &nodes[2].api,
+    ]);
+    std::thread::sleep(Duration::from_millis(1_100));
+    let expired =
+        cli(&["pay", late["invoice"].as_str().unwrap(), "--node", &nodes[0].api]).expect_err("expired");
+    assert!(expired.contains("has expired"), "{expired}");
+
     // Swap through the hub's intent board: u1 gives on chain A, u2 gives on chain B.
     let give = format!("31337:0.05eth:{}", nodes[2].address);
     let receive = format!("31338:{}:{}", ETH / 25, nodes[2].address);

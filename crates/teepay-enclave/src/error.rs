@@ -87,17 +87,17 @@ pub enum EnclaveError {
     Invoice(#[from] teepay_types::InvoiceError),
     #[error("invalid invoice request: {0}")]
     InvalidInvoice(&'static str),
-    #[error("no invoice {0:?} is kept here")]
+    #[error("no invoice {} is kept here", hex(.0))]
     UnknownInvoice(teepay_types::Hash32),
-    #[error("invoice {0:?} has expired")]
+    #[error("invoice {} has expired", hex(.0))]
     InvoiceExpired(teepay_types::Hash32),
-    #[error("invoice {0:?} is already paid")]
+    #[error("invoice {} is already paid", hex(.0))]
     InvoicePaid(teepay_types::Hash32),
-    #[error("invoice {0:?} is not paid")]
+    #[error("invoice {} is not paid", hex(.0))]
     InvoiceNotPaid(teepay_types::Hash32),
-    #[error("invoice {0:?} is being paid by instance {1:?}")]
+    #[error("invoice {} is being paid by instance {}", hex(.0), .1)]
     InvoicePending(teepay_types::Hash32, InstanceId),
-    #[error("a payment of invoice {0:?} by this node is already under way")]
+    #[error("a payment of invoice {} by this node is already under way", hex(.0))]
     InvoiceInFlight(teepay_types::Hash32),
     #[error("{0} invoices are kept already: cancel some or wait until they expire")]
     TooManyInvoices(usize),
@@ -113,4 +113,9 @@ pub enum EnclaveError {
     ReplayDiverged { index: usize },
     #[error("key: {0}")]
     Crypto(#[from] CryptoError),
+}
+
+/// An invoice id as people read it (`0x…`).
+fn hex(id: &teepay_types::Hash32) -> String {
+    format!("0x{}", teepay_types::ids::to_hex(id))
 }

@@ -404,7 +404,7 @@ impl<P: Platform> NodeEnclave<P> {
             }
             Request::CancelInvoice { invoice } => self.cancel_invoice(invoice),
             Request::PayInvoice { invoice, amount, max_fee, expires_at } => {
-                self.pay_invoice(invoice, amount, max_fee, expires_at, now)
+                self.pay_invoice(*invoice, amount, max_fee, expires_at, now)
             }
             Request::InvoiceReceipt { invoice } => {
                 Ok(Output { response: Response::Receipt(self.invoice_receipt(invoice)?), sealed: None })

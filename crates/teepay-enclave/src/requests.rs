@@ -66,7 +66,7 @@ pub enum Request {
     /// Build and sign the payment of a payee's invoice (its signature checked); `amount` only
     /// for an any-amount invoice.
     PayInvoice {
-        invoice: SignedInvoice,
+        invoice: Box<SignedInvoice>,
         amount: Option<Amount>,
         max_fee: Amount,
         expires_at: u64,

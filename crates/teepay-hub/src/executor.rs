@@ -16,8 +16,8 @@ use teepay_coordinator::{Coordinator, HubError, HubPhase, RefundReason};
 use teepay_routing::{ChannelInfo, Network, RouteError, RouteQuery};
 use teepay_types::{
     Address, Amount, ChainId, FeePolicy, InstanceId, InstanceKind, Leg, MAX_SWAP_PARTIES,
-    MAX_TRANSFERS_PER_INTENT, NackReason, Order, Outcome, Platform, SignedHubBatch, SignedNodeAck,
-    SignedOrder, SignedRefundRequest, SpecError,
+    MAX_TRANSFERS_PER_INTENT, NackReason, Order, Outcome, PaymentReceipt, Platform, SignedHubBatch,
+    SignedNodeAck, SignedOrder, SignedRefundRequest, SpecError,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,6 +42,8 @@ pub enum ExecError {
     BadIntent(Address),
     #[error("intents do not match up: {0}")]
     IntentsDoNotMatch(String),
+    #[error("receipt refused: {0}")]
+    BadReceipt(&'static str),
 }
 
 /// Every give must be exactly one counterparty's receive (same parties, chain and amount)
@@ -179,8 +181,16 @@ fn refund_text(phase: HubPhase, reason: Option<RefundReason>) -> String {
     }
 }
 
+/// The NACK's name (what tests and logs match) and, for an invoice, what it means.
 fn nack_text(why: NackReason) -> String {
-    format!("{why:?}")
+    let meaning = match why {
+        NackReason::InvoiceUnknown => " (the payee never issued that invoice)",
+        NackReason::InvoiceNotOpen => " (the invoice is already paid, being paid, or cancelled)",
+        NackReason::InvoiceExpired => " (the invoice has expired)",
+        NackReason::InvoiceMismatch => " (the payment does not meet the invoice's chain, asset or amount)",
+        _ => "",
+    };
+    format!("{why:?}{meaning}")
 }
 
 impl<P: Platform> Executor<P> {
@@ -405,6 +415,37 @@ impl<P: Platform> Executor<P> {
     pub fn on_refund_request(&mut self, now: u64, request: &SignedRefundRequest) -> Result<(), ExecError> {
         self.coordinator.on_refund_request(now, request)?;
         Ok(())
+    }
+
+    /// A payee's receipt for the invoice an instance paid, from the payee's own link (`from`):
+    /// for exactly that instance's payment (invoice, payee, payer, amount delivered), once
+    /// the hub enclave decided to apply it, and signed by the payee (checked last: the cheap
+    /// checks bound what a node can make the executor do). The payer to pass it on to.
+    pub fn check_receipt(&self, from: Address, receipt: &PaymentReceipt) -> Result<Address, ExecError> {
+        let bad = |why: &'static str| ExecError::BadReceipt(why);
+        if receipt.payee != from {
+            return Err(bad("only the payee passes on its receipt"));
+        }
+        let instance = self.coordinator.instance(receipt.instance).ok_or(bad("unknown instance"))?;
+        if instance.phase.outcome() != Some(Outcome::Apply) {
+            return Err(bad("the instance was not applied"));
+        }
+        let paid = instance.spec.orders.iter().find_map(|o| match &o.order {
+            Order::Payment(r) => Some(r),
+            Order::Swap(_) => None,
+        });
+        let Some(request) = paid.filter(|r| r.invoice == Some(receipt.invoice)) else {
+            return Err(bad("the instance pays no such invoice"));
+        };
+        let delivered = instance.spec.legs.first().map(|l| l.delivered());
+        if request.payee != receipt.payee
+            || request.payer != receipt.payer
+            || delivered != Some(receipt.amount)
+        {
+            return Err(bad("it does not match the instance's payment"));
+        }
+        receipt.verify().map_err(|_| bad("not signed by the payee it names"))?;
+        Ok(request.payer)
     }
 
     /// An eject seen by chain sync fixed an instance's outcome on-chain.

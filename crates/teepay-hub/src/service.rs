@@ -27,7 +27,8 @@ use teepay_link::{Link, LinkError, handshake, os_entropy};
 use teepay_routing::{ChannelSnapshot, Network};
 use teepay_store::{InstanceRow, InstanceStatus, Store};
 use teepay_types::{
-    Address, ChainId, Hash32, InstanceId, InstanceKind, LinkRole, Platform, Quote, Signature, encode,
+    Address, ChainId, Hash32, InstanceId, InstanceKind, LinkRole, PaymentReceipt, Platform, Quote, Signature,
+    encode,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -426,6 +427,28 @@ enum StatusWrite {
         request: u64,
         to: mpsc::Sender<Vec<u8>>,
     },
+    /// A payee's receipt, checked by the executor, kept for its payer.
+    Receipt(PaymentReceipt),
+    /// The receipt kept for an instance, if any, sent to the node asking its status (its
+    /// payer, which may have been offline when the receipt came).
+    ReceiptLookup {
+        instance: InstanceId,
+        to: mpsc::Sender<Vec<u8>>,
+    },
+}
+
+/// Sends the receipt the DB keeps for `instance`, if any, to a node's link.
+async fn send_receipt(
+    store: &Store,
+    instance: InstanceId,
+    to: &mpsc::Sender<Vec<u8>>,
+) -> teepay_store::Result<()> {
+    if let Some(bytes) = store.receipt(instance).await?
+        && let Ok(receipt) = teepay_types::decode::<PaymentReceipt>(&bytes)
+    {
+        let _ = to.try_send(HubMessage::Receipt(receipt).to_bytes());
+    }
+    Ok(())
 }
 
 async fn run_executor<P: Platform>(
@@ -455,10 +478,16 @@ async fn run_executor<P: Platform>(
                             },
                             _ => WireStatus::Unknown,
                         };
+                        let succeeded = status == WireStatus::Succeeded;
                         let _ = to.try_send(HubMessage::Status { request, instance, status }.to_bytes());
-                        Ok(())
+                        if succeeded { send_receipt(&store, instance, &to).await } else { Ok(()) }
                     }
                     StatusWrite::Started(row) => store.insert_instance(&row).await,
+                    StatusWrite::Receipt(r) => {
+                        let bytes = teepay_types::encode(&r);
+                        store.insert_receipt(r.instance, &r.invoice, &bytes, now_ms()).await
+                    }
+                    StatusWrite::ReceiptLookup { instance, to } => send_receipt(&store, instance, &to).await,
                     StatusWrite::Finished(f) => {
                         let (status, outcome, reason) = match &f.status {
                             Status::Succeeded => (InstanceStatus::Succeeded, Some("applied"), None),
@@ -666,8 +695,23 @@ fn handle<P: Platform>(
                     let started = exec.submit_swap(now, intents);
                     answer_start(exec, after_flush, metrics, node, request, started, now);
                 }
+                NodeMessage::Receipt(receipt) => match exec.check_receipt(node, &receipt) {
+                    Ok(payer) => {
+                        peers.send(payer, &HubMessage::Receipt(receipt.clone()));
+                        after_flush.push(AfterFlush::Status(StatusWrite::Receipt(receipt)));
+                    }
+                    Err(e) => tracing::debug!(%node, error = %e, "receipt dropped"),
+                },
                 NodeMessage::Status { request, instance } => match exec.status(instance) {
                     Some(s) => {
+                        // A payer asking after its paid invoice gets the receipt again (it may
+                        // have been offline when it came).
+                        if *s == Status::Succeeded
+                            && let Some((_, to)) = peers.links.get(&node)
+                        {
+                            let lookup = StatusWrite::ReceiptLookup { instance, to: to.clone() };
+                            after_flush.push(AfterFlush::Status(lookup));
+                        }
                         // The instance may have been created in this very round.
                         let status = wire_status(Some(s));
                         after_flush

@@ -4,7 +4,8 @@
 
 use borsh::{BorshDeserialize, BorshSerialize};
 use teepay_types::{
-    InstanceId, Quote, SignedHubBatch, SignedNodeAck, SignedOrder, SignedRefundRequest, decode, encode,
+    InstanceId, PaymentReceipt, Quote, SignedHubBatch, SignedNodeAck, SignedOrder, SignedRefundRequest,
+    decode, encode,
 };
 
 /// Node → hub.
@@ -30,6 +31,9 @@ pub enum NodeMessage {
         request: u64,
         instance: InstanceId,
     },
+    /// A payee's receipt for an invoice its enclave saw paid (signed by that enclave): the
+    /// hub checks it against the instance and passes it on to the payer.
+    Receipt(PaymentReceipt),
 }
 
 /// What happened to an instance, as the hub reports it.
@@ -63,6 +67,9 @@ pub enum HubMessage {
         instance: InstanceId,
         status: WireStatus,
     },
+    /// The payee's receipt for an invoice this node paid (self-authenticating: the node's
+    /// enclave keeps it only if it is the payee's signature over exactly its payment).
+    Receipt(PaymentReceipt),
 }
 
 impl NodeMessage {

@@ -31,7 +31,7 @@ pub struct NodeApi {
     pub quotes: Vec<(ChainId, Quote)>,
 }
 
-fn node_status(e: NodeError) -> Status {
+pub(crate) fn node_status(e: NodeError) -> Status {
     match e {
         NodeError::Enclave(e @ (EnclaveError::ZeroAmount | EnclaveError::InvalidOrder(_))) => {
             Status::invalid_argument(e.to_string())
@@ -57,7 +57,7 @@ fn onchain_status(e: OnchainError) -> Status {
 }
 
 impl NodeApi {
-    fn off_chain(&self, chain: ChainId) -> Result<ChainId, Status> {
+    pub(crate) fn off_chain(&self, chain: ChainId) -> Result<ChainId, Status> {
         self.chains.contains(&chain).then_some(chain).ok_or_else(|| {
             Status::invalid_argument(format!("chain: this node is not configured for chain {}", chain.0))
         })
@@ -153,6 +153,29 @@ impl Node for NodeApi {
         let max_fee = parse_fee("max_fee", &r.max_fee)?;
         let id = self.node.pay(chain, payee, amount, max_fee).await.map_err(node_status)?;
         Ok(Resp::new(pb::Started { instance: id.to_string() }))
+    }
+
+    async fn create_invoice(
+        &self,
+        req: Req<pb::CreateInvoiceRequest>,
+    ) -> Result<Resp<pb::InvoiceInfo>, Status> {
+        self.create_invoice_call(req.into_inner()).await.map(Resp::new)
+    }
+
+    async fn list_invoices(&self, _: Req<pb::ListInvoicesRequest>) -> Result<Resp<pb::InvoiceList>, Status> {
+        self.list_invoices_call().await.map(Resp::new)
+    }
+
+    async fn cancel_invoice(&self, req: Req<pb::InvoiceRef>) -> Result<Resp<pb::InvoiceInfo>, Status> {
+        self.cancel_invoice_call(req.into_inner()).await.map(Resp::new)
+    }
+
+    async fn pay_invoice(&self, req: Req<pb::PayInvoiceRequest>) -> Result<Resp<pb::Started>, Status> {
+        self.pay_invoice_call(req.into_inner()).await.map(Resp::new)
+    }
+
+    async fn receipt(&self, req: Req<pb::InvoiceRef>) -> Result<Resp<pb::ReceiptInfo>, Status> {
+        self.receipt_call(req.into_inner()).await.map(Resp::new)
     }
 
     async fn status(&self, req: Req<pb::StatusRequest>) -> Result<Resp<pb::InstanceStatus>, Status> {

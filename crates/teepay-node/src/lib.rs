@@ -7,6 +7,7 @@
 //! caused it leaves the process — an ack must never outlive the state that produced it.
 
 pub mod api;
+mod invoice_api;
 pub mod onchain;
 
 use std::collections::HashMap;
@@ -51,28 +52,17 @@ pub struct NodeSettings {
 }
 
 enum Command {
-    Pay {
-        chain: ChainId,
-        payee: Address,
-        amount: Amount,
-        max_fee: Amount,
-        reply: oneshot::Sender<Result<InstanceId, NodeError>>,
-    },
-    Swap {
-        intents: Vec<SignedOrder>,
-        reply: oneshot::Sender<Result<InstanceId, NodeError>>,
-    },
-    Status {
-        instance: InstanceId,
-        reply: oneshot::Sender<Result<WireStatus, NodeError>>,
-    },
-    Enclave {
-        request: Request,
-        reply: oneshot::Sender<Result<Response, NodeError>>,
-    },
-    Channels {
-        reply: oneshot::Sender<Result<Vec<ChannelView>, NodeError>>,
-    },
+    Pay { what: Payment, reply: oneshot::Sender<Result<InstanceId, NodeError>> },
+    Swap { intents: Vec<SignedOrder>, reply: oneshot::Sender<Result<InstanceId, NodeError>> },
+    Status { instance: InstanceId, reply: oneshot::Sender<Result<WireStatus, NodeError>> },
+    Enclave { request: Request, reply: oneshot::Sender<Result<Response, NodeError>> },
+    Channels { reply: oneshot::Sender<Result<Vec<ChannelView>, NodeError>> },
+}
+
+/// What a payment pays: a push to an address, or a payee's invoice.
+enum Payment {
+    Push { chain: ChainId, payee: Address, amount: Amount, max_fee: Amount },
+    Invoice { invoice: Box<teepay_types::SignedInvoice>, amount: Option<Amount>, max_fee: Amount },
 }
 
 /// A channel as its node sees it.
@@ -117,7 +107,20 @@ impl NodeHandle {
         amount: Amount,
         max_fee: Amount,
     ) -> Result<InstanceId, NodeError> {
-        self.ask(|reply| Command::Pay { chain, payee, amount, max_fee, reply }).await
+        let what = Payment::Push { chain, payee, amount, max_fee };
+        self.ask(|reply| Command::Pay { what, reply }).await
+    }
+
+    /// Pays a payee's invoice (its signature is checked by this node's enclave); `amount`
+    /// only for an any-amount invoice.
+    pub async fn pay_invoice(
+        &self,
+        invoice: teepay_types::SignedInvoice,
+        amount: Option<Amount>,
+        max_fee: Amount,
+    ) -> Result<InstanceId, NodeError> {
+        let what = Payment::Invoice { invoice: Box::new(invoice), amount, max_fee };
+        self.ask(|reply| Command::Pay { what, reply }).await
     }
 
     /// Submits a set of signed swap intents (this node's and its counterparties').
@@ -386,10 +389,20 @@ fn on_hub_message<P: Platform>(
         }
         HubMessage::Batch(batch) => {
             // A refused batch (forged, misaddressed) changes nothing and is not answered.
-            if let Ok(Response::Batch(result)) = node.call(Request::HubBatch(batch))
-                && let Some(ack) = result.ack
-            {
-                outbox.push(NodeMessage::Ack(ack).to_bytes());
+            if let Ok(Response::Batch(result)) = node.call(Request::HubBatch(batch)) {
+                if let Some(ack) = result.ack {
+                    outbox.push(NodeMessage::Ack(ack).to_bytes());
+                }
+                // Receipts of this node's invoices the batch's CONFIRMs paid: on to the payers.
+                for receipt in result.receipts {
+                    outbox.push(NodeMessage::Receipt(receipt).to_bytes());
+                }
+            }
+        }
+        HubMessage::Receipt(receipt) => {
+            // Kept only if it is the payee's receipt for a payment of this enclave.
+            if let Err(e) = node.call(Request::KeepReceipt(receipt)) {
+                tracing::debug!(error = %e, "receipt from the hub not kept");
             }
         }
         HubMessage::Accepted { request, instance } => {
@@ -421,9 +434,17 @@ fn on_command<P: Platform>(node: &mut Node<P>, outbox: &mut Vec<Vec<u8>>, cmd: C
         Command::Channels { reply } => {
             let _ = reply.send(Ok(node.channels()));
         }
-        Command::Pay { chain, payee, amount, max_fee, reply } => {
+        Command::Pay { what, reply } => {
             let expires_at = now_ms() + node.settings.order_ttl.as_millis() as u64;
-            match node.call(Request::CreatePayment { chain, payee, amount, max_fee, expires_at }) {
+            let build = match what {
+                Payment::Push { chain, payee, amount, max_fee } => {
+                    Request::CreatePayment { chain, payee, amount, max_fee, expires_at }
+                }
+                Payment::Invoice { invoice, amount, max_fee } => {
+                    Request::PayInvoice { invoice, amount, max_fee, expires_at }
+                }
+            };
+            match node.call(build) {
                 Ok(Response::Order(order)) => {
                     node.pending.insert(request, Pending::Start(reply));
                     outbox.push(NodeMessage::Pay { request, order }.to_bytes());

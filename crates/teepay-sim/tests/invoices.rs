@@ -42,7 +42,7 @@ fn create_invoice(w: &mut World, payee: usize, amount: Option<u128>, ttl: u64) -
 
 fn pay_order(w: &mut World, payer: usize, invoice: &SignedInvoice) -> Result<SignedOrder, EnclaveError> {
     let request = Request::PayInvoice {
-        invoice: invoice.clone(),
+        invoice: Box::new(invoice.clone()),
         amount: None,
         max_fee: Amount(5),
         expires_at: w.now + 1_000,
@@ -156,7 +156,7 @@ fn the_payers_enclave_builds_a_payment_only_from_a_genuine_open_invoice() {
     }
     // A fixed amount is the invoice's; any-amount invoices need one.
     let request = |invoice: &SignedInvoice, amount| Request::PayInvoice {
-        invoice: invoice.clone(),
+        invoice: Box::new(invoice.clone()),
         amount: Some(Amount(amount)),
         max_fee: Amount(5),
         expires_at: 1_000,
@@ -225,7 +225,7 @@ fn the_payees_enclave_locks_only_for_its_own_open_invoice_on_its_terms() {
     };
     let order = |f: &mut support::Fixture, invoice: &SignedInvoice| {
         let request = Request::PayInvoice {
-            invoice: invoice.clone(),
+            invoice: Box::new(invoice.clone()),
             amount: None,
             max_fee: Amount(5),
             expires_at: 1_000,

@@ -106,6 +106,37 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Keeps a payee's receipt (its canonical encoding) for the payer of `id`; the first one
+    /// kept stays.
+    pub async fn insert_receipt(
+        &self,
+        id: InstanceId,
+        invoice: &[u8; 32],
+        receipt: &[u8],
+        now_ms: u64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO receipts (instance_id, invoice_id, receipt, received_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(hex(&id.0))
+        .bind(hex(invoice))
+        .bind(receipt.to_vec())
+        .bind(i64_of(now_ms))
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// The receipt kept for instance `id`, if any.
+    pub async fn receipt(&self, id: InstanceId) -> Result<Option<Vec<u8>>> {
+        let r = sqlx::query("SELECT receipt FROM receipts WHERE instance_id = $1")
+            .bind(hex(&id.0))
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(r.map(|r| r.try_get::<Vec<u8>, _>("receipt")).transpose()?)
+    }
+
     pub async fn instance(&self, id: InstanceId) -> Result<Option<InstanceRow>> {
         let r = sqlx::query("SELECT * FROM instances WHERE instance_id = $1")
             .bind(hex(&id.0))
