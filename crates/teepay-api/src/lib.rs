@@ -144,6 +144,30 @@ pub fn receipt_pb(r: &teepay_types::PaymentReceipt) -> pb::ReceiptInfo {
     }
 }
 
+/// A server stream of events (`SubscribeInvoices`, `SubscribePayments`, `SubscribeInstances`).
+pub type EventStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Event, Status>> + Send + 'static>>;
+
+/// The events of `log` after cursor `after` whose kind `wanted` accepts, as a server stream.
+/// A cursor the log no longer covers is refused with OUT_OF_RANGE, saying where to resume.
+pub fn event_stream(
+    log: &std::sync::Arc<teepay_events::EventLog>,
+    after: u64,
+    wanted: impl Fn(&str) -> bool + Send + 'static,
+) -> Result<EventStream, Status> {
+    use tokio_stream::StreamExt;
+    let refuse = |e: teepay_events::EventError| match e {
+        teepay_events::EventError::Closed => Status::unavailable(e.to_string()),
+        _ => Status::out_of_range(e.to_string()),
+    };
+    let sub = log.subscribe(after).map_err(refuse)?;
+    let events = tokio_stream::wrappers::ReceiverStream::new(teepay_events::forward(sub, wanted));
+    Ok(Box::pin(events.map(move |e| {
+        e.map(|e| pb::Event { seq: e.seq, at_ms: e.at_ms, kind: e.kind, data: e.data.to_string() })
+            .map_err(refuse)
+    })))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -92,6 +92,7 @@ pub async fn setup(
         metrics: metrics.clone(),
         finished: Some(fin_tx),
         gate,
+        events: None, // no DB here: instance events are written with the status rows
     };
     let handle = serve(Executor::new(hub, network), None, settings).await?;
     Ok((enclaves, Hub { addr: handle.addr, finished, metrics, channels, group }))
@@ -125,6 +126,8 @@ pub fn node_settings(hub: std::net::SocketAddr, dir: &Path, quote: teepay_types:
         quote,
         reconnect_after: Duration::from_millis(50),
         order_ttl: Duration::from_secs(600),
+        // As a daemon runs (its log in memory here: the file write is left out).
+        events: Some(teepay_events::EventLog::in_memory(10_000)),
     }
 }
 

@@ -97,6 +97,21 @@ pub struct NodeConfig {
     pub standby_hubs: Vec<SocketAddr>,
     #[serde(default)]
     pub chains: Vec<ChainConfig>,
+    /// Merchant backends told of every invoice and payment event (`teepay_events::webhook`).
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://…` (no TLS in this build: put a TLS-terminating proxy in front).
+    pub url: String,
+    /// Signs every delivery (HMAC-SHA256, `X-Teepay-Signature`); at least 16 characters.
+    pub secret: String,
+    /// Event kinds by prefix (`invoice.`, `payment.succeeded`); empty: all.
+    #[serde(default)]
+    pub events: Vec<String>,
 }
 
 fn default_hub_listen() -> SocketAddr {

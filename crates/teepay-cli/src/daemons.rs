@@ -299,6 +299,9 @@ pub fn node(args: &NodeArgs) -> Result<ExitCode> {
         };
         let hub_quote = report(ChainId(0))?;
         let quotes = links.iter().map(|l| Ok((l.id, report(l.id)?))).collect::<Result<Vec<_>>>()?;
+        let events_path = cfg.state_dir.join("events.jsonl");
+        let events = teepay_events::EventLog::open(&events_path, NODE_EVENTS_KEPT)
+            .with_context(|| format!("event log {}", events_path.display()))?;
         let settings = NodeSettings {
             hub: cfg.hub,
             standby_hubs: cfg.standby_hubs.clone(),
@@ -306,8 +309,21 @@ pub fn node(args: &NodeArgs) -> Result<ExitCode> {
             quote: hub_quote,
             reconnect_after: Duration::from_millis(500),
             order_ttl: Duration::from_secs(60),
+            events: Some(events.clone()),
         };
         let (handle, _daemon) = spawn(enclave, settings);
+        for hook in &cfg.webhooks {
+            let config = teepay_events::webhook::WebhookConfig {
+                url: hook.url.clone(),
+                secret: hook.secret.clone(),
+                kinds: hook.events.clone(),
+            };
+            // One cursor per URL, so reordering the config never mixes two webhooks' cursors.
+            let tag = teepay_types::ids::to_hex(&teepay_types::keccak256(hook.url.as_bytes())[..8]);
+            let cursor = cfg.state_dir.join(format!("webhook-{tag}.cursor"));
+            teepay_events::webhook::spawn(events.clone(), config, handle.address.to_string(), cursor)
+                .with_context(|| format!("webhook {}", hook.url))?;
+        }
         for l in &links {
             spawn_watcher(handle.clone(), l.clone(), Duration::from_millis(100));
             // Registration needs gas from the enclave's own account: retried in the
@@ -340,6 +356,9 @@ pub fn node(args: &NodeArgs) -> Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     })
 }
+
+/// How many events a node keeps for subscribers and webhooks that resume.
+const NODE_EVENTS_KEPT: usize = 100_000;
 
 pub fn deploy_cmd(args: &DeployArgs) -> Result<ExitCode> {
     runtime()?.block_on(async {

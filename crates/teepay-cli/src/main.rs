@@ -7,6 +7,7 @@ mod daemons;
 mod devnet;
 mod group;
 mod invoice;
+mod watch;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -44,6 +45,9 @@ enum Command {
     Invoice(invoice::InvoiceArgs),
     /// Proof of payment: get a receipt from the node, or verify one offline.
     Receipt(invoice::ReceiptArgs),
+    /// Live events: a node's `invoices` or `payments`, or the hub's `instances`; resumes
+    /// from the last event after any interruption.
+    Watch(watch::WatchArgs),
     /// Status of a payment or swap.
     Status(client::StatusArgs),
     /// Open, fund, close or eject channels; list them.
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
         Command::Pay(args) => client::pay(&args),
         Command::Status(args) => client::status(&args),
         Command::Invoice(args) => invoice::invoice(&args),
+        Command::Watch(args) => watch::run(&args),
         Command::Receipt(args) => invoice::receipt(&args),
         Command::Channel(args) => client::channel(&args),
         Command::Swap(args) => client::swap(&args),

@@ -154,6 +154,7 @@ impl World {
             quote: report.attest(&attestation_key()),
             reconnect_after: Duration::from_millis(50),
             order_ttl: Duration::from_secs(60),
+            events: Some(teepay_events::EventLog::in_memory(10_000)),
         };
         Ok(spawn(enclave, settings))
     }

@@ -340,6 +340,34 @@ impl<P: Platform> NodeEnclave<P> {
             .collect()
     }
 
+    /// The invoices (as payee) whose status this batch's fresh items changed.
+    pub(crate) fn invoice_updates(
+        &self,
+        results: &[Result<NodeItem, EnclaveError>],
+        fresh: &[bool],
+    ) -> Vec<(Hash32, InvoiceStatus)> {
+        results
+            .iter()
+            .zip(fresh)
+            .filter_map(|(r, fresh)| {
+                let instance = match r {
+                    Ok(NodeItem::Prepared { instance, .. } | NodeItem::Finished { instance, .. })
+                        if *fresh =>
+                    {
+                        instance
+                    }
+                    _ => return None,
+                };
+                match self.state.instances.get(instance)?.invoice? {
+                    InvoiceRole::Payee { invoice, .. } => {
+                        Some((invoice, self.state.invoices.issued.get(&invoice)?.status))
+                    }
+                    InvoiceRole::Payer { .. } => None,
+                }
+            })
+            .collect()
+    }
+
     /// Keeps the payee's receipt for an invoice this enclave paid: it must be the payee's
     /// signature over exactly that payment.
     pub(crate) fn keep_receipt(&mut self, receipt: PaymentReceipt) -> Result<Output, EnclaveError> {

@@ -743,6 +743,7 @@ impl<P: Platform> NodeEnclave<P> {
         };
         let mut answers = Vec::with_capacity(signed.batch.items.len());
         let mut results = Vec::with_capacity(signed.batch.items.len());
+        let mut fresh = Vec::with_capacity(signed.batch.items.len());
         for (item, leaf) in signed.batch.items.iter().zip(&leaves) {
             let result = match item {
                 HubItem::Prepare(spec) => self
@@ -767,12 +768,14 @@ impl<P: Platform> NodeEnclave<P> {
                     dirty |= changed;
                     answers.push(answer.clone());
                     results.push(Ok(answer));
+                    fresh.push(changed);
                 }
                 Err(error) => {
                     if let EnclaveError::Refused(reason) = error {
                         answers.push(NodeItem::Nack { instance: item.instance(), reason });
                     }
                     results.push(Err(error));
+                    fresh.push(false);
                 }
             }
         }
@@ -791,7 +794,8 @@ impl<P: Platform> NodeEnclave<P> {
             self.state.prune(now);
         }
         let receipts = self.receipts_for(&results);
-        let response = Response::Batch(BatchResult { ack, results, receipts });
+        let invoices = self.invoice_updates(&results, &fresh);
+        let response = Response::Batch(BatchResult { ack, results, fresh, receipts, invoices });
         Ok(if dirty { self.changed(response) } else { Output { response, sealed: None } })
     }
 }

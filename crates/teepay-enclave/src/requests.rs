@@ -193,9 +193,14 @@ pub struct BatchResult {
     /// One entry per batch item, in order: the answer, or why the item was refused
     /// (a refused PREPARE is also answered with a signed NACK in `ack`).
     pub results: Vec<Result<NodeItem, EnclaveError>>,
+    /// Per item: whether it changed the state (false for a retransmission answered again,
+    /// or a refusal): what the host reports as an event.
+    pub fresh: Vec<bool>,
     /// Receipts of this enclave's invoices paid by the batch's CONFIRMs: the host hands them
     /// on towards the payers (self-authenticating: nobody can forge or alter one).
     pub receipts: Vec<PaymentReceipt>,
+    /// This enclave's invoices whose status the batch changed, with the status after it.
+    pub invoices: Vec<(Hash32, crate::InvoiceStatus)>,
 }
 
 #[derive(Debug, Clone)]

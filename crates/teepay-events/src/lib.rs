@@ -259,3 +259,30 @@ impl Subscription {
         self.last
     }
 }
+
+/// Feeds a subscription's events of the kinds `wanted` accepts into a bounded channel, for a
+/// server stream: the task ends when the receiver is dropped (the client went away) or the
+/// subscription fails (the error is sent last).
+pub fn forward(
+    mut sub: Subscription,
+    wanted: impl Fn(&str) -> bool + Send + 'static,
+) -> tokio::sync::mpsc::Receiver<Result<Event, EventError>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            // A client gone while nothing happens is noticed at once, not at the next event.
+            let next = tokio::select! {
+                next = sub.next() => next,
+                () = tx.closed() => return,
+            };
+            let stop = next.is_err();
+            if matches!(&next, Ok(e) if !wanted(&e.kind)) {
+                continue;
+            }
+            if tx.send(next).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    rx
+}

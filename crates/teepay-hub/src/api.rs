@@ -26,7 +26,13 @@ pub const BOARD_MAX_TTL_MS: u64 = teepay_coordinator::MAX_ORDER_LIFETIME;
 pub struct HubApi {
     control: Source,
     board: Arc<Mutex<Board>>,
+    events: Option<Arc<teepay_events::EventLog>>,
+    /// Event streams open at once (each holds a task and a page of events).
+    streams: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most event streams the hub serves at once.
+pub const MAX_STREAMS: usize = 256;
 
 impl std::fmt::Debug for HubApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -81,7 +87,12 @@ impl Board {
 
 impl HubApi {
     pub fn new(control: HubControl) -> Self {
-        HubApi { control: Source::Fixed(control), board: Arc::default() }
+        HubApi {
+            control: Source::Fixed(control),
+            board: Arc::default(),
+            events: None,
+            streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
+        }
     }
 
     /// A hub group replica's API: served on every replica, answered while it leads, and
@@ -91,7 +102,18 @@ impl HubApi {
         leader_api: Arc<dyn Fn() -> Option<String> + Send + Sync>,
         group: Arc<dyn Fn() -> pb::GroupInfo + Send + Sync>,
     ) -> Self {
-        HubApi { control: Source::Replica { slot, leader_api, group }, board: Arc::default() }
+        HubApi {
+            control: Source::Replica { slot, leader_api, group },
+            board: Arc::default(),
+            events: None,
+            streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
+        }
+    }
+
+    /// Serves `SubscribeInstances` from this log.
+    pub fn with_events(mut self, log: Arc<teepay_events::EventLog>) -> Self {
+        self.events = Some(log);
+        self
     }
 
     fn control(&self) -> Result<HubControl, Status> {
@@ -231,6 +253,24 @@ impl Hub for HubApi {
         let mut info = group();
         set_membership(&mut info, &membership);
         Ok(Response::new(info))
+    }
+
+    type SubscribeInstancesStream = teepay_api::EventStream;
+
+    async fn subscribe_instances(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeInstancesStream>, Status> {
+        let log = self.events.as_ref().ok_or_else(|| Status::unimplemented("this hub keeps no event log"))?;
+        let slots = self.streams.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!("{MAX_STREAMS} event streams are open already"))
+        })?;
+        let stream = teepay_api::event_stream(log, req.into_inner().after, |k| k.starts_with("instance."))?;
+        // The slot is held as long as the stream lives.
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(stream, move |e| {
+            let _held = &slots;
+            e
+        }))))
     }
 
     async fn list_intents(

@@ -158,6 +158,8 @@ pub async fn start(cfg: ReplicatedConfig) -> Result<RunningReplica, RuntimeError
     }
 
     let slot = ControlSlot::default();
+    // Each replica's own: a subscriber follows the leader's, and resyncs after a failover.
+    let events = crate::runtime::open_events(&state)?;
     for c in cfg.hub.chains.clone() {
         tasks.push(tokio::spawn(sync_loop(
             c,
@@ -187,6 +189,7 @@ pub async fn start(cfg: ReplicatedConfig) -> Result<RunningReplica, RuntimeError
         let shadow = sm.clone();
         let group = Arc::new(move || shadow.with_app(|a| crate::api::group_info(a.shadow())));
         let (_, task) = HubApi::for_replica(slot.clone(), leader_api, group)
+            .with_events(events.clone())
             .serve(addr)
             .await
             .map_err(io(format!("gRPC API on {addr}")))?;
@@ -198,6 +201,7 @@ pub async fn start(cfg: ReplicatedConfig) -> Result<RunningReplica, RuntimeError
         raft: raft.clone(),
         sm: sm.clone(),
         signer,
+        events,
         store: store.clone(),
         metrics: metrics.clone(),
         slot: slot.clone(),
@@ -356,6 +360,7 @@ struct Role {
     raft: Raft,
     sm: Replayed<HubApply>,
     signer: Arc<ShadowSigner>,
+    events: Arc<teepay_events::EventLog>,
     store: Store,
     metrics: Arc<Metrics>,
     slot: ControlSlot,
@@ -428,6 +433,7 @@ impl Role {
                 self.cfg.replicas.iter().filter(|r| r.id != self.me.id).map(|r| (r.id, r.raft.to_string())),
                 self.signer.clone(),
             ))),
+            events: Some(self.events.clone()),
         };
         let handle = serve(executor, Some(self.store.clone()), settings)
             .await

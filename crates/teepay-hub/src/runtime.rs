@@ -145,6 +145,7 @@ pub async fn start(cfg: HubRuntimeConfig) -> Result<RunningHub, RuntimeError> {
     let enclave = coordinator.address();
 
     let executor = executor_for(coordinator, &store).await?;
+    let events = open_events(&cfg.state_dir)?;
 
     let settings = HubSettings {
         listen: cfg.listen,
@@ -155,6 +156,7 @@ pub async fn start(cfg: HubRuntimeConfig) -> Result<RunningHub, RuntimeError> {
         metrics: metrics.clone(),
         finished: None,
         gate: None,
+        events: Some(events.clone()),
     };
     let handle = serve(executor, Some(store.clone()), settings)
         .await
@@ -175,6 +177,7 @@ pub async fn start(cfg: HubRuntimeConfig) -> Result<RunningHub, RuntimeError> {
     let mut api_addr = None;
     if let Some(addr) = cfg.api_listen {
         let (bound, task) = crate::api::HubApi::new(handle.control())
+            .with_events(events.clone())
             .serve(addr)
             .await
             .map_err(io(format!("gRPC API on {addr}")))?;
@@ -332,4 +335,14 @@ pub(crate) async fn serve_metrics(
         let _ = axum::serve(listener, app).await;
     });
     Ok((bound, task))
+}
+
+/// How many instance events a hub keeps for subscribers that resume.
+pub const EVENTS_KEPT: usize = 100_000;
+
+/// The hub's event log, `<state>/events.jsonl`.
+pub fn open_events(state_dir: &std::path::Path) -> Result<Arc<teepay_events::EventLog>, RuntimeError> {
+    std::fs::create_dir_all(state_dir).map_err(io(format!("state directory {}", state_dir.display())))?;
+    let path = state_dir.join("events.jsonl");
+    teepay_events::EventLog::open(&path, EVENTS_KEPT).map_err(io(format!("event log {}", path.display())))
 }

@@ -51,6 +51,8 @@ pub struct HubSettings {
     /// A replicated hub's leader: each flush's replicated-log entry must be committed here
     /// before anything of that flush leaves (None: a single hub, durable once sealed).
     pub gate: Option<Arc<dyn ReleaseGate>>,
+    /// Where instance events go (`SubscribeInstances`), written with the status rows.
+    pub events: Option<Arc<teepay_events::EventLog>>,
 }
 
 /// Where a replicated hub commits each flush before releasing it (the Raft group, in
@@ -464,6 +466,7 @@ async fn run_executor<P: Platform>(
     // the rounds.
     let (status_tx, mut status_rx) = mpsc::unbounded_channel::<StatusWrite>();
     if let Some(store) = store {
+        let events = settings.events.clone();
         tokio::spawn(async move {
             while let Some(w) = status_rx.recv().await {
                 let r = match w {
@@ -482,7 +485,14 @@ async fn run_executor<P: Platform>(
                         let _ = to.try_send(HubMessage::Status { request, instance, status }.to_bytes());
                         if succeeded { send_receipt(&store, instance, &to).await } else { Ok(()) }
                     }
-                    StatusWrite::Started(row) => store.insert_instance(&row).await,
+                    StatusWrite::Started(row) => store.insert_instance(&row).await.map(|new| {
+                        // A restarted hub records what it recovers again: one event per instance.
+                        if new && let Some(log) = &events {
+                            let data =
+                                serde_json::json!({ "instance": row.id.to_string(), "kind": row.kind });
+                            log.append("instance.started", data, row.created_at);
+                        }
+                    }),
                     StatusWrite::Receipt(r) => {
                         let bytes = teepay_types::encode(&r);
                         store.insert_receipt(r.instance, &r.invoice, &bytes, now_ms()).await
@@ -505,7 +515,17 @@ async fn run_executor<P: Platform>(
                                 tracing::debug!(channel = ?c.id, error = %e, "balances not recorded");
                             }
                         }
-                        store.finish_instance(f.id, status, outcome, reason, f.finished_at).await.map(|_| ())
+                        store.finish_instance(f.id, status, outcome, reason, f.finished_at).await.map(|first| {
+                            if first && let Some(log) = &events {
+                                let (kind, reason) = match &f.status {
+                                    Status::Succeeded => ("instance.succeeded", None),
+                                    _ => ("instance.refunded", reason),
+                                };
+                                let data = serde_json::json!({ "instance": f.id.to_string(), "reason": reason,
+                                    "latency_ms": f.finished_at.saturating_sub(f.created_at) });
+                                log.append(kind, data, f.finished_at);
+                            }
+                        })
                     }
                 };
                 if let Err(e) = r {

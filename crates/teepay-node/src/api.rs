@@ -57,6 +57,10 @@ fn onchain_status(e: OnchainError) -> Status {
 }
 
 impl NodeApi {
+    fn event_log(&self) -> Result<&std::sync::Arc<teepay_events::EventLog>, Status> {
+        self.node.events.as_ref().ok_or_else(|| Status::unimplemented("this node keeps no event log"))
+    }
+
     pub(crate) fn off_chain(&self, chain: ChainId) -> Result<ChainId, Status> {
         self.chains.contains(&chain).then_some(chain).ok_or_else(|| {
             Status::invalid_argument(format!("chain: this node is not configured for chain {}", chain.0))
@@ -176,6 +180,26 @@ impl Node for NodeApi {
 
     async fn receipt(&self, req: Req<pb::InvoiceRef>) -> Result<Resp<pb::ReceiptInfo>, Status> {
         self.receipt_call(req.into_inner()).await.map(Resp::new)
+    }
+
+    type SubscribeInvoicesStream = teepay_api::EventStream;
+    type SubscribePaymentsStream = teepay_api::EventStream;
+
+    async fn subscribe_invoices(
+        &self,
+        req: Req<pb::SubscribeRequest>,
+    ) -> Result<Resp<Self::SubscribeInvoicesStream>, Status> {
+        let log = self.event_log()?;
+        teepay_api::event_stream(log, req.into_inner().after, |k| k.starts_with("invoice.")).map(Resp::new)
+    }
+
+    async fn subscribe_payments(
+        &self,
+        req: Req<pb::SubscribeRequest>,
+    ) -> Result<Resp<Self::SubscribePaymentsStream>, Status> {
+        let log = self.event_log()?;
+        let wanted = |k: &str| k.starts_with("payment.") || k.starts_with("receipt.");
+        teepay_api::event_stream(log, req.into_inner().after, wanted).map(Resp::new)
     }
 
     async fn status(&self, req: Req<pb::StatusRequest>) -> Result<Resp<pb::InstanceStatus>, Status> {

@@ -59,6 +59,12 @@ fn invoice_status(e: NodeError) -> Status {
 }
 
 impl NodeApi {
+    fn event(&self, kind: &str, data: serde_json::Value) {
+        if let Some(log) = &self.node.events {
+            log.append(kind, data, now_ms());
+        }
+    }
+
     async fn issued(&self, id: Hash32) -> Result<pb::InvoiceInfo, Status> {
         let Response::Invoices(list) = self.node.enclave(Request::Invoices).await.map_err(invoice_status)?
         else {
@@ -92,7 +98,13 @@ impl NodeApi {
         match self.node.enclave(request).await.map_err(invoice_status)? {
             Response::Invoice(signed) => {
                 let issued = IssuedInvoice { signed, status: InvoiceStatus::Open };
-                Ok(invoice_pb(&issued, now_ms()))
+                let info = invoice_pb(&issued, now_ms());
+                self.event(
+                    "invoice.created",
+                    serde_json::json!({ "invoice": info.id, "encoded": info.encoded,
+                    "chain": info.chain, "amount": info.amount, "expires_at_ms": info.expires_at_ms }),
+                );
+                Ok(info)
             }
             _ => Err(Status::internal("unexpected enclave response")),
         }
@@ -111,7 +123,11 @@ impl NodeApi {
 
     pub(crate) async fn cancel_invoice_call(&self, r: pb::InvoiceRef) -> Result<pb::InvoiceInfo, Status> {
         let invoice = parse_invoice_ref("invoice", &r.invoice)?;
+        let before = self.issued(invoice).await?;
         self.node.enclave(Request::CancelInvoice { invoice }).await.map_err(invoice_status)?;
+        if before.status != "cancelled" {
+            self.event("invoice.cancelled", serde_json::json!({ "invoice": before.id }));
+        }
         self.issued(invoice).await
     }
 

@@ -7,6 +7,7 @@
 //! caused it leaves the process — an ack must never outlive the state that produced it.
 
 pub mod api;
+mod events;
 mod invoice_api;
 pub mod onchain;
 
@@ -49,6 +50,8 @@ pub struct NodeSettings {
     pub reconnect_after: Duration,
     /// Lifetime of the payment requests this node signs.
     pub order_ttl: Duration,
+    /// Where this node's events go (its API's streams, its webhooks); None: not recorded.
+    pub events: Option<std::sync::Arc<teepay_events::EventLog>>,
 }
 
 enum Command {
@@ -86,6 +89,8 @@ pub struct ChannelView {
 pub struct NodeHandle {
     commands: mpsc::UnboundedSender<Command>,
     pub address: Address,
+    /// This node's event log, if it keeps one.
+    pub events: Option<std::sync::Arc<teepay_events::EventLog>>,
 }
 
 impl NodeHandle {
@@ -162,14 +167,27 @@ enum Pending {
 impl<P: Platform> Node<P> {
     /// Runs an enclave request and persists its sealed state before returning.
     fn call(&mut self, request: Request) -> Result<Response, NodeError> {
+        self.call_sealed(request).map(|(response, _)| response)
+    }
+
+    /// [`Node::call`], also saying whether the request changed the enclave's durable state.
+    fn call_sealed(&mut self, request: Request) -> Result<(Response, bool), NodeError> {
         let out = blocking(|| self.enclave.handle(now_ms(), request))?;
+        let sealed = out.sealed.is_some();
         // A platform that stores the blob with its counter has made it durable already.
         if let Some(blob) = out.sealed
             && !self.enclave.platform().persists_sealed()
         {
             self.host_copy.record(&blob).map_err(|e| NodeError::Storage(e.to_string()))?;
         }
-        Ok(out.response)
+        Ok((out.response, sealed))
+    }
+
+    /// Records an event, if this node keeps a log.
+    fn event(&self, kind: &str, data: serde_json::Value) {
+        if let Some(log) = &self.settings.events {
+            log.append(kind, data, now_ms());
+        }
     }
 
     fn channels(&self) -> Vec<ChannelView> {
@@ -222,8 +240,9 @@ pub fn spawn<P: Platform + Send + 'static>(
     let address = enclave.address();
     let host_copy = SealedLogFile::at(&settings.state_path);
     let node = Node { enclave, settings, host_copy, pending: HashMap::new(), next_request: 1, hub_index: 0 };
+    let events = node.settings.events.clone();
     let task = tokio::spawn(run(node, rx));
-    (NodeHandle { commands, address }, task)
+    (NodeHandle { commands, address, events }, task)
 }
 
 async fn run<P: Platform>(mut node: Node<P>, mut commands: mpsc::UnboundedReceiver<Command>) {
@@ -388,8 +407,14 @@ fn on_hub_message<P: Platform>(
             }
         }
         HubMessage::Batch(batch) => {
+            let parts = node.settings.events.is_some().then(|| events::parts(node.enclave.address(), &batch));
             // A refused batch (forged, misaddressed) changes nothing and is not answered.
             if let Ok(Response::Batch(result)) = node.call(Request::HubBatch(batch)) {
+                if let Some(parts) = parts {
+                    for (kind, data) in events::batch_events(&parts, &result) {
+                        node.event(kind, data);
+                    }
+                }
                 if let Some(ack) = result.ack {
                     outbox.push(NodeMessage::Ack(ack).to_bytes());
                 }
@@ -401,12 +426,18 @@ fn on_hub_message<P: Platform>(
         }
         HubMessage::Receipt(receipt) => {
             // Kept only if it is the payee's receipt for a payment of this enclave.
-            if let Err(e) = node.call(Request::KeepReceipt(receipt)) {
-                tracing::debug!(error = %e, "receipt from the hub not kept");
+            match node.call_sealed(Request::KeepReceipt(receipt.clone())) {
+                Ok((_, true)) => {
+                    let (kind, data) = events::receipt_event(&receipt);
+                    node.event(kind, data);
+                }
+                Ok((_, false)) => {} // kept already
+                Err(e) => tracing::debug!(error = %e, "receipt from the hub not kept"),
             }
         }
         HubMessage::Accepted { request, instance } => {
             if let Some(Pending::Start(reply)) = node.pending.remove(&request) {
+                node.event("payment.started", serde_json::json!({ "instance": instance.to_string() }));
                 let _ = reply.send(Ok(instance));
             }
         }

@@ -40,6 +40,7 @@ struct Setup {
     store: Store,
     channels: Vec<ChannelId>,
     hub: teepay_hub::service::HubControl,
+    hub_events: std::sync::Arc<teepay_events::EventLog>,
 }
 
 fn settings(
@@ -55,6 +56,7 @@ fn settings(
         quote,
         reconnect_after: Duration::from_millis(50),
         order_ttl: Duration::from_secs(60),
+        events: Some(teepay_events::EventLog::in_memory(10_000)),
     }
 }
 
@@ -119,6 +121,7 @@ async fn setup_with(name: &str, n: usize, peer_acks: bool) -> Setup {
         network.chain_mut(C1).upsert_channel(&info).unwrap();
         channels.push(id);
     }
+    let hub_events = teepay_events::EventLog::in_memory(10_000);
     let settings_hub = HubSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
         state_path: dir.join("hub.sealed"),
@@ -128,6 +131,7 @@ async fn setup_with(name: &str, n: usize, peer_acks: bool) -> Setup {
         metrics: std::sync::Arc::new(teepay_hub::metrics::Metrics::new(&[C1.0])),
         finished: None,
         gate: None,
+        events: Some(hub_events.clone()),
     };
     let handle = serve(Executor::new(hub, network), Some(store.clone()), settings_hub).await.unwrap();
     let hub_addr = handle.addr;
@@ -146,7 +150,7 @@ async fn setup_with(name: &str, n: usize, peer_acks: bool) -> Setup {
         nodes.push(h);
         tasks.push(t);
     }
-    Setup { dir, hub_addr, nodes, tasks, store, channels, hub }
+    Setup { dir, hub_addr, nodes, tasks, store, channels, hub, hub_events }
 }
 
 /// Stops the daemons before removing their files (a still-running daemon may be writing).
@@ -425,5 +429,108 @@ async fn stalled_handshakes_are_bounded_and_do_not_lock_out_nodes() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let id = s.nodes[0].pay(C1, payee, Amount(1), Amount(0)).await.unwrap();
     assert_eq!(wait_for(&s.nodes[0], id, |st| *st != WireStatus::InFlight).await, WireStatus::Succeeded);
+    cleanup(s);
+}
+
+/// Issue 16: an invoice paid across two hops, seen through the gRPC API. The payee's invoice
+/// stream and the payer's payment stream deliver every change in order; a subscriber that
+/// reconnects from its cursor gets the rest with no gap and no duplicate; the payer keeps the
+/// payee's receipt, which proves the payment; the hub's stream has the instance start and end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invoice_paid_streams_its_events_in_order_and_resumes_from_a_cursor() {
+    use teepay_api::pb;
+    use teepay_api::pb::node_client::NodeClient;
+    use teepay_node::api::NodeApi;
+    let s = setup("events", 3).await;
+    pay_when_connected(&s.nodes[0], s.nodes[2].address, 1).await.unwrap(); // every link up
+    let api = |n: &NodeHandle| NodeApi {
+        node: n.clone(),
+        links: Vec::new(),
+        chains: vec![C1],
+        hub: s.hub_addr.to_string(),
+        quotes: Vec::new(),
+    };
+    let any = "127.0.0.1:0".parse().unwrap();
+    let (payee_addr, _t1) = api(&s.nodes[2]).serve(any).await.unwrap();
+    let (payer_addr, _t2) = api(&s.nodes[0]).serve(any).await.unwrap();
+    let mut payee = NodeClient::connect(format!("http://{payee_addr}")).await.unwrap();
+    let mut payer = NodeClient::connect(format!("http://{payer_addr}")).await.unwrap();
+    let start = s.nodes[2].events.as_ref().unwrap().last_seq();
+    let mut invoices =
+        payee.subscribe_invoices(pb::SubscribeRequest { after: start }).await.unwrap().into_inner();
+
+    let req = pb::CreateInvoiceRequest {
+        chain: C1.0,
+        amount: "5".into(),
+        memo: "order #42".into(),
+        expires_in_s: 60,
+    };
+    let invoice = payee.create_invoice(req).await.unwrap().into_inner();
+    let started =
+        payer.pay_invoice(pb::PayInvoiceRequest { invoice: invoice.encoded.clone(), ..Default::default() });
+    let instance = started.await.unwrap().into_inner().instance;
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let e = invoices.message().await.unwrap().expect("the stream stays open");
+        seen.push(e);
+    }
+    let kinds: Vec<&str> = seen.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["invoice.created", "invoice.pending", "invoice.paid"]);
+    assert!(seen.windows(2).all(|w| w[1].seq > w[0].seq), "in order");
+    let paid: serde_json::Value = serde_json::from_str(&seen[2].data).unwrap();
+    assert_eq!(paid["instance"], instance.as_str());
+    assert_eq!(paid["payer"], s.nodes[0].address.to_string().as_str());
+    let receipt = teepay_types::PaymentReceipt::decode(paid["receipt"].as_str().unwrap()).unwrap();
+    let signed = teepay_types::SignedInvoice::decode(&invoice.encoded).unwrap();
+    assert!(receipt.proves_payment_of(&signed));
+
+    // Reconnecting after the first event: exactly the two after it, then nothing more.
+    drop(invoices);
+    let mut resumed =
+        payee.subscribe_invoices(pb::SubscribeRequest { after: seen[0].seq }).await.unwrap().into_inner();
+    for want in &seen[1..] {
+        assert_eq!(resumed.message().await.unwrap().unwrap(), *want, "no gap");
+    }
+    let more = tokio::time::timeout(Duration::from_millis(300), resumed.message()).await;
+    assert!(more.is_err(), "no duplicate: {more:?}");
+
+    // The payer's stream: its own payment, from start to the receipt it keeps.
+    let mut payments =
+        payer.subscribe_payments(pb::SubscribeRequest { after: 0 }).await.unwrap().into_inner();
+    let mut mine = Vec::new();
+    while !mine.iter().any(|k| k == "receipt.received") {
+        let e = payments.message().await.unwrap().unwrap();
+        let data: serde_json::Value = serde_json::from_str(&e.data).unwrap();
+        if data["instance"] == instance.as_str() {
+            mine.push(e.kind);
+        }
+    }
+    assert_eq!(
+        mine,
+        ["payment.started", "payment.locked", "payment.committed", "payment.succeeded", "receipt.received"]
+    );
+    let kept = payer.receipt(pb::InvoiceRef { invoice: invoice.id.clone() }).await.unwrap().into_inner();
+    assert_eq!(kept.encoded, receipt.encode());
+
+    // The hub's instance events (served by its API from the log the status writer fills).
+    let (hub_api, _t3) = teepay_hub::api::HubApi::new(s.hub.clone())
+        .with_events(s.hub_events.clone())
+        .serve(any)
+        .await
+        .unwrap();
+    let mut hub = pb::hub_client::HubClient::connect(format!("http://{hub_api}")).await.unwrap();
+    let mut instances =
+        hub.subscribe_instances(pb::SubscribeRequest { after: 0 }).await.unwrap().into_inner();
+    let mut ours = Vec::new();
+    while ours.len() < 2 {
+        let e = instances.message().await.unwrap().unwrap();
+        if serde_json::from_str::<serde_json::Value>(&e.data).unwrap()["instance"] == instance.as_str() {
+            ours.push(e.kind);
+        }
+    }
+    assert_eq!(ours, ["instance.started", "instance.succeeded"]);
+    // A cursor ahead of the log is refused, not waited on.
+    let ahead = hub.subscribe_instances(pb::SubscribeRequest { after: 1 << 40 }).await.unwrap_err();
+    assert_eq!(ahead.code(), tonic::Code::OutOfRange, "{ahead}");
     cleanup(s);
 }

@@ -63,9 +63,10 @@ fn row(r: &sqlx::any::AnyRow) -> Result<InstanceRow> {
 
 impl Store {
     /// Records a new instance (in flight). Inserting the same id again is a no-op, so a
-    /// restarted executor can re-record what it recovers from the hub enclave.
-    pub async fn insert_instance(&self, i: &InstanceRow) -> Result<()> {
-        sqlx::query(
+    /// restarted executor can re-record what it recovers from the hub enclave. True iff the
+    /// row is new.
+    pub async fn insert_instance(&self, i: &InstanceRow) -> Result<bool> {
+        let n = sqlx::query(
             "INSERT INTO instances (instance_id, kind, spec, status, created_at, updated_at, outcome, failure_reason) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
         )
@@ -78,8 +79,9 @@ impl Store {
         .bind(i.outcome.clone())
         .bind(i.failure_reason.clone())
         .execute(self.pool())
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
     }
 
     /// Ends an instance. An instance that already ended keeps its first ending.

@@ -167,8 +167,8 @@ async fn suite(url: &str, backend: Backend) {
         outcome: None,
         failure_reason: None,
     };
-    store.insert_instance(&row).await.unwrap();
-    store.insert_instance(&row).await.unwrap();
+    assert!(store.insert_instance(&row).await.unwrap(), "new");
+    assert!(!store.insert_instance(&row).await.unwrap(), "a second insert is a no-op");
     assert_eq!(store.instances_with_status(InstanceStatus::InFlight).await.unwrap(), vec![row.clone()]);
     assert!(
         store
