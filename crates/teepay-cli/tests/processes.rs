@@ -21,6 +21,62 @@ struct Net {
     hub_api: String,
     metrics_port: u16,
     db: String,
+    /// u2's webhook (a merchant's backend): the test's HTTP server.
+    webhook: String,
+}
+
+/// The merchant backend's secret for u2's webhook.
+const WEBHOOK_SECRET: &str = "the shop's webhook secret, 32 B.";
+
+/// What the test's webhook receiver got: (delivery id, event kind, signature, body).
+type Deliveries = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String, Vec<u8>)>>>;
+
+/// A merchant's HTTP endpoint that answers 500 to the first `fail` requests, then 200.
+fn webhook_receiver(fail: usize) -> (String, Deliveries) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/teepay", listener.local_addr().unwrap());
+    let got: Deliveries = std::sync::Arc::default();
+    let log = got.clone();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let (head, body) = loop {
+                let Ok(k) = s.read(&mut chunk) else { break (String::new(), Vec::new()) };
+                if k == 0 {
+                    break (String::new(), Vec::new());
+                }
+                buf.extend_from_slice(&chunk[..k]);
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < i + 4 + len {
+                        let k = s.read(&mut chunk).unwrap();
+                        buf.extend_from_slice(&chunk[..k]);
+                    }
+                    break (head, buf[i + 4..i + 4 + len].to_vec());
+                }
+            };
+            let header = |name: &str| {
+                head.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{name}:")))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string()
+            };
+            let record =
+                (header("x-teepay-delivery"), header("x-teepay-event"), header("x-teepay-signature"), body);
+            log.lock().unwrap().push(record);
+            let status = if n < fail { "500 Internal Server Error" } else { "200 OK" };
+            let _ = write!(s, "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (url, got)
 }
 
 impl Net {
@@ -62,10 +118,18 @@ impl Net {
         std::fs::write(
             &cfg,
             format!(
-                "hub = \"127.0.0.1:{}\"\napi = \"127.0.0.1:{api_port}\"\nstate_dir = \"{}\"\n{}",
+                "hub = \"127.0.0.1:{}\"\napi = \"127.0.0.1:{api_port}\"\nstate_dir = \"{}\"\n{}{}",
                 self.hub_port,
                 self.dir.join(name).display(),
-                self.chains_toml()
+                self.chains_toml(),
+                if name == "u2" {
+                    format!(
+                        "[[webhooks]]\nurl = \"{}\"\nsecret = \"{WEBHOOK_SECRET}\"\nevents = [\"invoice.\"]\n",
+                        self.webhook
+                    )
+                } else {
+                    String::new()
+                }
             ),
         )
         .unwrap();
@@ -149,7 +213,10 @@ fn scenario(db_for: impl FnOnce(&Path) -> String, tag: &str) {
         hub_port: free_port(),
         hub_api: format!("http://127.0.0.1:{}", free_port()),
         metrics_port: free_port(),
+        webhook: String::new(),
     };
+    let (webhook, deliveries) = webhook_receiver(2);
+    let net = Net { webhook, ..net };
     let hub = net.start_hub();
     let mut nodes: Vec<Node> = ["u1", "mid", "u2"]
         .into_iter()
@@ -284,6 +351,47 @@ fn scenario(db_for: impl FnOnce(&Path) -> String, tag: &str) {
     assert!(refused.contains("invoice:"), "{refused}");
     let cancelled = ok(&["invoice", "cancel", &other, "--node", &nodes[2].api]);
     assert_eq!(cancelled["status"], "cancelled");
+    // The shop's backend was told, through its webhook: every invoice event in order, signed,
+    // the first deliveries retried (the receiver failed them) under the same delivery id.
+    wait_until("the webhook deliveries", Duration::from_secs(20), || {
+        deliveries.lock().unwrap().len() >= 2 + 5
+    });
+    let got = deliveries.lock().unwrap().clone();
+    assert_eq!(got[0].0, got[1].0, "a retry keeps its delivery id");
+    assert_eq!(got[1].0, got[2].0);
+    let mut delivered: Vec<(String, String)> = Vec::new();
+    for (id, kind, signature, body) in &got {
+        assert!(teepay_events::webhook::verify(WEBHOOK_SECRET, body, signature), "signed: {kind}");
+        let v: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!((v["delivery"].as_str(), v["kind"].as_str()), (Some(id.as_str()), Some(kind.as_str())));
+        if delivered.last().is_none_or(|(last, _)| last != id) {
+            delivered.push((id.clone(), kind.clone()));
+        }
+    }
+    let kinds: Vec<&str> = delivered.iter().map(|(_, k)| k.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["invoice.created", "invoice.pending", "invoice.paid", "invoice.created", "invoice.cancelled"]
+    );
+    let paid: Value = serde_json::from_slice(&got.iter().find(|d| d.1 == "invoice.paid").unwrap().3).unwrap();
+    assert_eq!(paid["data"]["receipt"], receipt.as_str(), "the paid event carries the receipt");
+    // `teepay watch`: the same events from the node's stream, resumable from any of them.
+    let third = ok(&["watch", "invoices", "--count", "3", "--node", &nodes[2].api]);
+    assert_eq!(third["kind"], "invoice.paid", "{third}");
+    let next = ok(&[
+        "watch",
+        "invoices",
+        "--after",
+        &third["seq"].to_string(),
+        "--count",
+        "1",
+        "--node",
+        &nodes[2].api,
+    ]);
+    assert_eq!(next["kind"], "invoice.created", "{next}");
+    // (Sequence numbers are the node's, shared with its payment events: the next invoice
+    // event is the next invoice created, whatever its number.)
+    assert_eq!(next["data"]["encoded"], other.as_str(), "nothing skipped: {next}");
     let late = ok(&[
         "invoice",
         "create",
