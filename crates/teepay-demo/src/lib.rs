@@ -148,6 +148,7 @@ async fn story(args: &DemoArgs, dir: &std::path::Path) -> Result<Vec<String>> {
     );
 
     multi_hop(&mut s).await?;
+    invoice_paid(&mut s).await?;
     two_party_swap(&mut s).await?;
     four_party_swap(&mut s).await?;
     refunded_swap(&mut s).await?;
@@ -189,6 +190,66 @@ async fn multi_hop(s: &mut Story) -> Result<()> {
         book(s, chain, s.w.node("user1").address, payee, ETHER / 4);
     } else {
         s.failures.push("the multi-hop payment did not succeed".into());
+    }
+    Ok(())
+}
+
+async fn invoice_paid(s: &mut Story) -> Result<()> {
+    step("2. An invoice: user2 (a shop) asks for 0.15 ETH on chain A; user1 pays it once and gets a receipt");
+    let (chain, shop) = (s.w.chains[0].id, s.w.node("user2").address);
+    let after = s.w.node("user2").events.as_ref().map_or(0, |log| log.last_seq());
+    let request = Request::CreateInvoice {
+        chain,
+        amount: Some(Amount(ETHER * 15 / 100)),
+        memo_hash: teepay_types::keccak256(b"order #42"),
+        expires_at: teepay_link::host::now_ms() + 600_000,
+    };
+    let Response::Invoice(invoice) = s.w.node("user2").enclave(request).await? else {
+        bail!("unexpected enclave response")
+    };
+    let printed = invoice.encode();
+    println!("  user2's enclave signed the invoice: {}…{}", &printed[..24], &printed[printed.len() - 8..]);
+    let t = Instant::now();
+    let id = s.w.node("user1").pay_invoice(invoice.clone(), None, Amount(0)).await?;
+    if settle(s, "user1", id, "invoice payment", t).await? != WireStatus::Succeeded {
+        s.failures.push("the invoice payment did not succeed".into());
+        return Ok(());
+    }
+    book(s, chain, s.w.node("user1").address, shop, ETHER * 15 / 100);
+    // The receipt travels user2 → hub → user1, whose enclave keeps it.
+    let mut kept = None;
+    for _ in 0..200 {
+        let request = Request::PaidInvoice { invoice: invoice.invoice.id() };
+        if let Ok(Response::PaidInvoice(paid)) = s.w.node("user1").enclave(request).await
+            && let Some(r) = paid.receipt
+        {
+            kept = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    match kept {
+        Some(r) if r.proves_payment_of(&invoice) => println!(
+            "  ✔ user1 holds user2's receipt ({}…): it proves to anyone that user1 paid this invoice",
+            &r.encode()[..24]
+        ),
+        _ => s.failures.push("user1 holds no receipt proving the invoice payment".into()),
+    }
+    let again = s.w.node("user1").pay_invoice(invoice, None, Amount(0)).await;
+    match again {
+        Err(e) => println!("  ✔ paying it again is refused: {e}"),
+        Ok(id) => s.failures.push(format!("a paid invoice was paid again ({id})")),
+    }
+    // What the shop's backend hears (its stream, or its webhook).
+    if let Some(log) = &s.w.node("user2").events {
+        let mut sub = log.subscribe(after).map_err(anyhow::Error::msg)?;
+        println!("  user2's invoice events (`teepay watch invoices`):");
+        while sub.cursor() < log.last_seq() {
+            let e = sub.next().await.map_err(anyhow::Error::msg)?;
+            if e.kind.starts_with("invoice.") {
+                println!("    {:>4}  {}", e.seq, e.kind);
+            }
+        }
     }
     Ok(())
 }
@@ -265,7 +326,7 @@ async fn finish_swap(
 }
 
 async fn two_party_swap(s: &mut Story) -> Result<()> {
-    step("2. Cross-chain swap: user1 gives 0.5 ETH on chain A for user2's 0.4 ETH on chain B");
+    step("3. Cross-chain swap: user1 gives 0.5 ETH on chain A for user2's 0.4 ETH on chain B");
     let st =
         swap(s, "2-party swap", &[("user1", 0, "user2", ETHER / 2), ("user2", 1, "user1", 2 * ETHER / 5)])
             .await?;
@@ -276,7 +337,7 @@ async fn two_party_swap(s: &mut Story) -> Result<()> {
 }
 
 async fn four_party_swap(s: &mut Story) -> Result<()> {
-    step("3. Four-party swap across both chains: user1 →A i2 →A user2 →B i4 →B user1, all or nothing");
+    step("4. Four-party swap across both chains: user1 →A i2 →A user2 →B i4 →B user1, all or nothing");
     let gives = [
         ("user1", 0, "i2", ETHER / 10),
         ("i2", 0, "user2", ETHER / 5),
@@ -291,7 +352,7 @@ async fn four_party_swap(s: &mut Story) -> Result<()> {
 }
 
 async fn refunded_swap(s: &mut Story) -> Result<()> {
-    step("4. A swap whose route on chain B runs through i3, which stops answering");
+    step("5. A swap whose route on chain B runs through i3, which stops answering");
     let i3 = s.w.index("i3");
     s.w.stop_node(i3);
     println!("  i3's daemon is killed (its sealed state stays on disk)");
@@ -306,7 +367,7 @@ async fn refunded_swap(s: &mut Story) -> Result<()> {
 
 async fn leader_lost_mid_swap(s: &mut Story) -> Result<()> {
     step(
-        "5. The hub's leader is lost in the middle of a swap: user1 gives 0.1 ETH on chain A for user2's 0.08 ETH on chain B",
+        "6. The hub's leader is lost in the middle of a swap: user1 gives 0.1 ETH on chain A for user2's 0.08 ETH on chain B",
     );
     let Some(leader) = s.w.hub.leader() else {
         s.failures.push("no hub replica leads before the failover chapter".into());
@@ -352,7 +413,7 @@ fn channel_id(s: &Story, a: &str, b: &str) -> (usize, ChannelId) {
 
 async fn eject_mid_payment(s: &mut Story) -> Result<()> {
     step(
-        "6. Eject in the middle of a multi-hop payment: user1 pays user2 0.2 ETH on chain A while user2 is down; i1 ejects its channel to i2",
+        "7. Eject in the middle of a multi-hop payment: user1 pays user2 0.2 ETH on chain A while user2 is down; i1 ejects its channel to i2",
     );
     let u2 = s.w.index("user2");
     let (_, c1) = channel_id(s, "user1", "i1");
@@ -429,7 +490,7 @@ impl ContractViewOf<'_> {
 }
 
 async fn cooperative_closes(s: &mut Story) -> Result<()> {
-    step("7. Cooperative closes of every remaining channel");
+    step("8. Cooperative closes of every remaining channel");
     for (ci, a, b, id) in s.channels.clone() {
         let (local, remote, _, _) = channel_view(s, a, id).await?;
         let r = close(s.w.node(a), &s.w.chains[ci].link(), id).await?;
