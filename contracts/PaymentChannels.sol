@@ -10,6 +10,13 @@ pragma solidity 0.8.37;
 /// hub's decision certificate, recorded here by anyone who holds it, or, if no decision ever
 /// reached anyone, by a REVERT claimed after the lock's deadline that no CONFIRM certificate
 /// challenged in time (DESIGN §10).
+/// A channel holds one asset (DESIGN §11): ether (`token` zero) or one ERC-20 token, named in
+/// the channel id and in every signed state. Tokens are pulled with `transferFrom` and must
+/// arrive whole: a token that charges a fee on transfer (the contract receives less than the
+/// amount) is refused (`TokenAmountMismatch`); one that answers a transfer with `false` is
+/// refused on the way in, and on the way out its payout is kept for the party to withdraw
+/// (`owed`, `withdraw`) instead of blocking the close; one that returns nothing (USDT-style)
+/// is accepted.
 /// @dev `ChannelState` / `Lock` and the EIP-712 domain must match
 /// `crates/teepay-types/src/channel.rs` exactly; the Rust tests sign there and close here.
 contract PaymentChannels {
@@ -38,6 +45,8 @@ contract PaymentChannels {
     /// signed close stale: it is paid back to whoever made it.
     struct ChannelState {
         bytes32 channelId;
+        /// The channel's asset: zero for ether, else the ERC-20 token's address.
+        address token;
         uint64 version;
         uint256 depositA;
         uint256 depositB;
@@ -46,13 +55,15 @@ contract PaymentChannels {
         Lock[] locks;
     }
 
-    /// Two storage slots: parties + status, then both deposits.
+    /// Parties + status, then both deposits, then the token (an ether channel leaves that
+    /// slot empty: no extra write).
     struct Channel {
         address a;
         uint8 status;
         address b;
         uint128 depositA;
         uint128 depositB;
+        address token;
     }
 
     uint8 internal constant STATUS_OPEN = 1;
@@ -74,7 +85,7 @@ contract PaymentChannels {
         "Lock(bytes32 instanceId,uint256 amount,bool aToB,uint8 phase,uint8 kind,address hub,uint64 deadline)"
     );
     bytes32 internal constant CHANNEL_STATE_TYPEHASH = keccak256(
-        "ChannelState(bytes32 channelId,uint64 version,uint256 depositA,uint256 depositB,uint256 balanceA,uint256 balanceB,Lock[] locks)"
+        "ChannelState(bytes32 channelId,address token,uint64 version,uint256 depositA,uint256 depositB,uint256 balanceA,uint256 balanceB,Lock[] locks)"
         "Lock(bytes32 instanceId,uint256 amount,bool aToB,uint8 phase,uint8 kind,address hub,uint64 deadline)"
     );
     bytes32 internal constant DOMAIN_TYPEHASH =
@@ -99,11 +110,18 @@ contract PaymentChannels {
     /// Hub identity → swap instance id → its decision. Keyed by hub too: a certificate of
     /// any other key decides nothing for locks that name this hub.
     mapping(address => mapping(bytes32 => SwapDecision)) public swapDecisions;
+    /// Party → token → payouts its token refused to transfer at a close, to `withdraw`.
+    mapping(address => mapping(address => uint256)) public owed;
 
     event MeasurementAllowed(bytes32 indexed measurement, bool allowed);
     event EnclaveRegistered(address indexed enclave, bytes32 indexed measurement);
     event ChannelOpened(
-        bytes32 indexed channelId, address indexed a, address indexed b, uint256 deposit, uint64 nonce
+        bytes32 indexed channelId,
+        address indexed a,
+        address indexed b,
+        uint256 deposit,
+        uint64 nonce,
+        address token
     );
     event ChannelFunded(
         bytes32 indexed channelId, address indexed party, uint256 amount, uint256 depositA, uint256 depositB
@@ -115,6 +133,9 @@ contract PaymentChannels {
     event ChannelClosed(
         bytes32 indexed channelId, uint64 version, uint256 payoutA, uint256 payoutB, bool ejected
     );
+    /// A token transfer out failed: `amount` is kept for `party` to withdraw.
+    event PayoutDeferred(address indexed party, address indexed token, uint256 amount);
+    event Withdrawn(address indexed party, address indexed token, uint256 amount);
 
     error NotOwner();
     error MeasurementNotAllowed();
@@ -137,6 +158,10 @@ contract PaymentChannels {
     error DecisionFinal();
     error DeadlineNotReached();
     error NothingToClaim();
+    error BadToken();
+    error BadValue();
+    error TokenTransferFailed();
+    error TokenAmountMismatch();
 
     constructor(address authority_, bytes32[] memory measurements, uint64 challengeWindow_) {
         authority = authority_;
@@ -173,39 +198,55 @@ contract PaymentChannels {
 
     // ---------------------------------------------------------------- channels
 
-    /// @notice Opens a channel from the sending enclave to `peer`, funded with `msg.value`.
-    /// Both must be registered with a measurement that is still allowed.
-    function openChannel(address peer) external payable returns (bytes32 channelId) {
+    /// @notice Opens a channel of `token` (zero: ether) from the sending enclave to `peer`,
+    /// funded with `amount`: ether sent with the call, or tokens pulled with `transferFrom`
+    /// (approved beforehand). Both must be registered with a measurement still allowed.
+    function openChannel(address peer, address token, uint256 amount)
+        external
+        payable
+        returns (bytes32 channelId)
+    {
         _requireActiveEnclave(msg.sender);
         _requireActiveEnclave(peer);
         if (peer == msg.sender) revert BadPeer();
-        if (msg.value > type(uint128).max) revert AmountTooLarge();
+        if (amount > type(uint128).max) revert AmountTooLarge();
         uint64 nonce = channelCount;
         channelCount = nonce + 1;
-        // Bound to this chain and this deployment: the same parties and nonce elsewhere give
-        // another id, so no enclave can confuse two channels (DESIGN §9).
-        channelId = keccak256(abi.encode(block.chainid, address(this), msg.sender, peer, nonce));
+        // Bound to this chain, this deployment and this asset: the same parties and nonce
+        // elsewhere give another id, so no enclave can confuse two channels (DESIGN §9, §11).
+        channelId = keccak256(abi.encode(block.chainid, address(this), msg.sender, peer, nonce, token));
         channels[channelId] = Channel({
-            a: msg.sender, status: STATUS_OPEN, b: peer, depositA: uint128(msg.value), depositB: 0
+            a: msg.sender, status: STATUS_OPEN, b: peer, depositA: uint128(amount), depositB: 0, token: token
         });
-        emit ChannelOpened(channelId, msg.sender, peer, msg.value, nonce);
+        emit ChannelOpened(channelId, msg.sender, peer, amount, nonce, token);
+        _receive(token, amount);
     }
 
-    /// @notice Adds `msg.value` to the sender's side of an open channel.
-    function deposit(bytes32 channelId) external payable {
+    /// @notice Adds `amount` of the channel's asset to the sender's side of an open channel.
+    function deposit(bytes32 channelId, uint256 amount) external payable {
         Channel storage ch = channels[channelId];
         _requireOpen(ch.status);
-        if (msg.value == 0) revert ZeroAmount();
+        if (amount == 0) revert ZeroAmount();
         uint256 depositA = ch.depositA;
         uint256 depositB = ch.depositB;
-        if (msg.sender == ch.a) depositA += msg.value;
-        else if (msg.sender == ch.b) depositB += msg.value;
+        if (msg.sender == ch.a) depositA += amount;
+        else if (msg.sender == ch.b) depositB += amount;
         else revert NotAParty();
         // Both sides together must fit the enclaves' 128-bit amounts.
         if (depositA + depositB > type(uint128).max) revert AmountTooLarge();
         ch.depositA = uint128(depositA);
         ch.depositB = uint128(depositB);
-        emit ChannelFunded(channelId, msg.sender, msg.value, depositA, depositB);
+        emit ChannelFunded(channelId, msg.sender, amount, depositA, depositB);
+        _receive(ch.token, amount);
+    }
+
+    /// @notice Pays out what a token refused to transfer at a close (`PayoutDeferred`).
+    function withdraw(address token) external {
+        uint256 amount = owed[msg.sender][token];
+        if (amount == 0) revert ZeroAmount();
+        owed[msg.sender][token] = 0;
+        emit Withdrawn(msg.sender, token, amount);
+        if (!_tryTransfer(token, msg.sender, amount)) revert TokenTransferFailed();
     }
 
     /// @notice Closes (no locks) or ejects (multi-hop locks) a channel with a state signed by
@@ -215,6 +256,8 @@ contract PaymentChannels {
         _requireOpen(ch.status);
         address a = ch.a;
         address b = ch.b;
+        address token = ch.token;
+        if (state.token != token) revert BadToken();
         address signer = _recover(_digest(state), sig);
         if (signer != a && signer != b) revert NotAParty();
         uint256 depositA = ch.depositA;
@@ -267,8 +310,8 @@ contract PaymentChannels {
         // Effects before interactions: a re-entrant call finds the channel closed.
         ch.status = STATUS_CLOSED;
         emit ChannelClosed(state.channelId, state.version, payA, payB, n != 0);
-        _pay(a, payA);
-        _pay(b, payB);
+        _pay(token, a, payA);
+        _pay(token, b, payB);
     }
 
     // ---------------------------------------------------------------- swap decisions
@@ -297,6 +340,7 @@ contract PaymentChannels {
     function claimRevert(ChannelState calldata state, bytes calldata sig) external {
         Channel storage ch = channels[state.channelId];
         _requireOpen(ch.status);
+        if (state.token != ch.token) revert BadToken();
         address signer = _recover(_digest(state), sig);
         if (signer != ch.a && signer != ch.b) revert NotAParty();
         uint256 n = state.locks.length;
@@ -347,10 +391,46 @@ contract PaymentChannels {
         revert ChannelNotOpen();
     }
 
-    function _pay(address to, uint256 amount) internal {
+    /// Takes `amount` of `token` (zero: ether, which came with the call) from the sender.
+    function _receive(address token, uint256 amount) internal {
+        if (token == address(0)) {
+            if (msg.value != amount) revert BadValue();
+            return;
+        }
+        if (msg.value != 0) revert BadValue();
+        if (token.code.length == 0) revert BadToken();
+        uint256 before = _balanceOf(token);
+        (bool ok, bytes memory ret) = token.call(abi.encodeWithSelector(0x23b872dd, msg.sender, address(this), amount));
+        if (!ok || (ret.length != 0 && (ret.length != 32 || abi.decode(ret, (uint256)) != 1))) {
+            revert TokenTransferFailed();
+        }
+        // Fee-on-transfer (or rebasing) tokens would leave channels owing more than they hold.
+        if (_balanceOf(token) - before != amount) revert TokenAmountMismatch();
+    }
+
+    function _balanceOf(address token) internal view returns (uint256) {
+        (bool ok, bytes memory ret) = token.staticcall(abi.encodeWithSelector(0x70a08231, address(this)));
+        if (!ok || ret.length != 32) revert BadToken();
+        return abi.decode(ret, (uint256));
+    }
+
+    /// `transfer(to, amount)` of `token`: true if it succeeded (returned true or nothing).
+    function _tryTransfer(address token, address to, uint256 amount) internal returns (bool) {
+        (bool ok, bytes memory ret) = token.call(abi.encodeWithSelector(0xa9059cbb, to, amount));
+        return ok && (ret.length == 0 || (ret.length == 32 && abi.decode(ret, (uint256)) == 1));
+    }
+
+    /// Pays `amount` of `token` (zero: ether) to `to`. A token transfer that fails does not
+    /// block the close: the amount is kept for `to` to withdraw.
+    function _pay(address token, address to, uint256 amount) internal {
         if (amount == 0) return;
-        (bool ok,) = to.call{value: amount}("");
-        if (!ok) revert PayoutFailed();
+        if (token == address(0)) {
+            (bool ok,) = to.call{value: amount}("");
+            if (!ok) revert PayoutFailed();
+        } else if (!_tryTransfer(token, to, amount)) {
+            owed[to][token] += amount;
+            emit PayoutDeferred(to, token, amount);
+        }
     }
 
     function _domainSeparator() internal view returns (bytes32) {
@@ -378,6 +458,7 @@ contract PaymentChannels {
             abi.encode(
                 CHANNEL_STATE_TYPEHASH,
                 state.channelId,
+                state.token,
                 state.version,
                 state.depositA,
                 state.depositB,

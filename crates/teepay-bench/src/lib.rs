@@ -314,6 +314,7 @@ fn fund<P: Platform>(enclaves: &mut [NodeEnclave<P>], scn: &Scenario) -> Result<
             nonce: nonce as u64,
             deposit_a: bal_x,
             deposit_b: bal_y,
+            token: Address::default(),
         };
         let id = onchain.id();
         ids.push(id);

@@ -91,6 +91,7 @@ pub fn run(channels: usize, json: bool) -> Result<ExitCode> {
                         b: evm(bb),
                         deposit: U256::from(c.balance_a),
                         nonce: (b * PER_BLOCK + j) as u64,
+                        token: evm(teepay_types::Address::default()),
                     },
                     block,
                     idx,

@@ -51,13 +51,14 @@ fn deposits(rt: &tokio::runtime::Runtime) -> (EmbeddedChain, Vec<Vec<u8>>) {
             let call = teepay_types::register_enclave_call(&q);
             send_from_key(&chain, &dev_key(0), Some(d.address), Amount(0), call).await.unwrap();
         }
-        let open = teepay_types::open_channel_call(b.address());
+        let open = teepay_types::open_channel_call(b.address(), Address::default(), Amount(1000));
         let r = send_from_key(&chain, &a, Some(d.address), Amount(1000), open).await.unwrap();
         (d.address, contract::opened_channel(&r).expect("ChannelOpened event"))
     });
     let (to, id): (Address, ChannelId) = channel;
     let nonce = rt.block_on(chain.nonce(a.address())).unwrap();
-    let txs = (0..TXS as u64).map(|n| signed(&a, nonce + n, to, 1, deposit_call(id), 60_000)).collect();
+    let txs =
+        (0..TXS as u64).map(|n| signed(&a, nonce + n, to, 1, deposit_call(id, Amount(1)), 60_000)).collect();
     (chain, txs)
 }
 

@@ -44,6 +44,8 @@ pub enum ContractEvent {
         b: Address,
         deposit: Amount,
         nonce: u64,
+        /// Zero for an ether channel, else its ERC-20 token.
+        token: Address,
     },
     ChannelFunded {
         channel: ChannelId,
@@ -63,6 +65,17 @@ pub enum ContractEvent {
         payout_a: Amount,
         payout_b: Amount,
         ejected: bool,
+    },
+    /// A token refused a close's payout: kept for `party` to withdraw.
+    PayoutDeferred {
+        party: Address,
+        token: Address,
+        amount: Amount,
+    },
+    Withdrawn {
+        party: Address,
+        token: Address,
+        amount: Amount,
     },
     /// A hub's decision certificate was recorded: every watcher can hand it to its enclave.
     DecisionRecorded {
@@ -118,6 +131,7 @@ impl ContractEvent {
                 b: ours(e.b),
                 deposit: amount(e.deposit)?,
                 nonce: e.nonce,
+                token: ours(e.token),
             },
             E::ChannelFunded(e) => ContractEvent::ChannelFunded {
                 channel: ChannelId(e.channelId.0),
@@ -156,6 +170,16 @@ impl ContractEvent {
                 payout_a: amount(e.payoutA)?,
                 payout_b: amount(e.payoutB)?,
                 ejected: e.ejected,
+            },
+            E::PayoutDeferred(e) => ContractEvent::PayoutDeferred {
+                party: ours(e.party),
+                token: ours(e.token),
+                amount: amount(e.amount)?,
+            },
+            E::Withdrawn(e) => ContractEvent::Withdrawn {
+                party: ours(e.party),
+                token: ours(e.token),
+                amount: amount(e.amount)?,
             },
         }))
     }
@@ -263,6 +287,68 @@ pub async fn deploy<C: Chain>(
     measurements: &[Hash32],
 ) -> Result<Deployment, ChainError> {
     deploy_with_window(chain, deployer, authority, measurements, DEFAULT_CHALLENGE_WINDOW).await
+}
+
+/// Deploys a plain ERC-20 test token (`contracts/TestToken.sol`; anyone may mint it on a
+/// local chain). `mode` makes it misbehave for tests: 0 standard, 1 no return values, 2 a 1%
+/// fee on transfer, 3 answers `false` while `setRefusing(true)`.
+pub async fn deploy_token<C: Chain>(
+    chain: &C,
+    deployer: &SigningKey,
+    name: &str,
+    symbol: &str,
+    decimals: u8,
+    mode: u8,
+) -> Result<Address, ChainError> {
+    use teepay_types::bindings::TestToken;
+    let mut init = TestToken::BYTECODE.to_vec();
+    init.extend(
+        TestToken::constructorCall {
+            name_: name.to_string(),
+            symbol_: symbol.to_string(),
+            decimals_: decimals,
+            mode_: mode,
+        }
+        .abi_encode(),
+    );
+    let receipt = send_from_key(chain, deployer, None, Amount(0), init).await?;
+    match (receipt.success, receipt.contract_address) {
+        (true, Some(a)) => Ok(a),
+        _ => Err(ChainError::Rejected("TestToken deployment reverted".into())),
+    }
+}
+
+/// Mints `amount` of a test token to `to` (sent by `from`).
+pub async fn mint_token<C: Chain>(
+    chain: &C,
+    from: &SigningKey,
+    token: Address,
+    to: Address,
+    amount: Amount,
+) -> Result<(), ChainError> {
+    use teepay_types::bindings::TestToken;
+    let call =
+        TestToken::mintCall { to: EvmAddress::from(to.0), amount: alloy_primitives::U256::from(amount.0) };
+    let receipt = send_from_key(chain, from, Some(token), Amount(0), call.abi_encode()).await?;
+    if !receipt.success {
+        return Err(ChainError::Rejected("mint reverted".into()));
+    }
+    Ok(())
+}
+
+/// An ERC-20 balance (`balanceOf(holder)`).
+pub async fn token_balance<C: Chain>(
+    chain: &C,
+    token: Address,
+    holder: Address,
+) -> Result<Amount, ChainError> {
+    use teepay_types::bindings::TestToken;
+    let call = TestToken::balanceOfCall(EvmAddress::from(holder.0));
+    let req = CallRequest { to: Some(token), data: call.abi_encode(), ..CallRequest::default() };
+    let out = chain.call(&req).await?;
+    let value = alloy_primitives::U256::try_from_be_slice(&out)
+        .ok_or_else(|| ChainError::Rejected("balanceOf answered no number".into()))?;
+    amount(value)
 }
 
 /// [`deploy`] with a REVERT claim's challenge window of `challenge_window` seconds.

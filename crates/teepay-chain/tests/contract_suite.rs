@@ -53,11 +53,19 @@ async fn open_raw<C: Chain>(
     dep_a: u128,
     dep_b: u128,
 ) -> ChannelId {
-    let r =
-        l.send("openChannel", a, Some(d.address), dep_a, open_channel_call(b.address())).await.expect("open");
+    let r = l
+        .send(
+            "openChannel",
+            a,
+            Some(d.address),
+            dep_a,
+            open_channel_call(b.address(), Address::default(), Amount(dep_a)),
+        )
+        .await
+        .expect("open");
     let id = opened_channel(&r).expect("ChannelOpened event");
     if dep_b > 0 {
-        l.send("deposit", b, Some(d.address), dep_b, deposit_call(id)).await.expect("deposit");
+        l.send("deposit", b, Some(d.address), dep_b, deposit_call(id, Amount(dep_b))).await.expect("deposit");
     }
     id
 }
@@ -87,6 +95,7 @@ fn state(
         chain: l_chain,
         contract: d.address,
         channel: id,
+        token: Address::default(),
         version,
         deposit_a: Amount(deposits.0),
         deposit_b: Amount(deposits.1),
@@ -154,13 +163,14 @@ async fn cooperative<C: Chain>(l: &mut Ledger<'_, C>) {
         from: Some(a.address()),
         to: Some(d.address),
         value: Amount(dep_a),
-        data: open_channel_call(b.address()),
+        data: open_channel_call(b.address(), Address::default(), Amount(dep_a)),
     };
     let peer = b.address();
     let r = l
         .enclave_tx("openChannel", &mut a, None, Some(est), |gas| Request::BuildOpenChannel {
             chain,
             peer,
+            token: Address::default(),
             deposit: Amount(dep_a),
             gas,
         })
@@ -176,7 +186,7 @@ async fn cooperative<C: Chain>(l: &mut Ledger<'_, C>) {
         from: Some(b.address()),
         to: Some(d.address),
         value: Amount(dep_b),
-        data: deposit_call(id),
+        data: deposit_call(id, Amount(dep_b)),
     };
     let r = l
         .enclave_tx("deposit", &mut b, None, Some(est), |gas| Request::BuildDeposit {
@@ -353,25 +363,53 @@ async fn rejections<C: Chain>(l: &mut Ledger<'_, C>) {
     let good = state(l.chain_id, &d, id, 1, (dep, 0), dep - 5, 5, Vec::new());
 
     assert_eq!(
-        l.send("openChannel", &a, Some(d.address), 1, open_channel_call(unregistered.address()))
-            .await
-            .unwrap_err(),
+        l.send(
+            "openChannel",
+            &a,
+            Some(d.address),
+            1,
+            open_channel_call(unregistered.address(), Address::default(), Amount(1))
+        )
+        .await
+        .unwrap_err(),
         "NotRegistered"
     );
     assert_eq!(
-        l.send("openChannel", &unregistered, Some(d.address), 1, open_channel_call(a.address()))
-            .await
-            .unwrap_err(),
+        l.send(
+            "openChannel",
+            &unregistered,
+            Some(d.address),
+            1,
+            open_channel_call(a.address(), Address::default(), Amount(1))
+        )
+        .await
+        .unwrap_err(),
         "NotRegistered"
     );
     assert_eq!(
-        l.send("openChannel", &a, Some(d.address), 1, open_channel_call(a.address())).await.unwrap_err(),
+        l.send(
+            "openChannel",
+            &a,
+            Some(d.address),
+            1,
+            open_channel_call(a.address(), Address::default(), Amount(1))
+        )
+        .await
+        .unwrap_err(),
         "BadPeer"
     );
-    assert_eq!(l.send("deposit", &c, Some(d.address), 1, deposit_call(id)).await.unwrap_err(), "NotAParty");
-    assert_eq!(l.send("deposit", &a, Some(d.address), 0, deposit_call(id)).await.unwrap_err(), "ZeroAmount");
     assert_eq!(
-        l.send("deposit", &a, Some(d.address), 1, deposit_call(ChannelId([9; 32]))).await.unwrap_err(),
+        l.send("deposit", &c, Some(d.address), 1, deposit_call(id, Amount(1))).await.unwrap_err(),
+        "NotAParty"
+    );
+    assert_eq!(
+        l.send("deposit", &a, Some(d.address), 0, deposit_call(id, Amount(0))).await.unwrap_err(),
+        "ZeroAmount"
+    );
+    assert_eq!(
+        l.send("deposit", &a, Some(d.address), 1, deposit_call(ChannelId([9; 32]), Amount(1)))
+            .await
+            .unwrap_err(),
         "UnknownChannel"
     );
 
@@ -454,7 +492,15 @@ async fn rejections<C: Chain>(l: &mut Ledger<'_, C>) {
         .await
         .expect("owner");
     assert_eq!(
-        l.send("openChannel", &a, Some(d.address), 1, open_channel_call(b.address())).await.unwrap_err(),
+        l.send(
+            "openChannel",
+            &a,
+            Some(d.address),
+            1,
+            open_channel_call(b.address(), Address::default(), Amount(1))
+        )
+        .await
+        .unwrap_err(),
         "MeasurementNotAllowed"
     );
     assert_eq!(view.channel(id).await.unwrap().status, 1, "refused closes left the channel open");
@@ -483,6 +529,7 @@ fn enclave_refusals(chain: ChainId) {
         node.request(Request::BuildOpenChannel {
             chain: ChainId(chain.0 + 1),
             peer,
+            token: Address::default(),
             deposit: Amount(1),
             gas
         })
@@ -491,7 +538,13 @@ fn enclave_refusals(chain: ChainId) {
     );
     let greedy = teepay_types::GasParams { gas_limit: 10_000_000, max_fee_per_gas: 10u128.pow(12), ..gas };
     assert!(matches!(
-        node.request(Request::BuildOpenChannel { chain, peer, deposit: Amount(1), gas: greedy }),
+        node.request(Request::BuildOpenChannel {
+            chain,
+            peer,
+            token: Address::default(),
+            deposit: Amount(1),
+            gas: greedy
+        }),
         Err(EnclaveError::FeeTooHigh { .. })
     ));
     let opened = FundedChannel {
@@ -502,6 +555,7 @@ fn enclave_refusals(chain: ChainId) {
         nonce: 0,
         deposit_a: Amount(10),
         deposit_b: Amount(0),
+        token: Address::default(),
     };
     for request in opened.requests(true, FeePolicy::default()) {
         node.request(request).unwrap();
@@ -522,6 +576,7 @@ fn enclave_refusals(chain: ChainId) {
         nonce: 1,
         deposit: Amount(1),
         fee: FeePolicy::default(),
+        token: Address::default(),
     };
     assert!(matches!(node.request(Request::AddChannel(wrong)), Err(EnclaveError::WrongContract { .. })));
 }

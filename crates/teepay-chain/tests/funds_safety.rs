@@ -43,6 +43,7 @@ async fn open<C: Chain>(
         .enclave_tx("openChannel", a, Some(300_000), None, |gas| Request::BuildOpenChannel {
             chain,
             peer,
+            token: Address::default(),
             deposit: Amount(dep_a),
             gas,
         })
@@ -120,6 +121,7 @@ async fn a_lying_host_cannot_move_its_peers_deposit() {
         nonce,
         deposit: Amount(dep_a),
         fee: FeePolicy::default(),
+        token: Address::default(),
     };
     // "I opened it, so the deposit is mine": the id no longer derives.
     let swapped = NewChannel { local_is_a: true, ..honest.clone() };
@@ -254,13 +256,31 @@ async fn channel_ids_bind_chain_and_contract() {
                 .await
                 .unwrap();
         }
-        let r =
-            l.send("openChannel", &a, Some(d.address), 1000, open_channel_call(b.address())).await.unwrap();
+        let r = l
+            .send(
+                "openChannel",
+                &a,
+                Some(d.address),
+                1000,
+                open_channel_call(b.address(), Address::default(), Amount(1000)),
+            )
+            .await
+            .unwrap();
         let id = opened_channel(&r).unwrap();
-        assert_eq!(id, derive_channel_id(l.chain_id, d.address, a.address(), b.address(), 0));
+        assert_eq!(
+            id,
+            derive_channel_id(l.chain_id, d.address, a.address(), b.address(), 0, Address::default())
+        );
         assert_ne!(
             id,
-            derive_channel_id(ChainId(l.chain_id.0 + 1), d.address, a.address(), b.address(), 0),
+            derive_channel_id(
+                ChainId(l.chain_id.0 + 1),
+                d.address,
+                a.address(),
+                b.address(),
+                0,
+                Address::default()
+            ),
             "another chain id gives another id"
         );
         ids.push(id);
@@ -279,6 +299,7 @@ async fn channel_ids_bind_chain_and_contract() {
         nonce: 0,
         deposit: Amount(1000),
         fee: FeePolicy::default(),
+        token: Address::default(),
     };
     assert!(matches!(
         node.request(Request::AddChannel(foreign.clone())).unwrap_err(),
@@ -290,7 +311,7 @@ async fn channel_ids_bind_chain_and_contract() {
         EnclaveError::ChannelIdMismatch { .. }
     ));
     assert!(node.enclave.inspect().channels.is_empty());
-    let _ = deposit_call(ids[0]); // the deposit calldata takes the bound id as is
+    let _ = deposit_call(ids[0], Amount(1)); // the deposit calldata takes the bound id as is
 }
 
 fn cap_state(chain: ChainId, d: Address, id: ChannelId, dep: u128, locks: usize) -> ChannelState {
@@ -298,6 +319,7 @@ fn cap_state(chain: ChainId, d: Address, id: ChannelId, dep: u128, locks: usize)
         chain,
         contract: d,
         channel: id,
+        token: Address::default(),
         version: 1,
         deposit_a: Amount(dep),
         deposit_b: Amount(0),
@@ -342,8 +364,16 @@ async fn a_channel_at_the_lock_cap_closes_within_its_gas() {
     }
     let dep = ETHER / 10;
     let open_one = async |l: &mut Ledger<'_, EmbeddedChain>| {
-        let r =
-            l.send("openChannel", &a, Some(d.address), dep, open_channel_call(b.address())).await.unwrap();
+        let r = l
+            .send(
+                "openChannel",
+                &a,
+                Some(d.address),
+                dep,
+                open_channel_call(b.address(), Address::default(), Amount(dep)),
+            )
+            .await
+            .unwrap();
         opened_channel(&r).unwrap()
     };
     let over = open_one(&mut l).await;

@@ -10,8 +10,8 @@ use teepay_chain::{ChainError, EmbeddedChain};
 use teepay_sim::contract::{ContractModel, OnchainChannel};
 use teepay_sim::rng::SplitMix64;
 use teepay_types::{
-    Amount, ChainId, ChannelId, ChannelState, InstanceId, InstanceKind, LockState, Outcome, Phase, Report,
-    SigningKey, close_channel_call, deposit_call, open_channel_call, register_enclave_call,
+    Address, Amount, ChainId, ChannelId, ChannelState, InstanceId, InstanceKind, LockState, Outcome, Phase,
+    Report, SigningKey, close_channel_call, deposit_call, open_channel_call, register_enclave_call,
 };
 
 const CHAIN: ChainId = ChainId(777);
@@ -49,15 +49,21 @@ async fn run(seed: u64) -> (usize, usize) {
             &parties[a],
             Some(d.address),
             Amount(dep_a),
-            open_channel_call(parties[b].address()),
+            open_channel_call(parties[b].address(), Address::default(), Amount(dep_a)),
         )
         .await
         .unwrap();
         let id = opened_channel(&r).expect("ChannelOpened event");
         if dep_b > 0 {
-            send_from_key(&chain, &parties[b], Some(d.address), Amount(dep_b), deposit_call(id))
-                .await
-                .unwrap();
+            send_from_key(
+                &chain,
+                &parties[b],
+                Some(d.address),
+                Amount(dep_b),
+                deposit_call(id, Amount(dep_b)),
+            )
+            .await
+            .unwrap();
         }
         let onchain = OnchainChannel {
             chain: CHAIN,
@@ -108,6 +114,7 @@ async fn run(seed: u64) -> (usize, usize) {
             chain: CHAIN,
             contract: d.address,
             channel: id,
+            token: Address::default(),
             version: rng.below(100),
             deposit_a: Amount(seen_a),
             deposit_b: Amount(seen_b),

@@ -80,6 +80,7 @@ async fn setup<'a>(c1: &'a EmbeddedChain, c2: &'a EmbeddedChain) -> Net<'a> {
             .enclave_tx("openChannel", opener, Some(300_000), None, |gas| Request::BuildOpenChannel {
                 chain,
                 peer: to,
+                token: Address::default(),
                 deposit: Amount(DEP),
                 gas,
             })

@@ -71,6 +71,11 @@ fn plan_locks(
             if !channel.is_open() {
                 return Err(NackReason::ChannelClosed);
             }
+            // Payments and swaps move ether only so far: a token channel never carries one
+            // (its units are not wei).
+            if channel.token != Address::default() {
+                return Err(NackReason::WrongAsset);
+            }
             // Each channel appears once per instance (`validate_structure`), so this bounds
             // the locks of every channel, and with them the gas of its close or eject.
             if channel.locks.len() >= MAX_LOCKS_PER_CHANNEL {

@@ -64,6 +64,8 @@ pub struct NewChannel {
     /// What the opener (party A) deposited with the open.
     pub deposit: Amount,
     pub fee: FeePolicy,
+    /// The channel's asset (zero: ether); part of the id, so a host cannot misreport it.
+    pub token: Address,
 }
 
 /// Refuses gas parameters that could spend more than `limit`.
@@ -96,12 +98,14 @@ pub struct FundedChannel {
     pub nonce: u64,
     pub deposit_a: Amount,
     pub deposit_b: Amount,
+    /// Zero for ether, else the ERC-20 token the channel holds.
+    pub token: Address,
 }
 
 impl FundedChannel {
     /// The id the contract gives this channel.
     pub fn id(&self) -> ChannelId {
-        teepay_types::derive_channel_id(self.chain, self.contract, self.a, self.b, self.nonce)
+        teepay_types::derive_channel_id(self.chain, self.contract, self.a, self.b, self.nonce, self.token)
     }
 
     /// `AddChannel` (the open), then `Deposit` when B funded its side, for the enclave of
@@ -116,6 +120,7 @@ impl FundedChannel {
             nonce: self.nonce,
             deposit: self.deposit_a,
             fee,
+            token: self.token,
         };
         let mut requests = vec![Request::AddChannel(new)];
         if !self.deposit_b.is_zero() {
@@ -456,13 +461,26 @@ impl<P: Platform> NodeEnclave<P> {
                     Ok(Output { response: Response::Done, sealed: None })
                 }
             }
-            Request::BuildOpenChannel { chain, peer, deposit, gas } => {
+            Request::BuildOpenChannel { chain, peer, token, deposit, gas } => {
                 if peer == self.address() {
                     return Err(EnclaveError::InvalidOrder("a channel needs two distinct parties"));
                 }
                 let contract = self.state.config.contract(chain).ok_or(EnclaveError::UnknownChain(chain))?;
-                let input = teepay_types::open_channel_call(peer);
-                self.build_tx(chain, contract, deposit, input, gas)
+                let input = teepay_types::open_channel_call(peer, token, deposit);
+                let value = if token == Address::default() { deposit } else { Amount::ZERO };
+                self.build_tx(chain, contract, value, input, gas)
+            }
+            Request::BuildApprove { chain, token, amount, gas } => {
+                if token == Address::default() {
+                    return Err(EnclaveError::InvalidOrder("ether needs no approval"));
+                }
+                let contract = self.state.config.contract(chain).ok_or(EnclaveError::UnknownChain(chain))?;
+                let input = teepay_types::approve_call(contract, amount);
+                self.build_tx(chain, token, Amount::ZERO, input, gas)
+            }
+            Request::BuildWithdrawOwed { chain, token, gas } => {
+                let contract = self.state.config.contract(chain).ok_or(EnclaveError::UnknownChain(chain))?;
+                self.build_tx(chain, contract, Amount::ZERO, teepay_types::withdraw_owed_call(token), gas)
             }
             Request::BuildDeposit { channel, amount, gas } => {
                 if amount.is_zero() {
@@ -470,7 +488,8 @@ impl<P: Platform> NodeEnclave<P> {
                 }
                 let ch = self.open_channel_mut(channel)?;
                 let (chain, contract) = (ch.chain, ch.contract);
-                self.build_tx(chain, contract, amount, teepay_types::deposit_call(channel), gas)
+                let value = if ch.token == Address::default() { amount } else { Amount::ZERO };
+                self.build_tx(chain, contract, value, teepay_types::deposit_call(channel, amount), gas)
             }
             Request::BuildClose { channel, gas } => self.build_close(channel, gas, now),
             Request::Decision(cert) => {
@@ -592,7 +611,7 @@ impl<P: Platform> NodeEnclave<P> {
         }
         let me = self.address();
         let (a, b) = if new.local_is_a { (me, new.peer) } else { (new.peer, me) };
-        let derived = teepay_types::derive_channel_id(new.chain, new.contract, a, b, new.nonce);
+        let derived = teepay_types::derive_channel_id(new.chain, new.contract, a, b, new.nonce, new.token);
         if derived != new.id {
             return Err(EnclaveError::ChannelIdMismatch { reported: new.id, derived });
         }
@@ -602,6 +621,7 @@ impl<P: Platform> NodeEnclave<P> {
             chain: new.chain,
             contract: new.contract,
             id: new.id,
+            token: new.token,
             peer: new.peer,
             local_is_a: new.local_is_a,
             deposit_local,

@@ -112,10 +112,29 @@ pub enum Request {
     BuildOpenChannel {
         chain: ChainId,
         peer: Address,
+        /// The channel's asset: zero for ether (sent as the value), else an ERC-20 token the
+        /// contract pulls (approved first: [`Request::BuildApprove`]).
+        token: Address,
         deposit: Amount,
         gas: GasParams,
     },
-    /// Build and sign `deposit(channel)` adding `amount` to this enclave's side.
+    /// Build and sign `approve(contract, amount)` on `token`: lets `chain`'s configured
+    /// contract (and no one else) pull this much of the token for an open or a deposit.
+    BuildApprove {
+        chain: ChainId,
+        token: Address,
+        amount: Amount,
+        gas: GasParams,
+    },
+    /// Build and sign `withdraw(token)` on `chain`'s contract: the token payouts a close could
+    /// not transfer to this enclave (the token refused), kept there for it.
+    BuildWithdrawOwed {
+        chain: ChainId,
+        token: Address,
+        gas: GasParams,
+    },
+    /// Build and sign `deposit(channel, amount)` adding `amount` of the channel's asset to
+    /// this enclave's side (a token channel's: approved first).
     BuildDeposit {
         channel: ChannelId,
         amount: Amount,

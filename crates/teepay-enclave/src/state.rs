@@ -40,6 +40,8 @@ pub struct Channel {
     pub chain: ChainId,
     pub contract: Address,
     pub id: ChannelId,
+    /// The channel's asset: zero for ether, else the ERC-20 token's address.
+    pub token: Address,
     pub peer: Address,
     pub local_is_a: bool,
     /// The deposits this enclave has seen on each side (the signed state carries them, and
@@ -110,6 +112,7 @@ impl Channel {
             chain: self.chain,
             contract: self.contract,
             channel: self.id,
+            token: self.token,
             version: self.version,
             deposit_a,
             deposit_b,

@@ -288,8 +288,15 @@ fn event_seeds(_: &Corpus) -> Vec<Vec<u8>> {
     let (a, b) = (Address([1; 20]), Address([2; 20]));
     let id = B256::from([3; 32]);
     let logs = [
-        PC::ChannelOpened { channelId: id, a: evm(a), b: evm(b), deposit: U256::from(100), nonce: 7 }
-            .encode_log_data(),
+        PC::ChannelOpened {
+            channelId: id,
+            a: evm(a),
+            b: evm(b),
+            deposit: U256::from(100),
+            nonce: 7,
+            token: evm(Address([0; 20])),
+        }
+        .encode_log_data(),
         PC::ChannelFunded {
             channelId: id,
             party: evm(b),

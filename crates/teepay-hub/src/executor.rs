@@ -265,8 +265,10 @@ impl<P: Platform> Executor<P> {
     ) -> Result<(), ExecError> {
         let graph = self.network.chain_mut(chain);
         match *event {
-            ContractEvent::ChannelOpened { channel, a, b, deposit, .. } => {
-                if graph.channel(channel).is_none() {
+            ContractEvent::ChannelOpened { channel, a, b, deposit, token, .. } => {
+                // The map routes ether only so far: a token channel stays out of it (and so do
+                // its deposits and its close, below).
+                if token == Address::default() && graph.channel(channel).is_none() {
                     graph.upsert_channel(&ChannelInfo {
                         id: channel,
                         a,
@@ -279,9 +281,15 @@ impl<P: Platform> Executor<P> {
                 }
             }
             ContractEvent::ChannelFunded { channel, party, amount, .. } => {
-                graph.credit(channel, party, amount)?
+                if graph.channel(channel).is_some() {
+                    graph.credit(channel, party, amount)?
+                }
             }
-            ContractEvent::ChannelClosed { channel, .. } => graph.close_channel(channel)?,
+            ContractEvent::ChannelClosed { channel, .. } => {
+                if graph.channel(channel).is_some() {
+                    graph.close_channel(channel)?
+                }
+            }
             ContractEvent::InstanceResolved { instance, applied, .. } => {
                 let outcome = if applied { Outcome::Apply } else { Outcome::Revert };
                 // Repeats (one event per ejected channel) are accepted by the hub enclave.
@@ -291,7 +299,9 @@ impl<P: Platform> Executor<P> {
             ContractEvent::MeasurementAllowed { .. }
             | ContractEvent::EnclaveRegistered { .. }
             | ContractEvent::DecisionRecorded { .. }
-            | ContractEvent::RevertClaimed { .. } => {}
+            | ContractEvent::RevertClaimed { .. }
+            | ContractEvent::PayoutDeferred { .. }
+            | ContractEvent::Withdrawn { .. } => {}
         }
         Ok(())
     }

@@ -30,7 +30,11 @@ pub async fn load_network(store: &Store) -> Result<Network, HubError> {
     let mut failed = None;
     store
         .for_each_channel(|ch| {
-            if ch.status != ChannelStatus::Open || failed.is_some() {
+            // The map routes ether: token channels wait for per-asset routing (issue 16).
+            if ch.status != ChannelStatus::Open
+                || ch.token != teepay_types::Address::default()
+                || failed.is_some()
+            {
                 return Ok(());
             }
             let info = ChannelInfo {

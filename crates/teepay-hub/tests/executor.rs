@@ -92,6 +92,7 @@ impl Net {
             nonce: u64::from(self.next_channel),
             deposit_a: Amount(deposits.0),
             deposit_b: Amount(deposits.1),
+            token: teepay_types::Address::default(),
         };
         let id = onchain.id();
         self.next_channel += 1;

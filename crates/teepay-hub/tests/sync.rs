@@ -37,9 +37,15 @@ async fn setup<C: Chain>(chain: &C, seed: u8) -> Setup {
             .await
             .unwrap();
     }
-    let r = send_from_key(chain, &a, Some(d.address), Amount(1000), open_channel_call(b.address()))
-        .await
-        .unwrap();
+    let r = send_from_key(
+        chain,
+        &a,
+        Some(d.address),
+        Amount(1000),
+        open_channel_call(b.address(), teepay_types::Address::default(), Amount(1000)),
+    )
+    .await
+    .unwrap();
     let channel = opened_channel(&r).expect("ChannelOpened event");
     Setup { d, a, b, channel }
 }
@@ -80,7 +86,9 @@ async fn follows_the_embedded_chain_with_confirmations_and_resumes() {
     assert_eq!(store.enclaves(ChainId(31337)).await.unwrap().len(), 2);
 
     // B funds; after a restart (new process, same DB file) sync resumes from the cursor.
-    send_from_key(&chain, &s.b, Some(s.d.address), Amount(400), deposit_call(s.channel)).await.unwrap();
+    send_from_key(&chain, &s.b, Some(s.d.address), Amount(400), deposit_call(s.channel, Amount(400)))
+        .await
+        .unwrap();
     for _ in 0..2 {
         send_from_key(&chain, &dev_key(3), Some(dev_key(4).address()), Amount(1), Vec::new()).await.unwrap();
     }
@@ -173,14 +181,18 @@ async fn rolls_back_a_reorganization_on_anvil() {
     sync_to_head(&chain, &store, &cfg).await.unwrap();
 
     let snapshot = rpc(&url, "evm_snapshot", serde_json::json!([]));
-    send_from_key(&chain, &s.b, Some(s.d.address), Amount(300), deposit_call(s.channel)).await.unwrap();
+    send_from_key(&chain, &s.b, Some(s.d.address), Amount(300), deposit_call(s.channel, Amount(300)))
+        .await
+        .unwrap();
     sync_to_head(&chain, &store, &cfg).await.unwrap();
     assert_eq!(store.channel(chain_id, s.channel).await.unwrap().unwrap().deposit_b, Amount(300));
 
     // The funding block is replaced by a different history: a larger funding by B, one block later.
     assert_eq!(rpc(&url, "evm_revert", serde_json::json!([snapshot])), serde_json::json!(true));
     send_from_key(&chain, &dev_key(3), Some(dev_key(4).address()), Amount(1), Vec::new()).await.unwrap();
-    send_from_key(&chain, &s.b, Some(s.d.address), Amount(700), deposit_call(s.channel)).await.unwrap();
+    send_from_key(&chain, &s.b, Some(s.d.address), Amount(700), deposit_call(s.channel, Amount(700)))
+        .await
+        .unwrap();
     let r = sync_to_head(&chain, &store, &cfg).await.unwrap();
     assert!(r.rolled_back_to.is_some(), "the reorganization was detected");
     let ch = store.channel(chain_id, s.channel).await.unwrap().unwrap();

@@ -73,6 +73,8 @@ enum Payment {
 pub struct ChannelView {
     pub chain: ChainId,
     pub id: teepay_types::ChannelId,
+    /// Zero for an ether channel, else its ERC-20 token.
+    pub token: Address,
     pub peer: Address,
     pub local: Amount,
     pub remote: Amount,
@@ -198,6 +200,7 @@ impl<P: Platform> Node<P> {
             .map(|c| ChannelView {
                 chain: c.chain,
                 id: c.id,
+                token: c.token,
                 peer: c.peer,
                 local: c.balance_local,
                 remote: c.balance_peer,

@@ -109,23 +109,38 @@ pub async fn register<C: Chain>(
     .map(Some)
 }
 
-/// Opens a channel to `peer` funded with `deposit` from this enclave's account.
+/// Opens an ether channel to `peer` funded with `deposit` from this enclave's account.
 pub async fn open_channel<C: Chain>(
     node: &NodeHandle,
     link: &ChainLink<C>,
     peer: Address,
     deposit: Amount,
 ) -> Result<(ChannelId, Receipt), OnchainError> {
+    open_channel_of(node, link, peer, Address::default(), deposit).await
+}
+
+/// Opens a channel of `token` (zero: ether) to `peer` funded with `deposit` from this
+/// enclave's account; a token is approved for the contract first.
+pub async fn open_channel_of<C: Chain>(
+    node: &NodeHandle,
+    link: &ChainLink<C>,
+    peer: Address,
+    token: Address,
+    deposit: Amount,
+) -> Result<(ChannelId, Receipt), OnchainError> {
+    approve(node, link, token, deposit).await?;
+    let value = if token == Address::default() { deposit } else { Amount::ZERO };
     let est = CallRequest {
         from: Some(node.address),
         to: Some(link.contract),
-        value: deposit,
-        data: teepay_types::open_channel_call(peer),
+        value,
+        data: teepay_types::open_channel_call(peer, token, deposit),
     };
     let chain = link.id;
     let r = send(node, link, "openChannel", GasLimit::Estimate(est), |gas| Request::BuildOpenChannel {
         chain,
         peer,
+        token,
         deposit,
         gas,
     })
@@ -134,18 +149,49 @@ pub async fn open_channel<C: Chain>(
     Ok((id, r))
 }
 
-/// Adds `amount` to this node's side of `channel`.
+/// Lets the contract pull `amount` of `token` from this enclave's account (nothing for ether).
+async fn approve<C: Chain>(
+    node: &NodeHandle,
+    link: &ChainLink<C>,
+    token: Address,
+    amount: Amount,
+) -> Result<(), OnchainError> {
+    if token == Address::default() {
+        return Ok(());
+    }
+    let est = CallRequest {
+        from: Some(node.address),
+        to: Some(token),
+        value: Amount::ZERO,
+        data: teepay_types::approve_call(link.contract, amount),
+    };
+    let chain = link.id;
+    send(node, link, "approve", GasLimit::Estimate(est), |gas| Request::BuildApprove {
+        chain,
+        token,
+        amount,
+        gas,
+    })
+    .await
+    .map(drop)
+}
+
+/// Adds `amount` of the channel's asset to this node's side of `channel`.
 pub async fn fund<C: Chain>(
     node: &NodeHandle,
     link: &ChainLink<C>,
     channel: ChannelId,
     amount: Amount,
 ) -> Result<Receipt, OnchainError> {
+    let token =
+        node.channels().await?.iter().find(|c| c.id == channel).map_or(Address::default(), |c| c.token);
+    approve(node, link, token, amount).await?;
+    let value = if token == Address::default() { amount } else { Amount::ZERO };
     let est = CallRequest {
         from: Some(node.address),
         to: Some(link.contract),
-        value: amount,
-        data: teepay_types::deposit_call(channel),
+        value,
+        data: teepay_types::deposit_call(channel, amount),
     };
     send(node, link, "deposit", GasLimit::Estimate(est), |gas| Request::BuildDeposit { channel, amount, gas })
         .await
@@ -292,7 +338,7 @@ pub async fn watch_once<C: Chain + Clone + 'static>(
     let me = node.address;
     for logged in events(&link.chain, link.contract, from, safe).await? {
         match logged.event {
-            ContractEvent::ChannelOpened { channel, a, b, deposit, nonce } if a == me || b == me => {
+            ContractEvent::ChannelOpened { channel, a, b, deposit, nonce, token } if a == me || b == me => {
                 let new = NewChannel {
                     chain: link.id,
                     contract: link.contract,
@@ -302,6 +348,7 @@ pub async fn watch_once<C: Chain + Clone + 'static>(
                     nonce,
                     deposit,
                     fee: FeePolicy::default(),
+                    token,
                 };
                 match node.enclave(Request::AddChannel(new)).await {
                     Ok(_) | Err(NodeError::Enclave(EnclaveError::ChannelExists(_))) => {}

@@ -102,6 +102,7 @@ async fn setup_with(name: &str, n: usize, peer_acks: bool) -> Setup {
             nonce: i as u64,
             deposit_a: Amount(100),
             deposit_b: Amount(100),
+            token: Address::default(),
         };
         let id = onchain.id();
         for (k, is_a) in [(i, true), (i + 1, false)] {

@@ -367,6 +367,7 @@ impl World {
             nonce: self.channels.len() as u64,
             deposit_a,
             deposit_b,
+            token: Address::default(),
         };
         let id = onchain.id();
         self.contract

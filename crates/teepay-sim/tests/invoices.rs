@@ -309,3 +309,31 @@ fn invoices_a_host_asks_for_are_bounded_and_forgotten_after_their_retention() {
     assert!(!book.issued.contains_key(&first.invoice.id()), "forgotten after its retention");
     assert_eq!(book.issued.len(), 1);
 }
+
+/// Until payments name their asset, a token channel never carries one: an instance routed
+/// through it (what only a faulty hub would send) is refused by the node with `WrongAsset`.
+#[test]
+fn a_token_channel_carries_no_ether_payment() {
+    let mut f = fixture();
+    let [p, i1, _, _] = f.nodes;
+    let token = teepay_types::Address([0x70; 20]);
+    let onchain = teepay_enclave::FundedChannel {
+        chain: CHAIN_1,
+        contract: teepay_sim::world::CONTRACT,
+        a: f.w.address(p),
+        b: f.w.address(i1),
+        nonce: 99,
+        deposit_a: Amount(100),
+        deposit_b: Amount(100),
+        token,
+    };
+    for (node, is_a) in [(p, true), (i1, false)] {
+        for request in onchain.requests(is_a, FeePolicy::default()) {
+            f.w.node_request(node, request);
+        }
+    }
+    let order = f.order(10, 5);
+    let mut spec = f.spec(1, f.leg(10), order);
+    spec.legs[0].hops[0].channel = onchain.id();
+    f.refused(p, HubItem::Prepare(spec), EnclaveError::Refused(NackReason::WrongAsset));
+}

@@ -140,6 +140,7 @@ fn locked_state(instance: teepay_types::InstanceId, phase: Phase) -> ChannelStat
         chain: ChainId(1),
         contract: CONTRACT,
         channel: ChannelId([3; 32]),
+        token: teepay_types::Address::default(),
         version: 1,
         deposit_a: Amount(100),
         deposit_b: Amount(100),

@@ -19,6 +19,8 @@ pub(crate) async fn apply(conn: &mut AnyConnection, chain: ChainId, log: &LogEnt
         ContractEvent::MeasurementAllowed { .. } => {}
         // Swap decisions are the hub's own; nodes act on these events (DESIGN §10).
         ContractEvent::DecisionRecorded { .. } | ContractEvent::RevertClaimed { .. } => {}
+        // Deferred token payouts are the parties' business, after the close.
+        ContractEvent::PayoutDeferred { .. } | ContractEvent::Withdrawn { .. } => {}
         ContractEvent::EnclaveRegistered { enclave, measurement } => {
             sqlx::query(
                 "INSERT INTO enclaves (chain_id, address, measurement, block_number) VALUES ($1, $2, $3, $4) \
@@ -31,10 +33,10 @@ pub(crate) async fn apply(conn: &mut AnyConnection, chain: ChainId, log: &LogEnt
             .execute(&mut *conn)
             .await?;
         }
-        ContractEvent::ChannelOpened { channel, a, b, deposit, .. } => {
+        ContractEvent::ChannelOpened { channel, a, b, deposit, token, .. } => {
             sqlx::query(
                 "INSERT INTO channels (chain_id, channel_id, party_a, party_b, deposit_a, deposit_b, balance_a, balance_b, \
-                 status, opened_block) VALUES ($1, $2, $3, $4, $5, '0', $5, '0', 'open', $6) ON CONFLICT DO NOTHING",
+                 status, opened_block, token) VALUES ($1, $2, $3, $4, $5, '0', $5, '0', 'open', $6, $7) ON CONFLICT DO NOTHING",
             )
             .bind(c)
             .bind(hex(&channel.0))
@@ -42,6 +44,7 @@ pub(crate) async fn apply(conn: &mut AnyConnection, chain: ChainId, log: &LogEnt
             .bind(addr(b))
             .bind(amount(deposit))
             .bind(block)
+            .bind(addr(token))
             .execute(&mut *conn)
             .await?;
         }

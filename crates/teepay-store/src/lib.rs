@@ -67,6 +67,8 @@ pub struct ChannelRow {
     pub id: ChannelId,
     pub a: Address,
     pub b: Address,
+    /// Zero for an ether channel, else its ERC-20 token.
+    pub token: Address,
     pub deposit_a: Amount,
     pub deposit_b: Amount,
     pub balance_a: Amount,
@@ -411,6 +413,7 @@ fn channel_row(r: &sqlx::any::AnyRow) -> Result<ChannelRow> {
         id: ChannelId(parse_hash(&s("channel_id")?)?),
         a: parse_addr(&s("party_a")?)?,
         b: parse_addr(&s("party_b")?)?,
+        token: parse_addr(&s("token")?)?,
         deposit_a: parse_amount(&s("deposit_a")?)?,
         deposit_b: parse_amount(&s("deposit_b")?)?,
         balance_a: parse_amount(&s("balance_a")?)?,

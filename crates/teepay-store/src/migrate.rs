@@ -5,8 +5,11 @@ use crate::{Backend, Result};
 use sqlx::{AnyPool, Row};
 
 /// (version, SQL) in order. The SQL is shared by both backends; `{BLOB}` is the binary type.
-pub const MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../migrations/0001_init.sql")), (2, include_str!("../migrations/0002_receipts.sql"))];
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_receipts.sql")),
+    (3, include_str!("../migrations/0003_channel_tokens.sql")),
+];
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<Vec<i64>> {
     sqlx::query(

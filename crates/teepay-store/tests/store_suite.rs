@@ -59,6 +59,7 @@ async fn suite(url: &str, backend: Backend) {
                 b: evm(B),
                 deposit: U256::from(100),
                 nonce: 0,
+                token: evm(Address::default()),
             },
             2,
             0,

@@ -108,6 +108,8 @@ pub struct ChannelState {
     pub chain: ChainId,
     pub contract: Address,
     pub channel: ChannelId,
+    /// The channel's asset: zero for ether, else the ERC-20 token's address (DESIGN §11).
+    pub token: Address,
     pub version: u64,
     pub deposit_a: Amount,
     pub deposit_b: Amount,
@@ -130,6 +132,7 @@ mod typed {
         }
         struct ChannelState {
             bytes32 channelId;
+            address token;
             uint64 version;
             uint256 depositA;
             uint256 depositB;
@@ -156,6 +159,7 @@ impl ChannelState {
     pub fn eip712_digest(&self) -> Hash32 {
         let typed = typed::ChannelState {
             channelId: B256::from(self.channel.0),
+            token: AlloyAddress::from(self.token.0),
             version: self.version,
             depositA: U256::from(self.deposit_a.0),
             depositB: U256::from(self.deposit_b.0),
@@ -202,21 +206,24 @@ impl SignedChannelState {
 }
 
 /// The channel id the contract derives:
-/// `keccak256(abi.encode(chainId, contract, opener, peer, nonce))`. Binding the chain and the
-/// deployment makes an id name one channel everywhere (enclave tables, hub DB, watchers).
+/// `keccak256(abi.encode(chainId, contract, opener, peer, nonce, token))`. Binding the chain,
+/// the deployment and the asset makes an id name one channel everywhere (enclave tables, hub
+/// DB, watchers), and no host can pass off a token channel as an ether one.
 pub fn derive_channel_id(
     chain: ChainId,
     contract: Address,
     opener: Address,
     peer: Address,
     nonce: u64,
+    token: Address,
 ) -> ChannelId {
-    let mut buf = [0u8; 160];
+    let mut buf = [0u8; 192];
     buf[24..32].copy_from_slice(&chain.0.to_be_bytes());
     buf[44..64].copy_from_slice(&contract.0);
     buf[76..96].copy_from_slice(&opener.0);
     buf[108..128].copy_from_slice(&peer.0);
     buf[152..160].copy_from_slice(&nonce.to_be_bytes());
+    buf[172..192].copy_from_slice(&token.0);
     ChannelId(crate::crypto::keccak256(&buf))
 }
 
@@ -229,6 +236,7 @@ mod tests {
             chain: ChainId(1),
             contract: Address([9; 20]),
             channel: ChannelId([1; 32]),
+            token: Address::default(),
             version: 3,
             deposit_a: Amount(12),
             deposit_b: Amount(3),

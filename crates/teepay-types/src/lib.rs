@@ -44,6 +44,6 @@ pub use seal::{
 };
 pub use tx::{
     CLOSE_BASE_GAS, CLOSE_GAS_PER_LOCK, Eip1559Tx, GasParams, RECORD_DECISION_GAS, SignedTx,
-    abi_channel_state, bindings, claim_revert_call, close_channel_call, close_gas, deposit_call,
-    open_channel_call, record_decision_call, register_enclave_call,
+    abi_channel_state, approve_call, bindings, claim_revert_call, close_channel_call, close_gas,
+    deposit_call, open_channel_call, record_decision_call, register_enclave_call, withdraw_owed_call,
 };

@@ -71,6 +71,8 @@ pub enum NackReason {
     InvoiceExpired,
     /// The payment is on another chain or asset than the invoice, or pays less than it asks.
     InvoiceMismatch,
+    /// A channel of the route holds another asset than the payment moves.
+    WrongAsset,
 }
 
 /// A node → hub answer for one instance.

@@ -22,6 +22,12 @@ pub mod bindings {
         PaymentChannels,
         "../../contracts/out/PaymentChannels.json"
     );
+    alloy_sol_types::sol!(
+        #[allow(missing_docs)]
+        #[derive(Debug, PartialEq, Eq)]
+        TestToken,
+        "../../contracts/out/TestToken.json"
+    );
 }
 
 /// EIP-2718 type byte of an EIP-1559 transaction.
@@ -98,9 +104,25 @@ impl Eip1559Tx {
     }
 }
 
-/// Calldata of `openChannel(peer)`.
-pub fn open_channel_call(peer: Address) -> Vec<u8> {
-    bindings::PaymentChannels::openChannelCall { peer: AlloyAddress::from(peer.0) }.abi_encode()
+/// Calldata of `openChannel(peer, token, amount)` (token zero: ether, sent as the value).
+pub fn open_channel_call(peer: Address, token: Address, amount: Amount) -> Vec<u8> {
+    bindings::PaymentChannels::openChannelCall {
+        peer: AlloyAddress::from(peer.0),
+        token: AlloyAddress::from(token.0),
+        amount: U256::from(amount.0),
+    }
+    .abi_encode()
+}
+
+/// Calldata of `withdraw(token)`: token payouts a close could not transfer.
+pub fn withdraw_owed_call(token: Address) -> Vec<u8> {
+    bindings::PaymentChannels::withdrawCall { token: AlloyAddress::from(token.0) }.abi_encode()
+}
+
+/// Calldata of an ERC-20 `approve(spender, amount)`.
+pub fn approve_call(spender: Address, amount: Amount) -> Vec<u8> {
+    bindings::TestToken::approveCall { spender: AlloyAddress::from(spender.0), amount: U256::from(amount.0) }
+        .abi_encode()
 }
 
 /// Calldata of `registerEnclave(enclave, measurement, quoteSig)` for an authority's quote.
@@ -113,15 +135,17 @@ pub fn register_enclave_call(quote: &crate::messages::Quote) -> Vec<u8> {
     .abi_encode()
 }
 
-/// Calldata of `deposit(channelId)`.
-pub fn deposit_call(channel: ChannelId) -> Vec<u8> {
-    bindings::PaymentChannels::depositCall { channelId: B256::from(channel.0) }.abi_encode()
+/// Calldata of `deposit(channelId, amount)`.
+pub fn deposit_call(channel: ChannelId, amount: Amount) -> Vec<u8> {
+    bindings::PaymentChannels::depositCall { channelId: B256::from(channel.0), amount: U256::from(amount.0) }
+        .abi_encode()
 }
 
 /// The contract's view of a channel state (the ABI struct of `closeChannel`).
 pub fn abi_channel_state(state: &crate::channel::ChannelState) -> bindings::PaymentChannels::ChannelState {
     bindings::PaymentChannels::ChannelState {
         channelId: B256::from(state.channel.0),
+        token: AlloyAddress::from(state.token.0),
         version: state.version,
         depositA: U256::from(state.deposit_a.0),
         depositB: U256::from(state.deposit_b.0),
@@ -202,7 +226,7 @@ mod tests {
             gas: GasParams { nonce: 3, gas_limit: 100_000, max_fee_per_gas: 2, max_priority_fee_per_gas: 1 },
             to: Some(Address([1; 20])),
             value: Amount(5),
-            input: open_channel_call(Address([2; 20])),
+            input: open_channel_call(Address([2; 20]), Address::default(), Amount(0)),
         };
         let signed = tx.sign(&key);
         assert_eq!(signed.raw[0], EIP1559_TYPE);

@@ -212,7 +212,9 @@ impl Node {
         let me = self.address();
         for event in events {
             match *event {
-                ContractEvent::ChannelOpened { channel, a, b, deposit, nonce } if a == me || b == me => {
+                ContractEvent::ChannelOpened { channel, a, b, deposit, nonce, token }
+                    if a == me || b == me =>
+                {
                     let new = NewChannel {
                         chain,
                         contract,
@@ -222,6 +224,7 @@ impl Node {
                         nonce,
                         deposit,
                         fee: teepay_enclave::FeePolicy { base: Amount(0), ppm: 0 },
+                        token,
                     };
                     self.request(Request::AddChannel(new)).expect("add channel");
                 }
