@@ -70,8 +70,12 @@ pub enum ChannelCmd {
         chain: u64,
         #[arg(long)]
         peer: String,
+        /// With `--token`: a whole number of the token's base units.
         #[arg(long, allow_hyphen_values = true)]
         deposit: String,
+        /// An ERC-20 token's address: a token channel (payments still move ether only).
+        #[arg(long)]
+        token: Option<String>,
     },
     /// Add AMOUNT (`0.5eth`, or wei) to this node's side.
     Fund {
@@ -272,8 +276,14 @@ pub fn channel(a: &ChannelArgs) -> Result<ExitCode> {
     runtime()?.block_on(async {
         let mut c = node(&a.t.node).await?;
         match &a.cmd {
-            ChannelCmd::Open { chain, peer, deposit } => {
-                let r = call(c.open_channel(pb::OpenChannelRequest { chain: *chain, peer: peer.clone(), deposit: deposit.clone() }).await)?;
+            ChannelCmd::Open { chain, peer, deposit, token } => {
+                let req = pb::OpenChannelRequest {
+                    chain: *chain,
+                    peer: peer.clone(),
+                    deposit: deposit.clone(),
+                    token: token.clone().unwrap_or_default(),
+                };
+                let r = call(c.open_channel(req).await)?;
                 out(a.t.json, json!({"channel": r.channel, "tx": r.tx, "block": r.block}), || {
                     format!("channel {} opened (tx {}, block {})", r.channel, r.tx, r.block)
                 });
@@ -294,7 +304,7 @@ pub fn channel(a: &ChannelArgs) -> Result<ExitCode> {
                 let list = call(c.channels(pb::ChannelsRequest {}).await)?.channels;
                 let v: Vec<Value> = list
                     .iter()
-                    .map(|ch| json!({"chain": ch.chain, "id": ch.id, "peer": ch.peer, "local": ch.local, "remote": ch.remote, "locks": ch.locks, "open": ch.open}))
+                    .map(|ch| json!({"chain": ch.chain, "id": ch.id, "peer": ch.peer, "local": ch.local, "remote": ch.remote, "locks": ch.locks, "open": ch.open, "token": ch.token}))
                     .collect();
                 out(a.t.json, json!({"channels": v}), || {
                     if list.is_empty() {
@@ -302,13 +312,17 @@ pub fn channel(a: &ChannelArgs) -> Result<ExitCode> {
                     }
                     list.iter()
                         .map(|ch| {
+                            // A token channel's amounts are its base units (no ether units).
+                            let amount = |v: &str| {
+                                if ch.token.is_empty() { human(v) } else { format!("{v} of token {}", ch.token) }
+                            };
                             format!(
                                 "chain {} {} peer {}: local {} remote {}{}{}",
                                 ch.chain,
                                 ch.id,
                                 ch.peer,
-                                human(&ch.local),
-                                human(&ch.remote),
+                                amount(&ch.local),
+                                amount(&ch.remote),
                                 if ch.locks > 0 { format!(", {} locks", ch.locks) } else { String::new() },
                                 if ch.open { "" } else { " (closed)" }
                             )

@@ -69,6 +69,10 @@ pub struct DeployArgs {
     /// before it is final (DESIGN §10).
     #[arg(long, default_value_t = teepay_chain::contract::DEFAULT_CHALLENGE_WINDOW)]
     challenge_window: u64,
+    /// Deploy a plain ERC-20 test token instead (local chains: anyone may mint it), as
+    /// SYMBOL or SYMBOL:DECIMALS (default 18 decimals).
+    #[arg(long)]
+    token: Option<String>,
     #[arg(long)]
     json: bool,
 }
@@ -79,9 +83,12 @@ pub struct FaucetArgs {
     rpc: String,
     #[arg(long)]
     to: String,
-    /// `5eth`, `25gwei`, or a whole number of wei.
+    /// `5eth`, `25gwei`, or a whole number of wei (with `--token`: of the token's base units).
     #[arg(long)]
     amount: String,
+    /// Mint a test token (`teepay deploy --token`) instead of sending ether.
+    #[arg(long)]
+    token: Option<String>,
     #[arg(long, default_value_t = 9)]
     dev_account: usize,
     #[arg(long)]
@@ -361,6 +368,9 @@ pub fn node(args: &NodeArgs) -> Result<ExitCode> {
 const NODE_EVENTS_KEPT: usize = 100_000;
 
 pub fn deploy_cmd(args: &DeployArgs) -> Result<ExitCode> {
+    if let Some(token) = &args.token {
+        return deploy_token_cmd(args, token);
+    }
     runtime()?.block_on(async {
         let chain = AnyChain::from_spec(&args.rpc, ChainId(0))?;
         let d = teepay_chain::contract::deploy_with_window(
@@ -385,9 +395,51 @@ pub fn deploy_cmd(args: &DeployArgs) -> Result<ExitCode> {
     })
 }
 
+fn deploy_token_cmd(args: &DeployArgs, spec: &str) -> Result<ExitCode> {
+    let (symbol, decimals) = match spec.split_once(':') {
+        Some((s, d)) => (s, d.parse::<u8>().with_context(|| format!("--token {spec:?}: decimals 0–255"))?),
+        None => (spec, 18),
+    };
+    if symbol.is_empty() || symbol.len() > 11 || !symbol.chars().all(|c| c.is_ascii_alphanumeric()) {
+        bail!("--token {spec:?}: a symbol of 1–11 letters or digits, optionally :DECIMALS (USDC:6)");
+    }
+    runtime()?.block_on(async {
+        let chain = AnyChain::from_spec(&args.rpc, ChainId(0))?;
+        let key = teepay_chain::dev::dev_key(args.dev_account);
+        let name = format!("{symbol} (teepay test token)");
+        let address = teepay_chain::contract::deploy_token(&chain, &key, &name, symbol, decimals, 0)
+            .await
+            .with_context(|| format!("deploying a token to {}", args.rpc))?;
+        if args.json {
+            println!("{}", serde_json::json!({"token": address.to_string(), "symbol": symbol, "decimals": decimals}));
+        } else {
+            println!("test token {symbol} ({decimals} decimals) deployed at {address}; mint with `teepay faucet --token {address}`");
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
 pub fn faucet(args: &FaucetArgs) -> Result<ExitCode> {
     let to = Address::from_hex(&args.to)
         .with_context(|| format!("--to {:?} is not a 20-byte hex address", args.to))?;
+    if let Some(token) = &args.token {
+        let token = Address::from_hex(token)
+            .with_context(|| format!("--token {token:?} is not a 20-byte hex address"))?;
+        let amount: u128 = args.amount.trim().parse().with_context(|| {
+            format!("--amount {:?}: a whole number of the token's base units", args.amount)
+        })?;
+        return runtime()?.block_on(async {
+            let chain = AnyChain::from_spec(&args.rpc, ChainId(0))?;
+            let key = teepay_chain::dev::dev_key(args.dev_account);
+            teepay_chain::contract::mint_token(&chain, &key, token, to, Amount(amount)).await?;
+            if args.json {
+                println!("{}", serde_json::json!({"to": to.to_string(), "token": token.to_string(), "amount": amount.to_string()}));
+            } else {
+                println!("minted {amount} of token {token} to {to}");
+            }
+            Ok(ExitCode::SUCCESS)
+        });
+    }
     let amount = teepay_types::units::parse_amount(&args.amount, &teepay_types::units::ether_units())
         .map_err(|e| anyhow::anyhow!("--amount: {e}"))?
         .0;

@@ -409,6 +409,64 @@ fn scenario(db_for: impl FnOnce(&Path) -> String, tag: &str) {
         cli(&["pay", late["invoice"].as_str().unwrap(), "--node", &nodes[0].api]).expect_err("expired");
     assert!(expired.contains("has expired"), "{expired}");
 
+    // An ERC-20 channel by hand: a test token deployed and minted on chain A, a channel of it
+    // opened by u1 and funded by mid (each enclave approves the contract, then the contract
+    // pulls the tokens), then closed. The hub keeps it out of its ether map.
+    let token = ok(&["deploy", "--rpc", &net.chains[0].0, "--token", "USDC:6"]);
+    let usdc = token["token"].as_str().unwrap().to_string();
+    for n in [&nodes[0], &nodes[1]] {
+        ok(&[
+            "faucet",
+            "--rpc",
+            &net.chains[0].0,
+            "--token",
+            &usdc,
+            "--to",
+            &n.address,
+            "--amount",
+            "1000000000",
+        ]);
+    }
+    let map_before = ok(&["network", "--hub", &net.hub_api])["channels"].as_array().unwrap().len();
+    let opened = ok(&[
+        "channel",
+        "open",
+        "--chain",
+        "31337",
+        "--peer",
+        &nodes[1].address,
+        "--deposit",
+        "300000000",
+        "--token",
+        &usdc,
+        "--node",
+        &nodes[0].api,
+    ]);
+    let token_channel = opened["channel"].as_str().unwrap().to_string();
+    wait_until("mid's watcher to see the token channel", Duration::from_secs(20), || {
+        ok(&["channel", "list", "--node", &nodes[1].api])["channels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == token_channel.as_str() && c["token"] == usdc.as_str())
+    });
+    ok(&["channel", "fund", "--channel", &token_channel, "--amount", "200000000", "--node", &nodes[1].api]);
+    wait_until("u1's view of both token deposits", Duration::from_secs(20), || {
+        ok(&["channel", "list", "--node", &nodes[0].api])["channels"].as_array().unwrap().iter().any(|c| {
+            c["id"] == token_channel.as_str() && c["local"] == "300000000" && c["remote"] == "200000000"
+        })
+    });
+    let map_after = ok(&["network", "--hub", &net.hub_api])["channels"].as_array().unwrap().len();
+    assert_eq!(map_after, map_before, "token channels stay out of the hub's ether map");
+    ok(&["channel", "close", "--channel", &token_channel, "--node", &nodes[0].api]);
+    wait_until("the token channel to close", Duration::from_secs(20), || {
+        ok(&["channel", "list", "--node", &nodes[1].api])["channels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == token_channel.as_str() && c["open"] == false)
+    });
+
     // Swap through the hub's intent board: u1 gives on chain A, u2 gives on chain B.
     let give = format!("31337:0.05eth:{}", nodes[2].address);
     let receive = format!("31338:{}:{}", ETH / 25, nodes[2].address);

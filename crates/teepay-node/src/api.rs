@@ -2,7 +2,7 @@
 //! argument is parsed strictly before anything reaches the enclave; errors carry the
 //! enclave's or the hub's reason.
 
-use crate::onchain::{ChainLink, OnchainError, close, fund, open_channel, register};
+use crate::onchain::{ChainLink, OnchainError, close, fund, open_channel_of, register};
 use crate::{NodeError, NodeHandle};
 use std::net::SocketAddr;
 use teepay_api::pb::node_server::{Node, NodeServer};
@@ -224,6 +224,11 @@ impl Node for NodeApi {
                 remote: c.remote.0.to_string(),
                 locks: c.locks as u32,
                 open: c.open,
+                token: if c.token == teepay_types::Address::default() {
+                    String::new()
+                } else {
+                    c.token.to_string()
+                },
             })
             .collect();
         Ok(Resp::new(pb::ChannelList { channels }))
@@ -236,9 +241,23 @@ impl Node for NodeApi {
         let r = req.into_inner();
         let link = self.link(ChainId(r.chain))?;
         let peer = parse_address("peer", &r.peer)?;
-        let deposit = parse_amount("deposit", &r.deposit)?;
+        let (token, deposit) = if r.token.trim().is_empty() {
+            (teepay_types::Address::default(), parse_amount("deposit", &r.deposit)?)
+        } else {
+            // A token's amount is in its base units (its own units come with per-asset
+            // amounts, next).
+            let units: u128 =
+                r.deposit.trim().parse().map_err(|_| {
+                    Status::invalid_argument("deposit: a whole number of the token's base units")
+                })?;
+            if units == 0 {
+                return Err(Status::invalid_argument("deposit: must be positive"));
+            }
+            (parse_address("token", &r.token)?, teepay_types::Amount(units))
+        };
         self.ensure_registered(link).await?;
-        let (id, receipt) = open_channel(&self.node, link, peer, deposit).await.map_err(onchain_status)?;
+        let (id, receipt) =
+            open_channel_of(&self.node, link, peer, token, deposit).await.map_err(onchain_status)?;
         let done = tx_done(&receipt);
         Ok(Resp::new(pb::ChannelOpened { channel: id.to_string(), tx: done.tx, block: done.block }))
     }
