@@ -63,6 +63,18 @@ async fn tokens<C: Chain>(l: &Ledger<'_, C>, token: Address, who: Address) -> u1
     token_balance(l.chain, token, who).await.expect("balanceOf").0
 }
 
+/// `node`'s enclave lets the contract pull `amount` of `token`.
+async fn approve<C: Chain>(
+    l: &mut Ledger<'_, C>,
+    node: &mut Node,
+    token: Address,
+    amount: Amount,
+) -> Result<(), String> {
+    let chain = l.chain_id;
+    let approve = |gas| Request::BuildApprove { chain, token, amount, gas };
+    l.enclave_tx("approve", node, Some(100_000), None, approve).await.map(drop)
+}
+
 /// `node` approves the contract for `amount` and opens a channel of `token` to `peer`.
 async fn open<C: Chain>(
     l: &mut Ledger<'_, C>,
@@ -74,13 +86,7 @@ async fn open<C: Chain>(
 ) -> Result<(ChannelId, Vec<ContractEvent>), String> {
     let chain = l.chain_id;
     let amount = Amount(amount);
-    l.enclave_tx("approve", node, Some(100_000), None, |gas| Request::BuildApprove {
-        chain,
-        token,
-        amount,
-        gas,
-    })
-    .await?;
+    approve(l, node, token, amount).await?;
     // Estimated: a refusal comes back with the contract's reason.
     let est = teepay_chain::CallRequest {
         from: Some(node.address()),
@@ -107,16 +113,8 @@ async fn deposit<C: Chain>(
     token: Address,
     amount: u128,
 ) -> Vec<ContractEvent> {
-    let chain = l.chain_id;
     let amount = Amount(amount);
-    l.enclave_tx("approve", node, Some(100_000), None, |gas| Request::BuildApprove {
-        chain,
-        token,
-        amount,
-        gas,
-    })
-    .await
-    .expect("approve");
+    approve(l, node, token, amount).await.expect("approve");
     let r = l
         .enclave_tx("deposit", node, Some(150_000), None, |gas| Request::BuildDeposit {
             channel,
