@@ -56,6 +56,12 @@ impl SignedMembership {
         let signature = governance.sign_digest(&membership_digest(hub, version, &members));
         SignedMembership { version, members, signature }
     }
+
+    /// True iff `governance` signed this list for `hub`'s group (a host can check this
+    /// before bothering the enclave, which checks it again).
+    pub fn is_signed_by(&self, hub: Address, governance: Address) -> bool {
+        verify_signer(&membership_digest(hub, self.version, &self.members), &self.signature, governance)
+    }
 }
 
 /// A member's word that its enclave holds the group's entries up to `seq`, whose hash is

@@ -10,7 +10,7 @@ use teepay_api::pb::hub_server::{Hub, HubServer};
 use teepay_api::pb::{self};
 use teepay_api::{intent_pb, parse_address, parse_instance, parse_intent};
 use teepay_link::host::now_ms;
-use teepay_types::{Order, SignedOrder};
+use teepay_types::{Address, Order, SignedOrder};
 use tonic::{Request, Response, Status};
 
 /// Most intents the board keeps at once (expired ones are dropped first).
@@ -248,6 +248,15 @@ impl Hub for HubApi {
             .map(teepay_types::Signature)
             .ok_or_else(|| Status::invalid_argument("signature: expected 65 bytes of hex"))?;
         let signed = teepay_coordinator::SignedMembership { version: req.version, members, signature };
+        // Checked here first, so a stranger's lists never reach the executor.
+        let view = group();
+        let (hub, governance) = (Address::from_hex(&view.hub), Address::from_hex(&view.governance));
+        let (Some(hub), Some(governance)) = (hub, governance) else {
+            return Err(Status::failed_precondition("this replica's enclave is not in a governed group"));
+        };
+        if !signed.is_signed_by(hub, governance) {
+            return Err(Status::permission_denied("membership not signed by the group's governance key"));
+        }
         let membership =
             self.control()?.update_membership(signed).await.map_err(Status::permission_denied)?;
         let mut info = group();
