@@ -351,6 +351,26 @@ pub async fn token_balance<C: Chain>(
     amount(value)
 }
 
+/// An ERC-20 token's unit as it names itself: `symbol()` and `decimals()` read from the
+/// token contract (so `12.5usdc` means what the token says a USDC is).
+pub async fn token_unit<C: Chain>(
+    chain: &C,
+    token: Address,
+) -> Result<teepay_types::units::Unit, ChainError> {
+    use teepay_types::bindings::TestToken;
+    let ask = |data: Vec<u8>| CallRequest { to: Some(token), data, ..CallRequest::default() };
+    let out = chain.call(&ask(TestToken::symbolCall {}.abi_encode())).await?;
+    let symbol = TestToken::symbolCall::abi_decode_returns(&out)
+        .map_err(|_| ChainError::Rejected(format!("{token} answers no ERC-20 symbol()")))?;
+    let out = chain.call(&ask(TestToken::decimalsCall {}.abi_encode())).await?;
+    let decimals = TestToken::decimalsCall::abi_decode_returns(&out)
+        .map_err(|_| ChainError::Rejected(format!("{token} answers no ERC-20 decimals()")))?;
+    if symbol.is_empty() || symbol.len() > 32 || !symbol.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(ChainError::Rejected(format!("{token}'s symbol {symbol:?} cannot be a unit")));
+    }
+    Ok(teepay_types::units::Unit::new(&symbol.to_lowercase(), decimals))
+}
+
 /// [`deploy`] with a REVERT claim's challenge window of `challenge_window` seconds.
 pub async fn deploy_with_window<C: Chain>(
     chain: &C,

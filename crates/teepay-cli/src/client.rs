@@ -70,14 +70,16 @@ pub enum ChannelCmd {
         chain: u64,
         #[arg(long)]
         peer: String,
-        /// With `--token`: a whole number of the token's base units.
+        /// `0.5eth` or wei; with `--token`, in the token's unit (`300usdc`: its contract's
+        /// symbol and decimals) or its base units.
         #[arg(long, allow_hyphen_values = true)]
         deposit: String,
         /// An ERC-20 token's address: a token channel (payments still move ether only).
         #[arg(long)]
         token: Option<String>,
     },
-    /// Add AMOUNT (`0.5eth`, or wei) to this node's side.
+    /// Add AMOUNT to this node's side: `0.5eth` or wei, or for a token channel `12.5usdc`
+    /// (the token's own unit) or base units.
     Fund {
         #[arg(long)]
         channel: String,

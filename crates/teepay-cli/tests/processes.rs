@@ -436,7 +436,7 @@ fn scenario(db_for: impl FnOnce(&Path) -> String, tag: &str) {
         "--peer",
         &nodes[1].address,
         "--deposit",
-        "300000000",
+        "300usdc",
         "--token",
         &usdc,
         "--node",
@@ -450,7 +450,17 @@ fn scenario(db_for: impl FnOnce(&Path) -> String, tag: &str) {
             .iter()
             .any(|c| c["id"] == token_channel.as_str() && c["token"] == usdc.as_str())
     });
-    ok(&["channel", "fund", "--channel", &token_channel, "--amount", "200000000", "--node", &nodes[1].api]);
+    // Amounts in the token's own unit (its contract's symbol() and decimals()), exactly.
+    for (bad, why) in
+        [("5eth", "unknown unit"), ("0.0000001usdc", "more decimals"), ("0usdc", "must be positive")]
+    {
+        let refused =
+            cli(&["channel", "fund", "--channel", &token_channel, "--amount", bad, "--node", &nodes[1].api])
+                .expect_err("refused");
+        assert!(refused.contains(why), "{bad}: {refused}");
+    }
+    ok(&["channel", "fund", "--channel", &token_channel, "--amount", "150.5usdc", "--node", &nodes[1].api]);
+    ok(&["channel", "fund", "--channel", &token_channel, "--amount", "49500000", "--node", &nodes[1].api]);
     wait_until("u1's view of both token deposits", Duration::from_secs(20), || {
         ok(&["channel", "list", "--node", &nodes[0].api])["channels"].as_array().unwrap().iter().any(|c| {
             c["id"] == token_channel.as_str() && c["local"] == "300000000" && c["remote"] == "200000000"

@@ -74,11 +74,43 @@ impl NodeApi {
     }
 
     async fn channel_link(&self, channel: teepay_types::ChannelId) -> Result<&ChainLink<AnyChain>, Status> {
+        self.channel_link_and_token(channel).await.map(|(link, _)| link)
+    }
+
+    /// The channel's chain link and its token (zero: ether).
+    async fn channel_link_and_token(
+        &self,
+        channel: teepay_types::ChannelId,
+    ) -> Result<(&ChainLink<AnyChain>, teepay_types::Address), Status> {
         let view = self.node.channels().await.map_err(node_status)?;
         let c = view.iter().find(|c| c.id == channel).ok_or_else(|| {
             Status::not_found(format!("channel {channel} is not one of this node's channels"))
         })?;
-        self.link(c.chain)
+        Ok((self.link(c.chain)?, c.token))
+    }
+
+    /// A positive amount of `token` (zero: ether, in ether's units): base units, or a decimal
+    /// in the token's own unit as its contract names it (`12.5usdc` for a token whose
+    /// `symbol()` is USDC, scaled by its `decimals()`).
+    async fn asset_amount(
+        &self,
+        link: &ChainLink<AnyChain>,
+        token: teepay_types::Address,
+        field: &str,
+        s: &str,
+    ) -> Result<teepay_types::Amount, Status> {
+        if token == teepay_types::Address::default() {
+            return parse_amount(field, s);
+        }
+        let unit = teepay_chain::contract::token_unit(&link.chain, token)
+            .await
+            .map_err(|e| Status::failed_precondition(format!("token {token}: {e}")))?;
+        let amount = teepay_types::units::parse_amount(s, &[unit])
+            .map_err(|e| Status::invalid_argument(format!("{field}: {e}")))?;
+        if amount.is_zero() {
+            return Err(Status::invalid_argument(format!("{field}: must be positive, got {}", s.trim())));
+        }
+        Ok(amount)
     }
 
     /// Registers the enclave on `chain` if it is not yet (its first on-chain action there).
@@ -241,20 +273,12 @@ impl Node for NodeApi {
         let r = req.into_inner();
         let link = self.link(ChainId(r.chain))?;
         let peer = parse_address("peer", &r.peer)?;
-        let (token, deposit) = if r.token.trim().is_empty() {
-            (teepay_types::Address::default(), parse_amount("deposit", &r.deposit)?)
+        let token = if r.token.trim().is_empty() {
+            teepay_types::Address::default()
         } else {
-            // A token's amount is in its base units (its own units come with per-asset
-            // amounts, next).
-            let units: u128 =
-                r.deposit.trim().parse().map_err(|_| {
-                    Status::invalid_argument("deposit: a whole number of the token's base units")
-                })?;
-            if units == 0 {
-                return Err(Status::invalid_argument("deposit: must be positive"));
-            }
-            (parse_address("token", &r.token)?, teepay_types::Amount(units))
+            parse_address("token", &r.token)?
         };
+        let deposit = self.asset_amount(link, token, "deposit", &r.deposit).await?;
         self.ensure_registered(link).await?;
         let (id, receipt) =
             open_channel_of(&self.node, link, peer, token, deposit).await.map_err(onchain_status)?;
@@ -265,8 +289,8 @@ impl Node for NodeApi {
     async fn fund(&self, req: Req<pb::FundRequest>) -> Result<Resp<pb::TxDone>, Status> {
         let r = req.into_inner();
         let channel = parse_channel("channel", &r.channel)?;
-        let amount = parse_amount("amount", &r.amount)?;
-        let link = self.channel_link(channel).await?;
+        let (link, token) = self.channel_link_and_token(channel).await?;
+        let amount = self.asset_amount(link, token, "amount", &r.amount).await?;
         let receipt = fund(&self.node, link, channel, amount).await.map_err(onchain_status)?;
         Ok(Resp::new(tx_done(&receipt)))
     }
