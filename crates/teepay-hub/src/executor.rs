@@ -125,6 +125,12 @@ struct Tracked {
     kind: InstanceKind,
     status: Status,
     created_at: u64,
+    /// It pays an invoice: its payer may ask for the payee's receipt.
+    invoice: bool,
+}
+
+fn pays_invoice(orders: &[SignedOrder]) -> bool {
+    orders.iter().any(|o| matches!(&o.order, Order::Payment(r) if r.invoice.is_some()))
 }
 
 /// What to send and persist after a flush: persist `sealed` (the hub enclave's state) durably
@@ -210,9 +216,11 @@ impl<P: Platform> Executor<P> {
             .inspect()
             .instances
             .values()
-            .map(|i| (i.spec.id, i.spec.kind, i.phase, i.refund_reason, i.created_at))
+            .map(|i| {
+                (i.spec.id, i.spec.kind, i.phase, i.refund_reason, i.created_at, pays_invoice(&i.spec.orders))
+            })
             .collect();
-        for (id, kind, phase, reason, created_at) in instances {
+        for (id, kind, phase, reason, created_at, invoice) in instances {
             let status = match phase.outcome() {
                 None => {
                     exec.resume(id);
@@ -221,7 +229,7 @@ impl<P: Platform> Executor<P> {
                 Some(Outcome::Apply) => Status::Succeeded,
                 Some(Outcome::Revert) => Status::Refunded(refund_text(phase, reason)),
             };
-            exec.tracked.insert(id, Tracked { kind, status, created_at });
+            exec.tracked.insert(id, Tracked { kind, status, created_at, invoice });
         }
         exec
     }
@@ -327,6 +335,11 @@ impl<P: Platform> Executor<P> {
         self.tracked.len()
     }
 
+    /// True iff `id` (still tracked) pays an invoice.
+    pub fn pays_invoice(&self, id: InstanceId) -> bool {
+        self.tracked.get(&id).is_some_and(|t| t.invoice)
+    }
+
     pub fn status(&self, id: InstanceId) -> Option<&Status> {
         self.tracked.get(&id).map(|t| &t.status)
     }
@@ -382,11 +395,12 @@ impl<P: Platform> Executor<P> {
         orders: Vec<SignedOrder>,
     ) -> Result<InstanceId, ExecError> {
         self.reserve(&legs)?;
+        let invoice = pays_invoice(&orders);
         // The hub enclave takes the legs; the copy only serves to undo the reservation if
         // it refuses the instance.
         match self.coordinator.create_instance(now, kind, legs.clone(), orders) {
             Ok(id) => {
-                self.tracked.insert(id, Tracked { kind, status: Status::InFlight, created_at: now });
+                self.tracked.insert(id, Tracked { kind, status: Status::InFlight, created_at: now, invoice });
                 self.in_flight.push(id);
                 Ok(id)
             }

@@ -727,6 +727,7 @@ fn handle<P: Platform>(
                         // A payer asking after its paid invoice gets the receipt again (it may
                         // have been offline when it came).
                         if *s == Status::Succeeded
+                            && exec.pays_invoice(instance)
                             && let Some((_, to)) = peers.links.get(&node)
                         {
                             let lookup = StatusWrite::ReceiptLookup { instance, to: to.clone() };

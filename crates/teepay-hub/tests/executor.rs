@@ -538,3 +538,53 @@ fn duplicate_acks_and_moot_refund_requests_are_not_sealed() {
     net.exec.on_refund_request(net.now, &req).unwrap();
     assert!(net.exec.flush(net.now).sealed.is_none(), "a moot refund request is not sealed");
 }
+
+/// Issue 16: a receipt a payee's node passes on reaches the payer only if it is the payee's
+/// own, for exactly the applied instance's payment of that invoice. A lying node gets
+/// `BadReceipt` whatever it alters.
+#[test]
+fn a_receipt_is_passed_on_only_from_its_payee_for_exactly_its_payment() {
+    use teepay_types::PaymentReceipt;
+    let mut net = Net::new(3);
+    net.channel(C1, 0, 1, (100, 100), (0, 0), (0, 0));
+    net.channel(C1, 1, 2, (100, 100), (0, 0), (0, 0));
+    let create =
+        Request::CreateInvoice { chain: C1, amount: Some(Amount(10)), memo_hash: [1; 32], expires_at: 5_000 };
+    let Response::Invoice(invoice) = net.nodes[2].handle(net.now, create).unwrap().response else { panic!() };
+    let pay = Request::PayInvoice {
+        invoice: Box::new(invoice.clone()),
+        amount: None,
+        max_fee: Amount(0),
+        expires_at: 5_000,
+    };
+    let Response::Order(order) = net.nodes[0].handle(net.now, pay).unwrap().response else { panic!() };
+    let id = net.exec.submit_payment(net.now, order).unwrap();
+    assert_eq!(net.run(), vec![(id, Status::Succeeded)]);
+    let ask = Request::InvoiceReceipt { invoice: invoice.invoice.id() };
+    let Response::Receipt(receipt) = net.nodes[2].handle(net.now, ask).unwrap().response else { panic!() };
+    let (payer, payee, other) = (net.addr(0), net.addr(2), net.addr(1));
+    assert_eq!(net.exec.check_receipt(payee, &receipt).unwrap(), payer);
+
+    let refused = |r: Result<Address, teepay_hub::executor::ExecError>| {
+        assert!(matches!(r, Err(teepay_hub::executor::ExecError::BadReceipt(_))), "{r:?}");
+    };
+    // From another node's link; altered amount or payer (the signature no longer holds).
+    refused(net.exec.check_receipt(other, &receipt));
+    refused(net.exec.check_receipt(payee, &PaymentReceipt { amount: Amount(1_000), ..receipt.clone() }));
+    refused(net.exec.check_receipt(payee, &PaymentReceipt { payer: other, ..receipt.clone() }));
+    // Signed by someone else in its own name, for this instance.
+    let impostor = SigningKey::from_entropy([0x66; 32]).unwrap();
+    let forged = PaymentReceipt::sign(&impostor, receipt.invoice, id, Amount(10), payer);
+    refused(net.exec.check_receipt(impostor.address(), &forged));
+    // Another invoice, or an instance that pays none (a keysend), or none at all.
+    let (mut wrong_invoice, mut keysend) = (receipt.clone(), receipt.clone());
+    wrong_invoice.invoice = [9; 32];
+    refused(net.exec.check_receipt(payee, &wrong_invoice));
+    let plain = net.payment(0, 2, 5, 0);
+    let plain_id = net.exec.submit_payment(net.now, plain).unwrap();
+    assert_eq!(net.run(), vec![(plain_id, Status::Succeeded)]);
+    keysend.instance = plain_id;
+    refused(net.exec.check_receipt(payee, &keysend));
+    keysend.instance = InstanceId([7; 32]);
+    refused(net.exec.check_receipt(payee, &keysend));
+}

@@ -123,12 +123,14 @@ impl NodeApi {
 
     pub(crate) async fn cancel_invoice_call(&self, r: pb::InvoiceRef) -> Result<pb::InvoiceInfo, Status> {
         let invoice = parse_invoice_ref("invoice", &r.invoice)?;
-        let before = self.issued(invoice).await?;
+        let mut info = self.issued(invoice).await?;
         self.node.enclave(Request::CancelInvoice { invoice }).await.map_err(invoice_status)?;
-        if before.status != "cancelled" {
-            self.event("invoice.cancelled", serde_json::json!({ "invoice": before.id }));
+        // Cancelling an open invoice is the only change the enclave accepts.
+        if info.status != "cancelled" {
+            self.event("invoice.cancelled", serde_json::json!({ "invoice": info.id }));
+            info.status = "cancelled".into();
         }
-        self.issued(invoice).await
+        Ok(info)
     }
 
     pub(crate) async fn pay_invoice_call(&self, r: pb::PayInvoiceRequest) -> Result<pb::Started, Status> {

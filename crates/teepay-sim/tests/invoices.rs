@@ -308,6 +308,16 @@ fn invoices_a_host_asks_for_are_bounded_and_forgotten_after_their_retention() {
     let book = &w.nodes[r].enclave.inspect().invoices;
     assert!(!book.issued.contains_key(&first.invoice.id()), "forgotten after its retention");
     assert_eq!(book.issued.len(), 1);
+    // Full: one more is refused, and the refusal changes nothing.
+    for _ in 1..teepay_enclave::MAX_INVOICES {
+        create_invoice(&mut w, r, None, 60_000);
+    }
+    let before = w.nodes[r].enclave.inspect().clone();
+    let one_more =
+        Request::CreateInvoice { chain: CHAIN_1, amount: None, memo_hash: [0; 32], expires_at: w.now + 5 };
+    let err = w.nodes[r].enclave.handle(w.now, one_more).unwrap_err();
+    assert_eq!(err, EnclaveError::TooManyInvoices(teepay_enclave::MAX_INVOICES));
+    assert_eq!(*w.nodes[r].enclave.inspect(), before);
 }
 
 /// Until payments name their asset, a token channel never carries one: an instance routed
