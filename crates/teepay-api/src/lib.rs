@@ -9,7 +9,7 @@ pub mod pb {
 }
 
 use teepay_types::{
-    Address, Amount, ChainId, ChannelId, InstanceId, Order, SignedOrder, Transfer, decode, encode,
+    Address, Amount, Asset, ChainId, ChannelId, InstanceId, Order, SignedOrder, Transfer, decode, encode,
 };
 use tonic::Status;
 
@@ -49,13 +49,58 @@ pub fn parse_instance(field: &str, s: &str) -> Result<InstanceId, Status> {
         .ok_or_else(|| Status::invalid_argument(format!("{field}: not a 32-byte hex id: {s:?}")))
 }
 
+/// A transfer of ether, or of a token given by its address with amounts in base units (a
+/// node's API reads token units and configured symbols first: `teepay-node`'s `assets`).
 pub fn parse_transfer(field: &str, t: &pb::Transfer) -> Result<Transfer, Status> {
+    let asset = parse_asset_address(&format!("{field}.asset"), &t.asset)?;
+    let amount = |name: &str, s: &str, zero_ok: bool| -> Result<Amount, Status> {
+        let name = format!("{field}.{name}");
+        match asset {
+            Asset::Native if zero_ok => parse_fee(&name, s),
+            Asset::Native => parse_amount(&name, s),
+            Asset::Erc20(_) => parse_base_units(&name, s, zero_ok),
+        }
+    };
     Ok(Transfer {
         chain: ChainId(t.chain),
+        asset,
         counterparty: parse_address(&format!("{field}.counterparty"), &t.counterparty)?,
-        amount: parse_amount(&format!("{field}.amount"), &t.amount)?,
-        max_fee: parse_fee(&format!("{field}.max_fee"), &t.max_fee)?,
+        amount: amount("amount", &t.amount, false)?,
+        max_fee: amount("max_fee", &t.max_fee, true)?,
     })
+}
+
+/// Ether for an empty string or `eth`/`ether`, else an ERC-20 token by its address.
+pub fn parse_asset_address(field: &str, s: &str) -> Result<Asset, Status> {
+    let s = s.trim();
+    if s.is_empty() || s.eq_ignore_ascii_case("eth") || s.eq_ignore_ascii_case("ether") {
+        return Ok(Asset::Native);
+    }
+    let token = Address::from_hex(s).ok_or_else(|| {
+        Status::invalid_argument(format!("{field}: not \"eth\" nor a token's 20-byte hex address: {s:?}"))
+    })?;
+    Ok(Asset::from_token(token))
+}
+
+/// An amount in base units only (a plain whole number); empty is zero where `zero_ok`.
+pub fn parse_base_units(field: &str, s: &str, zero_ok: bool) -> Result<Amount, Status> {
+    if zero_ok && s.trim().is_empty() {
+        return Ok(Amount::ZERO);
+    }
+    let amount = teepay_types::units::parse_amount(s, &[])
+        .map_err(|e| Status::invalid_argument(format!("{field}: {e}")))?;
+    if amount.is_zero() && !zero_ok {
+        return Err(Status::invalid_argument(format!("{field}: must be positive, got {}", s.trim())));
+    }
+    Ok(amount)
+}
+
+/// An asset as the API prints it: empty for ether, else the token's address.
+pub fn asset_pb(asset: Asset) -> String {
+    match asset {
+        Asset::Native => String::new(),
+        Asset::Erc20(token) => token.to_string(),
+    }
 }
 
 pub fn transfer_pb(t: &Transfer) -> pb::Transfer {
@@ -64,6 +109,7 @@ pub fn transfer_pb(t: &Transfer) -> pb::Transfer {
         counterparty: t.counterparty.to_string(),
         amount: t.amount.0.to_string(),
         max_fee: t.max_fee.0.to_string(),
+        asset: asset_pb(t.asset),
     }
 }
 

@@ -323,7 +323,7 @@ fn fund<P: Platform>(enclaves: &mut [NodeEnclave<P>], scn: &Scenario) -> Result<
                 enclaves[k].handle(0, request)?;
             }
         }
-        network.chain_mut(c.chain).upsert_channel(&ChannelInfo {
+        network.graph_mut(c.chain, teepay_types::Asset::Native).upsert_channel(&ChannelInfo {
             id,
             a,
             b,
@@ -346,6 +346,7 @@ fn swap_intent_request(
     parties.dedup();
     let t = |chain, who, amount| Transfer {
         chain,
+        asset: teepay_types::Asset::Native,
         counterparty: address(who),
         amount: Amount(amount),
         max_fee: Amount(0),

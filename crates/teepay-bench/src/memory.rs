@@ -88,6 +88,7 @@ impl Net {
             Job::Pay { chain, payer, payee, amount, max_fee } => {
                 let req = Request::CreatePayment {
                     chain: *chain,
+                    asset: teepay_types::Asset::Native,
                     payee: enclaves[*payee].address(),
                     amount: Amount(*amount),
                     max_fee: Amount(*max_fee),

@@ -39,6 +39,7 @@ impl Nodes for Children {
                     payee: self.addresses[*payee].to_string(),
                     amount: amount.to_string(),
                     max_fee: max_fee.to_string(),
+                    asset: String::new(),
                 };
                 call(self.clients[*payer].clone().pay(req).await)?.instance
             }
@@ -180,6 +181,7 @@ pub fn child(dir: &Path, hub: SocketAddr, seal: SealLimits) -> Result<std::proce
             chains,
             hub: hub.to_string(),
             quotes: Vec::new(),
+            tokens: Vec::new(),
         };
         let (addr, _) = api.serve("127.0.0.1:0".parse()?).await?;
         let mut stdout = std::io::stdout();

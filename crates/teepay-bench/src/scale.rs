@@ -172,7 +172,7 @@ pub fn measure(db: &Path, channels: usize) -> Result<ExitCode> {
         anyhow::Ok(net)
     })?;
     let startup = t.elapsed().as_secs_f64();
-    let g = net.chain(CHAIN)?;
+    let g = net.graph(CHAIN, teepay_types::Asset::Native)?;
     let expected = topology(channels).channels.len();
     if g.channel_count() != expected {
         bail!("loaded {} channels, expected {expected}", g.channel_count());

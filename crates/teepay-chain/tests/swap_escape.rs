@@ -119,6 +119,7 @@ impl Net<'_> {
         let (c1, c2) = (self.chain(0), self.chain(1));
         let t = |chain, counterparty, amount| Transfer {
             chain,
+            asset: teepay_types::Asset::Native,
             counterparty,
             amount: Amount(amount),
             max_fee: Amount(0),
@@ -133,8 +134,8 @@ impl Net<'_> {
             seq: self.seq,
             kind: InstanceKind::CrossChain,
             legs: vec![
-                Leg { chain: c1, hops: vec![hop(self.ch[0], a, b, 10)] },
-                Leg { chain: c2, hops: vec![hop(self.ch[1], b, a, 20)] },
+                Leg { chain: c1, asset: teepay_types::Asset::Native, hops: vec![hop(self.ch[0], a, b, 10)] },
+                Leg { chain: c2, asset: teepay_types::Asset::Native, hops: vec![hop(self.ch[1], b, a, 20)] },
             ],
             orders: vec![oa, ob],
             deadline: (self.a.now + 60_000).min(lock_deadline - 1),

@@ -42,13 +42,18 @@ pub struct PayArgs {
     /// The payee's enclave address.
     #[arg(long, required_unless_present = "invoice")]
     to: Option<String>,
-    /// What the payee receives: `0.1eth`, `25gwei`, or a whole number of wei (checked by
-    /// the node; a decimal needs a unit). With an invoice, only for an any-amount one.
+    /// What the payee receives: `0.1eth`, `25gwei`, a whole number of base units, or a
+    /// token amount in its unit (`12.5usdc`; checked by the node, a decimal needs a unit).
+    /// With an invoice, only for an any-amount one.
     #[arg(long, allow_hyphen_values = true, required_unless_present = "invoice")]
     amount: Option<String>,
-    /// Most paid to intermediaries, in the same forms.
+    /// Most paid to intermediaries, in the same forms and asset.
     #[arg(long, default_value = "0", allow_hyphen_values = true)]
     max_fee: String,
+    /// What the payment moves: `eth` (the default), an ERC-20 token's address, or a symbol
+    /// configured for the chain in the node's config. A token unit in `--amount` names it too.
+    #[arg(long, default_value = "", conflicts_with = "invoice")]
+    asset: String,
     /// Return once started instead of waiting for the final status.
     #[arg(long)]
     no_wait: bool,
@@ -114,7 +119,8 @@ pub struct ChannelArgs {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum SwapCmd {
-    /// Sign an intent (GIVE/RECEIVE as CHAIN:AMOUNT:COUNTERPARTY) and post it to the hub's board.
+    /// Sign an intent (GIVE/RECEIVE as CHAIN:AMOUNT:COUNTERPARTY[:ASSET]) and post it to the
+    /// hub's board.
     Propose {
         #[arg(long, required = true)]
         give: Vec<String>,
@@ -237,6 +243,7 @@ pub fn pay(a: &PayArgs) -> Result<ExitCode> {
                     payee: a.to.clone().unwrap_or_default(),
                     amount,
                     max_fee: a.max_fee.clone(),
+                    asset: a.asset.clone(),
                 };
                 call(c.pay(req).await)?.instance
             }
@@ -347,18 +354,37 @@ pub(crate) fn human(wei: &str) -> String {
     }
 }
 
-/// `CHAIN:AMOUNT:COUNTERPARTY`.
+/// An amount of `asset` as the API returns it (base units) for people: ether with its unit
+/// and the exact figure, a token's base units with its address.
+pub(crate) fn human_asset(amount: &str, asset: &str) -> String {
+    if asset.is_empty() { human(amount) } else { format!("{amount} base units of token {asset}") }
+}
+
+/// `CHAIN:AMOUNT:COUNTERPARTY[:ASSET]`: ASSET is `eth` (the default), a token's address or a
+/// symbol configured for the chain; a token unit in AMOUNT (`12.5usdc`) names it too.
 fn transfer(s: &str) -> Result<pb::Transfer> {
     let parts: Vec<&str> = s.split(':').collect();
-    let [chain, amount, counterparty] = parts[..] else {
-        bail!("{s:?}: expected CHAIN:AMOUNT:COUNTERPARTY, e.g. 31337:0.05eth:0xabc…")
+    let (chain, amount, counterparty, asset) = match parts[..] {
+        [chain, amount, counterparty] => (chain, amount, counterparty, ""),
+        [chain, amount, counterparty, asset] => (chain, amount, counterparty, asset),
+        _ => bail!(
+            "{s:?}: expected CHAIN:AMOUNT:COUNTERPARTY[:ASSET], e.g. 31337:0.05eth:0xabc… or 31337:12.5usdc:0xabc…"
+        ),
     };
     let chain = chain.parse().with_context(|| format!("{s:?}: chain id {chain:?} is not a number"))?;
-    Ok(pb::Transfer { chain, counterparty: counterparty.into(), amount: amount.into(), max_fee: "0".into() })
+    Ok(pb::Transfer {
+        chain,
+        counterparty: counterparty.into(),
+        amount: amount.into(),
+        max_fee: "0".into(),
+        asset: asset.into(),
+    })
 }
 
 fn intent_text(id: u64, i: &pb::Intent) -> String {
-    let fmt = |t: &pb::Transfer| format!("{} on chain {} ↔ {}", human(&t.amount), t.chain, t.counterparty);
+    let fmt = |t: &pb::Transfer| {
+        format!("{} on chain {} ↔ {}", human_asset(&t.amount, &t.asset), t.chain, t.counterparty)
+    };
     format!(
         "#{id} from {}: gives {}; receives {}",
         i.party,

@@ -18,6 +18,10 @@ pub struct ChainConfig {
     /// irreversible). Default: the chain's finality depth (`teepay_chain::finality`: 64 on
     /// Ethereum and any chain not listed, 0 on a local development node).
     pub confirmations: Option<u64>,
+    /// Token symbols for amounts and assets on this chain (node only): `usdc = "0x…"` lets
+    /// `12.5usdc` and `--asset usdc` name that token.
+    #[serde(default)]
+    pub tokens: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

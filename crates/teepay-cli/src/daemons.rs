@@ -112,6 +112,28 @@ fn confirmations(c: &ChainConfig, id: ChainId) -> u64 {
     depth
 }
 
+/// The token symbols configured for chain `id`, checked: each a plain word that is not one
+/// of ether's units, naming a 20-byte address.
+fn token_symbols(c: &ChainConfig, id: ChainId) -> Result<Vec<teepay_node::assets::TokenSymbol>> {
+    let ether = teepay_types::units::ether_units();
+    c.tokens
+        .iter()
+        .map(|(symbol, token)| {
+            let symbol = symbol.to_ascii_lowercase();
+            if symbol.is_empty() || !symbol.chars().all(|ch| ch.is_ascii_alphanumeric()) {
+                bail!("chain {}: token symbol {symbol:?} must be letters and digits", id.0);
+            }
+            if ether.iter().any(|u| u.symbol == symbol) || symbol.chars().all(|ch| ch.is_ascii_digit()) {
+                bail!("chain {}: {symbol:?} cannot name a token (it reads as ether or a number)", id.0);
+            }
+            let token = Address::from_hex(token).with_context(|| {
+                format!("chain {}: token {symbol}: {token:?} is not a 20-byte hex address", id.0)
+            })?;
+            Ok(teepay_node::assets::TokenSymbol { chain: id, symbol, token })
+        })
+        .collect()
+}
+
 async fn connect(c: &ChainConfig) -> Result<(AnyChain, ChainId, Address)> {
     let chain = AnyChain::from_spec(&c.rpc, ChainId(0))?;
     let id = chain.chain_id().await.with_context(|| format!("chain at {}", c.rpc))?;
@@ -254,8 +276,10 @@ pub fn node(args: &NodeArgs) -> Result<ExitCode> {
             cfg.attestation_key.as_deref().unwrap_or(sim::DEFAULT_ATTESTATION_KEY),
         )?;
         let mut links = Vec::new();
+        let mut tokens = Vec::new();
         for c in &cfg.chains {
             let (chain, id, contract) = connect(c).await?;
+            tokens.extend(token_symbols(c, id)?);
             links.push(ChainLink {
                 chain,
                 id,
@@ -355,7 +379,7 @@ pub fn node(args: &NodeArgs) -> Result<ExitCode> {
             });
         }
         let chains = links.iter().map(|l| l.id).collect();
-        let api = NodeApi { node: handle.clone(), links, chains, hub: cfg.hub.to_string(), quotes };
+        let api = NodeApi { node: handle.clone(), links, chains, hub: cfg.hub.to_string(), quotes, tokens };
         let (bound, _) = api.serve(cfg.api).await.with_context(|| format!("API on {}", cfg.api))?;
         println!("node {} connected to hub {}, API on {bound}", handle.address, cfg.hub);
         shutdown_signal().await;

@@ -2,7 +2,7 @@
 //! (DESIGN §11). Invoices are printable strings (bech32m, `teepay1…`) and, with `--qr`, a QR
 //! code in the terminal; a receipt (`teepayrcpt1…`) is checked offline by anyone.
 
-use crate::client::{NodeTarget, call, human, node, out, runtime};
+use crate::client::{NodeTarget, call, human_asset, node, out, runtime};
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
 use std::process::ExitCode;
@@ -26,9 +26,14 @@ enum InvoiceCmd {
     Create {
         #[arg(long)]
         chain: u64,
-        /// What the payer pays: `0.1eth`, `25gwei`, or wei. Omitted: any amount.
+        /// What the payer pays: `0.1eth`, `25gwei`, base units, or a token amount in its unit
+        /// (`12.5usdc`). Omitted: any amount.
         #[arg(long, allow_hyphen_values = true)]
         amount: Option<String>,
+        /// What it is paid in: `eth` (the default), a token's address or a configured symbol.
+        /// A token unit in `--amount` names it too.
+        #[arg(long, default_value = "")]
+        asset: String,
         /// What it is for (only its hash goes into the invoice).
         #[arg(long, default_value = "")]
         memo: String,
@@ -70,16 +75,22 @@ enum ReceiptCmd {
 }
 
 fn invoice_json(i: &pb::InvoiceInfo) -> Value {
-    json!({"id": i.id, "invoice": i.encoded, "payee": i.payee, "chain": i.chain, "amount": i.amount,
+    json!({"id": i.id, "invoice": i.encoded, "payee": i.payee, "chain": i.chain, "asset": i.asset, "amount": i.amount,
         "memo_hash": i.memo_hash, "expires_at_ms": i.expires_at_ms, "status": i.status,
         "instance": i.instance, "paid_amount": i.paid_amount, "payer": i.payer})
 }
 
 fn invoice_text(i: &pb::InvoiceInfo) -> String {
-    let amount = if i.amount.is_empty() { "any amount".to_string() } else { human(&i.amount) };
+    let amount =
+        if i.amount.is_empty() { "any amount".to_string() } else { human_asset(&i.amount, &i.asset) };
     let mut s = format!("{} {} on chain {}: {}", i.id, i.status, i.chain, amount);
     if !i.payer.is_empty() {
-        s += &format!(", paid {} by {} (instance {})", human(&i.paid_amount), i.payer, i.instance);
+        s += &format!(
+            ", paid {} by {} (instance {})",
+            human_asset(&i.paid_amount, &i.asset),
+            i.payer,
+            i.instance
+        );
     }
     s
 }
@@ -100,10 +111,12 @@ pub fn invoice(a: &InvoiceArgs) -> Result<ExitCode> {
         let signed = SignedInvoice::decode(invoice)?;
         let i = &signed.invoice;
         let v = json!({"id": format!("0x{}", teepay_types::ids::to_hex(&i.id())), "payee": i.payee.to_string(),
-            "chain": i.chain.0, "amount": i.amount.map(|a| a.0.to_string()), "expires_at_ms": i.expires_at,
+            "chain": i.chain.0, "asset": teepay_api::asset_pb(i.asset), "amount": i.amount.map(|a| a.0.to_string()),
+            "expires_at_ms": i.expires_at,
             "memo_hash": format!("0x{}", teepay_types::ids::to_hex(&i.memo_hash))});
         out(a.t.json, v, || {
-            let amount = i.amount.map_or("any amount".into(), teepay_types::units::format_ether_with_base);
+            let asset = teepay_api::asset_pb(i.asset);
+            let amount = i.amount.map_or("any amount".into(), |a| human_asset(&a.0.to_string(), &asset));
             format!("invoice of {} on chain {}: {amount}, expires at {} ms", i.payee, i.chain.0, i.expires_at)
         });
         return Ok(ExitCode::SUCCESS);
@@ -111,9 +124,10 @@ pub fn invoice(a: &InvoiceArgs) -> Result<ExitCode> {
     runtime()?.block_on(async {
         let mut c = node(&a.t.node).await?;
         match &a.cmd {
-            InvoiceCmd::Create { chain, amount, memo, expires_in, qr: show_qr } => {
+            InvoiceCmd::Create { chain, amount, asset, memo, expires_in, qr: show_qr } => {
                 let req = pb::CreateInvoiceRequest {
                     chain: *chain,
+                    asset: asset.clone(),
                     amount: amount.clone().unwrap_or_default(),
                     memo: memo.clone(),
                     expires_in_s: *expires_in,

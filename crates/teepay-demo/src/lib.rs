@@ -200,6 +200,7 @@ async fn invoice_paid(s: &mut Story) -> Result<()> {
     let after = s.w.node("user2").events.as_ref().map_or(0, |log| log.last_seq());
     let request = Request::CreateInvoice {
         chain,
+        asset: teepay_types::Asset::Native,
         amount: Some(Amount(ETHER * 15 / 100)),
         memo_hash: teepay_types::keccak256(b"order #42"),
         expires_at: teepay_link::host::now_ms() + 600_000,
@@ -262,6 +263,7 @@ async fn intent(
 ) -> Result<SignedOrder> {
     let t = |(ci, who, amount): &(usize, &str, u128)| Transfer {
         chain: s.w.chains[*ci].id,
+        asset: teepay_types::Asset::Native,
         counterparty: s.w.node(who).address,
         amount: Amount(*amount),
         max_fee: Amount(0),

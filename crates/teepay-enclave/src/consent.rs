@@ -71,9 +71,9 @@ fn plan_locks(
             if !channel.is_open() {
                 return Err(NackReason::ChannelClosed);
             }
-            // Payments and swaps move ether only so far: a token channel never carries one
-            // (its units are not wei).
-            if channel.token != Address::default() {
+            // The channel must hold what the leg moves: otherwise an intermediary could be
+            // paid in a worthless token to forward ether (its units are not the same either).
+            if channel.token != leg.asset.token() {
                 return Err(NackReason::WrongAsset);
             }
             // Each channel appears once per instance (`validate_structure`), so this bounds
@@ -154,6 +154,7 @@ fn check_own_order(
             let [leg] = sourced.as_slice() else { return Err(NackReason::OrderTermsMismatch) };
             let fee_ok = leg.sent().checked_sub(req.amount).is_some_and(|fee| fee <= req.max_fee);
             if leg.chain != req.chain
+                || leg.asset != req.asset
                 || leg.destination() != Some(req.payee)
                 || leg.delivered() != req.amount
                 || !fee_ok
@@ -183,6 +184,7 @@ fn check_swap_terms(
         let found = sourced.iter().enumerate().position(|(i, leg)| {
             !used[i]
                 && leg.chain == give.chain
+                && leg.asset == give.asset
                 && leg.destination() == Some(give.counterparty)
                 && leg.delivered() == give.amount
                 && leg.sent().checked_sub(give.amount).is_some_and(|fee| fee <= give.max_fee)
@@ -198,6 +200,7 @@ fn check_swap_terms(
         let found = incoming.iter().enumerate().position(|(i, leg)| {
             !used[i]
                 && leg.chain == want.chain
+                && leg.asset == want.asset
                 && leg.source() == Some(want.counterparty)
                 && leg.delivered() >= want.amount
         });

@@ -101,8 +101,6 @@ pub enum EnclaveError {
     InvoiceInFlight(teepay_types::Hash32),
     #[error("{0} invoices are kept already: cancel some or wait until they expire")]
     TooManyInvoices(usize),
-    #[error("token invoices are not supported yet: channels hold ether only")]
-    UnsupportedAsset,
     #[error("the receipt is not the payee's for a payment of this enclave")]
     ReceiptMismatch,
     #[error("arithmetic overflow")]

@@ -124,7 +124,7 @@ impl NodeState {
         }
         let delivered = leg.delivered();
         if invoice.chain != leg.chain
-            || invoice.asset != Asset::Native
+            || invoice.asset != leg.asset
             || invoice.amount.is_some_and(|asked| delivered < asked)
         {
             return Err(NackReason::InvoiceMismatch);
@@ -205,6 +205,7 @@ impl<P: Platform> NodeEnclave<P> {
     pub(crate) fn create_invoice(
         &mut self,
         chain: ChainId,
+        asset: Asset,
         amount: Option<Amount>,
         memo_hash: Hash32,
         expires_at: u64,
@@ -227,15 +228,8 @@ impl<P: Platform> NodeEnclave<P> {
         let book = &mut self.state.invoices;
         let nonce = book.next_nonce;
         book.next_nonce += 1;
-        let invoice = Invoice {
-            payee: self.key.address(),
-            chain,
-            asset: Asset::Native,
-            amount,
-            memo_hash,
-            expires_at,
-            nonce,
-        };
+        let invoice =
+            Invoice { payee: self.key.address(), chain, asset, amount, memo_hash, expires_at, nonce };
         let signed = invoice.sign(&self.key);
         let id = signed.invoice.id();
         book.issued_expiry.insert((expires_at.saturating_add(INVOICE_RETENTION), id));
@@ -272,9 +266,6 @@ impl<P: Platform> NodeEnclave<P> {
         if now > invoice.expires_at {
             return Err(EnclaveError::InvoiceExpired(id));
         }
-        if invoice.asset != Asset::Native {
-            return Err(EnclaveError::UnsupportedAsset);
-        }
         self.state.config.contract(invoice.chain).ok_or(EnclaveError::UnknownChain(invoice.chain))?;
         if invoice.payee == self.address() {
             return Err(EnclaveError::InvalidOrder("payee is the payer"));
@@ -301,6 +292,7 @@ impl<P: Platform> NodeEnclave<P> {
         let nonce = self.state.next_nonce;
         let order = Order::Payment(PaymentRequest {
             chain: invoice.chain,
+            asset: invoice.asset,
             payer: self.address(),
             payee: invoice.payee,
             amount,

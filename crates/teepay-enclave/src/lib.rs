@@ -363,7 +363,7 @@ impl<P: Platform> NodeEnclave<P> {
                 self.open_channel_mut(channel)?.fee = fee;
                 Ok(self.changed(Response::Done))
             }
-            Request::CreatePayment { chain, payee, amount, max_fee, expires_at } => {
+            Request::CreatePayment { chain, asset, payee, amount, max_fee, expires_at } => {
                 if amount.is_zero() {
                     return Err(EnclaveError::ZeroAmount);
                 }
@@ -373,6 +373,7 @@ impl<P: Platform> NodeEnclave<P> {
                 let nonce = self.state.next_nonce;
                 let order = Order::Payment(PaymentRequest {
                     chain,
+                    asset,
                     payer: self.address(),
                     payee,
                     amount,
@@ -404,8 +405,8 @@ impl<P: Platform> NodeEnclave<P> {
                 Ok(self.issue_order(order))
             }
             Request::HubBatch(batch) => self.handle_batch(now, batch),
-            Request::CreateInvoice { chain, amount, memo_hash, expires_at } => {
-                self.create_invoice(chain, amount, memo_hash, expires_at, now)
+            Request::CreateInvoice { chain, asset, amount, memo_hash, expires_at } => {
+                self.create_invoice(chain, asset, amount, memo_hash, expires_at, now)
             }
             Request::CancelInvoice { invoice } => self.cancel_invoice(invoice),
             Request::PayInvoice { invoice, amount, max_fee, expires_at } => {

@@ -3,9 +3,9 @@
 use crate::{EnclaveError, FeePolicy, NewChannel};
 use borsh::{BorshDeserialize, BorshSerialize};
 use teepay_types::{
-    Address, Amount, ChainId, ChannelId, GasParams, Hash32, InstanceId, NodeItem, Outcome, PaymentReceipt,
-    Quote, Report, SignedChannelState, SignedHubBatch, SignedInvoice, SignedNodeAck, SignedOrder,
-    SignedRefundRequest, SignedTx, Transfer,
+    Address, Amount, Asset, ChainId, ChannelId, GasParams, Hash32, InstanceId, NodeItem, Outcome,
+    PaymentReceipt, Quote, Report, SignedChannelState, SignedHubBatch, SignedInvoice, SignedNodeAck,
+    SignedOrder, SignedRefundRequest, SignedTx, Transfer,
 };
 
 /// Everything a host can ask of the node enclave. Encodable: a request that changed the
@@ -38,6 +38,7 @@ pub enum Request {
     /// Build and sign a payment request as payer (DESIGN §6 step 0).
     CreatePayment {
         chain: ChainId,
+        asset: Asset,
         payee: Address,
         amount: Amount,
         max_fee: Amount,
@@ -55,6 +56,7 @@ pub enum Request {
     /// (`invoices.rs`).
     CreateInvoice {
         chain: ChainId,
+        asset: Asset,
         amount: Option<Amount>,
         memo_hash: Hash32,
         expires_at: u64,

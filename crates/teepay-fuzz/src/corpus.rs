@@ -74,6 +74,7 @@ impl Corpus {
         corpus.requests.extend([
             Request::CreatePayment {
                 chain: ChainId(1),
+                asset: teepay_types::Asset::Native,
                 payee,
                 amount: Amount(5),
                 max_fee: Amount(1),

@@ -151,10 +151,11 @@ impl HubApi {
 impl Hub for HubApi {
     async fn network(&self, _: Request<pb::NetworkRequest>) -> Result<Response<pb::NetworkMap>, Status> {
         let mut channels = Vec::new();
-        for (chain, list) in self.control()?.network().await {
+        for ((chain, asset), list) in self.control()?.network().await {
             for c in list {
                 channels.push(pb::MapChannel {
                     chain: chain.0,
+                    asset: teepay_api::asset_pb(asset),
                     id: c.info.id.to_string(),
                     a: c.info.a.to_string(),
                     b: c.info.b.to_string(),
@@ -166,7 +167,7 @@ impl Hub for HubApi {
                 });
             }
         }
-        channels.sort_by(|x, y| (x.chain, &x.id).cmp(&(y.chain, &y.id)));
+        channels.sort_by(|x, y| (x.chain, &x.asset, &x.id).cmp(&(y.chain, &y.asset, &y.id)));
         Ok(Response::new(pb::NetworkMap { channels }))
     }
 

@@ -15,7 +15,7 @@ use teepay_chain::contract::ContractEvent;
 use teepay_coordinator::{Coordinator, HubError, HubPhase, RefundReason};
 use teepay_routing::{ChannelInfo, Network, RouteError, RouteQuery};
 use teepay_types::{
-    Address, Amount, ChainId, FeePolicy, InstanceId, InstanceKind, Leg, MAX_SWAP_PARTIES,
+    Address, Amount, Asset, ChainId, FeePolicy, InstanceId, InstanceKind, Leg, MAX_SWAP_PARTIES,
     MAX_TRANSFERS_PER_INTENT, NackReason, Order, Outcome, PaymentReceipt, Platform, SignedHubBatch,
     SignedNodeAck, SignedOrder, SignedRefundRequest, SpecError,
 };
@@ -49,7 +49,7 @@ pub enum ExecError {
 /// Every give must be exactly one counterparty's receive (same parties, chain and amount)
 /// and vice versa, as multisets: one pass over all transfers (hash counts), one route query
 /// per give. `intents` are swap orders with at most [`MAX_TRANSFERS_PER_INTENT`] each.
-fn match_intents(intents: &[SignedOrder]) -> Result<Vec<(ChainId, RouteQuery)>, ExecError> {
+fn match_intents(intents: &[SignedOrder]) -> Result<Vec<(ChainId, Asset, RouteQuery)>, ExecError> {
     let mut parties = HashSet::new();
     for o in intents {
         let Order::Swap(intent) = &o.order else { return Err(ExecError::NotASwap) };
@@ -60,8 +60,8 @@ fn match_intents(intents: &[SignedOrder]) -> Result<Vec<(ChainId, RouteQuery)>, 
     if parties.len() < 2 {
         return Err(ExecError::TooFewIntents);
     }
-    // (from, to, chain, amount) → gives minus receives: every entry must come out zero.
-    let mut balance: HashMap<(Address, Address, ChainId, Amount), i64> = HashMap::new();
+    // (from, to, chain, asset, amount) → gives minus receives: every entry must come out zero.
+    let mut balance: HashMap<(Address, Address, ChainId, Asset, Amount), i64> = HashMap::new();
     let mut queries = Vec::new();
     for o in intents {
         let Order::Swap(intent) = &o.order else { unreachable!("checked above") };
@@ -73,26 +73,28 @@ fn match_intents(intents: &[SignedOrder]) -> Result<Vec<(ChainId, RouteQuery)>, 
                     give.counterparty
                 )));
             }
-            *balance.entry((party, give.counterparty, give.chain, give.amount)).or_default() += 1;
+            *balance.entry((party, give.counterparty, give.chain, give.asset, give.amount)).or_default() += 1;
             let query = RouteQuery {
                 source: party,
                 destination: give.counterparty,
                 amount: give.amount,
                 max_fee: give.max_fee,
             };
-            queries.push((give.chain, query));
+            queries.push((give.chain, give.asset, query));
         }
         for receive in &intent.receives {
-            *balance.entry((receive.counterparty, party, receive.chain, receive.amount)).or_default() -= 1;
+            *balance
+                .entry((receive.counterparty, party, receive.chain, receive.asset, receive.amount))
+                .or_default() -= 1;
         }
     }
     // Deterministic report: the smallest unmatched transfer.
     let unmatched = balance.into_iter().filter(|(_, n)| *n != 0).min_by_key(|(k, _)| *k);
-    if let Some(((from, to, chain, amount), n)) = unmatched {
+    if let Some(((from, to, chain, asset, amount), n)) = unmatched {
         return Err(ExecError::IntentsDoNotMatch(if n > 0 {
-            format!("{from} gives {} on chain {} to {to}, who does not expect it", amount.0, chain.0)
+            format!("{from} gives {} of {asset} on {chain} to {to}, who does not expect it", amount.0)
         } else {
-            format!("{to} expects {} on chain {} from {from}, who does not give it", amount.0, chain.0)
+            format!("{to} expects {} of {asset} on {chain} from {from}, who does not give it", amount.0)
         }));
     }
     Ok(queries)
@@ -162,7 +164,7 @@ pub const STATUS_RETENTION_MS: u64 = 10 * 60 * 1000;
 /// Ends the reservations `legs` made: applied transfers move balances in the map.
 fn release(network: &mut Network, legs: &[Leg], applied: bool) {
     for leg in legs {
-        let graph = network.chain_mut(leg.chain);
+        let graph = network.graph_mut(leg.chain, leg.asset);
         for hop in &leg.hops {
             // Reservations were made by `reserve`; a failure here means the map was rebuilt
             // meanwhile (e.g. a channel closed), which leaves nothing to release.
@@ -271,12 +273,11 @@ impl<P: Platform> Executor<P> {
         chain: ChainId,
         event: &ContractEvent,
     ) -> Result<(), ExecError> {
-        let graph = self.network.chain_mut(chain);
         match *event {
             ContractEvent::ChannelOpened { channel, a, b, deposit, token, .. } => {
-                // The map routes ether only so far: a token channel stays out of it (and so do
-                // its deposits and its close, below).
-                if token == Address::default() && graph.channel(channel).is_none() {
+                // Each asset of a chain is a map of its own: a route never mixes them.
+                let graph = self.network.graph_mut(chain, Asset::from_token(token));
+                if graph.channel(channel).is_none() {
                     graph.upsert_channel(&ChannelInfo {
                         id: channel,
                         a,
@@ -289,12 +290,12 @@ impl<P: Platform> Executor<P> {
                 }
             }
             ContractEvent::ChannelFunded { channel, party, amount, .. } => {
-                if graph.channel(channel).is_some() {
+                if let Some(graph) = self.network.graph_of_channel_mut(chain, channel) {
                     graph.credit(channel, party, amount)?
                 }
             }
             ContractEvent::ChannelClosed { channel, .. } => {
-                if graph.channel(channel).is_some() {
+                if let Some(graph) = self.network.graph_of_channel_mut(chain, channel) {
                     graph.close_channel(channel)?
                 }
             }
@@ -353,13 +354,13 @@ impl<P: Platform> Executor<P> {
         let Order::Payment(req) = &order.order else { return Err(ExecError::NotAPayment) };
         // The signature is checked once, by the hub enclave in `start` (one ECDSA recovery
         // per order on the hot path, not two).
-        let route = self.network.chain(req.chain)?.find_route(&RouteQuery {
+        let route = self.network.graph(req.chain, req.asset)?.find_route(&RouteQuery {
             source: req.payer,
             destination: req.payee,
             amount: req.amount,
             max_fee: req.max_fee,
         })?;
-        let leg = route.into_leg(req.chain);
+        let leg = route.into_leg(req.chain, req.asset);
         self.start(now, InstanceKind::MultiHop, vec![leg], vec![order])
     }
 
@@ -416,7 +417,7 @@ impl<P: Platform> Executor<P> {
 
     fn reserve(&mut self, legs: &[Leg]) -> Result<(), ExecError> {
         for (i, leg) in legs.iter().enumerate() {
-            let graph = self.network.chain_mut(leg.chain);
+            let graph = self.network.graph_mut(leg.chain, leg.asset);
             for (j, hop) in leg.hops.iter().enumerate() {
                 if let Err(e) = graph.reserve(hop.channel, hop.from, hop.amount) {
                     // Undo what this call reserved so far.
@@ -513,7 +514,7 @@ impl<P: Platform> Executor<P> {
             release(&mut self.network, &instance.spec.legs, status == Status::Succeeded);
             let mut channels = Vec::new();
             for leg in &instance.spec.legs {
-                let graph = self.network.chain_mut(leg.chain);
+                let graph = self.network.graph_mut(leg.chain, leg.asset);
                 for hop in &leg.hops {
                     if let Some(c) = graph.channel(hop.channel) {
                         channels.push((leg.chain, c.info));

@@ -30,11 +30,7 @@ pub async fn load_network(store: &Store) -> Result<Network, HubError> {
     let mut failed = None;
     store
         .for_each_channel(|ch| {
-            // The map routes ether: token channels wait for per-asset routing (issue 16).
-            if ch.status != ChannelStatus::Open
-                || ch.token != teepay_types::Address::default()
-                || failed.is_some()
-            {
+            if ch.status != ChannelStatus::Open || failed.is_some() {
                 return Ok(());
             }
             let info = ChannelInfo {
@@ -46,7 +42,10 @@ pub async fn load_network(store: &Store) -> Result<Network, HubError> {
                 fee_a: ch.fee_a,
                 fee_b: ch.fee_b,
             };
-            if let Err(e) = net.chain_mut(ch.chain).upsert_channel(&info) {
+            // One map per (chain, asset): a route never mixes a token's channels with ether's.
+            if let Err(e) =
+                net.graph_mut(ch.chain, teepay_types::Asset::from_token(ch.token)).upsert_channel(&info)
+            {
                 failed = Some(e);
             }
             Ok(())

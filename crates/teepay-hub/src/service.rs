@@ -105,6 +105,9 @@ async fn release_held<P: Platform>(
     }
 }
 
+/// Every map the hub routes on, per (chain, asset), with each channel's balances and reservations.
+pub type NetworkMap = Vec<((ChainId, teepay_types::Asset), Vec<ChannelSnapshot>)>;
+
 enum Event {
     SignLink {
         transcript: Hash32,
@@ -138,7 +141,7 @@ enum Event {
         reply: oneshot::Sender<Option<Status>>,
     },
     Network {
-        reply: oneshot::Sender<Vec<(ChainId, Vec<ChannelSnapshot>)>>,
+        reply: oneshot::Sender<NetworkMap>,
     },
     Admitted {
         node: Address,
@@ -208,8 +211,8 @@ impl HubControl {
         answer.await.map_err(|_| "the hub stopped".to_string())?
     }
 
-    /// The network map: every channel per chain with balances and reservations.
-    pub async fn network(&self) -> Vec<(ChainId, Vec<ChannelSnapshot>)> {
+    /// The network map: every channel per (chain, asset) with balances and reservations.
+    pub async fn network(&self) -> NetworkMap {
         let (reply, answer) = oneshot::channel();
         if self.events.send(Event::Network { reply }).is_err() {
             return Vec::new();
@@ -644,7 +647,7 @@ fn handle<P: Platform>(
         Event::ReloadNetwork(network) => exec.replace_network(network),
         Event::Status { instance, reply } => drop(reply.send(exec.status(instance).cloned())),
         Event::Network { reply } => {
-            let map = exec.network().chains().map(|(c, g)| (*c, g.channels().collect())).collect();
+            let map = exec.network().graphs().map(|(key, g)| (*key, g.channels().collect())).collect();
             let _ = reply.send(map);
         }
         Event::Admitted { node, reply } => drop(reply.send(exec.coordinator().is_registered(node))),

@@ -110,7 +110,7 @@ impl Net {
             fee_a: fee(advertised.0),
             fee_b: fee(advertised.1),
         };
-        self.exec.network_mut().chain_mut(chain).upsert_channel(&info).unwrap();
+        self.exec.network_mut().graph_mut(chain, teepay_types::Asset::Native).upsert_channel(&info).unwrap();
         id
     }
 
@@ -118,6 +118,7 @@ impl Net {
         let payee = self.addr(payee);
         let req = Request::CreatePayment {
             chain: C1,
+            asset: teepay_types::Asset::Native,
             payee,
             amount: Amount(amount),
             max_fee: Amount(max_fee),
@@ -179,7 +180,7 @@ fn pays_over_the_shortest_route_and_updates_the_map() {
     let id = net.exec.submit_payment(net.now, order).unwrap();
     assert_eq!(net.exec.status(id), Some(&Status::InFlight));
     // In flight: the route's capacity is reserved (10 + fees 3 on the first hop).
-    let g = net.exec.network().chain(C1).unwrap();
+    let g = net.exec.network().graph(C1, teepay_types::Asset::Native).unwrap();
     assert_eq!(g.available(c01, net.addr(0)).unwrap(), Amount(87));
     let finished = net.run();
     assert_eq!(finished, vec![(id, Status::Succeeded)]);
@@ -188,7 +189,7 @@ fn pays_over_the_shortest_route_and_updates_the_map() {
     assert_eq!((net.balance(0, c01), net.balance(1, c01)), (87, 113));
     assert_eq!((net.balance(1, c12), net.balance(2, c12)), (89, 111));
     assert_eq!((net.balance(2, c23), net.balance(3, c23)), (90, 110));
-    let g = net.exec.network().chain(C1).unwrap();
+    let g = net.exec.network().graph(C1, teepay_types::Asset::Native).unwrap();
     assert_eq!(g.available(c01, net.addr(0)).unwrap(), Amount(87), "the map follows the applied transfer");
     assert_eq!(g.available(c01, net.addr(1)).unwrap(), Amount(113));
     assert_eq!(g.available(c23, net.addr(3)).unwrap(), Amount(110));
@@ -239,7 +240,12 @@ fn refuses_what_cannot_be_routed_and_refunds_silent_or_refusing_nodes() {
         "{finished:?}"
     );
     assert_eq!(
-        net.exec.network().chain(C1).unwrap().available(c01, net.addr(0)).unwrap(),
+        net.exec
+            .network()
+            .graph(C1, teepay_types::Asset::Native)
+            .unwrap()
+            .available(c01, net.addr(0))
+            .unwrap(),
         Amount(100),
         "released"
     );
@@ -258,7 +264,15 @@ fn refuses_what_cannot_be_routed_and_refunds_silent_or_refusing_nodes() {
         "{finished:?}"
     );
     assert_eq!(net.balance(0, c01), 100, "the payer's enclave reverted its lock");
-    assert_eq!(net.exec.network().chain(C1).unwrap().available(c01, net.addr(0)).unwrap(), Amount(100));
+    assert_eq!(
+        net.exec
+            .network()
+            .graph(C1, teepay_types::Asset::Native)
+            .unwrap()
+            .available(c01, net.addr(0))
+            .unwrap(),
+        Amount(100)
+    );
 
     // Orders of the wrong kind or with a forged signature are refused (the forged one by the
     // hub enclave, its reservation undone).
@@ -275,6 +289,7 @@ fn swaps_need_matching_intents() {
     let (a, b) = (net.addr(0), net.addr(1));
     let t = |chain, counterparty, amount| Transfer {
         chain,
+        asset: teepay_types::Asset::Native,
         counterparty,
         amount: Amount(amount),
         max_fee: Amount(0),
@@ -378,6 +393,7 @@ fn swap_requests_are_capped_and_checked_before_matching_or_routing() {
     let (a, b) = (net.addr(0), net.addr(1));
     let t = |chain, counterparty, amount| Transfer {
         chain,
+        asset: teepay_types::Asset::Native,
         counterparty,
         amount: Amount(amount),
         max_fee: Amount(0),
@@ -460,6 +476,7 @@ fn sealed_state_and_memory_stay_flat_over_many_payments() {
         for _ in 0..PER_ROUND {
             let req = Request::CreatePayment {
                 chain: C1,
+                asset: teepay_types::Asset::Native,
                 payee: net.addr(payee),
                 amount: Amount(1),
                 max_fee: Amount(0),
@@ -548,8 +565,13 @@ fn a_receipt_is_passed_on_only_from_its_payee_for_exactly_its_payment() {
     let mut net = Net::new(3);
     net.channel(C1, 0, 1, (100, 100), (0, 0), (0, 0));
     net.channel(C1, 1, 2, (100, 100), (0, 0), (0, 0));
-    let create =
-        Request::CreateInvoice { chain: C1, amount: Some(Amount(10)), memo_hash: [1; 32], expires_at: 5_000 };
+    let create = Request::CreateInvoice {
+        chain: C1,
+        asset: teepay_types::Asset::Native,
+        amount: Some(Amount(10)),
+        memo_hash: [1; 32],
+        expires_at: 5_000,
+    };
     let Response::Invoice(invoice) = net.nodes[2].handle(net.now, create).unwrap().response else { panic!() };
     let pay = Request::PayInvoice {
         invoice: Box::new(invoice.clone()),

@@ -102,7 +102,7 @@ async fn follows_the_embedded_chain_with_confirmations_and_resumes() {
     assert_eq!((ch.deposit_a, ch.deposit_b, ch.balance_b), (Amount(1000), Amount(400), Amount(400)));
 
     let net = teepay_hub::load_network(&store).await.unwrap();
-    let g = net.chain(ChainId(31337)).unwrap();
+    let g = net.graph(ChainId(31337), teepay_types::Asset::Native).unwrap();
     assert_eq!(g.available(s.channel, s.b.address()).unwrap(), Amount(400), "the map comes from the DB");
 
     // Misconfiguration is refused with a clear error.

@@ -7,15 +7,12 @@ use crate::{NodeError, NodeHandle};
 use std::net::SocketAddr;
 use teepay_api::pb::node_server::{Node, NodeServer};
 use teepay_api::pb::{self};
-use teepay_api::{
-    intent_pb, parse_address, parse_amount, parse_channel, parse_fee, parse_instance, parse_intent,
-    parse_transfer,
-};
+use teepay_api::{intent_pb, parse_address, parse_channel, parse_instance, parse_intent};
 use teepay_chain::{AnyChain, Chain};
 use teepay_enclave::{EnclaveError, Request, Response};
 use teepay_link::host::now_ms;
 use teepay_link::wire::WireStatus;
-use teepay_types::{ChainId, Quote};
+use teepay_types::{Asset, ChainId, Quote};
 use tonic::{Request as Req, Response as Resp, Status};
 
 /// Serves the API for one node daemon.
@@ -29,6 +26,8 @@ pub struct NodeApi {
     pub hub: String,
     /// This enclave's quote per chain (for on-chain registration before a first open).
     pub quotes: Vec<(ChainId, Quote)>,
+    /// Token symbols the owner configured per chain (`12.5usdc`, `asset = "usdc"`).
+    pub tokens: Vec<crate::assets::TokenSymbol>,
 }
 
 pub(crate) fn node_status(e: NodeError) -> Status {
@@ -67,7 +66,7 @@ impl NodeApi {
         })
     }
 
-    fn link(&self, chain: ChainId) -> Result<&ChainLink<AnyChain>, Status> {
+    pub(crate) fn link(&self, chain: ChainId) -> Result<&ChainLink<AnyChain>, Status> {
         self.links.iter().find(|l| l.id == chain).ok_or_else(|| {
             Status::invalid_argument(format!("chain: this node is not configured for chain {}", chain.0))
         })
@@ -87,30 +86,6 @@ impl NodeApi {
             Status::not_found(format!("channel {channel} is not one of this node's channels"))
         })?;
         Ok((self.link(c.chain)?, c.token))
-    }
-
-    /// A positive amount of `token` (zero: ether, in ether's units): base units, or a decimal
-    /// in the token's own unit as its contract names it (`12.5usdc` for a token whose
-    /// `symbol()` is USDC, scaled by its `decimals()`).
-    async fn asset_amount(
-        &self,
-        link: &ChainLink<AnyChain>,
-        token: teepay_types::Address,
-        field: &str,
-        s: &str,
-    ) -> Result<teepay_types::Amount, Status> {
-        if token == teepay_types::Address::default() {
-            return parse_amount(field, s);
-        }
-        let unit = teepay_chain::contract::token_unit(&link.chain, token)
-            .await
-            .map_err(|e| Status::failed_precondition(format!("token {token}: {e}")))?;
-        let amount = teepay_types::units::parse_amount(s, &[unit])
-            .map_err(|e| Status::invalid_argument(format!("{field}: {e}")))?;
-        if amount.is_zero() {
-            return Err(Status::invalid_argument(format!("{field}: must be positive, got {}", s.trim())));
-        }
-        Ok(amount)
     }
 
     /// Registers the enclave on `chain` if it is not yet (its first on-chain action there).
@@ -185,9 +160,10 @@ impl Node for NodeApi {
         let r = req.into_inner();
         let chain = self.off_chain(ChainId(r.chain))?;
         let payee = parse_address("payee", &r.payee)?;
-        let amount = parse_amount("amount", &r.amount)?;
-        let max_fee = parse_fee("max_fee", &r.max_fee)?;
-        let id = self.node.pay(chain, payee, amount, max_fee).await.map_err(node_status)?;
+        let asset = self.asset_of(chain, "asset", &r.asset, &r.amount)?;
+        let amount = self.amount_of(chain, asset, "amount", &r.amount, false).await?;
+        let max_fee = self.amount_of(chain, asset, "max_fee", &r.max_fee, true).await?;
+        let id = self.node.pay_asset(chain, asset, payee, amount, max_fee).await.map_err(node_status)?;
         Ok(Resp::new(pb::Started { instance: id.to_string() }))
     }
 
@@ -273,12 +249,9 @@ impl Node for NodeApi {
         let r = req.into_inner();
         let link = self.link(ChainId(r.chain))?;
         let peer = parse_address("peer", &r.peer)?;
-        let token = if r.token.trim().is_empty() {
-            teepay_types::Address::default()
-        } else {
-            parse_address("token", &r.token)?
-        };
-        let deposit = self.asset_amount(link, token, "deposit", &r.deposit).await?;
+        let asset = self.asset_of(link.id, "token", &r.token, &r.deposit)?;
+        let token = asset.token();
+        let deposit = self.amount_of(link.id, asset, "deposit", &r.deposit, false).await?;
         self.ensure_registered(link).await?;
         let (id, receipt) =
             open_channel_of(&self.node, link, peer, token, deposit).await.map_err(onchain_status)?;
@@ -290,7 +263,7 @@ impl Node for NodeApi {
         let r = req.into_inner();
         let channel = parse_channel("channel", &r.channel)?;
         let (link, token) = self.channel_link_and_token(channel).await?;
-        let amount = self.asset_amount(link, token, "amount", &r.amount).await?;
+        let amount = self.amount_of(link.id, Asset::from_token(token), "amount", &r.amount, false).await?;
         let receipt = fund(&self.node, link, channel, amount).await.map_err(onchain_status)?;
         Ok(Resp::new(tx_done(&receipt)))
     }
@@ -304,11 +277,13 @@ impl Node for NodeApi {
 
     async fn create_intent(&self, req: Req<pb::CreateIntentRequest>) -> Result<Resp<pb::Intent>, Status> {
         let r = req.into_inner();
-        let gives = r.gives.iter().map(|t| parse_transfer("gives", t)).collect::<Result<Vec<_>, _>>()?;
-        let receives =
-            r.receives.iter().map(|t| parse_transfer("receives", t)).collect::<Result<Vec<_>, _>>()?;
-        for t in gives.iter().chain(&receives) {
-            self.off_chain(t.chain)?;
+        let mut gives = Vec::with_capacity(r.gives.len());
+        for t in &r.gives {
+            gives.push(self.transfer_of("gives", t).await?);
+        }
+        let mut receives = Vec::with_capacity(r.receives.len());
+        for t in &r.receives {
+            receives.push(self.transfer_of("receives", t).await?);
         }
         let ttl = if r.ttl_seconds == 0 { 600 } else { r.ttl_seconds.min(86_400) };
         let expires_at = now_ms() + ttl * 1000;

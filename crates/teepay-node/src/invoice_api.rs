@@ -5,7 +5,7 @@
 use crate::NodeError;
 use crate::api::{NodeApi, node_status};
 use teepay_api::pb;
-use teepay_api::{parse_amount, parse_fee, parse_invoice, parse_invoice_ref, receipt_pb};
+use teepay_api::{parse_invoice, parse_invoice_ref, receipt_pb};
 use teepay_enclave::{EnclaveError, InvoiceStatus, IssuedInvoice, Request, Response};
 use teepay_link::host::now_ms;
 use teepay_types::{Amount, ChainId, Hash32};
@@ -28,6 +28,7 @@ fn invoice_pb(issued: &IssuedInvoice, now: u64) -> pb::InvoiceInfo {
         amount: invoice.amount.map(|a| a.0.to_string()).unwrap_or_default(),
         memo_hash: hex_id(&invoice.memo_hash),
         expires_at_ms: invoice.expires_at,
+        asset: teepay_api::asset_pb(invoice.asset),
         ..Default::default()
     };
     info.status = match issued.status {
@@ -50,9 +51,9 @@ fn invoice_pb(issued: &IssuedInvoice, now: u64) -> pb::InvoiceInfo {
 
 fn invoice_status(e: NodeError) -> Status {
     match e {
-        NodeError::Enclave(
-            e @ (EnclaveError::InvalidInvoice(_) | EnclaveError::Invoice(_) | EnclaveError::UnsupportedAsset),
-        ) => Status::invalid_argument(e.to_string()),
+        NodeError::Enclave(e @ (EnclaveError::InvalidInvoice(_) | EnclaveError::Invoice(_))) => {
+            Status::invalid_argument(e.to_string())
+        }
         NodeError::Enclave(e @ EnclaveError::UnknownInvoice(_)) => Status::not_found(e.to_string()),
         e => node_status(e),
     }
@@ -90,11 +91,16 @@ impl NodeApi {
                 r.chain
             )));
         }
-        let amount = if r.amount.trim().is_empty() { None } else { Some(parse_amount("amount", &r.amount)?) };
+        let asset = self.asset_of(chain, "asset", &r.asset, &r.amount)?;
+        let amount = if r.amount.trim().is_empty() {
+            None
+        } else {
+            Some(self.amount_of(chain, asset, "amount", &r.amount, false).await?)
+        };
         let ttl_s = if r.expires_in_s == 0 { DEFAULT_INVOICE_TTL_S } else { r.expires_in_s };
         let expires_at = now_ms().saturating_add(ttl_s.saturating_mul(1_000));
         let memo_hash = teepay_types::keccak256(r.memo.as_bytes());
-        let request = Request::CreateInvoice { chain, amount, memo_hash, expires_at };
+        let request = Request::CreateInvoice { chain, asset, amount, memo_hash, expires_at };
         match self.node.enclave(request).await.map_err(invoice_status)? {
             Response::Invoice(signed) => {
                 let issued = IssuedInvoice { signed, status: InvoiceStatus::Open };
@@ -102,7 +108,8 @@ impl NodeApi {
                 self.event(
                     "invoice.created",
                     serde_json::json!({ "invoice": info.id, "encoded": info.encoded,
-                    "chain": info.chain, "amount": info.amount, "expires_at_ms": info.expires_at_ms }),
+                    "chain": info.chain, "asset": info.asset, "amount": info.amount,
+                    "expires_at_ms": info.expires_at_ms }),
                 );
                 Ok(info)
             }
@@ -135,9 +142,14 @@ impl NodeApi {
 
     pub(crate) async fn pay_invoice_call(&self, r: pb::PayInvoiceRequest) -> Result<pb::Started, Status> {
         let invoice = parse_invoice("invoice", &r.invoice)?;
-        self.off_chain(invoice.invoice.chain)?;
-        let amount = if r.amount.trim().is_empty() { None } else { Some(parse_amount("amount", &r.amount)?) };
-        let max_fee: Amount = parse_fee("max_fee", &r.max_fee)?;
+        let chain = self.off_chain(invoice.invoice.chain)?;
+        let asset = invoice.invoice.asset;
+        let amount = if r.amount.trim().is_empty() {
+            None
+        } else {
+            Some(self.amount_of(chain, asset, "amount", &r.amount, false).await?)
+        };
+        let max_fee: Amount = self.amount_of(chain, asset, "max_fee", &r.max_fee, true).await?;
         let id = self.node.pay_invoice(invoice, amount, max_fee).await.map_err(invoice_status)?;
         Ok(pb::Started { instance: id.to_string() })
     }

@@ -7,6 +7,7 @@
 //! caused it leaves the process — an ack must never outlive the state that produced it.
 
 pub mod api;
+pub mod assets;
 mod events;
 mod invoice_api;
 pub mod onchain;
@@ -19,7 +20,7 @@ use teepay_enclave::{EnclaveError, NodeEnclave, Request, Response};
 use teepay_link::host::{SealedLogFile, blocking, now_ms};
 use teepay_link::wire::{HubMessage, NodeMessage, WireStatus};
 use teepay_link::{Link, LinkError, handshake, os_entropy};
-use teepay_types::{Address, Amount, ChainId, InstanceId, LinkRole, Platform, Quote, SignedOrder};
+use teepay_types::{Address, Amount, Asset, ChainId, InstanceId, LinkRole, Platform, Quote, SignedOrder};
 use tokio::sync::{mpsc, oneshot};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,7 +65,7 @@ enum Command {
 
 /// What a payment pays: a push to an address, or a payee's invoice.
 enum Payment {
-    Push { chain: ChainId, payee: Address, amount: Amount, max_fee: Amount },
+    Push { chain: ChainId, asset: Asset, payee: Address, amount: Amount, max_fee: Amount },
     Invoice { invoice: Box<teepay_types::SignedInvoice>, amount: Option<Amount>, max_fee: Amount },
 }
 
@@ -114,7 +115,19 @@ impl NodeHandle {
         amount: Amount,
         max_fee: Amount,
     ) -> Result<InstanceId, NodeError> {
-        let what = Payment::Push { chain, payee, amount, max_fee };
+        self.pay_asset(chain, Asset::Native, payee, amount, max_fee).await
+    }
+
+    /// Pays `amount` of `asset` (fees in it too) to `payee` over channels of that asset.
+    pub async fn pay_asset(
+        &self,
+        chain: ChainId,
+        asset: Asset,
+        payee: Address,
+        amount: Amount,
+        max_fee: Amount,
+    ) -> Result<InstanceId, NodeError> {
+        let what = Payment::Push { chain, asset, payee, amount, max_fee };
         self.ask(|reply| Command::Pay { what, reply }).await
     }
 
@@ -471,8 +484,8 @@ fn on_command<P: Platform>(node: &mut Node<P>, outbox: &mut Vec<Vec<u8>>, cmd: C
         Command::Pay { what, reply } => {
             let expires_at = now_ms() + node.settings.order_ttl.as_millis() as u64;
             let build = match what {
-                Payment::Push { chain, payee, amount, max_fee } => {
-                    Request::CreatePayment { chain, payee, amount, max_fee, expires_at }
+                Payment::Push { chain, asset, payee, amount, max_fee } => {
+                    Request::CreatePayment { chain, asset, payee, amount, max_fee, expires_at }
                 }
                 Payment::Invoice { invoice, amount, max_fee } => {
                     Request::PayInvoice { invoice, amount, max_fee, expires_at }

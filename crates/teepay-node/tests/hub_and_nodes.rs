@@ -119,7 +119,7 @@ async fn setup_with(name: &str, n: usize, peer_acks: bool) -> Setup {
             fee_a: FeePolicy::default(),
             fee_b: FeePolicy::default(),
         };
-        network.chain_mut(C1).upsert_channel(&info).unwrap();
+        network.graph_mut(C1, teepay_types::Asset::Native).upsert_channel(&info).unwrap();
         channels.push(id);
     }
     let hub_events = teepay_events::EventLog::in_memory(10_000);
@@ -358,7 +358,13 @@ async fn the_intent_board_admits_only_attested_parties_within_caps() {
     let (addr, _task) = HubApi::new(s.hub.clone()).serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let mut client = pb::hub_client::HubClient::connect(format!("http://{addr}")).await.unwrap();
     let peer = s.nodes[1].address;
-    let t = |amount| Transfer { chain: C1, counterparty: peer, amount: Amount(amount), max_fee: Amount(0) };
+    let t = |amount| Transfer {
+        chain: C1,
+        asset: teepay_types::Asset::Native,
+        counterparty: peer,
+        amount: Amount(amount),
+        max_fee: Amount(0),
+    };
     let now = teepay_link::host::now_ms();
     let encoded = |o: &teepay_types::SignedOrder| pb::Intent {
         encoded: teepay_types::ids::to_hex(&teepay_types::encoding::encode(o)),
@@ -450,6 +456,7 @@ async fn an_invoice_paid_streams_its_events_in_order_and_resumes_from_a_cursor()
         chains: vec![C1],
         hub: s.hub_addr.to_string(),
         quotes: Vec::new(),
+        tokens: Vec::new(),
     };
     let any = "127.0.0.1:0".parse().unwrap();
     let (payee_addr, _t1) = api(&s.nodes[2]).serve(any).await.unwrap();
@@ -465,6 +472,7 @@ async fn an_invoice_paid_streams_its_events_in_order_and_resumes_from_a_cursor()
         amount: "5".into(),
         memo: "order #42".into(),
         expires_in_s: 60,
+        asset: String::new(),
     };
     let invoice = payee.create_invoice(req).await.unwrap().into_inner();
     let started =

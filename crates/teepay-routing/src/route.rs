@@ -15,7 +15,7 @@ use crate::RouteError;
 use crate::graph::{Adjacent, EdgeIdx, Graph, NodeIdx};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use teepay_types::{Address, Amount, ChainId, Hop, Leg};
+use teepay_types::{Address, Amount, Asset, ChainId, Hop, Leg};
 
 /// A payment to route: `amount` is what the destination receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,8 +41,8 @@ impl Route {
         self.hops.first().map_or(Amount::ZERO, |h| h.amount)
     }
 
-    pub fn into_leg(self, chain: ChainId) -> Leg {
-        Leg { chain, hops: self.hops }
+    pub fn into_leg(self, chain: ChainId, asset: Asset) -> Leg {
+        Leg { chain, asset, hops: self.hops }
     }
 }
 

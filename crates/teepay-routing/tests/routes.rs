@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use teepay_routing::{ChannelInfo, Graph, Network, Route, RouteError, RouteQuery};
-use teepay_types::{Address, Amount, ChainId, ChannelId, FeePolicy, Hop};
+use teepay_types::{Address, Amount, Asset, ChainId, ChannelId, FeePolicy, Hop};
 
 fn addr(i: u8) -> Address {
     Address([i; 20])
@@ -142,7 +142,7 @@ fn bad_queries_get_typed_errors() {
         g.upsert_channel(&channel(1, 1, 3, 1, 1, fee(0, 0), fee(0, 0))),
         Err(RouteError::PartiesChanged(ChannelId([1; 32])))
     );
-    assert!(matches!(Network::new().chain(ChainId(5)), Err(RouteError::UnknownChain(_))));
+    assert!(matches!(Network::new().graph(ChainId(5), Asset::Native), Err(RouteError::NoChannels(..))));
 }
 
 #[test]
@@ -172,20 +172,57 @@ fn splits_over_paths_when_no_single_path_has_capacity() {
 
 #[test]
 fn legs_on_one_chain_do_not_double_book() {
+    const ETH: Asset = Asset::Native;
     let mut net = Network::new();
-    net.chain_mut(ChainId(1)).upsert_channel(&channel(1, 1, 2, 100, 0, fee(0, 0), fee(0, 0))).unwrap();
-    net.chain_mut(ChainId(2)).upsert_channel(&channel(2, 2, 1, 100, 0, fee(0, 0), fee(0, 0))).unwrap();
-    let legs = net.route_legs(&[(ChainId(1), query(1, 2, 60, 0)), (ChainId(2), query(2, 1, 60, 0))]).unwrap();
+    net.graph_mut(ChainId(1), ETH).upsert_channel(&channel(1, 1, 2, 100, 0, fee(0, 0), fee(0, 0))).unwrap();
+    net.graph_mut(ChainId(2), ETH).upsert_channel(&channel(2, 2, 1, 100, 0, fee(0, 0), fee(0, 0))).unwrap();
+    let legs = net
+        .route_legs(&[(ChainId(1), ETH, query(1, 2, 60, 0)), (ChainId(2), ETH, query(2, 1, 60, 0))])
+        .unwrap();
     assert_eq!(legs.len(), 2);
     assert_eq!(legs[1].chain, ChainId(2));
     assert_eq!(
-        net.route_legs(&[(ChainId(1), query(1, 2, 60, 0)), (ChainId(1), query(1, 2, 60, 0))]),
+        net.route_legs(&[(ChainId(1), ETH, query(1, 2, 60, 0)), (ChainId(1), ETH, query(1, 2, 60, 0))]),
         Err(RouteError::NoRoute)
     );
     assert!(
-        net.chain(ChainId(1)).unwrap().find_route(&query(1, 2, 100, 0)).is_ok(),
+        net.graph(ChainId(1), ETH).unwrap().find_route(&query(1, 2, 100, 0)).is_ok(),
         "routing reserved nothing"
     );
+}
+
+#[test]
+fn each_asset_of_a_chain_is_a_map_of_its_own() {
+    let usdc = Asset::Erc20(addr(77));
+    let mut net = Network::new();
+    // 1 → 2 in ether, 2 → 3 in the token: no route 1 → 3 in either asset.
+    net.graph_mut(ChainId(1), Asset::Native)
+        .upsert_channel(&channel(1, 1, 2, 100, 0, fee(0, 0), fee(0, 0)))
+        .unwrap();
+    net.graph_mut(ChainId(1), usdc).upsert_channel(&channel(2, 2, 3, 100, 0, fee(0, 0), fee(0, 0))).unwrap();
+    net.graph_mut(ChainId(1), usdc).upsert_channel(&channel(3, 1, 2, 100, 0, fee(0, 0), fee(0, 0))).unwrap();
+    for asset in [Asset::Native, usdc] {
+        let routed = net.route_legs(&[(ChainId(1), asset, query(1, 3, 10, 0))]);
+        if asset == usdc {
+            let legs = routed.unwrap();
+            assert_eq!(legs[0].asset, usdc, "the leg names the asset it moves");
+            assert_eq!(
+                legs[0].hops.iter().map(|h| h.channel).collect::<Vec<_>>(),
+                [ChannelId([3; 32]), ChannelId([2; 32])]
+            );
+        } else {
+            assert!(routed.is_err(), "the ether map has no path to 3: {routed:?}");
+        }
+    }
+    assert!(matches!(net.graph(ChainId(2), usdc), Err(RouteError::NoChannels(ChainId(2), a)) if a == usdc));
+    // Chain events name a channel, not its asset: it is found in whichever map holds it.
+    let g = net.graph_of_channel_mut(ChainId(1), ChannelId([2; 32])).expect("the token map holds it");
+    g.credit(ChannelId([2; 32]), addr(3), Amount(5)).unwrap();
+    assert_eq!(
+        net.graph(ChainId(1), usdc).unwrap().available(ChannelId([2; 32]), addr(3)).unwrap(),
+        Amount(5)
+    );
+    assert!(net.graph_of_channel_mut(ChainId(2), ChannelId([2; 32])).is_none(), "another chain's");
 }
 
 // ------------------------------------------------------------------ properties

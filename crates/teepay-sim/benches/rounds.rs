@@ -34,6 +34,7 @@ fn capture(instances: usize) -> Captured {
     for _ in 0..instances {
         let req = Request::CreatePayment {
             chain: CHAIN_1,
+            asset: teepay_types::Asset::Native,
             payee: w.address(nodes[3]),
             amount: Amount(1_000_000),
             max_fee: Amount(1_000),

@@ -10,7 +10,7 @@ use teepay_enclave::{
     EnclaveError, FeePolicy, FundedChannel, NodeConfig, NodeEnclave, Request, Response, SealLimits, SealedLog,
 };
 use teepay_types::{
-    Address, Amount, ChainId, ChannelId, Hop, InstanceId, InstanceKind, Leg, Outcome, SignedHubBatch,
+    Address, Amount, Asset, ChainId, ChannelId, Hop, InstanceId, InstanceKind, Leg, Outcome, SignedHubBatch,
     SignedNodeAck, SignedOrder, SignedRefundRequest, SigningKey, SimPlatform, Transfer, keccak256,
 };
 
@@ -407,7 +407,7 @@ impl World {
             }
         }
         hops.reverse();
-        Some(Leg { chain, hops })
+        Some(Leg { chain, asset: Asset::Native, hops })
     }
 
     /// A payer-signed request routed along `path`, started at the hub.
@@ -422,6 +422,7 @@ impl World {
         let payee = self.address(*path.last().expect("non-empty path"));
         let request = Request::CreatePayment {
             chain,
+            asset: Asset::Native,
             payee,
             amount: Amount(amount),
             max_fee: Amount(max_fee),
@@ -447,6 +448,7 @@ impl World {
             let me = self.address(party);
             let transfer = |leg: &Leg, counterparty: Address| Transfer {
                 chain: leg.chain,
+                asset: leg.asset,
                 counterparty,
                 amount: leg.delivered(),
                 max_fee: leg.sent().checked_sub(leg.delivered()).expect("fees are non-negative"),

@@ -10,8 +10,8 @@ use teepay_enclave::{EnclaveError, InvoiceStatus, Request, Response};
 use teepay_sim::scenarios::{CHAIN_1, CHAIN_2};
 use teepay_sim::{Action, World};
 use teepay_types::{
-    Amount, Asset, FeePolicy, HubItem, InstanceId, InstanceKind, Invoice, InvoiceError, NackReason, Outcome,
-    PaymentReceipt, SignedInvoice, SignedOrder, SigningKey, keccak256,
+    Amount, Asset, FeePolicy, HubItem, InstanceId, InstanceKind, Invoice, InvoiceError, NackReason, Order,
+    Outcome, PaymentReceipt, SignedInvoice, SignedOrder, SigningKey, keccak256,
 };
 
 /// payer → hop1 → hop2 → payee, and a second payer beside the first (channel to hop1).
@@ -30,6 +30,7 @@ fn world() -> (World, [usize; 5]) {
 fn create_invoice(w: &mut World, payee: usize, amount: Option<u128>, ttl: u64) -> SignedInvoice {
     let request = Request::CreateInvoice {
         chain: CHAIN_1,
+        asset: teepay_types::Asset::Native,
         amount: amount.map(Amount),
         memo_hash: keccak256(b"order #42"),
         expires_at: w.now + ttl,
@@ -175,17 +176,16 @@ fn the_payers_enclave_builds_a_payment_only_from_a_genuine_open_invoice() {
     let soon = create_invoice(&mut w, r, Some(10), 10);
     w.now += 11;
     assert_eq!(pay_order(&mut w, p, &soon).unwrap_err(), EnclaveError::InvoiceExpired(soon.invoice.id()));
-    // A token invoice (its payee's genuine signature): channels hold ether only so far.
-    let token = Invoice {
-        payee: impostor.address(),
-        asset: Asset::Erc20(teepay_types::Address([0x70; 20])),
-        ..invoice.invoice.clone()
-    }
-    .sign(&impostor);
-    assert_eq!(pay_order(&mut w, p, &token).unwrap_err(), EnclaveError::UnsupportedAsset);
+    // A token invoice (its payee's genuine signature): the order moves that token, so only
+    // a route of that token's channels can carry it.
+    let usdc = Asset::Erc20(teepay_types::Address([0x70; 20]));
+    let token = Invoice { payee: impostor.address(), asset: usdc, ..invoice.invoice.clone() }.sign(&impostor);
+    let Order::Payment(req) = pay_order(&mut w, p, &token).unwrap().order else { panic!("a payment") };
+    assert_eq!((req.asset, req.invoice), (usdc, Some(token.invoice.id())));
     // The payee's own limits: an expiry too far out, a zero amount, a chain without contract.
     let far = Request::CreateInvoice {
         chain: CHAIN_1,
+        asset: teepay_types::Asset::Native,
         amount: Some(Amount(1)),
         memo_hash: [0; 32],
         expires_at: w.now + teepay_enclave::MAX_INVOICE_LIFETIME + 1,
@@ -193,6 +193,7 @@ fn the_payers_enclave_builds_a_payment_only_from_a_genuine_open_invoice() {
     assert!(matches!(w.nodes[r].enclave.handle(w.now, far), Err(EnclaveError::InvalidInvoice(_))));
     let zero = Request::CreateInvoice {
         chain: CHAIN_1,
+        asset: teepay_types::Asset::Native,
         amount: Some(Amount(0)),
         memo_hash: [0; 32],
         expires_at: w.now + 5,
@@ -200,6 +201,7 @@ fn the_payers_enclave_builds_a_payment_only_from_a_genuine_open_invoice() {
     assert_eq!(w.nodes[r].enclave.handle(w.now, zero).unwrap_err(), EnclaveError::ZeroAmount);
     let nowhere = Request::CreateInvoice {
         chain: teepay_types::ChainId(9),
+        asset: teepay_types::Asset::Native,
         amount: None,
         memo_hash: [0; 32],
         expires_at: w.now + 5,
@@ -216,6 +218,7 @@ fn the_payees_enclave_locks_only_for_its_own_open_invoice_on_its_terms() {
     let invoice = |f: &mut support::Fixture, chain, amount: u128, ttl: u64| {
         let request = Request::CreateInvoice {
             chain,
+            asset: teepay_types::Asset::Native,
             amount: Some(Amount(amount)),
             memo_hash: [1; 32],
             expires_at: f.w.now + ttl,
@@ -313,8 +316,13 @@ fn invoices_a_host_asks_for_are_bounded_and_forgotten_after_their_retention() {
         create_invoice(&mut w, r, None, 60_000);
     }
     let before = w.nodes[r].enclave.inspect().clone();
-    let one_more =
-        Request::CreateInvoice { chain: CHAIN_1, amount: None, memo_hash: [0; 32], expires_at: w.now + 5 };
+    let one_more = Request::CreateInvoice {
+        chain: CHAIN_1,
+        asset: teepay_types::Asset::Native,
+        amount: None,
+        memo_hash: [0; 32],
+        expires_at: w.now + 5,
+    };
     let err = w.nodes[r].enclave.handle(w.now, one_more).unwrap_err();
     assert_eq!(err, EnclaveError::TooManyInvoices(teepay_enclave::MAX_INVOICES));
     assert_eq!(*w.nodes[r].enclave.inspect(), before);

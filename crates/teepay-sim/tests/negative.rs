@@ -427,6 +427,7 @@ fn hub_refuses_forged_acks_and_unattested_participants() {
         0,
         Request::CreatePayment {
             chain: CHAIN_1,
+            asset: teepay_types::Asset::Native,
             payee: stranger.address(),
             amount: Amount(5),
             max_fee: Amount(0),
@@ -582,6 +583,7 @@ fn hub_macs_from_registration_and_never_in_signature_mode() {
 fn next_order(w: &mut World) -> SignedOrder {
     let request = Request::CreatePayment {
         chain: CHAIN_1,
+        asset: teepay_types::Asset::Native,
         payee: w.address(3),
         amount: Amount(5),
         max_fee: Amount(5),
@@ -713,7 +715,11 @@ fn locks_per_channel_are_capped() {
             id: teepay_types::instance_id(hub, seq),
             seq,
             kind: InstanceKind::MultiHop,
-            legs: vec![teepay_types::Leg { chain: CHAIN_1, hops: vec![hop] }],
+            legs: vec![teepay_types::Leg {
+                chain: CHAIN_1,
+                asset: teepay_types::Asset::Native,
+                hops: vec![hop],
+            }],
             orders: vec![order.clone()],
             deadline: 100,
             lock_deadline: 0,
@@ -795,6 +801,7 @@ fn a_refunded_order_is_never_paid_later() {
     // An order whose owner set its expiry far away is refused: used orders stay bounded.
     let far = Request::CreatePayment {
         chain: CHAIN_1,
+        asset: teepay_types::Asset::Native,
         payee: w.address(3),
         amount: Amount(1),
         max_fee: Amount(5),

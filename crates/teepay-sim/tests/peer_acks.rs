@@ -164,6 +164,7 @@ fn hub_counts_and_forwards_only_valid_peer_acks() {
     let (a, b) = (test_node(&mut w, 0xa1), test_node(&mut w, 0xb2));
     let request = PaymentRequest {
         chain: ChainId(1),
+        asset: teepay_types::Asset::Native,
         payer: a.address(),
         payee: b.address(),
         amount: Amount(10),
@@ -173,7 +174,7 @@ fn hub_counts_and_forwards_only_valid_peer_acks() {
         invoice: None,
     };
     let hop = Hop { channel: ChannelId([3; 32]), from: a.address(), to: b.address(), amount: Amount(10) };
-    let leg = Leg { chain: ChainId(1), hops: vec![hop] };
+    let leg = Leg { chain: ChainId(1), asset: teepay_types::Asset::Native, hops: vec![hop] };
     let hub = w.hub.coordinator.address();
     let id = w
         .hub

@@ -1,6 +1,7 @@
 //! Instances (payments and swaps), the orders that authorize them, and the structural
 //! rules every enclave checks before looking at its own part.
 
+use crate::asset::Asset;
 use crate::channel::InstanceKind;
 use crate::crypto::{SigningKey, keccak256_parts, macs_equal, recover_signer, session_mac};
 use crate::encoding::body_bytes;
@@ -23,6 +24,9 @@ pub struct Hop {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize)]
 pub struct Leg {
     pub chain: ChainId,
+    /// What every hop moves: each node refuses a leg over a channel holding anything else,
+    /// so an intermediary is never paid in one asset to forward another.
+    pub asset: Asset,
     pub hops: Vec<Hop>,
 }
 
@@ -48,6 +52,8 @@ impl Leg {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize)]
 pub struct PaymentRequest {
     pub chain: ChainId,
+    /// What the payee receives and the route moves.
+    pub asset: Asset,
     pub payer: Address,
     pub payee: Address,
     /// What the payee receives.
@@ -67,6 +73,9 @@ pub struct PaymentRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize)]
 pub struct Transfer {
     pub chain: ChainId,
+    /// A swap's legs may each move a different asset (a token on one chain for ether on
+    /// another).
+    pub asset: Asset,
     pub counterparty: Address,
     pub amount: Amount,
     /// For gives: the most paid to intermediaries on top of `amount` (ignored for receives).
@@ -327,6 +336,7 @@ mod tests {
     fn payment(payer: Address) -> Order {
         Order::Payment(PaymentRequest {
             chain: ChainId(1),
+            asset: Asset::Native,
             payer,
             payee: Address([9; 20]),
             amount: Amount(10),
@@ -351,6 +361,11 @@ mod tests {
             r.amount = Amount(11);
         }
         assert!(!tampered.is_authentic(Some(&session)));
+        let mut other_asset = macd.clone();
+        if let Order::Payment(r) = &mut other_asset.order {
+            r.asset = Asset::Erc20(Address([5; 20]));
+        }
+        assert!(!other_asset.is_authentic(Some(&session)), "the asset is part of what the payer authorized");
         let mut bad_tag = macd;
         bad_tag.auth.bytes_mut()[31] ^= 1;
         assert!(!bad_tag.is_authentic(Some(&session)));

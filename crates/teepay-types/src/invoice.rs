@@ -6,20 +6,12 @@
 //! Only the types, their signatures and their strings live here; which invoice is open, paid
 //! or expired is the payee enclave's state, like the orders it issues.
 
+use crate::asset::Asset;
 use crate::crypto::{Signature, SigningKey, keccak256_parts, verify_signer};
 use crate::ids::{Address, Amount, ChainId, Hash32, InstanceId};
 use bech32::primitives::decode::CheckedHrpstring;
 use bech32::{Bech32m, Hrp};
 use borsh::{BorshDeserialize, BorshSerialize};
-
-/// What a channel, a payment or an invoice is denominated in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, BorshSerialize, BorshDeserialize)]
-pub enum Asset {
-    /// The chain's own ether.
-    Native,
-    /// One ERC-20 token, by its contract address.
-    Erc20(Address),
-}
 
 /// A payee's request for a payment.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize)]

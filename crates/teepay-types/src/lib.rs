@@ -4,6 +4,7 @@
 //!
 //! Pure: no I/O, no clock, no randomness (time and entropy are always passed in).
 
+pub mod asset;
 pub mod channel;
 pub mod crypto;
 pub mod decision;
@@ -17,6 +18,7 @@ pub mod seal;
 pub mod tx;
 pub mod units;
 
+pub use asset::Asset;
 pub use channel::{
     ChannelState, FeePolicy, InstanceKind, LockState, MAX_LOCKS_PER_CHANNEL, Outcome, Phase,
     SignedChannelState, derive_channel_id, eip712_domain,
@@ -32,7 +34,7 @@ pub use instance::{
     Hop, InstanceSpec, Leg, MAX_SWAP_PARTIES, MAX_TRANSFERS_PER_INTENT, Order, PaymentRequest, SignedOrder,
     SpecError, SwapIntent, Transfer, instance_id,
 };
-pub use invoice::{Asset, Invoice, InvoiceError, PaymentReceipt, SignedInvoice};
+pub use invoice::{Invoice, InvoiceError, PaymentReceipt, SignedInvoice};
 pub use messages::{
     Auth, HubBatch, HubItem, NackReason, NodeAck, NodeItem, PeerAck, Quote, QuoteError, RefundRequest,
     Report, RoundAuth, SignedHubBatch, SignedNodeAck, SignedRefundRequest, leaf_hash, prepared_acks_digest,

@@ -52,6 +52,7 @@ impl Fixture {
         let payee = self.w.address(self.nodes[3]);
         let req = Request::CreatePayment {
             chain: CHAIN_1,
+            asset: teepay_types::Asset::Native,
             payee,
             amount: Amount(amount),
             max_fee: Amount(max_fee),
