@@ -67,6 +67,7 @@ async fn run(seed: u64) -> (usize, usize) {
         }
         let onchain = OnchainChannel {
             chain: CHAIN,
+            asset: teepay_types::Asset::Native,
             a: parties[a].address(),
             b: parties[b].address(),
             deposit_a: Amount(dep_a),

@@ -13,7 +13,7 @@
 //! forgotten [`INVOICE_RETENTION`] after expiry (paid ones too: by then the payer holds its
 //! receipt).
 
-use crate::state::NodeState;
+use crate::state::{NodeState, OrderRecord, OrderStatus};
 use crate::{EnclaveError, NodeEnclave, Output, Response};
 use borsh::{BorshDeserialize, BorshSerialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -285,8 +285,10 @@ impl<P: Platform> NodeEnclave<P> {
         if self.state.invoices.paid.contains_key(&id) {
             return Err(EnclaveError::InvoicePaid(id));
         }
-        // An order of ours for it still open or in flight (its record goes when it ends).
-        if self.state.orders.values().any(|o| o.invoice == Some(id)) {
+        // An order of ours for it still payable or in flight (its record goes when it ends;
+        // an open one past its expiry can no longer be paid, even before it is pruned).
+        let live = |o: &OrderRecord| o.status != OrderStatus::Open || now <= o.expires_at;
+        if self.state.orders.values().any(|o| o.invoice == Some(id) && live(o)) {
             return Err(EnclaveError::InvoiceInFlight(id));
         }
         let nonce = self.state.next_nonce;

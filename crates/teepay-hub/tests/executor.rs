@@ -1,12 +1,13 @@
 //! The executor with real node enclaves in-process (no sockets): routing and reservations,
 //! statuses, refunds on timeout and on NACK, swaps assembled from matching intents.
 
+use teepay_chain::contract::ContractEvent;
 use teepay_coordinator::{Coordinator, HubConfig};
 use teepay_enclave::{FundedChannel, NodeConfig, NodeEnclave, Request, Response};
 use teepay_hub::executor::{ExecError, Executor, Status};
 use teepay_routing::{ChannelInfo, Network, RouteError};
 use teepay_types::{
-    Address, Amount, ChainId, ChannelId, FeePolicy, InstanceId, SignedOrder, SigningKey, SimPlatform,
+    Address, Amount, Asset, ChainId, ChannelId, FeePolicy, InstanceId, SignedOrder, SigningKey, SimPlatform,
     Transfer,
 };
 
@@ -84,23 +85,7 @@ impl Net {
         fees: (u128, u128),
         advertised: (u128, u128),
     ) -> ChannelId {
-        let onchain = FundedChannel {
-            chain,
-            contract: CONTRACT,
-            a: self.addr(a),
-            b: self.addr(b),
-            nonce: u64::from(self.next_channel),
-            deposit_a: Amount(deposits.0),
-            deposit_b: Amount(deposits.1),
-            token: teepay_types::Address::default(),
-        };
-        let id = onchain.id();
-        self.next_channel += 1;
-        for (me, is_a, f) in [(a, true, fees.0), (b, false, fees.1)] {
-            for request in onchain.requests(is_a, fee(f)) {
-                self.nodes[me].handle(0, request).unwrap();
-            }
-        }
+        let id = self.enclave_channel(chain, Address::default(), a, b, deposits, fees);
         let info = ChannelInfo {
             id,
             a: self.addr(a),
@@ -114,11 +99,74 @@ impl Net {
         id
     }
 
+    /// A channel of `token` (zero: ether) in both enclaves, deposited by `a` only; the hub
+    /// learns of it from the contract's events, as chain sync hands them over.
+    fn synced_channel(
+        &mut self,
+        chain: ChainId,
+        token: Address,
+        a: usize,
+        b: usize,
+        deposit: u128,
+    ) -> ChannelId {
+        let id = self.enclave_channel(chain, token, a, b, (deposit, 0), (0, 0));
+        let opened = ContractEvent::ChannelOpened {
+            channel: id,
+            a: self.addr(a),
+            b: self.addr(b),
+            deposit: Amount(deposit),
+            nonce: 0,
+            token,
+        };
+        self.exec.on_chain_event(self.now, chain, &opened).unwrap();
+        id
+    }
+
+    fn enclave_channel(
+        &mut self,
+        chain: ChainId,
+        token: Address,
+        a: usize,
+        b: usize,
+        deposits: (u128, u128),
+        fees: (u128, u128),
+    ) -> ChannelId {
+        let onchain = FundedChannel {
+            chain,
+            contract: CONTRACT,
+            a: self.addr(a),
+            b: self.addr(b),
+            nonce: u64::from(self.next_channel),
+            deposit_a: Amount(deposits.0),
+            deposit_b: Amount(deposits.1),
+            token,
+        };
+        let id = onchain.id();
+        self.next_channel += 1;
+        for (me, is_a, f) in [(a, true, fees.0), (b, false, fees.1)] {
+            for request in onchain.requests(is_a, fee(f)) {
+                self.nodes[me].handle(0, request).unwrap();
+            }
+        }
+        id
+    }
+
     fn payment(&mut self, payer: usize, payee: usize, amount: u128, max_fee: u128) -> SignedOrder {
+        self.payment_of(Asset::Native, payer, payee, amount, max_fee)
+    }
+
+    fn payment_of(
+        &mut self,
+        asset: Asset,
+        payer: usize,
+        payee: usize,
+        amount: u128,
+        max_fee: u128,
+    ) -> SignedOrder {
         let payee = self.addr(payee);
         let req = Request::CreatePayment {
             chain: C1,
-            asset: teepay_types::Asset::Native,
+            asset,
             payee,
             amount: Amount(amount),
             max_fee: Amount(max_fee),
@@ -609,4 +657,82 @@ fn a_receipt_is_passed_on_only_from_its_payee_for_exactly_its_payment() {
     refused(net.exec.check_receipt(payee, &keysend));
     keysend.instance = InstanceId([7; 32]);
     refused(net.exec.check_receipt(payee, &keysend));
+}
+
+/// The hub keeps one map per (chain, asset), filled from chain events: a token payment
+/// routes over the token's channels only, an ether payment over ether's, a deposit and a
+/// close reach the map that holds the channel, and a swap of a token for ether routes
+/// each leg in its own asset.
+#[test]
+fn routes_each_asset_over_its_own_channels() {
+    let usdc = Address([0x55; 20]);
+    let mut net = Net::new(3);
+    let token_01 = net.synced_channel(C1, usdc, 0, 1, 1_000);
+    let token_12 = net.synced_channel(C1, usdc, 1, 2, 1_000);
+    let ether_01 = net.synced_channel(C1, Address::default(), 1, 0, 50);
+    let ether_12 = net.synced_channel(C1, Address::default(), 1, 2, 50);
+    let usdc_map = |net: &Net| net.exec.network().graph(C1, Asset::Erc20(usdc)).unwrap().channel_count();
+    assert_eq!(usdc_map(&net), 2);
+    assert_eq!(net.exec.network().graph(C1, Asset::Native).unwrap().channel_count(), 2);
+
+    // 300 of the token: more than any ether channel holds, so only the token map can carry it.
+    let order = net.payment_of(Asset::Erc20(usdc), 0, 2, 300, 0);
+    let id = net.exec.submit_payment(net.now, order).unwrap();
+    assert_eq!(net.run(), vec![(id, Status::Succeeded)]);
+    assert_eq!((net.balance(0, token_01), net.balance(2, token_12)), (700, 300));
+    assert_eq!((net.balance(1, ether_01), net.balance(1, ether_12)), (50, 50), "no ether moved");
+    let order = net.payment(0, 2, 300, 0);
+    assert!(
+        matches!(net.exec.submit_payment(net.now, order), Err(ExecError::Route(RouteError::NoRoute))),
+        "ether channels cannot carry 300"
+    );
+    let order = net.payment_of(Asset::Erc20(Address([0x66; 20])), 0, 2, 1, 0);
+    assert!(matches!(
+        net.exec.submit_payment(net.now, order),
+        Err(ExecError::Route(RouteError::NoChannels(C1, Asset::Erc20(_))))
+    ));
+
+    // Token for ether: 0 gives 100 of the token to 1, 1 gives 20 wei to 0.
+    let t = |asset, who: Address, amount| Transfer {
+        chain: C1,
+        asset,
+        counterparty: who,
+        amount: Amount(amount),
+        max_fee: Amount(0),
+    };
+    let (a0, a1) = (net.addr(0), net.addr(1));
+    let i0 = net.intent(0, vec![t(Asset::Erc20(usdc), a1, 100)], vec![t(Asset::Native, a1, 20)]);
+    let i1 = net.intent(1, vec![t(Asset::Native, a0, 20)], vec![t(Asset::Erc20(usdc), a0, 100)]);
+    let id = net.exec.submit_swap(net.now, vec![i0, i1]).unwrap();
+    assert_eq!(net.run(), vec![(id, Status::Succeeded)]);
+    assert_eq!((net.balance(0, token_01), net.balance(0, ether_01)), (600, 20));
+    // Intents whose assets do not match are not a swap.
+    let i0 = net.intent(0, vec![t(Asset::Erc20(usdc), a1, 100)], vec![t(Asset::Native, a1, 20)]);
+    let i1 = net.intent(1, vec![t(Asset::Native, a0, 20)], vec![t(Asset::Native, a0, 100)]);
+    assert!(matches!(
+        net.exec.submit_swap(net.now, vec![i0, i1]),
+        Err(ExecError::IntentsDoNotMatch(why)) if why.contains("of ether") || why.contains("of token")
+    ));
+
+    // A deposit and a close reach the token map, whichever map holds the channel.
+    let funded = ContractEvent::ChannelFunded {
+        channel: token_12,
+        party: net.addr(2),
+        amount: Amount(40),
+        deposit_a: Amount(1_000),
+        deposit_b: Amount(40),
+    };
+    net.exec.on_chain_event(net.now, C1, &funded).unwrap();
+    let graph = net.exec.network().graph(C1, Asset::Erc20(usdc)).unwrap();
+    assert_eq!(graph.available(token_12, net.addr(2)).unwrap(), Amount(340));
+    let closed = ContractEvent::ChannelClosed {
+        channel: token_12,
+        version: 9,
+        payout_a: Amount(700),
+        payout_b: Amount(340),
+        ejected: false,
+    };
+    net.exec.on_chain_event(net.now, C1, &closed).unwrap();
+    let order = net.payment_of(Asset::Erc20(usdc), 0, 2, 1, 0);
+    assert!(net.exec.submit_payment(net.now, order).is_err(), "the closed channel no longer routes");
 }

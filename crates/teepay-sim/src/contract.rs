@@ -7,7 +7,7 @@
 use borsh::{BorshDeserialize, BorshSerialize};
 use std::collections::BTreeMap;
 use teepay_types::{
-    Address, Amount, ChainId, ChannelId, InstanceId, InstanceKind, MAX_LOCKS_PER_CHANNEL, Outcome,
+    Address, Amount, Asset, ChainId, ChannelId, InstanceId, InstanceKind, MAX_LOCKS_PER_CHANNEL, Outcome,
     SignedChannelState,
 };
 
@@ -21,6 +21,8 @@ pub enum ContractError {
     NotAParty,
     #[error("state balances do not add up to the deposits it carries")]
     BadTotal,
+    #[error("state names another asset than the channel holds")]
+    BadToken,
     #[error("state carries a deposit above the channel's real deposit on that side")]
     BadDeposit,
     #[error("state carries more locks than a channel may hold")]
@@ -34,6 +36,8 @@ pub enum ContractError {
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct OnchainChannel {
     pub chain: ChainId,
+    /// What the channel holds; a signed state must name it (the contract's `BadToken`).
+    pub asset: Asset,
     pub a: Address,
     pub b: Address,
     pub deposit_a: Amount,
@@ -48,7 +52,7 @@ pub struct ContractModel {
     pub broken_settlement_rule: bool,
     pub channels: BTreeMap<ChannelId, OnchainChannel>,
     pub outcomes: BTreeMap<InstanceId, Outcome>,
-    pub payouts: BTreeMap<(ChainId, Address), Amount>,
+    pub payouts: BTreeMap<(ChainId, Asset, Address), Amount>,
 }
 
 /// What one settlement did: newly fixed instance outcomes and what each party received.
@@ -74,6 +78,9 @@ impl ContractModel {
         let signer = signed.signer().map_err(|_| ContractError::NotAParty)?;
         if signer != ch.a && signer != ch.b {
             return Err(ContractError::NotAParty);
+        }
+        if state.token != ch.asset.token() {
+            return Err(ContractError::BadToken);
         }
         if state.deposit_a > ch.deposit_a || state.deposit_b > ch.deposit_b {
             return Err(ContractError::BadDeposit);
@@ -111,11 +118,11 @@ impl ContractModel {
         let unseen_b = ch.deposit_b.checked_sub(state.deposit_b).ok_or(ContractError::Overflow)?;
         let bal_a = bal_a.checked_add(unseen_a).ok_or(ContractError::Overflow)?;
         let bal_b = bal_b.checked_add(unseen_b).ok_or(ContractError::Overflow)?;
-        let (chain, a, b) = (ch.chain, ch.a, ch.b);
+        let (chain, asset, a, b) = (ch.chain, ch.asset, ch.a, ch.b);
         self.outcomes = outcomes;
         self.channels.get_mut(&state.channel).expect("checked").open = false;
         for (who, amount) in [(a, bal_a), (b, bal_b)] {
-            let paid = self.payouts.entry((chain, who)).or_default();
+            let paid = self.payouts.entry((chain, asset, who)).or_default();
             *paid = paid.checked_add(amount).ok_or(ContractError::Overflow)?;
         }
         Ok(Settlement { channel: state.channel, fixed, paid_a: bal_a, paid_b: bal_b })

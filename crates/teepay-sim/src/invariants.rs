@@ -5,7 +5,7 @@ use crate::world::{Violation, World};
 use std::collections::{BTreeMap, BTreeSet};
 use teepay_enclave::{InstanceStatus, NodeState};
 use teepay_types::{
-    Address, Amount, ChainId, Hash32, InstanceId, InstanceKind, InstanceSpec, Order, Outcome,
+    Address, Amount, Asset, ChainId, Hash32, InstanceId, InstanceKind, InstanceSpec, Order, Outcome,
 };
 
 fn fail<T>(msg: String) -> Result<T, Violation> {
@@ -152,15 +152,15 @@ impl World {
         Ok(())
     }
 
-    /// Invariant 1: per chain, open channel balances + paid out = deposits.
+    /// Invariant 1: per chain and asset, open channel balances + paid out = deposits.
     fn check_conservation(&self) -> Result<(), Violation> {
-        let mut held: BTreeMap<ChainId, u128> = BTreeMap::new();
-        let mut deposited: BTreeMap<ChainId, u128> = BTreeMap::new();
-        for ((chain, _), amount) in &self.deposits {
-            *deposited.entry(*chain).or_default() += amount.0;
+        let mut held: BTreeMap<(ChainId, Asset), u128> = BTreeMap::new();
+        let mut deposited: BTreeMap<(ChainId, Asset), u128> = BTreeMap::new();
+        for ((chain, asset, _), amount) in &self.deposits {
+            *deposited.entry((*chain, *asset)).or_default() += amount.0;
         }
-        for ((chain, _), amount) in &self.contract.payouts {
-            *held.entry(*chain).or_default() += amount.0;
+        for ((chain, asset, _), amount) in &self.contract.payouts {
+            *held.entry((*chain, *asset)).or_default() += amount.0;
         }
         for (id, onchain) in &self.contract.channels {
             if onchain.open {
@@ -174,7 +174,7 @@ impl World {
                     let ch = &self.nodes[n].enclave.inspect().channels[id];
                     ch.balance_local.0 + ch.balance_peer.0
                 };
-                *held.entry(onchain.chain).or_default() += total;
+                *held.entry((onchain.chain, onchain.asset)).or_default() += total;
             }
         }
         if held != deposited {
@@ -183,18 +183,19 @@ impl World {
         Ok(())
     }
 
-    /// What `addr` holds on `chain`: its side of every open channel plus on-chain payouts.
-    fn holdings(&self, chain: ChainId, addr: Address) -> i128 {
+    /// What `addr` holds of `asset` on `chain`: its side of every open channel of that asset
+    /// plus on-chain payouts.
+    fn holdings(&self, chain: ChainId, asset: Asset, addr: Address) -> i128 {
         let node = self.node_index(addr).expect("known node");
         let in_channels: u128 = self.nodes[node]
             .enclave
             .inspect()
             .channels
             .values()
-            .filter(|c| c.chain == chain && c.is_open())
+            .filter(|c| c.chain == chain && c.token == asset.token() && c.is_open())
             .map(|c| c.balance_local.0)
             .sum();
-        let paid = self.contract.payouts.get(&(chain, addr)).map_or(0, |a| a.0);
+        let paid = self.contract.payouts.get(&(chain, asset, addr)).map_or(0, |a| a.0);
         (in_channels + paid) as i128
     }
 
@@ -202,7 +203,7 @@ impl World {
     /// flows; within each applied instance an intermediary nets ≥ 0, and a node that
     /// loses value does so only within the bounds of its own authenticated order.
     fn check_accounting(&self, outcomes: &BTreeMap<InstanceId, Outcome>) -> Result<(), Violation> {
-        let mut expected: BTreeMap<(ChainId, Address), i128> = BTreeMap::new();
+        let mut expected: BTreeMap<(ChainId, Asset, Address), i128> = BTreeMap::new();
         for (id, outcome) in outcomes {
             if *outcome != Outcome::Apply {
                 continue;
@@ -221,20 +222,20 @@ impl World {
         }
         // The honest-party invariant: every node whose host did not lie holds exactly what it
         // deposited plus its flows in the instances that applied — never less.
-        let keys: BTreeSet<(ChainId, Address)> = self
+        let keys: BTreeSet<(ChainId, Asset, Address)> = self
             .deposits
             .keys()
             .copied()
-            .filter(|(_, addr)| self.node_index(*addr).is_none_or(|n| !self.liars.contains(&n)))
+            .filter(|(_, _, addr)| self.node_index(*addr).is_none_or(|n| !self.liars.contains(&n)))
             .collect();
-        for (chain, addr) in keys {
-            let start = self.deposits[&(chain, addr)].0 as i128;
-            let delta = self.holdings(chain, addr) - start;
-            let want = expected.get(&(chain, addr)).copied().unwrap_or(0);
+        for (chain, asset, addr) in keys {
+            let start = self.deposits[&(chain, asset, addr)].0 as i128;
+            let delta = self.holdings(chain, asset, addr) - start;
+            let want = expected.get(&(chain, asset, addr)).copied().unwrap_or(0);
             if delta != want {
                 let name = &self.nodes[self.node_index(addr).expect("node")].name;
                 return fail(format!(
-                    "no-loss: {name} on {chain} changed by {delta}, applied instances explain {want}"
+                    "no-loss: {name}'s {asset} on {chain} changed by {delta}, applied instances explain {want}"
                 ));
             }
         }
@@ -242,13 +243,13 @@ impl World {
     }
 }
 
-/// Net value each (chain, node) gains from an instance that applies.
-pub fn flows(spec: &InstanceSpec) -> BTreeMap<(ChainId, Address), i128> {
+/// Net value of each asset each (chain, node) gains from an instance that applies.
+pub fn flows(spec: &InstanceSpec) -> BTreeMap<(ChainId, Asset, Address), i128> {
     let mut flows = BTreeMap::new();
     for leg in &spec.legs {
         for hop in &leg.hops {
-            *flows.entry((leg.chain, hop.from)).or_default() -= hop.amount.0 as i128;
-            *flows.entry((leg.chain, hop.to)).or_default() += hop.amount.0 as i128;
+            *flows.entry((leg.chain, leg.asset, hop.from)).or_default() -= hop.amount.0 as i128;
+            *flows.entry((leg.chain, leg.asset, hop.to)).or_default() += hop.amount.0 as i128;
         }
     }
     flows
@@ -256,26 +257,28 @@ pub fn flows(spec: &InstanceSpec) -> BTreeMap<(ChainId, Address), i128> {
 
 fn check_consent(
     spec: &InstanceSpec,
-    flows: &BTreeMap<(ChainId, Address), i128>,
+    flows: &BTreeMap<(ChainId, Asset, Address), i128>,
     session: impl Fn(&Address) -> Option<Hash32>,
 ) -> Result<(), Violation> {
-    for ((chain, addr), flow) in flows {
+    for ((chain, asset, addr), flow) in flows {
         let order =
             spec.orders.iter().find(|o| o.order.owner() == *addr && o.is_authentic(session(addr).as_ref()));
         let allowed: i128 = match order.map(|o| &o.order) {
             None => 0,
-            Some(Order::Payment(r)) if r.chain == *chain => (r.amount.0 + r.max_fee.0) as i128,
+            Some(Order::Payment(r)) if r.chain == *chain && r.asset == *asset => {
+                (r.amount.0 + r.max_fee.0) as i128
+            }
             Some(Order::Payment(_)) => 0,
             Some(Order::Swap(i)) => {
-                let gives: u128 =
-                    i.gives.iter().filter(|t| t.chain == *chain).map(|t| t.amount.0 + t.max_fee.0).sum();
-                let wants: u128 = i.receives.iter().filter(|t| t.chain == *chain).map(|t| t.amount.0).sum();
+                let here = |t: &&teepay_types::Transfer| t.chain == *chain && t.asset == *asset;
+                let gives: u128 = i.gives.iter().filter(here).map(|t| t.amount.0 + t.max_fee.0).sum();
+                let wants: u128 = i.receives.iter().filter(here).map(|t| t.amount.0).sum();
                 gives as i128 - wants as i128
             }
         };
         if -flow > allowed {
             return fail(format!(
-                "consent: {addr:?} loses {} on {chain} in {:?} but its own order allows {allowed}",
+                "consent: {addr:?} loses {} of {asset} on {chain} in {:?} but its own order allows {allowed}",
                 -flow, spec.id
             ));
         }
@@ -287,7 +290,9 @@ fn check_consent(
                     let got: i128 = spec
                         .legs
                         .iter()
-                        .filter(|l| l.chain == want.chain && l.destination() == Some(i.party))
+                        .filter(|l| {
+                            l.chain == want.chain && l.asset == want.asset && l.destination() == Some(i.party)
+                        })
                         .map(|l| l.delivered().0 as i128)
                         .sum();
                     if got < want.amount.0 as i128 {

@@ -4,7 +4,7 @@ use crate::rng::SplitMix64;
 use crate::world::{Budget, World};
 use std::collections::{BTreeSet, VecDeque};
 use teepay_enclave::FeePolicy;
-use teepay_types::{Amount, ChainId, SealLimits};
+use teepay_types::{Address, Amount, Asset, ChainId, SealLimits};
 
 pub const CHAIN_1: ChainId = ChainId(1);
 pub const CHAIN_2: ChainId = ChainId(2);
@@ -48,20 +48,28 @@ fn three_hop_with(mut w: World, before_payment: impl FnOnce(&mut World)) -> Worl
     w
 }
 
-/// Four parties swap in a ring across two chains: A→B on chain 1, B→C on chain 2,
-/// C→D on chain 1, D→A on chain 2, atomically.
+/// A token on chain 1 (a stablecoin, say) for the scenarios that swap tokens.
+pub const TOKEN_1: Asset = Asset::Erc20(Address([0x51; 20]));
+/// A token on chain 2.
+pub const TOKEN_2: Asset = Asset::Erc20(Address([0x52; 20]));
+
+/// Four parties swap in a ring across two chains and three assets: A→B on chain 1 in
+/// [`TOKEN_1`], B→C on chain 2 in ether, C→D on chain 1 in ether, D→A on chain 2 in
+/// [`TOKEN_2`], atomically. Beside each token channel runs an ether channel between the same
+/// parties, so a leg routed over the wrong one would show in the per-asset accounting.
 pub fn swap_2chain_4party() -> World {
     let mut w = World::new(4);
     let [a, b, c, d] = ["alice", "bob", "carol", "dave"].map(|n| w.add_node(n));
+    w.open_channel_of(CHAIN_1, TOKEN_1, a, b, 100, 100, fee(0, 0), fee(0, 0));
     w.open_channel(CHAIN_1, a, b, 100, 100, fee(0, 0), fee(0, 0));
     w.open_channel(CHAIN_2, b, c, 100, 100, fee(0, 0), fee(0, 0));
     w.open_channel(CHAIN_1, c, d, 100, 100, fee(0, 0), fee(0, 0));
-    w.open_channel(CHAIN_2, d, a, 100, 100, fee(0, 0), fee(0, 0));
-    w.swap(&[
-        (CHAIN_1, vec![a, b], 10),
-        (CHAIN_2, vec![b, c], 20),
-        (CHAIN_1, vec![c, d], 30),
-        (CHAIN_2, vec![d, a], 40),
+    w.open_channel_of(CHAIN_2, TOKEN_2, d, a, 100, 100, fee(0, 0), fee(0, 0));
+    w.swap_of(&[
+        (CHAIN_1, TOKEN_1, vec![a, b], 10),
+        (CHAIN_2, Asset::Native, vec![b, c], 20),
+        (CHAIN_1, Asset::Native, vec![c, d], 30),
+        (CHAIN_2, TOKEN_2, vec![d, a], 40),
     ])
     .expect("valid swap");
     w.budget = exhaustive_budget();

@@ -157,9 +157,10 @@ pub struct World {
     pub contract: ContractModel,
     pub network: Vec<Envelope>,
     pub budget: Budget,
-    /// Initial deposits per (chain, node) — the baseline for no-loss accounting.
-    pub deposits: BTreeMap<(ChainId, Address), Amount>,
-    pub channels: BTreeMap<(ChainId, usize, usize), ChannelId>,
+    /// Initial deposits per (chain, asset, node) — the baseline for no-loss accounting.
+    pub deposits: BTreeMap<(ChainId, Asset, Address), Amount>,
+    /// Each channel by (chain, asset, one end, the other), both ways round.
+    pub channels: BTreeMap<(ChainId, Asset, usize, usize), ChannelId>,
     pub instances: Vec<InstanceId>,
     /// Nodes added from now on NACK every instance without peer acks (`--require-peer-acks`).
     pub require_peer_acks: bool,
@@ -345,11 +346,28 @@ impl World {
         out.response
     }
 
-    /// Opens and funds a channel on the contract model and tells both enclaves.
+    /// Opens and funds an ether channel on the contract model and tells both enclaves.
     #[allow(clippy::too_many_arguments)]
     pub fn open_channel(
         &mut self,
         chain: ChainId,
+        a: usize,
+        b: usize,
+        deposit_a: u128,
+        deposit_b: u128,
+        fee_a: FeePolicy,
+        fee_b: FeePolicy,
+    ) -> ChannelId {
+        self.open_channel_of(chain, Asset::Native, a, b, deposit_a, deposit_b, fee_a, fee_b)
+    }
+
+    /// Opens and funds a channel of `asset` (ether or one token) on the contract model and
+    /// tells both enclaves.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open_channel_of(
+        &mut self,
+        chain: ChainId,
+        asset: Asset,
         a: usize,
         b: usize,
         deposit_a: u128,
@@ -367,34 +385,46 @@ impl World {
             nonce: self.channels.len() as u64,
             deposit_a,
             deposit_b,
-            token: Address::default(),
+            token: asset.token(),
         };
         let id = onchain.id();
-        self.contract
-            .open(id, OnchainChannel { chain, a: addr_a, b: addr_b, deposit_a, deposit_b, open: true });
+        self.contract.open(
+            id,
+            OnchainChannel { chain, asset, a: addr_a, b: addr_b, deposit_a, deposit_b, open: true },
+        );
         for (me, local_is_a, mine, fee) in [(a, true, deposit_a, fee_a), (b, false, deposit_b, fee_b)] {
             for request in onchain.requests(local_is_a, fee) {
                 self.node_request(me, request);
             }
-            let entry = self.deposits.entry((chain, self.address(me))).or_default();
+            let entry = self.deposits.entry((chain, asset, self.address(me))).or_default();
             *entry = entry.checked_add(mine).expect("test deposits fit in u128");
         }
-        self.channels.insert((chain, a, b), id);
-        self.channels.insert((chain, b, a), id);
+        self.channels.insert((chain, asset, a, b), id);
+        self.channels.insert((chain, asset, b, a), id);
         id
     }
 
+    /// The ether channel between `a` and `b`.
     pub fn channel_between(&self, chain: ChainId, a: usize, b: usize) -> Option<ChannelId> {
-        self.channels.get(&(chain, a, b)).copied()
+        self.channel_of(chain, Asset::Native, a, b)
     }
 
-    /// The hops of a route delivering `amount` to the path's end, each intermediary adding
-    /// the fee its enclave charges on its outgoing channel.
+    pub fn channel_of(&self, chain: ChainId, asset: Asset, a: usize, b: usize) -> Option<ChannelId> {
+        self.channels.get(&(chain, asset, a, b)).copied()
+    }
+
+    /// The hops of an ether route delivering `amount` to the path's end.
     pub fn route(&self, chain: ChainId, path: &[usize], amount: u128) -> Option<Leg> {
+        self.route_of(chain, Asset::Native, path, amount)
+    }
+
+    /// The hops of a route of `asset` channels delivering `amount` to the path's end, each
+    /// intermediary adding the fee its enclave charges on its outgoing channel.
+    pub fn route_of(&self, chain: ChainId, asset: Asset, path: &[usize], amount: u128) -> Option<Leg> {
         let mut hops = Vec::with_capacity(path.len().saturating_sub(1));
         let mut carried = Amount(amount);
         for i in (0..path.len() - 1).rev() {
-            let channel = self.channel_between(chain, path[i], path[i + 1])?;
+            let channel = self.channel_of(chain, asset, path[i], path[i + 1])?;
             hops.push(Hop {
                 channel,
                 from: self.address(path[i]),
@@ -407,10 +437,10 @@ impl World {
             }
         }
         hops.reverse();
-        Some(Leg { chain, asset: Asset::Native, hops })
+        Some(Leg { chain, asset, hops })
     }
 
-    /// A payer-signed request routed along `path`, started at the hub.
+    /// A payer-signed ether payment routed along `path`, started at the hub.
     pub fn pay(
         &mut self,
         chain: ChainId,
@@ -418,11 +448,23 @@ impl World {
         amount: u128,
         max_fee: u128,
     ) -> Result<InstanceId, HubError> {
-        let leg = self.route(chain, path, amount).expect("path follows open channels");
+        self.pay_of(chain, Asset::Native, path, amount, max_fee)
+    }
+
+    /// A payer-signed payment of `asset` routed along `path`, started at the hub.
+    pub fn pay_of(
+        &mut self,
+        chain: ChainId,
+        asset: Asset,
+        path: &[usize],
+        amount: u128,
+        max_fee: u128,
+    ) -> Result<InstanceId, HubError> {
+        let leg = self.route_of(chain, asset, path, amount).expect("path follows open channels");
         let payee = self.address(*path.last().expect("non-empty path"));
         let request = Request::CreatePayment {
             chain,
-            asset: Asset::Native,
+            asset,
             payee,
             amount: Amount(amount),
             max_fee: Amount(max_fee),
@@ -434,13 +476,21 @@ impl World {
         self.start(InstanceKind::MultiHop, vec![leg], vec![order])
     }
 
-    /// A swap: each leg is (chain, path, amount delivered); every party that sources a
-    /// leg signs an intent giving its legs and receiving the legs that end at it.
+    /// An ether swap: each leg is (chain, path, amount delivered).
     pub fn swap(&mut self, legs: &[(ChainId, Vec<usize>, u128)]) -> Result<InstanceId, HubError> {
-        let routes: Vec<Leg> =
-            legs.iter().map(|(c, p, a)| self.route(*c, p, *a).expect("path follows open channels")).collect();
+        let legs: Vec<_> = legs.iter().map(|(c, p, a)| (*c, Asset::Native, p.clone(), *a)).collect();
+        self.swap_of(&legs)
+    }
+
+    /// A swap: each leg is (chain, asset, path, amount delivered); every party that sources
+    /// a leg signs an intent giving its legs and receiving the legs that end at it.
+    pub fn swap_of(&mut self, legs: &[(ChainId, Asset, Vec<usize>, u128)]) -> Result<InstanceId, HubError> {
+        let routes: Vec<Leg> = legs
+            .iter()
+            .map(|(c, asset, p, a)| self.route_of(*c, *asset, p, *a).expect("path follows open channels"))
+            .collect();
         let mut parties: Vec<usize> =
-            legs.iter().flat_map(|(_, p, _)| [p[0], *p.last().expect("path")]).collect();
+            legs.iter().flat_map(|(_, _, p, _)| [p[0], *p.last().expect("path")]).collect();
         parties.sort_unstable();
         parties.dedup();
         let mut orders: Vec<SignedOrder> = Vec::new();

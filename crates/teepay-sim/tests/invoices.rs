@@ -328,8 +328,9 @@ fn invoices_a_host_asks_for_are_bounded_and_forgotten_after_their_retention() {
     assert_eq!(*w.nodes[r].enclave.inspect(), before);
 }
 
-/// Until payments name their asset, a token channel never carries one: an instance routed
-/// through it (what only a faulty hub would send) is refused by the node with `WrongAsset`.
+/// A token channel never carries an ether payment: an instance whose ether leg runs through
+/// it (what only a faulty hub would send) is refused by the node with `WrongAsset`
+/// (`tokens.rs` covers the other mixes).
 #[test]
 fn a_token_channel_carries_no_ether_payment() {
     let mut f = fixture();
