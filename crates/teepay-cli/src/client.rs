@@ -321,10 +321,7 @@ pub fn channel(a: &ChannelArgs) -> Result<ExitCode> {
                     }
                     list.iter()
                         .map(|ch| {
-                            // A token channel's amounts are its base units (no ether units).
-                            let amount = |v: &str| {
-                                if ch.token.is_empty() { human(v) } else { format!("{v} of token {}", ch.token) }
-                            };
+                            let amount = |v: &str| human_asset(v, &ch.token);
                             format!(
                                 "chain {} {} peer {}: local {} remote {}{}{}",
                                 ch.chain,
@@ -471,7 +468,7 @@ pub fn network(t: &HubTarget) -> Result<ExitCode> {
         let map = call(hub(&t.hub).await?.network(pb::NetworkRequest {}).await)?.channels;
         let v: Vec<Value> = map
             .iter()
-            .map(|c| json!({"chain": c.chain, "id": c.id, "a": c.a, "b": c.b, "balance_a": c.balance_a, "balance_b": c.balance_b, "reserved_a": c.reserved_a, "reserved_b": c.reserved_b, "open": c.open}))
+            .map(|c| json!({"chain": c.chain, "id": c.id, "a": c.a, "b": c.b, "balance_a": c.balance_a, "balance_b": c.balance_b, "reserved_a": c.reserved_a, "reserved_b": c.reserved_b, "open": c.open, "asset": c.asset}))
             .collect();
         out(t.json, json!({"channels": v}), || {
             if map.is_empty() {
@@ -484,9 +481,9 @@ pub fn network(t: &HubTarget) -> Result<ExitCode> {
                         c.chain,
                         c.id,
                         c.a,
-                        human(&c.balance_a),
+                        human_asset(&c.balance_a, &c.asset),
                         c.b,
-                        human(&c.balance_b),
+                        human_asset(&c.balance_b, &c.asset),
                         if c.open { "" } else { " closed" }
                     )
                 })

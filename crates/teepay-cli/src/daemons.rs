@@ -95,6 +95,20 @@ pub struct FaucetArgs {
     json: bool,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct BalanceArgs {
+    #[arg(long)]
+    rpc: String,
+    /// Whose balance (an enclave's address from `teepay info`, or any account).
+    #[arg(long)]
+    of: String,
+    /// An ERC-20 token's address: its balance in the token's unit (its symbol() and decimals()).
+    #[arg(long)]
+    token: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
@@ -438,6 +452,41 @@ fn deploy_token_cmd(args: &DeployArgs, spec: &str) -> Result<ExitCode> {
             println!("{}", serde_json::json!({"token": address.to_string(), "symbol": symbol, "decimals": decimals}));
         } else {
             println!("test token {symbol} ({decimals} decimals) deployed at {address}; mint with `teepay faucet --token {address}`");
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn balance(args: &BalanceArgs) -> Result<ExitCode> {
+    let of = Address::from_hex(&args.of)
+        .with_context(|| format!("--of {:?} is not a 20-byte hex address", args.of))?;
+    let token = match &args.token {
+        Some(t) => Some(
+            Address::from_hex(t).with_context(|| format!("--token {t:?} is not a 20-byte hex address"))?,
+        ),
+        None => None,
+    };
+    runtime()?.block_on(async {
+        let chain = AnyChain::from_spec(&args.rpc, ChainId(0))?;
+        let (amount, shown) = match token {
+            Some(token) => {
+                let amount = teepay_chain::contract::token_balance(&chain, token, of).await?;
+                let unit = teepay_chain::contract::token_unit(&chain, token).await?;
+                (amount, teepay_types::units::format_token_with_base(amount, &unit))
+            }
+            None => {
+                let amount = chain.balance(of).await?;
+                (amount, teepay_types::units::format_ether_with_base(amount))
+            }
+        };
+        if args.json {
+            let token = token.map(|t| t.to_string()).unwrap_or_default();
+            println!(
+                "{}",
+                serde_json::json!({"of": of.to_string(), "token": token, "balance": amount.0.to_string()})
+            );
+        } else {
+            println!("{of}: {shown}");
         }
         Ok(ExitCode::SUCCESS)
     })

@@ -36,6 +36,8 @@ enum Command {
     Deploy(daemons::DeployArgs),
     /// Send wei from a well-known dev account (e.g. to fund an enclave's account).
     Faucet(daemons::FaucetArgs),
+    /// An account's balance on a chain: ether, or with `--token` an ERC-20 token's.
+    Balance(daemons::BalanceArgs),
     /// This node's enclave address, hub and chains.
     Info(client::NodeTarget),
     /// Pay an invoice (`teepay pay teepay1…`), or push a payment on one chain, over the
@@ -84,6 +86,7 @@ fn main() -> ExitCode {
         Command::Group(args) => group::run(&args),
         Command::Deploy(args) => daemons::deploy_cmd(&args),
         Command::Faucet(args) => daemons::faucet(&args),
+        Command::Balance(args) => daemons::balance(&args),
         Command::Info(t) => client::info(&t),
         Command::Pay(args) => client::pay(&args),
         Command::Status(args) => client::status(&args),

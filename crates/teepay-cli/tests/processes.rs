@@ -409,9 +409,9 @@ fn scenario(db_for: impl FnOnce(&Path) -> String, tag: &str) {
         cli(&["pay", late["invoice"].as_str().unwrap(), "--node", &nodes[0].api]).expect_err("expired");
     assert!(expired.contains("has expired"), "{expired}");
 
-    // An ERC-20 channel by hand: a test token deployed and minted on chain A, a channel of it
-    // opened by u1 and funded by mid (each enclave approves the contract, then the contract
-    // pulls the tokens), then closed. The hub keeps it out of its ether map.
+    // ERC-20 channels: a test token deployed and minted on chain A; u1 → mid → u2 in the
+    // token (each enclave approves the contract, then the contract pulls the tokens), paid
+    // across both hops by push and by invoice, then closed with exact token balances.
     let token = ok(&["deploy", "--rpc", &net.chains[0].0, "--token", "USDC:6"]);
     let usdc = token["token"].as_str().unwrap().to_string();
     for n in [&nodes[0], &nodes[1]] {
@@ -427,29 +427,36 @@ fn scenario(db_for: impl FnOnce(&Path) -> String, tag: &str) {
             "1000000000",
         ]);
     }
-    let map_before = ok(&["network", "--hub", &net.hub_api])["channels"].as_array().unwrap().len();
-    let opened = ok(&[
-        "channel",
-        "open",
-        "--chain",
-        "31337",
-        "--peer",
-        &nodes[1].address,
-        "--deposit",
-        "300usdc",
-        "--token",
-        &usdc,
-        "--node",
-        &nodes[0].api,
-    ]);
-    let token_channel = opened["channel"].as_str().unwrap().to_string();
-    wait_until("mid's watcher to see the token channel", Duration::from_secs(20), || {
-        ok(&["channel", "list", "--node", &nodes[1].api])["channels"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c["id"] == token_channel.as_str() && c["token"] == usdc.as_str())
-    });
+    let token_balance = |who: &str| -> u128 {
+        let b = ok(&["balance", "--rpc", &net.chains[0].0, "--of", who, "--token", &usdc]);
+        b["balance"].as_str().unwrap().parse().unwrap()
+    };
+    let open_token = |from: &Node, to: &Node, deposit: &str| -> String {
+        let opened = ok(&[
+            "channel",
+            "open",
+            "--chain",
+            "31337",
+            "--peer",
+            &to.address,
+            "--deposit",
+            deposit,
+            "--token",
+            &usdc,
+            "--node",
+            &from.api,
+        ]);
+        let id = opened["channel"].as_str().unwrap().to_string();
+        wait_until("the peer's watcher to see the token channel", Duration::from_secs(20), || {
+            ok(&["channel", "list", "--node", &to.api])["channels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["id"] == id.as_str() && c["token"] == usdc.as_str())
+        });
+        id
+    };
+    let token_channel = open_token(&nodes[0], &nodes[1], "300usdc");
     // Amounts in the token's own unit (its contract's symbol() and decimals()), exactly.
     for (bad, why) in
         [("5eth", "unknown unit"), ("0.0000001usdc", "more decimals"), ("0usdc", "must be positive")]
@@ -461,21 +468,115 @@ fn scenario(db_for: impl FnOnce(&Path) -> String, tag: &str) {
     }
     ok(&["channel", "fund", "--channel", &token_channel, "--amount", "150.5usdc", "--node", &nodes[1].api]);
     ok(&["channel", "fund", "--channel", &token_channel, "--amount", "49500000", "--node", &nodes[1].api]);
+    let second = open_token(&nodes[1], &nodes[2], "300usdc");
     wait_until("u1's view of both token deposits", Duration::from_secs(20), || {
         ok(&["channel", "list", "--node", &nodes[0].api])["channels"].as_array().unwrap().iter().any(|c| {
             c["id"] == token_channel.as_str() && c["local"] == "300000000" && c["remote"] == "200000000"
         })
     });
-    let map_after = ok(&["network", "--hub", &net.hub_api])["channels"].as_array().unwrap().len();
-    assert_eq!(map_after, map_before, "token channels stay out of the hub's ether map");
-    ok(&["channel", "close", "--channel", &token_channel, "--node", &nodes[0].api]);
-    wait_until("the token channel to close", Duration::from_secs(20), || {
+    // The hub routes each asset on a map of its own.
+    wait_until("the hub's token map", Duration::from_secs(20), || {
+        let map = ok(&["network", "--hub", &net.hub_api]);
+        let token_channels: Vec<&Value> =
+            map["channels"].as_array().unwrap().iter().filter(|c| c["asset"] == usdc.as_str()).collect();
+        token_channels.len() == 2
+            && token_channels
+                .iter()
+                .any(|c| c["id"] == token_channel.as_str() && c["balance_b"] == "200000000")
+    });
+    let contract_before = token_balance(&net.chains[0].2);
+    assert_eq!(contract_before, 800_000_000, "the contract holds every token deposit");
+    // A push payment of 25 USDC over the token's channels; the ether channels beside them
+    // (same parties, same chain) do not move.
+    let ether_view = |n: &Node| -> Vec<Value> {
+        let list = ok(&["channel", "list", "--node", &n.api])["channels"].as_array().unwrap().clone();
+        list.into_iter().filter(|c| c["token"] == "").collect()
+    };
+    let ether_before = ether_view(&nodes[1]);
+    let r = ok(&[
+        "pay",
+        "--chain",
+        "31337",
+        "--to",
+        &nodes[2].address,
+        "--amount",
+        "25usdc",
+        "--asset",
+        &usdc,
+        "--node",
+        &nodes[0].api,
+    ]);
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(ether_view(&nodes[1]), ether_before, "no ether moved");
+    let refused = cli(&[
+        "pay",
+        "--chain",
+        "31337",
+        "--to",
+        &nodes[2].address,
+        "--amount",
+        "1usdc",
+        "--asset",
+        "dai",
+        "--node",
+        &nodes[0].api,
+    ])
+    .expect_err("an unknown asset");
+    assert!(refused.contains("unknown asset \"dai\""), "{refused}");
+    // A token invoice: asked and paid in USDC, with the payee's receipt.
+    let created = ok(&[
+        "invoice",
+        "create",
+        "--chain",
+        "31337",
+        "--amount",
+        "10usdc",
+        "--asset",
+        &usdc,
+        "--node",
+        &nodes[2].api,
+    ]);
+    assert_eq!(created["asset"], usdc.as_str(), "{created}");
+    assert_eq!(created["amount"], "10000000", "{created}");
+    let token_invoice = created["invoice"].as_str().unwrap().to_string();
+    let paid = ok(&["pay", &token_invoice, "--node", &nodes[0].api]);
+    assert_eq!(paid["status"], "succeeded", "{paid}");
+    let receipt = paid["receipt"].as_str().expect("a receipt").to_string();
+    assert_eq!(ok(&["receipt", "verify", &receipt, "--invoice", &token_invoice])["valid"], true);
+    // Closed: every token leaves the contract, each party's exactly.
+    let wait_token_views = |n: &Node, id: &str, local: &str| {
+        wait_until("a node's view of the token payments", Duration::from_secs(20), || {
+            ok(&["channel", "list", "--node", &n.api])["channels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["id"] == id && c["local"] == local)
+        })
+    };
+    wait_token_views(&nodes[1], &token_channel, "235000000");
+    wait_token_views(&nodes[2], &second, "35000000");
+    let before = [&nodes[0], &nodes[1], &nodes[2]].map(|n| token_balance(&n.address));
+    for (id, closer) in [(&token_channel, &nodes[0]), (&second, &nodes[2])] {
+        ok(&["channel", "close", "--channel", id, "--node", &closer.api]);
+    }
+    wait_until("both token channels to close", Duration::from_secs(20), || {
         ok(&["channel", "list", "--node", &nodes[1].api])["channels"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|c| c["id"] == token_channel.as_str() && c["open"] == false)
+            .filter(|c| c["token"] == usdc.as_str() && c["open"] == false)
+            .count()
+            == 2
     });
+    let after = [&nodes[0], &nodes[1], &nodes[2]].map(|n| token_balance(&n.address));
+    let paid_out: Vec<u128> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(
+        paid_out,
+        [265_000_000, 500_000_000, 35_000_000],
+        "u1 300 - 35, mid (200 + 35) + (300 - 35), u2 35"
+    );
+    assert_eq!(after, [965_000_000, 1_000_000_000, 35_000_000], "u1 paid 35 USDC, u2 got them, mid neither");
+    assert_eq!(token_balance(&net.chains[0].2), 0, "the contract holds no token after the closes");
 
     // Swap through the hub's intent board: u1 gives on chain A, u2 gives on chain B.
     let give = format!("31337:0.05eth:{}", nodes[2].address);
@@ -552,7 +653,7 @@ fn scenario(db_for: impl FnOnce(&Path) -> String, tag: &str) {
     bad(&["pay", "--chain", "31337", "--to", &to, "--amount", "0.5", "--node", &u1], "is ambiguous");
     bad(
         &["pay", "--chain", "31337", "--to", &to, "--amount", "5usdc", "--node", &u1],
-        "unknown unit \"usdc\"",
+        "unknown asset \"usdc\"",
     );
     bad(
         &["pay", "--chain", "31337", "--to", &to, "--amount", "1.5wei", "--node", &u1],

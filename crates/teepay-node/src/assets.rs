@@ -19,9 +19,13 @@ pub struct TokenSymbol {
     pub token: Address,
 }
 
-/// The unit of `s` (`12.5usdc` → `usdc`), lower case; empty for a plain number.
+/// The unit of `s` (`12.5usdc` → `usdc`), lower case; empty for a plain number or for
+/// something that is no amount at all (`-5`, `abc`: parsing it then says why).
 fn unit_of(s: &str) -> String {
     let s = s.trim();
+    if !s.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+        return String::new();
+    }
     let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     s[split..].trim().to_ascii_lowercase()
 }
@@ -139,6 +143,10 @@ mod tests {
         assert_eq!(unit_of(" 12.5USDC "), "usdc");
         assert_eq!(unit_of("12.5 usdc"), "usdc");
         assert_eq!(unit_of("1000"), "");
+        assert_eq!(
+            (unit_of("-5"), unit_of("usdc"), unit_of("")),
+            (String::new(), String::new(), String::new())
+        );
         assert!(is_ether_unit("gwei") && is_ether_unit("wei") && !is_ether_unit("usdc"));
     }
 }

@@ -136,9 +136,23 @@ pub fn format_ether_with_base(amount: Amount) -> String {
     if human.ends_with(" wei") { human } else { format!("{human} ({} wei)", amount.0) }
 }
 
+/// A token amount for people, in its unit and its base units: `12.5 USDC (12500000 base
+/// units)`; a token without decimals shows its base units alone.
+pub fn format_token_with_base(amount: Amount, unit: &Unit) -> String {
+    let human = format!("{} {}", format_in(amount, unit), unit.symbol.to_uppercase());
+    if unit.decimals == 0 { human } else { format!("{human} ({} base units)", amount.0) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_amounts_show_their_unit_and_base_units() {
+        let usdc = Unit::new("usdc", 6);
+        assert_eq!(format_token_with_base(Amount(12_500_000), &usdc), "12.5 USDC (12500000 base units)");
+        assert_eq!(format_token_with_base(Amount(7), &Unit::new("pts", 0)), "7 PTS");
+    }
 
     fn eth(s: &str) -> Result<u128, UnitError> {
         parse_amount(s, &ether_units()).map(|a| a.0)
