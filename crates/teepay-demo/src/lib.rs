@@ -5,6 +5,7 @@
 
 pub mod dev;
 mod group;
+mod tokens;
 mod world;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -149,13 +150,19 @@ async fn story(args: &DemoArgs, dir: &std::path::Path) -> Result<Vec<String>> {
 
     multi_hop(&mut s).await?;
     invoice_paid(&mut s).await?;
+    let mut token = tokens::setup(&mut s).await?;
+    tokens::invoice(&mut s, &mut token).await?;
+    tokens::swap_for_ether(&mut s, &mut token).await?;
     two_party_swap(&mut s).await?;
     four_party_swap(&mut s).await?;
     refunded_swap(&mut s).await?;
     leader_lost_mid_swap(&mut s).await?;
     eject_mid_payment(&mut s).await?;
     cooperative_closes(&mut s).await?;
+    tokens::close_all(&mut s, &token).await?;
+    s.w.settle_sync().await?;
     final_check(&mut s).await?;
+    tokens::final_check(&mut s, &token).await?;
     Ok(s.failures)
 }
 
@@ -328,7 +335,7 @@ async fn finish_swap(
 }
 
 async fn two_party_swap(s: &mut Story) -> Result<()> {
-    step("3. Cross-chain swap: user1 gives 0.5 ETH on chain A for user2's 0.4 ETH on chain B");
+    step("5. Cross-chain swap: user1 gives 0.5 ETH on chain A for user2's 0.4 ETH on chain B");
     let st =
         swap(s, "2-party swap", &[("user1", 0, "user2", ETHER / 2), ("user2", 1, "user1", 2 * ETHER / 5)])
             .await?;
@@ -339,7 +346,7 @@ async fn two_party_swap(s: &mut Story) -> Result<()> {
 }
 
 async fn four_party_swap(s: &mut Story) -> Result<()> {
-    step("4. Four-party swap across both chains: user1 →A i2 →A user2 →B i4 →B user1, all or nothing");
+    step("6. Four-party swap across both chains: user1 →A i2 →A user2 →B i4 →B user1, all or nothing");
     let gives = [
         ("user1", 0, "i2", ETHER / 10),
         ("i2", 0, "user2", ETHER / 5),
@@ -354,7 +361,7 @@ async fn four_party_swap(s: &mut Story) -> Result<()> {
 }
 
 async fn refunded_swap(s: &mut Story) -> Result<()> {
-    step("5. A swap whose route on chain B runs through i3, which stops answering");
+    step("7. A swap whose route on chain B runs through i3, which stops answering");
     let i3 = s.w.index("i3");
     s.w.stop_node(i3);
     println!("  i3's daemon is killed (its sealed state stays on disk)");
@@ -369,7 +376,7 @@ async fn refunded_swap(s: &mut Story) -> Result<()> {
 
 async fn leader_lost_mid_swap(s: &mut Story) -> Result<()> {
     step(
-        "6. The hub's leader is lost in the middle of a swap: user1 gives 0.1 ETH on chain A for user2's 0.08 ETH on chain B",
+        "8. The hub's leader is lost in the middle of a swap: user1 gives 0.1 ETH on chain A for user2's 0.08 ETH on chain B",
     );
     let Some(leader) = s.w.hub.leader() else {
         s.failures.push("no hub replica leads before the failover chapter".into());
@@ -415,7 +422,7 @@ fn channel_id(s: &Story, a: &str, b: &str) -> (usize, ChannelId) {
 
 async fn eject_mid_payment(s: &mut Story) -> Result<()> {
     step(
-        "7. Eject in the middle of a multi-hop payment: user1 pays user2 0.2 ETH on chain A while user2 is down; i1 ejects its channel to i2",
+        "9. Eject in the middle of a multi-hop payment: user1 pays user2 0.2 ETH on chain A while user2 is down; i1 ejects its channel to i2",
     );
     let u2 = s.w.index("user2");
     let (_, c1) = channel_id(s, "user1", "i1");
@@ -492,7 +499,7 @@ impl ContractViewOf<'_> {
 }
 
 async fn cooperative_closes(s: &mut Story) -> Result<()> {
-    step("8. Cooperative closes of every remaining channel");
+    step("10. Cooperative closes of every remaining channel");
     for (ci, a, b, id) in s.channels.clone() {
         let (local, remote, _, _) = channel_view(s, a, id).await?;
         let r = close(s.w.node(a), &s.w.chains[ci].link(), id).await?;

@@ -23,7 +23,12 @@ use crate::dev::{HUB_MEASUREMENT, NODE_MEASUREMENT, attestation_key};
 pub const ETHER: u128 = 1_000_000_000_000_000_000;
 
 pub fn eth(wei: u128) -> String {
-    format!("{}.{:04}", wei / ETHER, (wei % ETHER) / (ETHER / 10_000))
+    units_of(wei, ETHER)
+}
+
+/// `amount` base units as whole units of `one` with four decimals (table columns).
+pub fn units_of(amount: u128, one: u128) -> String {
+    format!("{}.{:04}", amount / one, (amount % one) / (one / 10_000).max(1))
 }
 
 pub struct DemoChain {

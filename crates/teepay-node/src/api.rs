@@ -253,7 +253,7 @@ impl Node for NodeApi {
         let token = asset.token();
         let deposit = self.amount_of(link.id, asset, "deposit", &r.deposit, false).await?;
         self.ensure_registered(link).await?;
-        let (id, receipt) =
+        let (id, receipt, _) =
             open_channel_of(&self.node, link, peer, token, deposit).await.map_err(onchain_status)?;
         let done = tx_done(&receipt);
         Ok(Resp::new(pb::ChannelOpened { channel: id.to_string(), tx: done.tx, block: done.block }))

@@ -116,19 +116,20 @@ pub async fn open_channel<C: Chain>(
     peer: Address,
     deposit: Amount,
 ) -> Result<(ChannelId, Receipt), OnchainError> {
-    open_channel_of(node, link, peer, Address::default(), deposit).await
+    open_channel_of(node, link, peer, Address::default(), deposit).await.map(|(id, r, _)| (id, r))
 }
 
 /// Opens a channel of `token` (zero: ether) to `peer` funded with `deposit` from this
-/// enclave's account; a token is approved for the contract first.
+/// enclave's account; a token is approved for the contract first. Returns the channel, the
+/// open's receipt and the approval's (for whoever accounts for gas).
 pub async fn open_channel_of<C: Chain>(
     node: &NodeHandle,
     link: &ChainLink<C>,
     peer: Address,
     token: Address,
     deposit: Amount,
-) -> Result<(ChannelId, Receipt), OnchainError> {
-    approve(node, link, token, deposit).await?;
+) -> Result<(ChannelId, Receipt, Option<Receipt>), OnchainError> {
+    let approval = approve(node, link, token, deposit).await?;
     let value = if token == Address::default() { deposit } else { Amount::ZERO };
     let est = CallRequest {
         from: Some(node.address),
@@ -146,7 +147,7 @@ pub async fn open_channel_of<C: Chain>(
     })
     .await?;
     let id = teepay_chain::contract::opened_channel(&r).ok_or(OnchainError::MissingEvent("openChannel"))?;
-    Ok((id, r))
+    Ok((id, r, approval))
 }
 
 /// Lets the contract pull `amount` of `token` from this enclave's account (nothing for ether).
@@ -155,9 +156,9 @@ async fn approve<C: Chain>(
     link: &ChainLink<C>,
     token: Address,
     amount: Amount,
-) -> Result<(), OnchainError> {
+) -> Result<Option<Receipt>, OnchainError> {
     if token == Address::default() {
-        return Ok(());
+        return Ok(None);
     }
     let est = CallRequest {
         from: Some(node.address),
@@ -173,7 +174,7 @@ async fn approve<C: Chain>(
         gas,
     })
     .await
-    .map(drop)
+    .map(Some)
 }
 
 /// Adds `amount` of the channel's asset to this node's side of `channel`.
@@ -183,9 +184,19 @@ pub async fn fund<C: Chain>(
     channel: ChannelId,
     amount: Amount,
 ) -> Result<Receipt, OnchainError> {
+    fund_of(node, link, channel, amount).await.map(|(r, _)| r)
+}
+
+/// [`fund`], also returning a token approval's receipt.
+pub async fn fund_of<C: Chain>(
+    node: &NodeHandle,
+    link: &ChainLink<C>,
+    channel: ChannelId,
+    amount: Amount,
+) -> Result<(Receipt, Option<Receipt>), OnchainError> {
     let token =
         node.channels().await?.iter().find(|c| c.id == channel).map_or(Address::default(), |c| c.token);
-    approve(node, link, token, amount).await?;
+    let approval = approve(node, link, token, amount).await?;
     let value = if token == Address::default() { amount } else { Amount::ZERO };
     let est = CallRequest {
         from: Some(node.address),
@@ -193,8 +204,13 @@ pub async fn fund<C: Chain>(
         value,
         data: teepay_types::deposit_call(channel, amount),
     };
-    send(node, link, "deposit", GasLimit::Estimate(est), |gas| Request::BuildDeposit { channel, amount, gas })
-        .await
+    let r = send(node, link, "deposit", GasLimit::Estimate(est), |gas| Request::BuildDeposit {
+        channel,
+        amount,
+        gas,
+    })
+    .await?;
+    Ok((r, approval))
 }
 
 /// Closes `channel` with the enclave's closing state: a cooperative close without locks, an
