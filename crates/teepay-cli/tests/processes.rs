@@ -543,6 +543,25 @@ fn scenario(db_for: impl FnOnce(&Path) -> String, tag: &str) {
     assert_eq!(paid["status"], "succeeded", "{paid}");
     let receipt = paid["receipt"].as_str().expect("a receipt").to_string();
     assert_eq!(ok(&["receipt", "verify", &receipt, "--invoice", &token_invoice])["valid"], true);
+    // Token for ether through the intent board: u1's 5 USDC on chain A (u1 → mid → u2) for
+    // u2's 0.01 ETH on chain B (u2 → mid → u1).
+    let give = format!("31337:5usdc:{}:{usdc}", nodes[2].address);
+    let receive = format!("31338:0.01eth:{}", nodes[2].address);
+    let posted = ok(&[
+        "swap",
+        "propose",
+        "--give",
+        &give,
+        "--receive",
+        &receive,
+        "--hub",
+        &net.hub_api,
+        "--node",
+        &nodes[0].api,
+    ]);
+    let id = posted["id"].as_u64().unwrap().to_string();
+    let r = ok(&["swap", "accept", &id, "--hub", &net.hub_api, "--node", &nodes[2].api]);
+    assert_eq!(r["status"], "succeeded", "{r}");
     // Closed: every token leaves the contract, each party's exactly.
     let wait_token_views = |n: &Node, id: &str, local: &str| {
         wait_until("a node's view of the token payments", Duration::from_secs(20), || {
@@ -553,8 +572,8 @@ fn scenario(db_for: impl FnOnce(&Path) -> String, tag: &str) {
                 .any(|c| c["id"] == id && c["local"] == local)
         })
     };
-    wait_token_views(&nodes[1], &token_channel, "235000000");
-    wait_token_views(&nodes[2], &second, "35000000");
+    wait_token_views(&nodes[1], &token_channel, "240000000");
+    wait_token_views(&nodes[2], &second, "40000000");
     let before = [&nodes[0], &nodes[1], &nodes[2]].map(|n| token_balance(&n.address));
     for (id, closer) in [(&token_channel, &nodes[0]), (&second, &nodes[2])] {
         ok(&["channel", "close", "--channel", id, "--node", &closer.api]);
@@ -572,10 +591,10 @@ fn scenario(db_for: impl FnOnce(&Path) -> String, tag: &str) {
     let paid_out: Vec<u128> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     assert_eq!(
         paid_out,
-        [265_000_000, 500_000_000, 35_000_000],
-        "u1 300 - 35, mid (200 + 35) + (300 - 35), u2 35"
+        [260_000_000, 500_000_000, 40_000_000],
+        "u1 300 - 40, mid (200 + 40) + (300 - 40), u2 40"
     );
-    assert_eq!(after, [965_000_000, 1_000_000_000, 35_000_000], "u1 paid 35 USDC, u2 got them, mid neither");
+    assert_eq!(after, [960_000_000, 1_000_000_000, 40_000_000], "u1 paid 40 USDC, u2 got them, mid neither");
     assert_eq!(token_balance(&net.chains[0].2), 0, "the contract holds no token after the closes");
 
     // Swap through the hub's intent board: u1 gives on chain A, u2 gives on chain B.
