@@ -182,6 +182,7 @@ pub fn child(dir: &Path, hub: SocketAddr, seal: SealLimits) -> Result<std::proce
             hub: hub.to_string(),
             quotes: Vec::new(),
             tokens: Vec::new(),
+            units: Default::default(),
         };
         let (addr, _) = api.serve("127.0.0.1:0".parse()?).await?;
         let mut stdout = std::io::stdout();

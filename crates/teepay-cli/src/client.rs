@@ -206,7 +206,15 @@ pub fn info(t: &NodeTarget) -> Result<ExitCode> {
         let chains: Vec<Value> = i
             .chains
             .iter()
-            .map(|c| json!({"chain_id": c.chain_id, "contract": c.contract, "rpc": c.rpc, "balance": c.balance, "registered": c.registered}))
+            .map(|c| {
+                let tokens: Vec<Value> = c
+                    .tokens
+                    .iter()
+                    .map(|t| json!({"token": t.token, "symbol": t.symbol, "decimals": t.decimals}))
+                    .collect();
+                json!({"chain_id": c.chain_id, "contract": c.contract, "rpc": c.rpc, "balance": c.balance,
+                    "registered": c.registered, "tokens": tokens})
+            })
             .collect();
         out(t.json, json!({"address": i.address, "hub": i.hub, "chains": chains}), || {
             let mut s = format!("node {}\nhub  {}", i.address, i.hub);
@@ -219,6 +227,14 @@ pub fn info(t: &NodeTarget) -> Result<ExitCode> {
                     human(&c.balance),
                     if c.registered { "registered" } else { "not registered yet" }
                 );
+                for t in &c.tokens {
+                    let unit = if t.symbol.is_empty() {
+                        "its contract names no unit".to_string()
+                    } else {
+                        format!("{} ({} decimals)", t.symbol.to_uppercase(), t.decimals)
+                    };
+                    s += &format!("\n  token {}: {unit}", t.token);
+                }
             }
             s
         });
@@ -311,6 +327,7 @@ pub fn channel(a: &ChannelArgs) -> Result<ExitCode> {
             }
             ChannelCmd::List => {
                 let list = call(c.channels(pb::ChannelsRequest {}).await)?.channels;
+                let units = if a.t.json { TokenUnits::default() } else { TokenUnits::of(&mut c).await };
                 let v: Vec<Value> = list
                     .iter()
                     .map(|ch| json!({"chain": ch.chain, "id": ch.id, "peer": ch.peer, "local": ch.local, "remote": ch.remote, "locks": ch.locks, "open": ch.open, "token": ch.token}))
@@ -321,7 +338,7 @@ pub fn channel(a: &ChannelArgs) -> Result<ExitCode> {
                     }
                     list.iter()
                         .map(|ch| {
-                            let amount = |v: &str| human_asset(v, &ch.token);
+                            let amount = |v: &str| units.show(v, &ch.token);
                             format!(
                                 "chain {} {} peer {}: local {} remote {}{}{}",
                                 ch.chain,
@@ -351,10 +368,38 @@ pub(crate) fn human(wei: &str) -> String {
     }
 }
 
-/// An amount of `asset` as the API returns it (base units) for people: ether with its unit
-/// and the exact figure, a token's base units with its address.
+/// An amount of `asset` as the API returns it (base units) for people, without knowing
+/// token units: ether with its unit and the exact figure, a token's base units with its address.
 pub(crate) fn human_asset(amount: &str, asset: &str) -> String {
-    if asset.is_empty() { human(amount) } else { format!("{amount} base units of token {asset}") }
+    TokenUnits::default().show(amount, asset)
+}
+
+/// The units of the tokens a node knows (from its `Info`), so token amounts print as people
+/// read them: `12.5 USDC (12500000 base units)`.
+#[derive(Debug, Default)]
+pub(crate) struct TokenUnits(std::collections::HashMap<String, teepay_types::units::Unit>);
+
+impl TokenUnits {
+    /// What `node` knows; nothing if it cannot say (amounts then show base units).
+    pub(crate) async fn of(node: &mut NodeClient<Channel>) -> Self {
+        let Ok(info) = node.info(pb::InfoRequest {}).await else { return Self::default() };
+        let units = info.into_inner().chains.into_iter().flat_map(|c| c.tokens).filter_map(|t| {
+            let decimals = u8::try_from(t.decimals).ok()?;
+            (!t.symbol.is_empty())
+                .then(|| (t.token.to_lowercase(), teepay_types::units::Unit::new(&t.symbol, decimals)))
+        });
+        TokenUnits(units.collect())
+    }
+
+    pub(crate) fn show(&self, amount: &str, asset: &str) -> String {
+        if asset.is_empty() {
+            return human(amount);
+        }
+        match (amount.parse::<u128>(), self.0.get(&asset.to_lowercase())) {
+            (Ok(v), Some(unit)) => teepay_types::units::format_token_with_base(teepay_types::Amount(v), unit),
+            _ => format!("{amount} base units of token {asset}"),
+        }
+    }
 }
 
 /// `CHAIN:AMOUNT:COUNTERPARTY[:ASSET]`: ASSET is `eth` (the default), a token's address or a

@@ -393,7 +393,7 @@ pub fn node(args: &NodeArgs) -> Result<ExitCode> {
             });
         }
         let chains = links.iter().map(|l| l.id).collect();
-        let api = NodeApi { node: handle.clone(), links, chains, hub: cfg.hub.to_string(), quotes, tokens };
+        let api = NodeApi { node: handle.clone(), links, chains, hub: cfg.hub.to_string(), quotes, tokens, units: Default::default() };
         let (bound, _) = api.serve(cfg.api).await.with_context(|| format!("API on {}", cfg.api))?;
         println!("node {} connected to hub {}, API on {bound}", handle.address, cfg.hub);
         shutdown_signal().await;

@@ -2,7 +2,7 @@
 //! (DESIGN §11). Invoices are printable strings (bech32m, `teepay1…`) and, with `--qr`, a QR
 //! code in the terminal; a receipt (`teepayrcpt1…`) is checked offline by anyone.
 
-use crate::client::{NodeTarget, call, human_asset, node, out, runtime};
+use crate::client::{NodeTarget, TokenUnits, call, human_asset, node, out, runtime};
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
 use std::process::ExitCode;
@@ -80,14 +80,13 @@ fn invoice_json(i: &pb::InvoiceInfo) -> Value {
         "instance": i.instance, "paid_amount": i.paid_amount, "payer": i.payer})
 }
 
-fn invoice_text(i: &pb::InvoiceInfo) -> String {
-    let amount =
-        if i.amount.is_empty() { "any amount".to_string() } else { human_asset(&i.amount, &i.asset) };
+fn invoice_text(i: &pb::InvoiceInfo, units: &TokenUnits) -> String {
+    let amount = if i.amount.is_empty() { "any amount".to_string() } else { units.show(&i.amount, &i.asset) };
     let mut s = format!("{} {} on chain {}: {}", i.id, i.status, i.chain, amount);
     if !i.payer.is_empty() {
         s += &format!(
             ", paid {} by {} (instance {})",
-            human_asset(&i.paid_amount, &i.asset),
+            units.show(&i.paid_amount, &i.asset),
             i.payer,
             i.instance
         );
@@ -123,6 +122,7 @@ pub fn invoice(a: &InvoiceArgs) -> Result<ExitCode> {
     }
     runtime()?.block_on(async {
         let mut c = node(&a.t.node).await?;
+        let units = if a.t.json { TokenUnits::default() } else { TokenUnits::of(&mut c).await };
         match &a.cmd {
             InvoiceCmd::Create { chain, amount, asset, memo, expires_in, qr: show_qr } => {
                 let req = pb::CreateInvoiceRequest {
@@ -135,7 +135,7 @@ pub fn invoice(a: &InvoiceArgs) -> Result<ExitCode> {
                 let i = call(c.create_invoice(req).await)?;
                 let code = if *show_qr { Some(qr(&i.encoded)?) } else { None };
                 out(a.t.json, invoice_json(&i), || {
-                    let mut s = format!("{}\n{}", invoice_text(&i), i.encoded);
+                    let mut s = format!("{}\n{}", invoice_text(&i, &units), i.encoded);
                     if let Some(code) = &code {
                         s = format!("{code}\n{s}");
                     }
@@ -148,12 +148,12 @@ pub fn invoice(a: &InvoiceArgs) -> Result<ExitCode> {
                     if list.is_empty() {
                         return "no invoices".into();
                     }
-                    list.iter().map(invoice_text).collect::<Vec<_>>().join("\n")
+                    list.iter().map(|i| invoice_text(i, &units)).collect::<Vec<_>>().join("\n")
                 });
             }
             InvoiceCmd::Cancel { invoice } => {
                 let i = call(c.cancel_invoice(pb::InvoiceRef { invoice: invoice.clone() }).await)?;
-                out(a.t.json, invoice_json(&i), || invoice_text(&i));
+                out(a.t.json, invoice_json(&i), || invoice_text(&i, &units));
             }
             InvoiceCmd::Decode { .. } => unreachable!("answered above"),
         }
@@ -176,21 +176,20 @@ pub fn receipt(a: &ReceiptArgs) -> Result<ExitCode> {
                 "payer": r.payer.to_string(), "amount": r.amount.0.to_string(), "instance": r.instance.to_string(),
                 "invoice": format!("0x{}", teepay_types::ids::to_hex(&r.invoice))});
             let ok = proves != Some(false);
+            // A receipt names its invoice, not the asset: the invoice says what was paid in.
+            let paid = match &invoice {
+                Some(i) => human_asset(&r.amount.0.to_string(), &teepay_api::asset_pb(i.invoice.asset)),
+                None => format!("{} base units of the invoice's asset", r.amount.0),
+            };
             out(a.t.json, v, || match proves {
                 Some(true) => format!(
-                    "valid: {} paid {} the invoice's {} (instance {})",
-                    r.payer,
-                    r.payee,
-                    teepay_types::units::format_ether_with_base(r.amount),
-                    r.instance
+                    "valid: {} paid {} the invoice's {paid} (instance {})",
+                    r.payer, r.payee, r.instance
                 ),
                 Some(false) => "INVALID: this receipt does not prove payment of that invoice".into(),
                 None => format!(
-                    "signed by payee {}: {} paid {} (instance {}); give --invoice to check it against the invoice",
-                    r.payee,
-                    r.payer,
-                    teepay_types::units::format_ether_with_base(r.amount),
-                    r.instance
+                    "signed by payee {}: {} paid {paid} (instance {}); give --invoice to check it against the invoice",
+                    r.payee, r.payer, r.instance
                 ),
             });
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })

@@ -543,6 +543,17 @@ fn scenario(db_for: impl FnOnce(&Path) -> String, tag: &str) {
     assert_eq!(paid["status"], "succeeded", "{paid}");
     let receipt = paid["receipt"].as_str().expect("a receipt").to_string();
     assert_eq!(ok(&["receipt", "verify", &receipt, "--invoice", &token_invoice])["valid"], true);
+    // People read token amounts in the token's unit: the node names each token it knows.
+    let info = ok(&["info", "--node", &nodes[2].api]);
+    let known = info["chains"][0]["tokens"].as_array().unwrap();
+    assert!(
+        known.iter().any(|t| t["token"] == usdc.as_str() && t["symbol"] == "usdc" && t["decimals"] == 6),
+        "{info}"
+    );
+    let listed = text(&["invoice", "list", "--node", &nodes[2].api]);
+    assert!(listed.contains("10 USDC (10000000 base units)"), "{listed}");
+    let channels = text(&["channel", "list", "--node", &nodes[1].api]);
+    assert!(channels.contains("USDC (") && channels.contains(" ETH ("), "{channels}");
     // Token for ether through the intent board: u1's 5 USDC on chain A (u1 → mid → u2) for
     // u2's 0.01 ETH on chain B (u2 → mid → u1).
     let give = format!("31337:5usdc:{}:{usdc}", nodes[2].address);
@@ -725,6 +736,13 @@ fn scenario(db_for: impl FnOnce(&Path) -> String, tag: &str) {
     assert!(metrics.contains("teepay_sync_height{chain=\"31337\"}"), "{metrics}");
     drop(nodes);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A command's output for people (no `--json`).
+fn text(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().expect("run teepay");
+    assert!(out.status.success(), "teepay {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn http_get(port: u16, path: &str) -> String {

@@ -28,6 +28,9 @@ pub struct NodeApi {
     pub quotes: Vec<(ChainId, Quote)>,
     /// Token symbols the owner configured per chain (`12.5usdc`, `asset = "usdc"`).
     pub tokens: Vec<crate::assets::TokenSymbol>,
+    /// Each token's unit once read from its contract (a token's symbol and decimals do not
+    /// change; `Default` starts it empty).
+    pub units: crate::assets::UnitCache,
 }
 
 pub(crate) fn node_status(e: NodeError) -> Status {
@@ -145,12 +148,14 @@ impl Node for NodeApi {
                 l.chain.balance(self.node.address).await.map(|b| b.0.to_string()).unwrap_or_default();
             let view = teepay_chain::contract::ContractView { chain: &l.chain, address: l.contract };
             let registered = matches!(view.enclave_measurement(self.node.address).await, Ok(Some(_)));
+            let tokens = self.known_tokens(l.id).await;
             chains.push(pb::ChainInfo {
                 chain_id: l.id.0,
                 contract: l.contract.to_string(),
                 rpc: l.chain.describe(),
                 balance,
                 registered,
+                tokens,
             });
         }
         Ok(Resp::new(pb::NodeInfo { address: self.node.address.to_string(), hub: self.hub.clone(), chains }))

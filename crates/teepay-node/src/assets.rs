@@ -10,6 +10,9 @@ use teepay_types::units::{Unit, ether_units, parse_amount};
 use teepay_types::{Address, Amount, Asset, ChainId};
 use tonic::Status;
 
+/// Units read from token contracts, per (chain, token).
+pub type UnitCache = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(ChainId, Address), Unit>>>;
+
 /// A token symbol the node's owner configured for one chain (`[[chains]] tokens` in node.toml).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenSymbol {
@@ -77,10 +80,7 @@ impl NodeApi {
     /// symbol configured for it, both with the contract's decimals. Read from the chain only
     /// for an amount that has a unit (base units need no lookup).
     async fn token_units(&self, chain: ChainId, token: Address) -> Result<Vec<Unit>, Status> {
-        let link = self.link(chain)?;
-        let unit = teepay_chain::contract::token_unit(&link.chain, token).await.map_err(|e| {
-            Status::failed_precondition(format!("token {token} on {}: {e}", link.chain.describe()))
-        })?;
+        let unit = self.token_unit(chain, token).await?;
         let mut units = vec![unit.clone()];
         units.extend(
             self.tokens
@@ -89,6 +89,46 @@ impl NodeApi {
                 .map(|t| Unit::new(&t.symbol, unit.decimals)),
         );
         Ok(units)
+    }
+
+    /// `token`'s unit as its contract names it, read once.
+    async fn token_unit(&self, chain: ChainId, token: Address) -> Result<Unit, Status> {
+        if let Some(unit) = self.units.lock().expect("never poisoned").get(&(chain, token)) {
+            return Ok(unit.clone());
+        }
+        let link = self.link(chain)?;
+        let unit = teepay_chain::contract::token_unit(&link.chain, token).await.map_err(|e| {
+            Status::failed_precondition(format!("token {token} on {}: {e}", link.chain.describe()))
+        })?;
+        self.units.lock().expect("never poisoned").insert((chain, token), unit.clone());
+        Ok(unit)
+    }
+
+    /// The tokens this node knows on `chain` (configured, or held in a channel) with their
+    /// units; a token whose contract does not answer is listed without one.
+    pub(crate) async fn known_tokens(&self, chain: ChainId) -> Vec<teepay_api::pb::TokenInfo> {
+        let mut tokens: Vec<Address> =
+            self.tokens.iter().filter(|t| t.chain == chain).map(|t| t.token).collect();
+        if let Ok(channels) = self.node.channels().await {
+            tokens.extend(
+                channels
+                    .iter()
+                    .filter(|c| c.chain == chain && c.token != Address::default())
+                    .map(|c| c.token),
+            );
+        }
+        tokens.sort();
+        tokens.dedup();
+        let mut out = Vec::with_capacity(tokens.len());
+        for token in tokens {
+            let unit = self.token_unit(chain, token).await.ok();
+            out.push(teepay_api::pb::TokenInfo {
+                token: token.to_string(),
+                symbol: unit.as_ref().map(|u| u.symbol.clone()).unwrap_or_default(),
+                decimals: unit.map_or(0, |u| u32::from(u.decimals)),
+            });
+        }
+        out
     }
 
     /// An amount of `asset`: positive unless `zero_ok` (fee limits; empty is zero there).

@@ -457,6 +457,7 @@ async fn an_invoice_paid_streams_its_events_in_order_and_resumes_from_a_cursor()
         hub: s.hub_addr.to_string(),
         quotes: Vec::new(),
         tokens: Vec::new(),
+        units: Default::default(),
     };
     let any = "127.0.0.1:0".parse().unwrap();
     let (payee_addr, _t1) = api(&s.nodes[2]).serve(any).await.unwrap();
