@@ -109,13 +109,17 @@ pub struct NodeConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    /// `http://…` (no TLS in this build: put a TLS-terminating proxy in front).
+    /// `https://…` (verified against the system's roots and `ca_file`), or `http://…` for a
+    /// receiver on this machine or a private network.
     pub url: String,
     /// Signs every delivery (HMAC-SHA256, `X-Teepay-Signature`); at least 16 characters.
     pub secret: String,
     /// Event kinds by prefix (`invoice.`, `payment.succeeded`); empty: all.
     #[serde(default)]
     pub events: Vec<String>,
+    /// PEM certificates to trust for this URL besides the system's (a private CA, or the
+    /// receiver's self-signed certificate).
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_hub_listen() -> SocketAddr {

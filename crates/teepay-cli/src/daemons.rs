@@ -362,6 +362,7 @@ pub fn node(args: &NodeArgs) -> Result<ExitCode> {
                 url: hook.url.clone(),
                 secret: hook.secret.clone(),
                 kinds: hook.events.clone(),
+                ca_file: hook.ca_file.clone(),
             };
             // One cursor per URL, so reordering the config never mixes two webhooks' cursors.
             let tag = teepay_types::ids::to_hex(&teepay_types::keccak256(hook.url.as_bytes())[..8]);

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use teepay_events::webhook::{self, WebhookConfig};
 use teepay_events::{EventError, EventLog};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 fn dir(tag: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("teepay-events-{tag}-{}", std::process::id()));
@@ -115,52 +115,89 @@ async fn server(fail: usize) -> (String, Received, tokio::task::JoinHandle<()>) 
     let task = tokio::spawn(async move {
         let mut answered = 0;
         loop {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            let (head, body) = loop {
-                let n = s.read(&mut chunk).await.unwrap();
-                if n == 0 {
-                    break (String::new(), Vec::new());
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .map_or(0, |v| v.trim().parse().unwrap());
-                    while buf.len() < i + 4 + len {
-                        let n = s.read(&mut chunk).await.unwrap();
-                        buf.extend_from_slice(&chunk[..n]);
-                    }
-                    break (head, buf[i + 4..i + 4 + len].to_vec());
-                }
-            };
-            if head.is_empty() {
-                continue;
-            }
-            let header = |name: &str| {
-                head.lines()
-                    .find_map(|l| l.strip_prefix(&format!("{name}:")))
-                    .unwrap_or("")
-                    .trim()
-                    .to_string()
-            };
-            // Header values were lower-cased with the head: the signature is hex anyway.
-            log.lock().unwrap().push((
-                header("x-teepay-delivery"),
-                header("x-teepay-signature"),
-                header("x-teepay-event"),
-                body,
-            ));
-            answered += 1;
-            let status = if answered <= fail { "500 Internal Server Error" } else { "200 OK" };
-            let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-            let _ = s.write_all(reply.as_bytes()).await;
+            let (s, _) = listener.accept().await.unwrap();
+            answer(s, &log, &mut answered, fail).await;
         }
     });
     (url, received, task)
+}
+
+/// An HTTPS receiver with a self-signed certificate for `localhost`: its URL, what it
+/// received, its task, and the certificate (PEM) a client must trust to reach it.
+async fn tls_server() -> (String, Received, tokio::task::JoinHandle<()>, String) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let pem = cert.cert.pem();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://localhost:{}/hook", listener.local_addr().unwrap().port());
+    let received: Received = Arc::default();
+    let log = received.clone();
+    let task = tokio::spawn(async move {
+        let mut answered = 0;
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            // A client that does not trust the certificate fails the handshake: no request.
+            if let Ok(s) = acceptor.accept(s).await {
+                answer(s, &log, &mut answered, 0).await;
+            }
+        }
+    });
+    (url, received, task, pem)
+}
+
+/// Reads one HTTP request from `s`, records it, answers 500 for the first `fail` requests
+/// and 200 after.
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    log: &Received,
+    answered: &mut usize,
+    fail: usize,
+) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let (head, body) = loop {
+        let n = s.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            break (String::new(), Vec::new());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            while buf.len() < i + 4 + len {
+                let n = s.read(&mut chunk).await.unwrap();
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            break (head, buf[i + 4..i + 4 + len].to_vec());
+        }
+    };
+    if head.is_empty() {
+        return;
+    }
+    let header = |name: &str| {
+        head.lines().find_map(|l| l.strip_prefix(&format!("{name}:"))).unwrap_or("").trim().to_string()
+    };
+    // Header values were lower-cased with the head: the signature is hex anyway.
+    log.lock().unwrap().push((
+        header("x-teepay-delivery"),
+        header("x-teepay-signature"),
+        header("x-teepay-event"),
+        body,
+    ));
+    *answered += 1;
+    let status = if *answered <= fail { "500 Internal Server Error" } else { "200 OK" };
+    let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    let _ = s.write_all(reply.as_bytes()).await;
+    let _ = s.shutdown().await;
 }
 
 async fn wait_for(received: &Received, n: usize) {
@@ -182,7 +219,7 @@ async fn webhooks_are_signed_retried_with_one_delivery_id_in_order_and_resumed()
     log.append("invoice.created", json!({ "before": true }), 0); // before the webhook: not sent
     let (url, received, server) = server(2).await;
     let secret = "a merchant's secret, 32 bytes...";
-    let config = WebhookConfig { url, secret: secret.into(), kinds: vec!["invoice.".into()] };
+    let config = WebhookConfig { url, secret: secret.into(), kinds: vec!["invoice.".into()], ca_file: None };
     let cursor = d.join("hook-1.cursor");
     let task = webhook::spawn(log.clone(), config.clone(), "0xnode".into(), cursor.clone()).unwrap();
     log.append("invoice.paid", json!({ "invoice": "a" }), 1);
@@ -219,11 +256,62 @@ async fn webhooks_are_signed_retried_with_one_delivery_id_in_order_and_resumed()
     assert_eq!(got[4].0, "0xnode-5");
     task.abort();
     server.abort();
-    // Plain HTTP and a real secret only.
-    let https =
-        WebhookConfig { url: "https://shop.example/hook".into(), secret: secret.into(), kinds: vec![] };
-    assert!(https.validate().is_err());
-    let weak = WebhookConfig { url: "http://127.0.0.1:1/".into(), secret: "short".into(), kinds: vec![] };
-    assert!(weak.validate().is_err());
+    // HTTP(S) URLs and a real secret only.
+    let config = |url: &str, secret: &str| WebhookConfig {
+        url: url.into(),
+        secret: secret.into(),
+        kinds: vec![],
+        ca_file: None,
+    };
+    assert!(config("https://shop.example/hook", secret).validate().is_ok());
+    for bad in ["ftp://shop.example/hook", "shop.example/hook", "https://"] {
+        assert!(matches!(config(bad, secret).validate(), Err(webhook::WebhookError::BadUrl(_))), "{bad}");
+    }
+    assert!(config("http://127.0.0.1:1/", "short").validate().is_err());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// An `https://` webhook reaches a receiver whose certificate the webhook trusts (its
+/// `ca_file`), signed as over HTTP; a webhook that does not trust it delivers nothing (the
+/// certificate is verified, and the event waits for a later retry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_webhooks_verify_the_receivers_certificate() {
+    let d = dir("https");
+    let (url, received, server, pem) = tls_server().await;
+    let ca = d.join("receiver.pem");
+    std::fs::write(&ca, pem).unwrap();
+    let secret = "a merchant's secret, 32 bytes...";
+    let untrusting = EventLog::in_memory(100);
+    let config = WebhookConfig { url: url.clone(), secret: secret.into(), kinds: vec![], ca_file: None };
+    let refused = webhook::spawn(untrusting.clone(), config, "0xnode".into(), d.join("a.cursor")).unwrap();
+    untrusting.append("invoice.paid", json!({ "invoice": "x" }), 1);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(received.lock().unwrap().is_empty(), "an unknown certificate is not trusted");
+    refused.abort();
+
+    let log = EventLog::in_memory(100);
+    let config = WebhookConfig { url, secret: secret.into(), kinds: vec![], ca_file: Some(ca.clone()) };
+    let task = webhook::spawn(log.clone(), config, "0xnode".into(), d.join("b.cursor")).unwrap();
+    log.append("invoice.paid", json!({ "invoice": "y" }), 1);
+    wait_for(&received, 1).await;
+    let got = received.lock().unwrap().clone();
+    assert!(webhook::verify(secret, &got[0].3, &got[0].1), "signed");
+    assert_eq!(got[0].0, "0xnode-1");
+    task.abort();
+    server.abort();
+    // A CA file that is missing or holds no certificate is refused when configured.
+    for (path, text) in [(d.join("missing.pem"), None), (d.join("empty.pem"), Some("not a certificate"))] {
+        if let Some(text) = text {
+            std::fs::write(&path, text).unwrap();
+        }
+        let config = WebhookConfig {
+            url: "https://localhost:1/hook".into(),
+            secret: secret.into(),
+            kinds: vec![],
+            ca_file: Some(path),
+        };
+        let r = webhook::spawn(log.clone(), config, "0xnode".into(), d.join("c.cursor"));
+        assert!(matches!(r, Err(webhook::WebhookError::CaFile { .. })), "{r:?}");
+    }
     let _ = std::fs::remove_dir_all(&d);
 }
