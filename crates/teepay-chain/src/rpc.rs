@@ -53,6 +53,9 @@ impl RpcChain {
     /// Connects lazily: the first request reaches the node.
     pub fn connect(url: &str) -> Result<Self, ChainError> {
         let parsed = url.parse().map_err(|e| ChainError::Malformed(format!("chain RPC URL {url:?}: {e}")))?;
+        // reqwest builds its client with rustls, which needs a process-wide crypto provider
+        // (https:// RPC URLs); a second install (another connection) is refused harmlessly.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Ok(RpcChain { provider: RootProvider::new_http(parsed), url: url.to_string() })
     }
 

@@ -423,9 +423,9 @@ fn transfer(s: &str) -> Result<pb::Transfer> {
     })
 }
 
-fn intent_text(id: u64, i: &pb::Intent) -> String {
+fn intent_text(id: u64, i: &pb::Intent, units: &TokenUnits) -> String {
     let fmt = |t: &pb::Transfer| {
-        format!("{} on chain {} ↔ {}", human_asset(&t.amount, &t.asset), t.chain, t.counterparty)
+        format!("{} on chain {} ↔ {}", units.show(&t.amount, &t.asset), t.chain, t.counterparty)
     };
     format!(
         "#{id} from {}: gives {}; receives {}",
@@ -441,15 +441,13 @@ pub fn swap(a: &SwapArgs) -> Result<ExitCode> {
             SwapCmd::Propose { give, receive, hub: h } => {
                 let gives = give.iter().map(|s| transfer(s)).collect::<Result<Vec<_>>>()?;
                 let receives = receive.iter().map(|s| transfer(s)).collect::<Result<Vec<_>>>()?;
-                let intent = call(
-                    node(&a.t.node)
-                        .await?
-                        .create_intent(pb::CreateIntentRequest { gives, receives, ttl_seconds: 0 })
-                        .await,
-                )?;
+                let mut c = node(&a.t.node).await?;
+                let intent =
+                    call(c.create_intent(pb::CreateIntentRequest { gives, receives, ttl_seconds: 0 }).await)?;
                 let id = call(hub(h).await?.post_intent(intent.clone()).await)?.id;
+                let units = if a.t.json { TokenUnits::default() } else { TokenUnits::of(&mut c).await };
                 out(a.t.json, json!({"id": id, "intent": intent.encoded}), || {
-                    format!("posted {}", intent_text(id, &intent))
+                    format!("posted {}", intent_text(id, &intent, &units))
                 });
                 Ok(ExitCode::SUCCESS)
             }
@@ -459,13 +457,19 @@ pub fn swap(a: &SwapArgs) -> Result<ExitCode> {
                     .iter()
                     .map(|e| json!({"id": e.id, "party": e.intent.as_ref().map(|i| i.party.clone())}))
                     .collect();
+                // Token amounts in their units, as far as this node knows the tokens (the
+                // board itself is the hub's: without a node, base units).
+                let units = match (a.t.json, node(&a.t.node).await) {
+                    (false, Ok(mut c)) => TokenUnits::of(&mut c).await,
+                    _ => TokenUnits::default(),
+                };
                 out(a.t.json, json!({"intents": v}), || {
                     if entries.is_empty() {
                         return "the board is empty".into();
                     }
                     entries
                         .iter()
-                        .filter_map(|e| e.intent.as_ref().map(|i| intent_text(e.id, i)))
+                        .filter_map(|e| e.intent.as_ref().map(|i| intent_text(e.id, i, &units)))
                         .collect::<Vec<_>>()
                         .join("\n")
                 });

@@ -83,7 +83,8 @@ pub struct FaucetArgs {
     rpc: String,
     #[arg(long)]
     to: String,
-    /// `5eth`, `25gwei`, or a whole number of wei (with `--token`: of the token's base units).
+    /// `5eth`, `25gwei`, or a whole number of wei (with `--token`: `1000usdc` in the token's
+    /// unit, or its base units).
     #[arg(long)]
     amount: String,
     /// Mint a test token (`teepay deploy --token`) instead of sending ether.
@@ -499,17 +500,20 @@ pub fn faucet(args: &FaucetArgs) -> Result<ExitCode> {
     if let Some(token) = &args.token {
         let token = Address::from_hex(token)
             .with_context(|| format!("--token {token:?} is not a 20-byte hex address"))?;
-        let amount: u128 = args.amount.trim().parse().with_context(|| {
-            format!("--amount {:?}: a whole number of the token's base units", args.amount)
-        })?;
         return runtime()?.block_on(async {
             let chain = AnyChain::from_spec(&args.rpc, ChainId(0))?;
+            // Base units, or the token's own unit as its contract names it (`1000usdc`).
+            let unit = teepay_chain::contract::token_unit(&chain, token).await?;
+            let amount = teepay_types::units::parse_amount(&args.amount, std::slice::from_ref(&unit))
+                .map_err(|e| anyhow::anyhow!("--amount: {e}"))?
+                .0;
             let key = teepay_chain::dev::dev_key(args.dev_account);
             teepay_chain::contract::mint_token(&chain, &key, token, to, Amount(amount)).await?;
             if args.json {
                 println!("{}", serde_json::json!({"to": to.to_string(), "token": token.to_string(), "amount": amount.to_string()}));
             } else {
-                println!("minted {amount} of token {token} to {to}");
+                let shown = teepay_types::units::format_token_with_base(Amount(amount), &unit);
+                println!("minted {shown} of token {token} to {to}");
             }
             Ok(ExitCode::SUCCESS)
         });

@@ -414,18 +414,9 @@ fn scenario(db_for: impl FnOnce(&Path) -> String, tag: &str) {
     // across both hops by push and by invoice, then closed with exact token balances.
     let token = ok(&["deploy", "--rpc", &net.chains[0].0, "--token", "USDC:6"]);
     let usdc = token["token"].as_str().unwrap().to_string();
-    for n in [&nodes[0], &nodes[1]] {
-        ok(&[
-            "faucet",
-            "--rpc",
-            &net.chains[0].0,
-            "--token",
-            &usdc,
-            "--to",
-            &n.address,
-            "--amount",
-            "1000000000",
-        ]);
+    // The same 1,000 USDC, in base units and in the token's unit.
+    for (n, amount) in [(&nodes[0], "1000000000"), (&nodes[1], "1000usdc")] {
+        ok(&["faucet", "--rpc", &net.chains[0].0, "--token", &usdc, "--to", &n.address, "--amount", amount]);
     }
     let token_balance = |who: &str| -> u128 {
         let b = ok(&["balance", "--rpc", &net.chains[0].0, "--of", who, "--token", &usdc]);
