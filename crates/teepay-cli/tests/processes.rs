@@ -549,21 +549,7 @@ fn scenario(db_for: impl FnOnce(&Path) -> String, tag: &str) {
     // u2's 0.01 ETH on chain B (u2 → mid → u1).
     let give = format!("31337:5usdc:{}:{usdc}", nodes[2].address);
     let receive = format!("31338:0.01eth:{}", nodes[2].address);
-    let posted = ok(&[
-        "swap",
-        "propose",
-        "--give",
-        &give,
-        "--receive",
-        &receive,
-        "--hub",
-        &net.hub_api,
-        "--node",
-        &nodes[0].api,
-    ]);
-    let id = posted["id"].as_u64().unwrap().to_string();
-    let r = ok(&["swap", "accept", &id, "--hub", &net.hub_api, "--node", &nodes[2].api]);
-    assert_eq!(r["status"], "succeeded", "{r}");
+    swap_via_board(&net, &nodes, &give, &receive);
     // Closed: every token leaves the contract, each party's exactly.
     let wait_token_views = |n: &Node, id: &str, local: &str| {
         wait_until("a node's view of the token payments", Duration::from_secs(20), || {
@@ -602,21 +588,7 @@ fn scenario(db_for: impl FnOnce(&Path) -> String, tag: &str) {
     // Swap through the hub's intent board: u1 gives on chain A, u2 gives on chain B.
     let give = format!("31337:0.05eth:{}", nodes[2].address);
     let receive = format!("31338:{}:{}", ETH / 25, nodes[2].address);
-    let posted = ok(&[
-        "swap",
-        "propose",
-        "--give",
-        &give,
-        "--receive",
-        &receive,
-        "--hub",
-        &net.hub_api,
-        "--node",
-        &nodes[0].api,
-    ]);
-    let id = posted["id"].as_u64().unwrap().to_string();
-    let r = ok(&["swap", "accept", &id, "--hub", &net.hub_api, "--node", &nodes[2].api]);
-    assert_eq!(r["status"], "succeeded", "{r}");
+    swap_via_board(&net, &nodes, &give, &receive);
     assert_consistent(&nodes);
 
     // Bad client requests: clear errors, nothing started.
@@ -727,6 +699,16 @@ fn scenario(db_for: impl FnOnce(&Path) -> String, tag: &str) {
     assert!(metrics.contains("teepay_sync_height{chain=\"31337\"}"), "{metrics}");
     drop(nodes);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// u1 posts an intent to the hub's board (GIVE/RECEIVE as `teepay swap propose` takes them)
+/// and u2 accepts it; the swap succeeds.
+fn swap_via_board(net: &Net, nodes: &[Node], give: &str, receive: &str) {
+    let propose = ["swap", "propose", "--give", give, "--receive", receive, "--hub", &net.hub_api];
+    let posted = ok(&[&propose[..], &["--node", &nodes[0].api]].concat());
+    let id = posted["id"].as_u64().unwrap().to_string();
+    let r = ok(&["swap", "accept", &id, "--hub", &net.hub_api, "--node", &nodes[2].api]);
+    assert_eq!(r["status"], "succeeded", "{r}");
 }
 
 /// A command's output for people (no `--json`).

@@ -16,7 +16,7 @@ use teepay_chain::Chain;
 use teepay_enclave::{Request, Response};
 use teepay_link::wire::WireStatus;
 use teepay_node::onchain::{close, fund, open_channel};
-use teepay_types::{Address, Amount, ChainId, ChannelId, InstanceId, SignedOrder, Transfer};
+use teepay_types::{Address, Amount, ChainId, ChannelId, InstanceId, PaymentReceipt, SignedOrder, Transfer};
 pub use world::wait_ready;
 use world::{ETHER, World, eth, wait_final};
 
@@ -225,18 +225,7 @@ async fn invoice_paid(s: &mut Story) -> Result<()> {
     }
     book(s, chain, s.w.node("user1").address, shop, ETHER * 15 / 100);
     // The receipt travels user2 → hub → user1, whose enclave keeps it.
-    let mut kept = None;
-    for _ in 0..200 {
-        let request = Request::PaidInvoice { invoice: invoice.invoice.id() };
-        if let Ok(Response::PaidInvoice(paid)) = s.w.node("user1").enclave(request).await
-            && let Some(r) = paid.receipt
-        {
-            kept = Some(r);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    match kept {
+    match kept_receipt(s, "user1", invoice.invoice.id()).await {
         Some(r) if r.proves_payment_of(&invoice) => println!(
             "  ✔ user1 holds user2's receipt ({}…): it proves to anyone that user1 paid this invoice",
             &r.encode()[..24]
@@ -260,6 +249,20 @@ async fn invoice_paid(s: &mut Story) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The payee's receipt for `invoice` once it has reached `payer`'s enclave (up to 2 s).
+async fn kept_receipt(s: &Story, payer: &str, invoice: teepay_types::Hash32) -> Option<PaymentReceipt> {
+    for _ in 0..200 {
+        let request = Request::PaidInvoice { invoice };
+        if let Ok(Response::PaidInvoice(paid)) = s.w.node(payer).enclave(request).await
+            && let Some(r) = paid.receipt
+        {
+            return Some(r);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
 }
 
 async fn intent(

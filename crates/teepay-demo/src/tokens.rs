@@ -7,7 +7,7 @@ use crate::world::ETHER;
 use crate::{ContractViewOf, Story, book, settle, step};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use teepay_chain::contract::{deploy_token, mint_token, token_balance};
 use teepay_enclave::{Request, Response};
 use teepay_link::wire::WireStatus;
@@ -111,18 +111,7 @@ pub(crate) async fn invoice(s: &mut Story, token: &mut DemoToken) -> Result<()> 
         return Ok(());
     }
     token.book(s.w.node("user1").address, shop, 25 * USDC);
-    let mut receipt = None;
-    for _ in 0..200 {
-        let request = Request::PaidInvoice { invoice: invoice.invoice.id() };
-        if let Ok(Response::PaidInvoice(paid)) = s.w.node("user1").enclave(request).await
-            && let Some(r) = paid.receipt
-        {
-            receipt = Some(r);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    match receipt {
+    match crate::kept_receipt(s, "user1", invoice.invoice.id()).await {
         Some(r) if r.proves_payment_of(&invoice) && r.amount == Amount(25 * USDC) => {
             println!("  ✔ user1's receipt verifies: user2 signed that user1 paid {}", token.show(r.amount.0))
         }

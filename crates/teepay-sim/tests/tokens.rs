@@ -149,6 +149,24 @@ fn a_leg_is_refused_unless_its_asset_its_channels_and_the_order_agree() {
     w.check_final().expect("invariants hold");
 }
 
+/// Each party's enclave signs its intent again (same terms, a new nonce): orders are used once.
+fn reissue(w: &mut World, orders: &[SignedOrder]) -> Vec<SignedOrder> {
+    orders
+        .iter()
+        .map(|o| {
+            let Order::Swap(i) = &o.order else { panic!("swap intents") };
+            let party = w.node_index(i.party).unwrap();
+            let request = Request::CreateSwapIntent {
+                gives: i.gives.clone(),
+                receives: i.receives.clone(),
+                expires_at: w.now + 1_000,
+            };
+            let Response::Order(order) = w.node_request(party, request) else { panic!("an order") };
+            order
+        })
+        .collect()
+}
+
 /// A token-for-ether swap across two chains applies atomically; a hub host that swaps in a
 /// worthless token for the ether a party asked for gets the swap refused by that party.
 #[test]
@@ -169,22 +187,8 @@ fn a_token_for_ether_swap_applies_and_a_substituted_asset_is_refused() {
 
     // Same intents again, but the host routes Bob's give over the TOKEN_2 channel and labels
     // the leg TOKEN_2: Bob's own intent says ether, and so does Alice's receive.
-    let spec = w.hub.coordinator.instance(id).unwrap().spec.clone();
-    let fresh: Vec<SignedOrder> = spec
-        .orders
-        .iter()
-        .map(|o| {
-            let Order::Swap(i) = &o.order else { panic!("swap intents") };
-            let party = w.node_index(i.party).unwrap();
-            let request = Request::CreateSwapIntent {
-                gives: i.gives.clone(),
-                receives: i.receives.clone(),
-                expires_at: w.now + 1_000,
-            };
-            let Response::Order(order) = w.node_request(party, request) else { panic!("an order") };
-            order
-        })
-        .collect();
+    let orders = w.hub.coordinator.instance(id).unwrap().spec.orders.clone();
+    let fresh = reissue(&mut w, &orders);
     let mut legs = vec![
         w.route_of(CHAIN_1, TOKEN_1, &[a, b], 100).unwrap(),
         w.route_of(CHAIN_2, TOKEN_2, &[b, a], 30).unwrap(),
@@ -194,20 +198,7 @@ fn a_token_for_ether_swap_applies_and_a_substituted_asset_is_refused() {
     assert!(matches!(refund_reason(&w, id), Some(RefundReason::Nack(_, NackReason::OrderTermsMismatch))));
     // The honest legs with those very intents still apply (nothing was used up but their nonces
     // at the hub: fresh intents again).
-    let again: Vec<SignedOrder> = fresh
-        .iter()
-        .map(|o| {
-            let Order::Swap(i) = &o.order else { unreachable!() };
-            let party = w.node_index(i.party).unwrap();
-            let request = Request::CreateSwapIntent {
-                gives: i.gives.clone(),
-                receives: i.receives.clone(),
-                expires_at: w.now + 1_000,
-            };
-            let Response::Order(order) = w.node_request(party, request) else { panic!("an order") };
-            order
-        })
-        .collect();
+    let again = reissue(&mut w, &fresh);
     legs[1] = w.route_of(CHAIN_2, Asset::Native, &[b, a], 30).unwrap();
     let id = w.start(InstanceKind::CrossChain, legs, again).unwrap();
     assert_eq!(settle(&mut w, id), Outcome::Apply);
