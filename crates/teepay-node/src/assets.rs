@@ -6,12 +6,58 @@
 //! Anything ambiguous is refused with the forms that are accepted.
 
 use crate::api::NodeApi;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 use teepay_types::units::{Unit, ether_units, parse_amount};
 use teepay_types::{Address, Amount, Asset, ChainId};
 use tonic::Status;
 
-/// Units read from token contracts, per (chain, token).
-pub type UnitCache = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(ChainId, Address), Unit>>>;
+/// Units read from token contracts, per (chain, token), shared by the API's clones. A token
+/// whose contract does not answer is remembered for a minute, so a channel of a broken token
+/// (any peer can open one) costs one chain call a minute, not one per `Info`. Bounded: what a
+/// client can name grows neither map without limit.
+#[derive(Debug, Clone, Default)]
+pub struct UnitCache(std::sync::Arc<std::sync::Mutex<Units>>);
+
+#[derive(Debug, Default)]
+struct Units {
+    known: HashMap<(ChainId, Address), Unit>,
+    failed: HashMap<(ChainId, Address), (Instant, String)>,
+}
+
+const MAX_KNOWN_UNITS: usize = 4_096;
+const MAX_FAILED_UNITS: usize = 1_024;
+const RETRY_FAILED_UNIT: Duration = Duration::from_secs(60);
+
+impl UnitCache {
+    fn get(&self, key: (ChainId, Address)) -> Option<Result<Unit, String>> {
+        let units = self.0.lock().expect("never poisoned");
+        if let Some(unit) = units.known.get(&key) {
+            return Some(Ok(unit.clone()));
+        }
+        match units.failed.get(&key) {
+            Some((at, why)) if at.elapsed() < RETRY_FAILED_UNIT => Some(Err(why.clone())),
+            _ => None,
+        }
+    }
+
+    fn put(&self, key: (ChainId, Address), result: &Result<Unit, String>) {
+        let mut units = self.0.lock().expect("never poisoned");
+        match result {
+            Ok(unit) if units.known.len() < MAX_KNOWN_UNITS => {
+                units.failed.remove(&key);
+                units.known.insert(key, unit.clone());
+            }
+            Ok(_) => {}
+            Err(why) => {
+                if units.failed.len() >= MAX_FAILED_UNITS {
+                    units.failed.clear();
+                }
+                units.failed.insert(key, (Instant::now(), why.clone()));
+            }
+        }
+    }
+}
 
 /// A token symbol the node's owner configured for one chain (`[[chains]] tokens` in node.toml).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,17 +137,21 @@ impl NodeApi {
         Ok(units)
     }
 
-    /// `token`'s unit as its contract names it, read once.
+    /// `token`'s unit as its contract names it, read once (a failure: once a minute).
     async fn token_unit(&self, chain: ChainId, token: Address) -> Result<Unit, Status> {
-        if let Some(unit) = self.units.lock().expect("never poisoned").get(&(chain, token)) {
-            return Ok(unit.clone());
-        }
         let link = self.link(chain)?;
-        let unit = teepay_chain::contract::token_unit(&link.chain, token).await.map_err(|e| {
+        let result = match self.units.get((chain, token)) {
+            Some(cached) => cached,
+            None => {
+                let read =
+                    teepay_chain::contract::token_unit(&link.chain, token).await.map_err(|e| e.to_string());
+                self.units.put((chain, token), &read);
+                read
+            }
+        };
+        result.map_err(|e| {
             Status::failed_precondition(format!("token {token} on {}: {e}", link.chain.describe()))
-        })?;
-        self.units.lock().expect("never poisoned").insert((chain, token), unit.clone());
-        Ok(unit)
+        })
     }
 
     /// The tokens this node knows on `chain` (configured, or held in a channel) with their
@@ -177,6 +227,26 @@ impl NodeApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn units_are_kept_failures_remembered_and_both_bounded() {
+        let cache = UnitCache::default();
+        let key = |i: u16| (ChainId(1), Address::from_hex(&format!("{i:040x}")).unwrap());
+        assert!(cache.get(key(1)).is_none(), "never asked");
+        cache.put(key(1), &Err("no symbol()".into()));
+        assert_eq!(
+            cache.get(key(1)),
+            Some(Err("no symbol()".into())),
+            "a failure is not asked again at once"
+        );
+        cache.put(key(1), &Ok(Unit::new("usdc", 6)));
+        assert_eq!(cache.get(key(1)), Some(Ok(Unit::new("usdc", 6))));
+        for i in 2..(2 + MAX_FAILED_UNITS as u16 + 10) {
+            cache.put(key(i), &Err("nothing there".into()));
+        }
+        let units = cache.0.lock().unwrap();
+        assert!(units.failed.len() <= MAX_FAILED_UNITS && units.known.len() == 1);
+    }
 
     #[test]
     fn the_unit_is_what_follows_the_number() {
