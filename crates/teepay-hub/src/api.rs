@@ -130,7 +130,7 @@ impl HubApi {
     }
 
     pub async fn serve(self, addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let listener = teepay_link::tcp::listen(addr, crate::RESTART_PATIENCE).await?;
         let bound = listener.local_addr()?;
         // No Nagle: a small reply held back for a delayed ACK would add ~40 ms to every call.
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));

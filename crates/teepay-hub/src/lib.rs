@@ -23,6 +23,10 @@ pub enum HubError {
     Route(#[from] RouteError),
 }
 
+/// How long a (re)starting hub waits for a port something else holds for a moment (an
+/// outgoing connection given it while nobody listened: `teepay_link::tcp::listen`).
+pub const RESTART_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The payment network map as the DB knows it: every open channel with the hub's view of
 /// its balances and its parties' fee policies. Called at start; sync and acks keep it current.
 pub async fn load_network(store: &Store) -> Result<Network, HubError> {

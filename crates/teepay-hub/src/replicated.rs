@@ -141,8 +141,9 @@ pub async fn start(cfg: ReplicatedConfig) -> Result<RunningReplica, RuntimeError
         what: "starting raft".into(),
         error: std::io::Error::other(e.to_string()),
     })?;
-    let listener =
-        tokio::net::TcpListener::bind(me.raft).await.map_err(io(format!("replica port {}", me.raft)))?;
+    let listener = teepay_link::tcp::listen(me.raft, crate::RESTART_PATIENCE)
+        .await
+        .map_err(io(format!("replica port {}", me.raft)))?;
     let services = Services {
         provisioner: Some(provisioner(sm.clone())),
         receipts: Some(crate::replication::receipt_source(sm.clone())),

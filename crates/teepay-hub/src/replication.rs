@@ -362,19 +362,10 @@ impl LocalGroup {
     /// Restarts replica `id` from its files, on its old address.
     pub async fn restart(&mut self, id: teepay_replica::ReplicaId) -> Result<(), LocalGroupError> {
         let i = (id - 1) as usize;
-        // Its old port may be held for a moment by a peer's dial that met nobody there (the
-        // dialer drops a connection to itself at once: `teepay_link::dial`); try for a while.
-        let mut tries = 0;
-        let listener = loop {
-            match tokio::net::TcpListener::bind(&self.addrs[i]).await {
-                Ok(l) => break l,
-                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 40 => {
-                    tries += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-                Err(e) => return Err(local(e)),
-            }
-        };
+        // Its old port may be held for a moment (`teepay_link::tcp::listen`).
+        let addr =
+            self.addrs[i].parse().map_err(|e| local(format!("replica address {}: {e}", self.addrs[i])))?;
+        let listener = teepay_link::tcp::listen(addr, crate::RESTART_PATIENCE).await.map_err(local)?;
         let platform = FilePlatform::open(&self.dirs[i].join("shadow")).map_err(local)?;
         let log = platform
             .restorable(&self.dirs[i].join("unused"))

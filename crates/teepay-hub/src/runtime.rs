@@ -329,7 +329,7 @@ pub(crate) async fn serve_metrics(
             async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }
         }),
     );
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = teepay_link::tcp::listen(addr, crate::RESTART_PATIENCE).await?;
     let bound = listener.local_addr()?;
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;

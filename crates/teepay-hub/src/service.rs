@@ -244,7 +244,7 @@ pub async fn serve<P: Platform + Send + 'static>(
     store: Option<Store>,
     settings: HubSettings,
 ) -> std::io::Result<HubHandle> {
-    let listener = TcpListener::bind(settings.listen).await?;
+    let listener = teepay_link::tcp::listen(settings.listen, crate::RESTART_PATIENCE).await?;
     let addr = listener.local_addr()?;
     let config = &executor.coordinator().inspect().config;
     let policy = QuotePolicy {

@@ -20,8 +20,8 @@
 //! enclave signature buys is that the far end is the attested enclave it expects, and that
 //! no third party on the path can read or alter the stream.
 
-pub mod dial;
 pub mod host;
+pub mod tcp;
 pub mod wire;
 
 use chacha20poly1305::aead::{Aead, KeyInit};

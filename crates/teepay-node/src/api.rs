@@ -104,7 +104,8 @@ impl NodeApi {
     }
 
     pub async fn serve(self, addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        // A restarted daemon's port may be held for a moment (`teepay_link::tcp::listen`).
+        let listener = teepay_link::tcp::listen(addr, std::time::Duration::from_secs(5)).await?;
         let bound = listener.local_addr()?;
         // No Nagle: a small reply held back for a delayed ACK would add ~40 ms to every call.
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));

@@ -322,7 +322,7 @@ async fn session<P: Platform>(
     // Until the session is up, a failure moves on to the next replica (only the leader
     // accepts nodes); once it is up, a broken link is first redialed at the same address.
     node.hub_index = (node.hub_index + 1) % hubs;
-    let stream = teepay_link::dial::connect(addr).await?;
+    let stream = teepay_link::tcp::connect(addr).await?;
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
     let known_hub = node.enclave.inspect().hub;

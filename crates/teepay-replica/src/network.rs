@@ -295,7 +295,7 @@ type Failure<E> = RPCError<ReplicaId, BasicNode, RaftError<ReplicaId, E>>;
 impl PeerConnection {
     async fn call<E: std::error::Error>(&mut self, call: &Call, ttl: Duration) -> Result<Answer, Failure<E>> {
         if self.link.is_none() {
-            let connect = tokio::time::timeout(CONNECT_TIMEOUT, teepay_link::dial::connect(&self.addr)).await;
+            let connect = tokio::time::timeout(CONNECT_TIMEOUT, teepay_link::tcp::connect(&self.addr)).await;
             let mut stream = match connect {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => return Err(RPCError::Unreachable(Unreachable::new(&e))),
@@ -382,7 +382,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
 /// why it refused. Connection and framing errors are [`ReplicaError`]s (try another peer).
 pub async fn request_provision(addr: &str, quote: &[u8]) -> Result<Result<Vec<u8>, String>, ReplicaError> {
     let io = |e| ReplicaError::Io { path: format!("replica {addr}"), source: e };
-    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, teepay_link::dial::connect(addr))
+    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, teepay_link::tcp::connect(addr))
         .await
         .map_err(|_| io(std::io::ErrorKind::TimedOut.into()))?
         .map_err(io)?;
