@@ -212,6 +212,9 @@ impl<P: Platform> NodeEnclave<P> {
         now: u64,
     ) -> Result<Output, EnclaveError> {
         self.state.config.contract(chain).ok_or(EnclaveError::UnknownChain(chain))?;
+        if !asset.is_well_formed() {
+            return Err(EnclaveError::InvalidInvoice("a token at the zero address (ether is `Native`)"));
+        }
         if amount.is_some_and(|a| a.is_zero()) {
             return Err(EnclaveError::ZeroAmount);
         }
@@ -265,6 +268,9 @@ impl<P: Platform> NodeEnclave<P> {
         let invoice = signed.invoice;
         if now > invoice.expires_at {
             return Err(EnclaveError::InvoiceExpired(id));
+        }
+        if !invoice.asset.is_well_formed() {
+            return Err(EnclaveError::InvalidInvoice("a token at the zero address (ether is `Native`)"));
         }
         self.state.config.contract(invoice.chain).ok_or(EnclaveError::UnknownChain(invoice.chain))?;
         if invoice.payee == self.address() {

@@ -367,6 +367,11 @@ impl<P: Platform> NodeEnclave<P> {
                 if amount.is_zero() {
                     return Err(EnclaveError::ZeroAmount);
                 }
+                if !asset.is_well_formed() {
+                    return Err(EnclaveError::InvalidOrder(
+                        "a token at the zero address (ether is `Native`)",
+                    ));
+                }
                 if payee == self.address() {
                     return Err(EnclaveError::InvalidOrder("payee is the payer"));
                 }
@@ -395,6 +400,11 @@ impl<P: Platform> NodeEnclave<P> {
                 }
                 if gives.iter().chain(&receives).any(|t| t.amount.is_zero()) {
                     return Err(EnclaveError::ZeroAmount);
+                }
+                if gives.iter().chain(&receives).any(|t| !t.asset.is_well_formed()) {
+                    return Err(EnclaveError::InvalidOrder(
+                        "a token at the zero address (ether is `Native`)",
+                    ));
                 }
                 let me = self.address();
                 if gives.iter().chain(&receives).any(|t| t.counterparty == me) {

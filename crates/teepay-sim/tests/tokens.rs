@@ -5,11 +5,12 @@
 //! it refuses on its own, and the per-asset accounting of `check_final` holds either way.
 
 use teepay_coordinator::RefundReason;
-use teepay_enclave::{InvoiceStatus, Request, Response};
+use teepay_enclave::{EnclaveError, InvoiceStatus, Request, Response};
 use teepay_sim::scenarios::{CHAIN_1, CHAIN_2, TOKEN_1, TOKEN_2};
 use teepay_sim::{Action, World};
 use teepay_types::{
     Amount, Asset, FeePolicy, Hop, InstanceId, InstanceKind, Leg, NackReason, Order, Outcome, SignedOrder,
+    Transfer,
 };
 
 /// payer → hop1 → hop2 → payee twice over on chain 1: a TOKEN_1 path (fee 2 per hop, in the
@@ -267,4 +268,70 @@ fn a_token_invoice_is_paid_in_its_token() {
     };
     assert!(receipt.proves_payment_of(&invoice));
     w.check_final().expect("invariants hold");
+}
+
+/// A token at the zero address would be ether under a second name: no order, intent, invoice
+/// or leg may name one, whoever built it.
+#[test]
+fn a_token_at_the_zero_address_is_refused_everywhere() {
+    let (mut w, [p, i1, i2, r]) = world();
+    let zero = Asset::Erc20(teepay_types::Address::default());
+    let payment = Request::CreatePayment {
+        chain: CHAIN_1,
+        asset: zero,
+        payee: w.address(r),
+        amount: Amount(1),
+        max_fee: Amount(0),
+        expires_at: w.now + 1_000,
+    };
+    assert!(matches!(w.nodes[p].enclave.handle(w.now, payment), Err(EnclaveError::InvalidOrder(_))));
+    let t = Transfer {
+        chain: CHAIN_1,
+        asset: zero,
+        counterparty: w.address(r),
+        amount: Amount(1),
+        max_fee: Amount(0),
+    };
+    let intent =
+        Request::CreateSwapIntent { gives: vec![t.clone()], receives: vec![t], expires_at: w.now + 1_000 };
+    assert!(matches!(w.nodes[p].enclave.handle(w.now, intent), Err(EnclaveError::InvalidOrder(_))));
+    let invoice = Request::CreateInvoice {
+        chain: CHAIN_1,
+        asset: zero,
+        amount: Some(Amount(1)),
+        memo_hash: [0; 32],
+        expires_at: w.now + 1_000,
+    };
+    assert!(matches!(w.nodes[r].enclave.handle(w.now, invoice), Err(EnclaveError::InvalidInvoice(_))));
+    // An invoice another enclave signed that way is not paid either.
+    let payee = teepay_types::SigningKey::from_entropy([0x42; 32]).unwrap();
+    let signed = teepay_types::Invoice {
+        payee: payee.address(),
+        chain: CHAIN_1,
+        asset: zero,
+        amount: Some(Amount(1)),
+        memo_hash: [0; 32],
+        expires_at: w.now + 1_000,
+        nonce: 0,
+    }
+    .sign(&payee);
+    let pay = Request::PayInvoice {
+        invoice: Box::new(signed),
+        amount: None,
+        max_fee: Amount(0),
+        expires_at: w.now + 1_000,
+    };
+    assert!(matches!(w.nodes[p].enclave.handle(w.now, pay), Err(EnclaveError::InvalidInvoice(_))));
+    // A leg so named is malformed for the hub enclave (and for every node).
+    let order = payment_order(&mut w, p, r, Asset::Native, 10);
+    let mut leg = w.route_of(CHAIN_1, Asset::Native, &[p, i1, i2, r], 10).unwrap();
+    leg.asset = zero;
+    let refused = w.hub.coordinator.create_instance(w.now, InstanceKind::MultiHop, vec![leg], vec![order]);
+    assert!(
+        matches!(
+            refused,
+            Err(teepay_coordinator::HubError::Spec(teepay_types::SpecError::MalformedAsset(0)))
+        ),
+        "{refused:?}"
+    );
 }

@@ -35,6 +35,12 @@ impl Asset {
     pub fn is_native(self) -> bool {
         self == Asset::Native
     }
+
+    /// False for a token at the zero address: that is ether's `token` field, so it would be a
+    /// second name for ether. Nothing that moves value may name an asset that way.
+    pub fn is_well_formed(self) -> bool {
+        self != Asset::Erc20(Address::default())
+    }
 }
 
 impl fmt::Display for Asset {
@@ -57,5 +63,7 @@ mod tests {
         assert_eq!(Asset::from_token(usdc), Asset::Erc20(usdc));
         assert_eq!(Asset::Erc20(usdc).token(), usdc);
         assert_eq!(Asset::Native.token(), Address::default());
+        assert!(Asset::Native.is_well_formed() && Asset::Erc20(usdc).is_well_formed());
+        assert!(!Asset::Erc20(Address::default()).is_well_formed(), "ether under another name");
     }
 }

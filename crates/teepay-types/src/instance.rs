@@ -226,6 +226,8 @@ pub enum SpecError {
     IncreasingAmount(usize, usize),
     #[error("channel used twice in one instance")]
     DuplicateChannel,
+    #[error("leg {0} names a token at the zero address (ether under another name)")]
+    MalformedAsset(usize),
     #[error("a multi-hop payment has exactly one leg and one payment request")]
     MultiHopShape,
     #[error("a cross-chain swap needs at least two legs and only swap intents")]
@@ -249,6 +251,9 @@ impl InstanceSpec {
         for (li, leg) in self.legs.iter().enumerate() {
             if leg.hops.is_empty() {
                 return Err(SpecError::EmptyLeg(li));
+            }
+            if !leg.asset.is_well_formed() {
+                return Err(SpecError::MalformedAsset(li));
             }
             let mut visited = BTreeSet::new();
             for (hi, hop) in leg.hops.iter().enumerate() {
