@@ -107,14 +107,14 @@ pub fn parse_amount(s: &str, units: &[Unit]) -> Result<Amount, UnitError> {
 }
 
 /// `amount` in `unit` with every significant decimal and none more (`0.1`, `25`, `1.000001`).
+/// In decimal digits, so any `decimals` a token contract claims (up to 255, beyond what a
+/// u128 power of ten holds) formats instead of overflowing.
 pub fn format_in(amount: Amount, unit: &Unit) -> String {
-    let scale = 10u128.pow(u32::from(unit.decimals));
-    let (whole, fraction) = (amount.0 / scale, amount.0 % scale);
-    if fraction == 0 {
-        return whole.to_string();
-    }
-    let fraction = format!("{fraction:0width$}", width = usize::from(unit.decimals));
-    format!("{whole}.{}", fraction.trim_end_matches('0'))
+    let decimals = usize::from(unit.decimals);
+    let digits = format!("{:0width$}", amount.0, width = decimals + 1);
+    let (whole, fraction) = digits.split_at(digits.len() - decimals);
+    let fraction = fraction.trim_end_matches('0');
+    if fraction.is_empty() { whole.to_string() } else { format!("{whole}.{fraction}") }
 }
 
 /// An ether amount the way a person reads it: in ETH from a thousandth of an ether up, in
@@ -152,6 +152,16 @@ mod tests {
         let usdc = Unit::new("usdc", 6);
         assert_eq!(format_token_with_base(Amount(12_500_000), &usdc), "12.5 USDC (12500000 base units)");
         assert_eq!(format_token_with_base(Amount(7), &Unit::new("pts", 0)), "7 PTS");
+        // A hostile token may claim any decimals (a peer can open a channel of it): they format.
+        let odd = Unit::new("odd", 255);
+        let shown = format_in(Amount(u128::MAX), &odd);
+        assert!(
+            shown.starts_with("0.") && shown.ends_with("340282366920938463463374607431768211455"),
+            "{shown}"
+        );
+        assert_eq!(format_in(Amount(0), &odd), "0");
+        assert_eq!(format_in(Amount(1_500_000), &Unit::new("usdc", 6)), "1.5");
+        assert_eq!(format_in(Amount(42), &Unit::new("x", 39)), format!("0.{}42", "0".repeat(37)));
     }
 
     fn eth(s: &str) -> Result<u128, UnitError> {
