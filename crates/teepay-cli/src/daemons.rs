@@ -166,6 +166,7 @@ async fn shutdown_signal() {
 }
 
 pub fn hub(args: &HubArgs) -> Result<ExitCode> {
+    teepay_link::host::exit_on_panic();
     let mut cfg: config::HubConfig = match &args.config {
         Some(p) => config::load(p)?,
         None => toml::from_str("")?,
@@ -232,7 +233,7 @@ pub fn hub(args: &HubArgs) -> Result<ExitCode> {
         if cfg.replicas.len() > 1 {
             return hub_replica(&cfg, runtime_config).await;
         }
-        let running = teepay_hub::runtime::start(runtime_config).await?;
+        let mut running = teepay_hub::runtime::start(runtime_config).await?;
         println!(
             "hub {} listening for nodes on {}, API on {}{}",
             running.enclave,
@@ -240,7 +241,14 @@ pub fn hub(args: &HubArgs) -> Result<ExitCode> {
             running.api_addr.map(|a| a.to_string()).unwrap_or_default(),
             running.metrics_addr.map(|a| format!(", metrics on http://{a}/metrics")).unwrap_or_default()
         );
-        shutdown_signal().await;
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = running.handle.executor_ended() => {
+                eprintln!("error: the hub's executor stopped (the log says why); exiting, to be restarted from the sealed state");
+                running.stop();
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         println!("hub stopping");
         running.stop();
         Ok(ExitCode::SUCCESS)
@@ -281,6 +289,7 @@ async fn hub_replica(cfg: &config::HubConfig, hub: HubRuntimeConfig) -> Result<E
 }
 
 pub fn node(args: &NodeArgs) -> Result<ExitCode> {
+    teepay_link::host::exit_on_panic();
     let mut cfg: config::NodeConfig = config::load(&args.config)?;
     cfg.api = args.api.unwrap_or(cfg.api);
     if let Some(d) = &args.state_dir {
@@ -357,7 +366,7 @@ pub fn node(args: &NodeArgs) -> Result<ExitCode> {
             order_ttl: Duration::from_secs(60),
             events: Some(events.clone()),
         };
-        let (handle, _daemon) = spawn(enclave, settings);
+        let (handle, daemon) = spawn(enclave, settings);
         for hook in &cfg.webhooks {
             let config = teepay_events::webhook::WebhookConfig {
                 url: hook.url.clone(),
@@ -396,9 +405,19 @@ pub fn node(args: &NodeArgs) -> Result<ExitCode> {
         }
         let chains = links.iter().map(|l| l.id).collect();
         let api = NodeApi { node: handle.clone(), links, chains, hub: cfg.hub.to_string(), quotes, tokens, units: Default::default() };
-        let (bound, _) = api.serve(cfg.api).await.with_context(|| format!("API on {}", cfg.api))?;
+        let (bound, api_task) = api.serve(cfg.api).await.with_context(|| format!("API on {}", cfg.api))?;
         println!("node {} connected to hub {}, API on {bound}", handle.address, cfg.hub);
-        shutdown_signal().await;
+        // A node whose enclave task or API ended must not linger: its peers' payments would
+        // wait on it with nobody told to restart it.
+        let stopped = tokio::select! {
+            _ = shutdown_signal() => None,
+            _ = daemon => Some("the node's enclave task"),
+            _ = api_task => Some("the node's API server"),
+        };
+        if let Some(what) = stopped {
+            eprintln!("error: {what} stopped (the log says why); exiting, to be restarted from the sealed state");
+            return Ok(ExitCode::FAILURE);
+        }
         println!("node stopping");
         Ok(ExitCode::SUCCESS)
     })

@@ -236,6 +236,16 @@ impl HubHandle {
     pub fn executor_stopped(&self) -> bool {
         self.tasks.first().is_some_and(|t| t.is_finished())
     }
+
+    /// Resolves when the executor task ends (it could not make a flush durable, or it
+    /// panicked): a hub without it drives no instance, so its daemon should exit and be
+    /// restarted from the sealed state rather than linger holding its port.
+    pub async fn executor_ended(&mut self) {
+        match self.tasks.first_mut() {
+            Some(executor) => drop(executor.await),
+            None => std::future::pending().await,
+        }
+    }
 }
 
 /// Binds, and serves until stopped. `store` receives every instance's status.

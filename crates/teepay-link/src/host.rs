@@ -225,10 +225,53 @@ impl teepay_types::Platform for FilePlatform {
     }
 }
 
+/// The exit status of a daemon that panicked (Rust's own for a panic in `main`).
+pub const PANIC_EXIT_CODE: i32 = 101;
+
+/// Makes a panic on any thread end the whole process (after the usual message), for
+/// daemons. A panic in one of a daemon's tasks would otherwise end only that task: a node
+/// whose enclave task died would keep its port and answer its API but never its hub again,
+/// freezing every payment it holds locks for, and a supervisor would see nothing to restart.
+/// Exiting is safe where nothing is released before it is sealed: a restart resumes from the
+/// sealed state and the protocol's retransmissions.
+pub fn exit_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::exit(PANIC_EXIT_CODE);
+    }));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use teepay_types::{Platform, seal, seal_delta, unseal, unseal_log};
+
+    /// Runs in a child process (this test binary again, asked through the environment): a
+    /// panic on a runtime's worker task must end the whole process with the panic's status.
+    #[test]
+    fn a_panic_in_any_task_ends_the_process() {
+        if std::env::var_os("TEEPAY_PANIC_CHILD").is_some() {
+            exit_on_panic();
+            let rt =
+                tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async {
+                tokio::spawn(async { panic!("a task's invariant broke") });
+                // Without the hook the task's panic is only reported to its JoinHandle and
+                // this process would go on to exit normally.
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            });
+            std::process::exit(0);
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "host::tests::a_panic_in_any_task_ends_the_process", "--nocapture"])
+            .env("TEEPAY_PANIC_CHILD", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(PANIC_EXIT_CODE), "{stderr}");
+        assert!(stderr.contains("a task's invariant broke"), "the panic is still reported: {stderr}");
+    }
 
     fn temp_dir(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("teepay-{name}-{}", std::process::id()));

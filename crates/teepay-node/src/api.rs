@@ -46,6 +46,7 @@ pub(crate) fn node_status(e: NodeError) -> Status {
         NodeError::Disconnected => {
             Status::unavailable("not connected to the hub (retrying in the background)")
         }
+        e @ NodeError::HubSilent(_) => Status::deadline_exceeded(e.to_string()),
         e @ (NodeError::Stopped | NodeError::Storage(_)) => Status::internal(e.to_string()),
     }
 }

@@ -33,6 +33,8 @@ pub enum NodeError {
     Disconnected,
     #[error("node stopped")]
     Stopped,
+    #[error("the hub did not answer within {} s", .0.as_secs())]
+    HubSilent(Duration),
     #[error("cannot persist sealed state: {0}")]
     Storage(String),
 }
@@ -148,8 +150,13 @@ impl NodeHandle {
         self.ask(|reply| Command::Swap { intents, reply }).await
     }
 
+    /// An instance's status as the hub knows it. Bounded in time: a reply lost on the way
+    /// (or a hub that stopped answering while its link stays up) gets an error to retry on,
+    /// never a caller waiting forever.
     pub async fn status(&self, instance: InstanceId) -> Result<WireStatus, NodeError> {
-        self.ask(|reply| Command::Status { instance, reply }).await
+        tokio::time::timeout(STATUS_DEADLINE, self.ask(|reply| Command::Status { instance, reply }))
+            .await
+            .map_err(|_| NodeError::HubSilent(STATUS_DEADLINE))?
     }
 
     /// This node's channels with their current balances.
@@ -389,6 +396,8 @@ async fn session<P: Platform>(
     result
 }
 
+/// How long a status query waits for the hub's answer.
+const STATUS_DEADLINE: Duration = Duration::from_secs(10);
 /// Most received messages handled before what they produced is sent.
 const MAX_BURST: usize = 256;
 /// Frames read from the hub and not yet handled, at most.

@@ -544,3 +544,51 @@ async fn an_invoice_paid_streams_its_events_in_order_and_resumes_from_a_cursor()
     assert_eq!(ahead.code(), tonic::Code::OutOfRange, "{ahead}");
     cleanup(s);
 }
+
+/// A hub that completes the link handshake, then reads everything and answers nothing (a
+/// lost reply looks the same to the node): a status query ends with `HubSilent`, not a
+/// caller waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_query_the_hub_never_answers_ends_in_an_error() {
+    let dir = std::env::temp_dir().join(format!("teepay-node-mute-hub-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hub_addr = listener.local_addr().unwrap();
+    let mute_hub = tokio::spawn(async move {
+        let key = SigningKey::from_entropy([0x77; 32]).unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let (r, w) = stream.into_split();
+        let sign = |transcript| {
+            let digest = teepay_types::link_digest(&transcript, teepay_types::LinkRole::Responder);
+            std::future::ready(Ok(key.sign_digest(&digest)))
+        };
+        let role = teepay_types::LinkRole::Responder;
+        let mut link = teepay_link::handshake(r, w, role, [0x78; 32], &[], sign, |_, _| true).await.unwrap();
+        let mut heard = 0;
+        while link.reader.recv().await.is_ok() {
+            heard += 1;
+        }
+        heard
+    });
+    let platform = FilePlatform::open(&dir.join("node0")).unwrap();
+    let mut enclave = NodeEnclave::create(platform, node_config(false), [60; 32]).unwrap().0;
+    let Response::Report(report) = enclave.handle(0, Request::Report { chain: ChainId(0) }).unwrap().response
+    else {
+        panic!()
+    };
+    let (node, task) = spawn(enclave, settings(&dir, 0, hub_addr, report.attest(&authority())));
+    let started = std::time::Instant::now();
+    let asked = loop {
+        match node.status(InstanceId([9; 32])).await {
+            // Asked before the link was up.
+            Err(NodeError::Disconnected) => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => break other,
+        }
+    };
+    assert!(matches!(asked, Err(NodeError::HubSilent(_))), "{asked:?}");
+    assert!(started.elapsed() < Duration::from_secs(30), "bounded: {:?}", started.elapsed());
+    task.abort();
+    let _ = task.await;
+    assert!(mute_hub.await.unwrap() >= 2, "the node's Register and its query reached the hub");
+    let _ = std::fs::remove_dir_all(&dir);
+}
