@@ -771,15 +771,15 @@ fn processes_on_postgres() {
     }
 }
 
-/// Many `kill -9`s of a payment's payer, intermediary or payee at varied moments right after the
-/// payment starts, each followed by a restart: every payment must end and leave no lock.
+/// Many `kill -9`s of a payment's payer, intermediary, payee or hub at varied moments right
+/// after the payment starts, each followed by a restart: every payment must end and leave no lock.
 /// A payment takes a few milliseconds from the hub's acceptance to its end, so the kill is
 /// drawn within 10 ms of the pay command's start (which is accepted after about 3.5 ms):
-/// before the PREPARE, between rounds, or just after. 24 rounds by default (about 4 s each);
+/// before the PREPARE, between rounds, or just after. 60 rounds by default (about 1.3 s each);
 /// more: `TEEPAY_SOAK_ROUNDS=400 cargo test -p teepay --test processes kill_restart_soak`
 #[test]
 fn kill_restart_soak() {
-    let rounds: usize = std::env::var("TEEPAY_SOAK_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(24);
+    let rounds: usize = std::env::var("TEEPAY_SOAK_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(60);
     let dir = std::env::temp_dir().join(format!("teepay-soak-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -796,7 +796,7 @@ fn kill_restart_soak() {
         metrics_port: free_port(),
         webhook: String::new(),
     };
-    let _hub = net.start_hub();
+    let mut hub = Some(net.start_hub());
     let mut nodes: Vec<Node> = ["payer", "relay", "payee"]
         .into_iter()
         .map(|name| {
@@ -832,7 +832,7 @@ fn kill_restart_soak() {
         seed % below
     };
     for round in 0..rounds {
-        let victim = round % 3; // the payer, the relay, the payee in turn
+        let victim = round % 4; // the payer, the relay, the payee, the hub in turn
         // The payment starts while the victim is killed: before its PREPARE, during the
         // rounds, or after, depending on the moment drawn.
         let args: Vec<String> =
@@ -844,21 +844,29 @@ fn kill_restart_soak() {
         });
         std::thread::sleep(Duration::from_micros(next(10_000)));
         let killed_at = t0.elapsed();
-        nodes[victim].proc = None; // SIGKILL
+        match victim {
+            3 => hub = None,                // SIGKILL
+            _ => nodes[victim].proc = None, // SIGKILL
+        }
         let (started, took) = paying.join().unwrap();
         // Down for up to 2.5 s: often past the PREPARE timeout (1.5 s), so the hub refunds
         // while the victim is away and must tell it on its return.
         std::thread::sleep(Duration::from_millis(next(2_500)));
-        let (p, api, _) = net.start_node(nodes[victim].name, nodes[victim].port);
-        (nodes[victim].proc, nodes[victim].api) = (Some(p), api);
+        if victim == 3 {
+            hub = Some(net.start_hub());
+        } else {
+            let (p, api, _) = net.start_node(nodes[victim].name, nodes[victim].port);
+            (nodes[victim].proc, nodes[victim].api) = (Some(p), api);
+        }
         match started {
             Ok(v) => match wait_final(&net.dir, &nodes[0], v["instance"].as_str().unwrap()).as_str() {
                 "succeeded" => succeeded += 1,
                 _ => refunded += 1,
             },
-            // The payer killed before it answered: whether the payment started is not known
-            // here; the lock check below and the final count cover it either way.
-            Err(_) if victim == 0 => not_started += 1,
+            // The payer or the hub killed before the payer answered: whether the payment
+            // started is not known here; the lock check below and the final count cover it
+            // either way.
+            Err(_) if victim == 0 || victim == 3 => not_started += 1,
             Err(e) => panic!("round {round}: pay failed: {e}"),
         }
         wait_until("locks to clear after the restart", Duration::from_secs(20), || {
@@ -878,6 +886,6 @@ fn kill_restart_soak() {
     assert_eq!(paid % 1_000_000, 0, "whole payments only: {paid}");
     let paid = (paid / 1_000_000) as usize;
     assert!((succeeded..=succeeded + not_started).contains(&paid), "{paid} paid, {succeeded} succeeded");
-    drop(nodes);
+    drop((nodes, hub));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,7 +10,7 @@
 //!   transfers move balances in the map) and its status becomes final: succeeded, or
 //!   refunded with the reason.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use teepay_chain::contract::ContractEvent;
 use teepay_coordinator::{Coordinator, HubError, HubPhase, RefundReason};
 use teepay_routing::{ChannelInfo, Network, RouteError, RouteQuery};
@@ -155,6 +155,13 @@ pub struct Executor<P: Platform> {
     /// Final statuses by the time they became final: dropped from `tracked` after
     /// [`STATUS_RETENTION_MS`] (the DB keeps them), so memory follows the recent load.
     done: std::collections::VecDeque<(u64, InstanceId)>,
+    /// Instances found final and not yet handed out by a flush.
+    finished: Vec<Finished>,
+    /// With a status DB: final statuses reported but not yet recorded there, by deadline.
+    /// The hub enclave keeps those instances until the DB holds their outcome: pruned
+    /// before, a crash would leave the DB saying "in flight" forever with nobody left who
+    /// knows better.
+    unrecorded: Option<(BTreeSet<(u64, InstanceId)>, HashMap<InstanceId, u64>)>,
 }
 
 /// How long a final status stays in memory (ms of the executor's clock); status queries for
@@ -212,6 +219,8 @@ impl<P: Platform> Executor<P> {
             tracked: HashMap::new(),
             in_flight: Vec::new(),
             done: std::collections::VecDeque::new(),
+            finished: Vec::new(),
+            unrecorded: None,
         };
         let instances: Vec<_> = exec
             .coordinator
@@ -479,11 +488,32 @@ impl<P: Platform> Executor<P> {
         Ok(())
     }
 
+    /// Keeps every instance in the hub enclave until [`Executor::recorded`] says the status
+    /// DB holds its final status (for a hub that keeps one).
+    pub fn hold_until_recorded(&mut self) {
+        self.unrecorded.get_or_insert_with(Default::default);
+    }
+
+    /// The status DB now holds `id`'s final status: the hub enclave may forget it.
+    pub fn recorded(&mut self, id: InstanceId) {
+        if let Some((by_deadline, deadlines)) = &mut self.unrecorded
+            && let Some(deadline) = deadlines.remove(&id)
+        {
+            by_deadline.remove(&(deadline, id));
+        }
+    }
+
     /// Timeouts and retransmissions, and pruning of instances that are complete and past
     /// their deadline from the hub enclave (their statuses stay here and in the DB).
     pub fn tick(&mut self, now: u64) {
         self.coordinator.tick(now);
-        self.coordinator.prune_complete(now);
+        // Whatever became final is reported before pruning could drop it: an instance a
+        // restarted hub resumed may be complete and past its deadline already, and once
+        // pruned its outcome could no longer be read.
+        self.collect_finished(now);
+        // Nothing whose final status the DB lacks is pruned (pruning goes by deadline).
+        let unrecorded = self.unrecorded.as_ref().and_then(|(by_deadline, _)| by_deadline.first());
+        self.coordinator.prune_complete(unrecorded.map_or(now, |(deadline, _)| now.min(*deadline)));
         while let Some(&(at, id)) = self.done.front()
             && now > at.saturating_add(STATUS_RETENTION_MS)
         {
@@ -496,7 +526,13 @@ impl<P: Platform> Executor<P> {
     /// reached their final status since the last flush.
     pub fn flush(&mut self, now: u64) -> Outgoing {
         let flush = self.coordinator.flush();
-        let mut finished = Vec::new();
+        self.collect_finished(now);
+        let finished = std::mem::take(&mut self.finished);
+        Outgoing { batches: flush.batches, sealed: flush.sealed, replicated: flush.replicated, finished }
+    }
+
+    /// Moves the in-flight instances the hub enclave decided to `finished`.
+    fn collect_finished(&mut self, now: u64) {
         let mut still = Vec::with_capacity(self.in_flight.len());
         for id in std::mem::take(&mut self.in_flight) {
             let Some(instance) = self.coordinator.instance(id) else { continue };
@@ -522,7 +558,11 @@ impl<P: Platform> Executor<P> {
                 }
             }
             self.done.push_back((now, id));
-            finished.push(Finished {
+            if let Some((by_deadline, deadlines)) = &mut self.unrecorded {
+                by_deadline.insert((instance.spec.deadline, id));
+                deadlines.insert(id, instance.spec.deadline);
+            }
+            self.finished.push(Finished {
                 id,
                 kind: tracked.kind,
                 status,
@@ -532,6 +572,5 @@ impl<P: Platform> Executor<P> {
             });
         }
         self.in_flight = still;
-        Outgoing { batches: flush.batches, sealed: flush.sealed, replicated: flush.replicated, finished }
     }
 }

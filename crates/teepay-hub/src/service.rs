@@ -129,6 +129,8 @@ enum Event {
         conn: u64,
     },
     Tick,
+    /// The status DB holds this instance's final status.
+    Recorded(InstanceId),
     /// A confirmed contract event from chain sync.
     Chain {
         chain: ChainId,
@@ -263,7 +265,7 @@ pub async fn serve<P: Platform + Send + 'static>(
     };
     let (events, rx) = mpsc::unbounded_channel();
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(run_executor(executor, store, settings.clone(), rx)));
+    tasks.push(tokio::spawn(run_executor(executor, store, settings.clone(), rx, events.clone())));
     let ticker = events.clone();
     let tick = settings.tick;
     tasks.push(tokio::spawn(async move {
@@ -471,6 +473,7 @@ async fn run_executor<P: Platform>(
     store: Option<Store>,
     settings: HubSettings,
     mut rx: mpsc::UnboundedReceiver<Event>,
+    events_tx: mpsc::UnboundedSender<Event>,
 ) {
     let mut peers = Peers { links: HashMap::new(), awaiting: HashMap::new(), latency: HashMap::new() };
     // The host's copy of the sealed log, for a platform that does not keep it itself.
@@ -479,6 +482,7 @@ async fn run_executor<P: Platform>(
     // the rounds.
     let (status_tx, mut status_rx) = mpsc::unbounded_channel::<StatusWrite>();
     if let Some(store) = store {
+        exec.hold_until_recorded();
         let events = settings.events.clone();
         tokio::spawn(async move {
             while let Some(w) = status_rx.recv().await {
@@ -528,7 +532,12 @@ async fn run_executor<P: Platform>(
                                 tracing::debug!(channel = ?c.id, error = %e, "balances not recorded");
                             }
                         }
-                        store.finish_instance(f.id, status, outcome, reason, f.finished_at).await.map(|first| {
+                        let finished =
+                            store.finish_instance(f.id, status, outcome, reason, f.finished_at).await;
+                        if finished.is_ok() {
+                            let _ = events_tx.send(Event::Recorded(f.id));
+                        }
+                        finished.map(|first| {
                             if first && let Some(log) = &events {
                                 let (kind, reason) = match &f.status {
                                     Status::Succeeded => ("instance.succeeded", None),
@@ -686,6 +695,7 @@ fn handle<P: Platform>(
             }
         }
         Event::Tick => exec.tick(now),
+        Event::Recorded(id) => exec.recorded(id),
         Event::Message { node, msg, _permit } => {
             let registered = exec.coordinator().is_registered(node);
             match msg {

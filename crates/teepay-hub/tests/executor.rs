@@ -270,6 +270,64 @@ fn complete_instances_leave_the_hub_enclave_after_their_deadline_but_keep_their_
     assert!(net.exec.coordinator().instance(pending).is_some());
 }
 
+/// Issue 14's flaky test: a hub killed after an instance ended, before its status DB heard
+/// of it, restarts past the instance's deadline and resumes it (`executor_for`). If the first
+/// event is a tick, pruning drops the complete instance from the hub enclave before any flush
+/// reports it: its status stayed "in flight" forever, here and in the DB.
+#[test]
+fn a_resumed_instance_reports_its_outcome_even_when_a_tick_comes_first() {
+    let mut net = Net::new(3);
+    net.channel(C1, 0, 1, (100, 100), (0, 0), (0, 0));
+    net.channel(C1, 1, 2, (100, 100), (0, 0), (0, 0));
+    let order = net.payment(0, 2, 10, 0);
+    let id = net.exec.submit_payment(net.now, order).unwrap();
+    assert_eq!(net.run(), vec![(id, Status::Succeeded)]);
+    for _ in 0..3 {
+        net.run();
+    }
+    assert!(net.exec.coordinator().instance(id).is_some_and(|i| i.is_complete()));
+    // The restart: the DB still lists the instance in flight.
+    net.exec.resume(id);
+    assert_eq!(net.exec.status(id), Some(&Status::InFlight));
+    let deadline = net.exec.coordinator().instance(id).unwrap().spec.deadline;
+    net.exec.tick(deadline + 1);
+    assert!(net.exec.coordinator().instance(id).is_none(), "pruned by the tick");
+    let finished: Vec<_> =
+        net.exec.flush(deadline + 1).finished.into_iter().map(|f| (f.id, f.status)).collect();
+    assert_eq!(finished, vec![(id, Status::Succeeded)], "reported once, for the DB");
+    assert_eq!(net.exec.status(id), Some(&Status::Succeeded));
+}
+
+/// A hub with a status DB keeps each ended instance in its enclave until the DB recorded
+/// its final status: a crash in between then finds it still there to report again.
+#[test]
+fn an_ended_instance_is_pruned_only_once_its_status_is_recorded() {
+    let mut net = Net::new(3);
+    net.exec.hold_until_recorded();
+    net.channel(C1, 0, 1, (100, 100), (0, 0), (0, 0));
+    net.channel(C1, 1, 2, (100, 100), (0, 0), (0, 0));
+    let (one, two) = (net.payment(0, 2, 10, 0), net.payment(0, 2, 10, 0));
+    let first = net.exec.submit_payment(net.now, one).unwrap();
+    net.now += 5; // a later deadline (pruning goes by deadline)
+    let second = net.exec.submit_payment(net.now, two).unwrap();
+    for _ in 0..4 {
+        net.run();
+    }
+    let deadline = |net: &Net, id| net.exec.coordinator().instance(id).unwrap().spec.deadline;
+    let late = deadline(&net, first).max(deadline(&net, second)) + 1;
+    net.exec.tick(late);
+    assert!(net.exec.coordinator().instance(first).is_some(), "its status is not in the DB yet");
+    assert!(net.exec.coordinator().instance(second).is_some());
+    net.exec.recorded(first);
+    net.exec.tick(late);
+    assert!(net.exec.coordinator().instance(first).is_none(), "recorded, then pruned");
+    assert!(net.exec.coordinator().instance(second).is_some(), "still unrecorded");
+    net.exec.recorded(second);
+    net.exec.recorded(second); // a repeat changes nothing
+    net.exec.tick(late);
+    assert!(net.exec.coordinator().instance(second).is_none());
+}
+
 #[test]
 fn refuses_what_cannot_be_routed_and_refunds_silent_or_refusing_nodes() {
     let mut net = Net::new(4);
