@@ -161,8 +161,11 @@ pub struct Executor<P: Platform> {
     /// The hub enclave keeps those instances until the DB holds their outcome: pruned
     /// before, a crash would leave the DB saying "in flight" forever with nobody left who
     /// knows better.
-    unrecorded: Option<(BTreeSet<(u64, InstanceId)>, HashMap<InstanceId, u64>)>,
+    unrecorded: Option<Unrecorded>,
 }
+
+/// Instances by deadline, and each one's deadline.
+type Unrecorded = (BTreeSet<(u64, InstanceId)>, HashMap<InstanceId, u64>);
 
 /// How long a final status stays in memory (ms of the executor's clock); status queries for
 /// older instances are answered from the channel DB.
@@ -326,6 +329,12 @@ impl<P: Platform> Executor<P> {
 
     pub fn coordinator(&self) -> &Coordinator<P> {
         &self.coordinator
+    }
+
+    /// The hub enclave, without the executor (as a crash leaves it: sealed, and restored
+    /// into a new executor by `runtime::executor_for`).
+    pub fn into_coordinator(self) -> Coordinator<P> {
+        self.coordinator
     }
 
     pub fn coordinator_mut(&mut self) -> &mut Coordinator<P> {

@@ -218,7 +218,7 @@ pub(crate) fn hub_config(cfg: &HubRuntimeConfig) -> HubConfig {
 /// The executor over a restored (or forked) hub enclave, caught up with the DB: instances
 /// the enclave decided while the DB still lists them in flight are finished again, and
 /// outcomes fixed on-chain while no executor ran reach the enclave.
-pub(crate) async fn executor_for<P: Platform>(
+pub async fn executor_for<P: Platform>(
     coordinator: Coordinator<P>,
     store: &Store,
 ) -> Result<Executor<P>, RuntimeError> {
@@ -226,6 +226,19 @@ pub(crate) async fn executor_for<P: Platform>(
     let mut executor = Executor::new(coordinator, network);
     for row in store.instances_with_status(InstanceStatus::InFlight).await.map_err(HubError::from)? {
         executor.resume(row.id);
+    }
+    // Instances the crash kept from the DB altogether (started and maybe ended between the
+    // seal and the DB's write): recorded now, and finished again if decided.
+    let restored: Vec<_> =
+        executor.coordinator().inspect().instances.values().map(|i| (i.spec.clone(), i.created_at)).collect();
+    for (spec, created_at) in restored {
+        if store.instance(spec.id).await.map_err(HubError::from)?.is_none() {
+            store
+                .insert_instance(&crate::service::started_row(&spec, created_at))
+                .await
+                .map_err(HubError::from)?;
+            executor.resume(spec.id);
+        }
     }
     let replayed = replay_chain_outcomes(&mut executor, store, teepay_link::host::now_ms()).await?;
     if replayed > 0 {

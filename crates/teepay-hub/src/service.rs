@@ -773,6 +773,23 @@ fn handle<P: Platform>(
     }
 }
 
+/// The status DB's row of an instance just started.
+pub(crate) fn started_row(spec: &teepay_types::InstanceSpec, created_at: u64) -> InstanceRow {
+    InstanceRow {
+        id: spec.id,
+        kind: match spec.kind {
+            InstanceKind::MultiHop => "multi_hop".into(),
+            InstanceKind::CrossChain => "cross_chain".into(),
+        },
+        spec: encode(spec),
+        status: InstanceStatus::InFlight,
+        created_at,
+        updated_at: created_at,
+        outcome: None,
+        failure_reason: None,
+    }
+}
+
 /// Answers a pay/swap request and records a started instance for the status DB.
 #[allow(clippy::too_many_arguments)]
 fn answer_start<P: Platform>(
@@ -787,20 +804,8 @@ fn answer_start<P: Platform>(
     let reply = match started {
         Ok(id) => {
             let instance = exec.coordinator().instance(id).expect("a just-started instance exists");
-            let (kind, spec) = (instance.spec.kind, encode(&instance.spec));
-            let row = InstanceRow {
-                id,
-                kind: match kind {
-                    InstanceKind::MultiHop => "multi_hop".into(),
-                    InstanceKind::CrossChain => "cross_chain".into(),
-                },
-                spec,
-                status: InstanceStatus::InFlight,
-                created_at: now,
-                updated_at: now,
-                outcome: None,
-                failure_reason: None,
-            };
+            let kind = instance.spec.kind;
+            let row = started_row(&instance.spec, now);
             after_flush.push(AfterFlush::Status(StatusWrite::Started(row)));
             metrics.started.fetch_add(1, Relaxed);
             tracing::debug!(instance = %id, ?kind, "instance started");

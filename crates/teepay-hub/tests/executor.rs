@@ -298,6 +298,38 @@ fn a_resumed_instance_reports_its_outcome_even_when_a_tick_comes_first() {
     assert_eq!(net.exec.status(id), Some(&Status::Succeeded));
 }
 
+/// The same crash a moment earlier: neither the started nor the ended row reached the DB.
+/// The restarted hub records the instances its enclave holds that the DB lacks, and reports
+/// their outcomes.
+#[tokio::test]
+async fn a_restart_records_instances_the_db_never_heard_of() {
+    let mut net = Net::new(3);
+    net.channel(C1, 0, 1, (100, 100), (0, 0), (0, 0));
+    net.channel(C1, 1, 2, (100, 100), (0, 0), (0, 0));
+    let order = net.payment(0, 2, 10, 0);
+    let id = net.exec.submit_payment(net.now, order).unwrap();
+    for _ in 0..4 {
+        net.run();
+    }
+    let dir = std::env::temp_dir().join(format!("teepay-unrecorded-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let store =
+        teepay_store::Store::connect(&format!("sqlite://{}", dir.join("hub.db").display())).await.unwrap();
+    let coordinator = net.exec.into_coordinator();
+    let deadline = coordinator.instance(id).unwrap().spec.deadline;
+    let mut exec = teepay_hub::runtime::executor_for(coordinator, &store).await.unwrap();
+    let row = store.instance(id).await.unwrap().expect("recorded at start");
+    assert_eq!(row.status, teepay_store::InstanceStatus::InFlight);
+    exec.hold_until_recorded();
+    exec.tick(deadline + 1);
+    assert!(exec.coordinator().instance(id).is_some(), "kept until the DB has its outcome");
+    let finished: Vec<_> = exec.flush(deadline + 1).finished.into_iter().map(|f| (f.id, f.status)).collect();
+    assert_eq!(finished, vec![(id, Status::Succeeded)]);
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A hub with a status DB keeps each ended instance in its enclave until the DB recorded
 /// its final status: a crash in between then finds it still there to report again.
 #[test]
