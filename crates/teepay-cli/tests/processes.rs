@@ -112,6 +112,18 @@ impl Net {
         .0
     }
 
+    /// Starts one node per name, each on a free API port.
+    fn start_nodes(&self, names: [&'static str; 3]) -> Vec<Node> {
+        names
+            .into_iter()
+            .map(|name| {
+                let port = free_port();
+                let (p, api, address) = self.start_node(name, port);
+                Node { proc: Some(p), api, address, port, name }
+            })
+            .collect()
+    }
+
     /// Starts (or restarts) node `name`; returns the process, its API URL and address.
     fn start_node(&self, name: &str, api_port: u16) -> (Proc, String, String) {
         let cfg = self.dir.join(format!("{name}.toml"));
@@ -218,14 +230,7 @@ fn scenario(db_for: impl FnOnce(&Path) -> String, tag: &str) {
     let (webhook, deliveries) = webhook_receiver(2);
     let net = Net { webhook, ..net };
     let hub = net.start_hub();
-    let mut nodes: Vec<Node> = ["u1", "mid", "u2"]
-        .into_iter()
-        .map(|name| {
-            let port = free_port();
-            let (p, api, address) = net.start_node(name, port);
-            Node { proc: Some(p), api, address, port, name }
-        })
-        .collect();
+    let mut nodes = net.start_nodes(["u1", "mid", "u2"]);
     for n in &nodes {
         for (rpc, ..) in &net.chains {
             ok(&["faucet", "--rpc", rpc, "--to", &n.address, "--amount", &(5 * ETH).to_string()]);
@@ -797,14 +802,7 @@ fn kill_restart_soak() {
         webhook: String::new(),
     };
     let mut hub = Some(net.start_hub());
-    let mut nodes: Vec<Node> = ["payer", "relay", "payee"]
-        .into_iter()
-        .map(|name| {
-            let port = free_port();
-            let (p, api, address) = net.start_node(name, port);
-            Node { proc: Some(p), api, address, port, name }
-        })
-        .collect();
+    let mut nodes = net.start_nodes(["payer", "relay", "payee"]);
     for n in &nodes {
         ok(&["faucet", "--rpc", &rpc, "--to", &n.address, "--amount", &(5 * ETH).to_string()]);
     }

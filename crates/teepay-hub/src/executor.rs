@@ -160,12 +160,9 @@ pub struct Executor<P: Platform> {
     /// With a status DB: final statuses reported but not yet recorded there, by deadline.
     /// The hub enclave keeps those instances until the DB holds their outcome: pruned
     /// before, a crash would leave the DB saying "in flight" forever with nobody left who
-    /// knows better.
-    unrecorded: Option<Unrecorded>,
+    /// knows better. (Being kept, each one's deadline can be read from the hub enclave.)
+    unrecorded: Option<BTreeSet<(u64, InstanceId)>>,
 }
-
-/// Instances by deadline, and each one's deadline.
-type Unrecorded = (BTreeSet<(u64, InstanceId)>, HashMap<InstanceId, u64>);
 
 /// How long a final status stays in memory (ms of the executor's clock); status queries for
 /// older instances are answered from the channel DB.
@@ -505,10 +502,10 @@ impl<P: Platform> Executor<P> {
 
     /// The status DB now holds `id`'s final status: the hub enclave may forget it.
     pub fn recorded(&mut self, id: InstanceId) {
-        if let Some((by_deadline, deadlines)) = &mut self.unrecorded
-            && let Some(deadline) = deadlines.remove(&id)
+        if let Some(unrecorded) = &mut self.unrecorded
+            && let Some(instance) = self.coordinator.instance(id)
         {
-            by_deadline.remove(&(deadline, id));
+            unrecorded.remove(&(instance.spec.deadline, id));
         }
     }
 
@@ -521,7 +518,7 @@ impl<P: Platform> Executor<P> {
         // pruned its outcome could no longer be read.
         self.collect_finished(now);
         // Nothing whose final status the DB lacks is pruned (pruning goes by deadline).
-        let unrecorded = self.unrecorded.as_ref().and_then(|(by_deadline, _)| by_deadline.first());
+        let unrecorded = self.unrecorded.as_ref().and_then(BTreeSet::first);
         self.coordinator.prune_complete(unrecorded.map_or(now, |(deadline, _)| now.min(*deadline)));
         while let Some(&(at, id)) = self.done.front()
             && now > at.saturating_add(STATUS_RETENTION_MS)
@@ -567,9 +564,8 @@ impl<P: Platform> Executor<P> {
                 }
             }
             self.done.push_back((now, id));
-            if let Some((by_deadline, deadlines)) = &mut self.unrecorded {
-                by_deadline.insert((instance.spec.deadline, id));
-                deadlines.insert(id, instance.spec.deadline);
+            if let Some(unrecorded) = &mut self.unrecorded {
+                unrecorded.insert((instance.spec.deadline, id));
             }
             self.finished.push(Finished {
                 id,

@@ -454,6 +454,32 @@ enum StatusWrite {
     },
 }
 
+/// How many times a status write is tried before it is given up (about 23 s of back-off).
+const STATUS_WRITE_TRIES: u32 = 8;
+
+/// Runs a status write again while it fails, backing off from 100 ms to 10 s (a DB
+/// restarting, a pool exhausted): an ended instance leaves the hub enclave only once the DB
+/// recorded it, so a write lost for a moment's outage would hold it there until a restart.
+/// Writes stay in order: the next one waits.
+async fn retrying<T, W, F>(mut write: W) -> teepay_store::Result<T>
+where
+    W: FnMut() -> F,
+    F: std::future::Future<Output = teepay_store::Result<T>>,
+{
+    let mut pause = Duration::from_millis(100);
+    for _ in 1..STATUS_WRITE_TRIES {
+        match write().await {
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "status write failed");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(10));
+            }
+            done => return done,
+        }
+    }
+    write().await
+}
+
 /// Sends the receipt the DB keeps for `instance`, if any, to a node's link.
 async fn send_receipt(
     store: &Store,
@@ -502,7 +528,7 @@ async fn run_executor<P: Platform>(
                         let _ = to.try_send(HubMessage::Status { request, instance, status }.to_bytes());
                         if succeeded { send_receipt(&store, instance, &to).await } else { Ok(()) }
                     }
-                    StatusWrite::Started(row) => store.insert_instance(&row).await.map(|new| {
+                    StatusWrite::Started(row) => retrying(|| store.insert_instance(&row)).await.map(|new| {
                         // A restarted hub records what it recovers again: one event per instance.
                         if new && let Some(log) = &events {
                             let data =
@@ -512,7 +538,7 @@ async fn run_executor<P: Platform>(
                     }),
                     StatusWrite::Receipt(r) => {
                         let bytes = teepay_types::encode(&r);
-                        store.insert_receipt(r.instance, &r.invoice, &bytes, now_ms()).await
+                        retrying(|| store.insert_receipt(r.instance, &r.invoice, &bytes, now_ms())).await
                     }
                     StatusWrite::ReceiptLookup { instance, to } => send_receipt(&store, instance, &to).await,
                     StatusWrite::Finished(f) => {
@@ -533,7 +559,8 @@ async fn run_executor<P: Platform>(
                             }
                         }
                         let finished =
-                            store.finish_instance(f.id, status, outcome, reason, f.finished_at).await;
+                            retrying(|| store.finish_instance(f.id, status, outcome, reason, f.finished_at))
+                                .await;
                         if finished.is_ok() {
                             let _ = events_tx.send(Event::Recorded(f.id));
                         }
@@ -823,6 +850,27 @@ fn answer_start<P: Platform>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_status_write_is_retried_with_back_off_then_given_up() {
+        let calls = std::cell::Cell::new(0);
+        let flaky = retrying(|| {
+            calls.set(calls.get() + 1);
+            let n = calls.get();
+            async move { if n < 3 { Err(teepay_store::StoreError::Corrupt("down".into())) } else { Ok(n) } }
+        });
+        let started = tokio::time::Instant::now();
+        assert_eq!(flaky.await.unwrap(), 3, "the third try lands");
+        assert_eq!(started.elapsed(), Duration::from_millis(300), "after 100 + 200 ms");
+
+        calls.set(0);
+        let down = retrying(|| {
+            calls.set(calls.get() + 1);
+            async { Err::<(), _>(teepay_store::StoreError::Corrupt("down".into())) }
+        });
+        assert!(down.await.is_err());
+        assert_eq!(calls.get(), STATUS_WRITE_TRIES, "bounded");
+    }
 
     #[test]
     fn response_times_are_measured_from_the_oldest_unanswered_batch_and_smoothed() {

@@ -70,6 +70,14 @@ impl Net {
         Net { exec: Executor::new(hub, Network::new()), nodes, silent: Vec::new(), now: 1, next_channel: 1 }
     }
 
+    /// Nodes 0 — 1 — 2, a channel of 100 on each side between neighbours, no fees.
+    fn line_of_three() -> Self {
+        let mut net = Net::new(3);
+        net.channel(C1, 0, 1, (100, 100), (0, 0), (0, 0));
+        net.channel(C1, 1, 2, (100, 100), (0, 0), (0, 0));
+        net
+    }
+
     fn addr(&self, i: usize) -> Address {
         self.nodes[i].address()
     }
@@ -213,6 +221,16 @@ impl Net {
         panic!("did not settle")
     }
 
+    /// Runs until every participant acknowledged the outcome too (the instance is complete):
+    /// the final acks arrive in rounds after the decision.
+    fn run_to_completion(&mut self) -> Vec<(InstanceId, Status)> {
+        let mut finished = self.run();
+        for _ in 0..3 {
+            finished.extend(self.run());
+        }
+        finished
+    }
+
     fn balance(&self, node: usize, channel: ChannelId) -> u128 {
         self.nodes[node].inspect().channels[&channel].balance_local.0
     }
@@ -245,16 +263,10 @@ fn pays_over_the_shortest_route_and_updates_the_map() {
 
 #[test]
 fn complete_instances_leave_the_hub_enclave_after_their_deadline_but_keep_their_status() {
-    let mut net = Net::new(3);
-    net.channel(C1, 0, 1, (100, 100), (0, 0), (0, 0));
-    net.channel(C1, 1, 2, (100, 100), (0, 0), (0, 0));
+    let mut net = Net::line_of_three();
     let order = net.payment(0, 2, 10, 0);
     let id = net.exec.submit_payment(net.now, order).unwrap();
-    assert_eq!(net.run(), vec![(id, Status::Succeeded)]);
-    // The final acks arrive in later rounds; run until nothing is left to send.
-    for _ in 0..3 {
-        net.run();
-    }
+    assert_eq!(net.run_to_completion(), vec![(id, Status::Succeeded)]);
     assert!(net.exec.coordinator().instance(id).is_some_and(|i| i.is_complete()));
     net.exec.tick(net.now);
     assert!(net.exec.coordinator().instance(id).is_some(), "kept until its deadline passes");
@@ -276,15 +288,10 @@ fn complete_instances_leave_the_hub_enclave_after_their_deadline_but_keep_their_
 /// reports it: its status stayed "in flight" forever, here and in the DB.
 #[test]
 fn a_resumed_instance_reports_its_outcome_even_when_a_tick_comes_first() {
-    let mut net = Net::new(3);
-    net.channel(C1, 0, 1, (100, 100), (0, 0), (0, 0));
-    net.channel(C1, 1, 2, (100, 100), (0, 0), (0, 0));
+    let mut net = Net::line_of_three();
     let order = net.payment(0, 2, 10, 0);
     let id = net.exec.submit_payment(net.now, order).unwrap();
-    assert_eq!(net.run(), vec![(id, Status::Succeeded)]);
-    for _ in 0..3 {
-        net.run();
-    }
+    assert_eq!(net.run_to_completion(), vec![(id, Status::Succeeded)]);
     assert!(net.exec.coordinator().instance(id).is_some_and(|i| i.is_complete()));
     // The restart: the DB still lists the instance in flight.
     net.exec.resume(id);
@@ -303,14 +310,10 @@ fn a_resumed_instance_reports_its_outcome_even_when_a_tick_comes_first() {
 /// their outcomes.
 #[tokio::test]
 async fn a_restart_records_instances_the_db_never_heard_of() {
-    let mut net = Net::new(3);
-    net.channel(C1, 0, 1, (100, 100), (0, 0), (0, 0));
-    net.channel(C1, 1, 2, (100, 100), (0, 0), (0, 0));
+    let mut net = Net::line_of_three();
     let order = net.payment(0, 2, 10, 0);
     let id = net.exec.submit_payment(net.now, order).unwrap();
-    for _ in 0..4 {
-        net.run();
-    }
+    net.run_to_completion();
     let dir = std::env::temp_dir().join(format!("teepay-unrecorded-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -334,17 +337,13 @@ async fn a_restart_records_instances_the_db_never_heard_of() {
 /// its final status: a crash in between then finds it still there to report again.
 #[test]
 fn an_ended_instance_is_pruned_only_once_its_status_is_recorded() {
-    let mut net = Net::new(3);
+    let mut net = Net::line_of_three();
     net.exec.hold_until_recorded();
-    net.channel(C1, 0, 1, (100, 100), (0, 0), (0, 0));
-    net.channel(C1, 1, 2, (100, 100), (0, 0), (0, 0));
     let (one, two) = (net.payment(0, 2, 10, 0), net.payment(0, 2, 10, 0));
     let first = net.exec.submit_payment(net.now, one).unwrap();
     net.now += 5; // a later deadline (pruning goes by deadline)
     let second = net.exec.submit_payment(net.now, two).unwrap();
-    for _ in 0..4 {
-        net.run();
-    }
+    net.run_to_completion();
     let deadline = |net: &Net, id| net.exec.coordinator().instance(id).unwrap().spec.deadline;
     let late = deadline(&net, first).max(deadline(&net, second)) + 1;
     net.exec.tick(late);
@@ -662,9 +661,7 @@ fn sealed_state_and_memory_stay_flat_over_many_payments() {
 /// instance already refunded) is neither logged nor sealed: a peer cannot make the hub write.
 #[test]
 fn duplicate_acks_and_moot_refund_requests_are_not_sealed() {
-    let mut net = Net::new(3);
-    net.channel(C1, 0, 1, (100, 100), (0, 0), (0, 0));
-    net.channel(C1, 1, 2, (100, 100), (0, 0), (0, 0));
+    let mut net = Net::line_of_three();
     let order = net.payment(0, 2, 10, 0);
     let id = net.exec.submit_payment(net.now, order).unwrap();
     let out = net.exec.flush(net.now);
@@ -700,9 +697,7 @@ fn duplicate_acks_and_moot_refund_requests_are_not_sealed() {
 #[test]
 fn a_receipt_is_passed_on_only_from_its_payee_for_exactly_its_payment() {
     use teepay_types::PaymentReceipt;
-    let mut net = Net::new(3);
-    net.channel(C1, 0, 1, (100, 100), (0, 0), (0, 0));
-    net.channel(C1, 1, 2, (100, 100), (0, 0), (0, 0));
+    let mut net = Net::line_of_three();
     let create = Request::CreateInvoice {
         chain: C1,
         asset: teepay_types::Asset::Native,
